@@ -1,0 +1,68 @@
+"""python -m bot: load .env, set up logging, build and run the bot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+import discord
+from dotenv import load_dotenv
+
+from bot.app import UpscaleBot
+from bot.config import RedactingFilter, Settings, SettingsError, load_settings
+
+log = logging.getLogger("bot")
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    handler.addFilter(RedactingFilter(settings.secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # discord.py's INFO lines are about its own gateway; keep them, but not its DEBUG noise.
+    logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+
+
+async def run(settings: Settings) -> int:
+    bot = UpscaleBot(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+    async with bot:
+        try:
+            await bot.start(settings.discord_token)
+        except discord.LoginFailure:
+            log.error("Discord refused DISCORD_TOKEN: copy the bot token again from the portal")
+            return 2
+        except discord.PrivilegedIntentsRequired:
+            log.error("Discord refused the gateway intents the bot asked for")
+            return 2
+        except OSError as exc:
+            log.error("cannot start the listener on %s:%s: %s", settings.host, settings.port, exc)
+            return 2
+    log.info("stopped")
+    return 0
+
+
+def main() -> None:
+    load_dotenv(os.path.join(os.getcwd(), ".env"))
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(settings)
+    raise SystemExit(asyncio.run(run(settings)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The Bot: builds store, API client, tracker and listener in setup_hook; closes them cleanly."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+import aiohttp
+import discord
+from discord.ext import commands
+
+from bot.config import Settings, redact_url
+from bot.delivery import DiscordPublisher, ImageFetcher
+from bot.jobs.store import JobStore
+from bot.jobs.tracker import CALLBACK_PATH, PollPolicy, Tracker
+from bot.midjourney.client import MidjourneyClient
+from bot.midjourney.sandbox import SandboxAPI
+from bot.web import Listener
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.upscale", "cogs.imagine")
+SANDBOX_PREFIX = "/sandbox"
+SANDBOX_KEY = "sandbox"
+
+
+class UpscaleBot(commands.Bot):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll: PollPolicy | None = None,
+        sandbox: SandboxAPI | None = None,
+    ) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self.settings = settings
+        self._poll = poll
+        self.sandbox = sandbox
+        self.listener = Listener(hmac_key=settings.webhook_hmac_key)
+        self._store: JobStore | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tracker: Tracker | None = None
+        self._mj: MidjourneyClient | None = None
+        self._publisher: DiscordPublisher | None = None
+        self.listen_port: int | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            raise RuntimeError("the bot is not set up yet")
+        return self._tracker
+
+    @property
+    def mj(self) -> MidjourneyClient:
+        if self._mj is None:
+            raise RuntimeError("the bot is not set up yet")
+        return self._mj
+
+    @property
+    def publisher(self) -> DiscordPublisher:
+        if self._publisher is None:
+            raise RuntimeError("the bot is not set up yet")
+        return self._publisher
+
+    async def setup_hook(self) -> None:
+        settings = self.settings
+        self._store = await JobStore.open(settings.database_url)
+        log.info("job store open at %s", redact_url(settings.database_url))
+        self._session = aiohttp.ClientSession()
+
+        if settings.sandbox and self.sandbox is None:
+            self.sandbox = SandboxAPI()
+        if settings.sandbox and self.sandbox is not None:
+            self.listener.app.add_subapp(SANDBOX_PREFIX, self.sandbox.app)
+        self.listen_port = await self.listener.start(settings.host, settings.port)
+
+        local = f"http://127.0.0.1:{self.listen_port}"
+        if settings.sandbox:
+            api_base, api_key = local + SANDBOX_PREFIX, settings.mj_api_key or SANDBOX_KEY
+            log.info("sandbox API served at %s: no credits are spent", api_base)
+        else:
+            api_base, api_key = settings.mj_api_base_url, settings.mj_api_key or ""
+        # In sandbox mode without a public URL the sandbox calls back to this listener directly.
+        callback_base = settings.public_url or (local if settings.sandbox else None)
+
+        self._mj = MidjourneyClient(self._session, api_base, api_key)
+        trusted = (*settings.result_hosts, urlsplit(api_base).hostname or "")
+        fetcher = ImageFetcher(self._session, trusted)
+        self._publisher = DiscordPublisher(self, self._store, fetcher)
+        self._tracker = Tracker(
+            self._store,
+            self._mj,
+            self._publisher,
+            callback_base=callback_base,
+            deadline_seconds=settings.job_timeout_seconds,
+            watermark=settings.watermark,
+            poll=self._poll,
+        )
+        self.listener.tracker = self._tracker
+        if callback_base:
+            log.info(
+                "listening on %s:%s; callbacks expected at %s%s<secret>",
+                settings.host,
+                self.listen_port,
+                callback_base,
+                CALLBACK_PATH,
+            )
+        else:
+            log.info(
+                "listening on %s:%s; PUBLIC_URL is unset, so no callbacks can arrive: "
+                "jobs are completed by polling the API",
+                settings.host,
+                self.listen_port,
+            )
+
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self._sync_commands()
+        resumed = await self._tracker.recover()
+        if resumed:
+            log.info("resumed %d unfinished job(s)", resumed)
+
+    async def _sync_commands(self) -> None:
+        guild_id = self.settings.guild_id
+        if guild_id is not None:
+            guild = discord.Object(guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d slash command(s) to server %s", len(synced), guild_id)
+        else:
+            synced = await self.tree.sync()
+            log.info("synced %d slash command(s) globally (may take up to an hour)", len(synced))
+
+    async def on_ready(self) -> None:
+        user = self.user
+        log.info(
+            "connected to Discord as %s (%s) in %d server(s)",
+            user,
+            user.id if user else "?",
+            len(self.guilds),
+        )
+
+    async def close(self) -> None:
+        if self._tracker is not None:
+            await self._tracker.close()
+        await self.listener.close()
+        if self.sandbox is not None:
+            await self.sandbox.close()
+        if self._session is not None:
+            await self._session.close()
+        if self._store is not None:
+            await self._store.close()
+        await super().close()

@@ -1,0 +1,224 @@
+"""Settings read from the environment; a bad or missing value is one clear line."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+SANDBOX = "sandbox"
+DEFAULT_API_BASE_URL = "https://api.midapi.ai"
+DEFAULT_DATABASE_URL = "sqlite:///data/bot.sqlite3"
+# Where the vendors have been seen to serve result files (reference/midjourney-api.md).
+VENDOR_RESULT_HOSTS = (
+    "tempfile.aiquickdraw.com",
+    "tempfileb.aiquickdraw.com",
+    "tempfile.redpandaai.co",
+)
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it and what is expected."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: str
+    mj_api_key: str | None = None
+    mj_api_base_url: str = DEFAULT_API_BASE_URL
+    public_url: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 8080
+    database_url: str = DEFAULT_DATABASE_URL
+    webhook_hmac_key: str | None = None
+    result_hosts: tuple[str, ...] = VENDOR_RESULT_HOSTS
+    watermark: str | None = None
+    guild_id: int | None = None
+    log_level: str = "INFO"
+    job_timeout_minutes: float = 15.0
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def sandbox(self) -> bool:
+        return self.mj_api_base_url == SANDBOX
+
+    @property
+    def job_timeout_seconds(self) -> float:
+        return self.job_timeout_minutes * 60
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug logs; the secrets must not.
+        return (
+            f"Settings(api={self.mj_api_base_url!r}, public_url={self.public_url!r}, "
+            f"listen={self.host}:{self.port}, database={redact_url(self.database_url)!r})"
+        )
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for log lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            f"{name} must be an http(s) URL such as https://example.com, got {value!r}"
+        )
+    if parts.query or parts.fragment:
+        raise SettingsError(f"{name} must not carry a query or fragment, got {value!r}")
+    return value.rstrip("/")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be a whole number from {low} to {high}, got {raw!r}"
+        ) from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    return value
+
+
+def _snowflake(env: Mapping[str, str], name: str) -> int | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 15 <= len(raw) <= 21:
+        raise SettingsError(f"{name} must be a Discord server id (digits only), got {raw!r}")
+    return int(raw)
+
+
+def _host_name(name: str, raw: str) -> str:
+    host = raw.strip().lower()
+    if "://" in host:
+        host = urlsplit(host).hostname or ""
+    if not host or any(ch in host for ch in "/ @?#"):
+        raise SettingsError(f"{name} must be a comma-separated list of host names, got {raw!r}")
+    return host
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    token = _text(env, "DISCORD_TOKEN")
+    if token is None:
+        raise SettingsError(
+            "DISCORD_TOKEN is required: the bot token from the Discord developer portal"
+        )
+    if any(ch.isspace() for ch in token) or len(token) < 20:
+        raise SettingsError(
+            "DISCORD_TOKEN does not look like a bot token (copy it again from the portal)"
+        )
+
+    base = _text(env, "MJ_API_BASE_URL") or DEFAULT_API_BASE_URL
+    if base.lower() == SANDBOX:
+        base = SANDBOX
+    else:
+        base = _http_url("MJ_API_BASE_URL", base)
+
+    api_key = _text(env, "MJ_API_KEY")
+    if api_key is None and base != SANDBOX:
+        raise SettingsError(
+            "MJ_API_KEY is required: the API key from midapi.ai or kie.ai "
+            "(or set MJ_API_BASE_URL=sandbox to try the bot without one)"
+        )
+
+    public_url = _text(env, "PUBLIC_URL")
+    if public_url is not None:
+        public_url = _http_url("PUBLIC_URL", public_url)
+
+    host = _text(env, "HOST") or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise SettingsError(
+                f"HOST must be an IP address to bind, such as 0.0.0.0, got {host!r}"
+            ) from None
+
+    database_url = _text(env, "DATABASE_URL") or DEFAULT_DATABASE_URL
+    scheme = database_url.split("://", 1)[0].lower() if "://" in database_url else ""
+    if scheme.split("+", 1)[0] not in ("sqlite", "postgresql", "postgres"):
+        raise SettingsError(
+            "DATABASE_URL must be sqlite:///path/to/file.sqlite3 or "
+            "postgresql://user:pass@host/db, "
+            f"got {redact_url(database_url)!r}"
+        )
+
+    extra_hosts = _text(env, "MJ_RESULT_HOSTS")
+    result_hosts = list(VENDOR_RESULT_HOSTS)
+    if extra_hosts is not None:
+        for raw in extra_hosts.split(","):
+            if raw.strip():
+                result_hosts.append(_host_name("MJ_RESULT_HOSTS", raw))
+
+    level = (_text(env, "LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+
+    timeout_raw = _text(env, "JOB_TIMEOUT_MINUTES")
+    timeout = 15.0
+    if timeout_raw is not None:
+        try:
+            timeout = float(timeout_raw)
+        except ValueError:
+            timeout = -1.0
+        if not 1 <= timeout <= 24 * 60:
+            raise SettingsError(
+                "JOB_TIMEOUT_MINUTES must be a number of minutes from 1 to 1440, "
+                f"got {timeout_raw!r}"
+            )
+
+    hmac_key = _text(env, "MJ_WEBHOOK_HMAC_KEY")
+    secrets = tuple(s for s in (token, api_key, hmac_key) if s)
+    return Settings(
+        discord_token=token,
+        mj_api_key=api_key,
+        mj_api_base_url=base,
+        public_url=public_url,
+        host=host,
+        port=_int(env, "PORT", 8080, 1, 65535),
+        database_url=database_url,
+        webhook_hmac_key=hmac_key,
+        result_hosts=tuple(dict.fromkeys(result_hosts)),
+        watermark=_text(env, "MJ_WATERMARK"),
+        guild_id=_snowflake(env, "DISCORD_GUILD_ID"),
+        log_level=level,
+        job_timeout_minutes=timeout,
+        secrets=secrets,
+    )
+
+
+class RedactingFilter(logging.Filter):
+    """Blanks out the configured secrets wherever a log record would carry them."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if len(s) >= 6)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for secret in self._secrets:
+            redacted = redacted.replace(secret, "***")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True

@@ -1,0 +1,66 @@
+"""The U1–U4 row under a grid: custom_id encoding and the view that carries it.
+
+All the state a click needs lives in the custom_id (the generation task and the image number), so
+buttons on grids posted before a restart keep working without any memory of them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import discord
+
+from bot.midjourney.models import GRID_SIZE, TASK_ID_PATTERN, is_task_id
+
+# Discord refuses custom_ids over 100 characters; prefix + 64-char task id + ":n" stays at 71.
+UPSCALE_TEMPLATE = rf"mju:(?P<task>{TASK_ID_PATTERN}):(?P<n>[1-{GRID_SIZE}])"
+_UPSCALE_RE = re.compile(UPSCALE_TEMPLATE)
+CUSTOM_ID_LIMIT = 100
+
+
+def upscale_custom_id(task_id: str, number: int) -> str:
+    """custom_id of button U``number`` (1–4) under the grid of ``task_id``."""
+    if not is_task_id(task_id):
+        raise ValueError(f"not a task id: {task_id!r}")
+    if not 1 <= number <= GRID_SIZE:
+        raise ValueError(f"U{number} does not exist; buttons are U1 to U{GRID_SIZE}")
+    custom_id = f"mju:{task_id}:{number}"
+    assert len(custom_id) <= CUSTOM_ID_LIMIT
+    return custom_id
+
+
+def parse_upscale_custom_id(custom_id: str) -> tuple[str, int] | None:
+    """(task id, image index 0–3) of a U-button's custom_id, or None if it is not one."""
+    match = _UPSCALE_RE.fullmatch(custom_id)
+    if match is None:
+        return None
+    return match["task"], number_to_index(int(match["n"]))
+
+
+def number_to_index(number: int) -> int:
+    """U1..U4 (and /upscale image 1–4) to the API's imageIndex 0..3."""
+    if isinstance(number, bool) or not 1 <= number <= GRID_SIZE:
+        raise ValueError(f"image must be 1 to {GRID_SIZE}, got {number!r}")
+    return number - 1
+
+
+def upscale_button(task_id: str, number: int, *, done: bool = False) -> discord.ui.Button[None]:
+    return discord.ui.Button(
+        label=f"U{number}",
+        custom_id=upscale_custom_id(task_id, number),
+        style=discord.ButtonStyle.success if done else discord.ButtonStyle.secondary,
+    )
+
+
+class GridButtons(discord.ui.View):
+    """The U1–U4 row of one grid; indexes in ``done`` are shown green."""
+
+    def __init__(self, task_id: str, done: frozenset[int] = frozenset()) -> None:
+        super().__init__(timeout=None)
+        for number in range(1, GRID_SIZE + 1):
+            self.add_item(upscale_button(task_id, number, done=number - 1 in done))
+
+    def is_dispatchable(self) -> bool:
+        # Clicks are dispatched to the DynamicItem of cogs/upscale.py, which survives restarts;
+        # if discord.py stored this view, its inert buttons would swallow the clicks instead.
+        return False

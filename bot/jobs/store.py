@@ -1,0 +1,320 @@
+"""Where jobs live: one table, atomic state transitions, dedupe enforced by a unique index.
+
+SQLAlchemy Core keeps SQLite (the default) and PostgreSQL (several replicas) on one code path.
+Every state change is a conditional UPDATE (``WHERE state IN (...)``), so two processes or two
+coroutines racing for the same job cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+
+class JobKind(StrEnum):
+    IMAGINE = "imagine"
+    UPSCALE = "upscale"
+
+
+class JobState(StrEnum):
+    REQUESTED = "requested"
+    # Set just before the paid API call: a job found here after a crash may have been charged,
+    # so it is never submitted again, only waited for (callback) until its deadline.
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+FINAL_STATES = (JobState.DELIVERED, JobState.FAILED)
+LIVE_STATES = tuple(s for s in JobState if s is not JobState.FAILED)
+UNFINISHED_STATES = tuple(s for s in JobState if s not in FINAL_STATES)
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(24), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("parent_task_id", sa.String(64)),
+    sa.Column("image_index", sa.Integer),
+    sa.Column("upstream_task_id", sa.String(64), index=True),
+    sa.Column("requester_id", sa.BigInteger, nullable=False),
+    sa.Column("guild_id", sa.BigInteger),
+    sa.Column("channel_id", sa.BigInteger, nullable=False),
+    sa.Column("grid_message_id", sa.BigInteger),
+    sa.Column("status_message_id", sa.BigInteger),
+    sa.Column("result_message_id", sa.BigInteger),
+    sa.Column("callback_secret", sa.String(64), nullable=False, unique=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("result_urls", sa.Text, nullable=False, default="[]"),
+    sa.Column("prompt", sa.Text),
+    sa.Column("options", sa.Text, nullable=False, default="{}"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("deadline_at", sa.Float, nullable=False),
+    sa.Column("completed_at", sa.Float),
+    sa.Column("delivered_at", sa.Float),
+)
+
+_live = sa.and_(jobs.c.kind == JobKind.UPSCALE.value, jobs.c.state != JobState.FAILED.value)
+# At most one live upscale per (grid task, image): the database refuses the second insert, so
+# dedupe holds across coroutines, processes and replicas alike.
+sa.Index(
+    "uq_live_upscale",
+    jobs.c.parent_task_id,
+    jobs.c.image_index,
+    unique=True,
+    sqlite_where=_live,
+    postgresql_where=_live,
+)
+sa.Index("ix_jobs_state", jobs.c.state)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: JobKind
+    parent_task_id: str | None
+    image_index: int | None
+    upstream_task_id: str | None
+    requester_id: int
+    guild_id: int | None
+    channel_id: int
+    grid_message_id: int | None
+    status_message_id: int | None
+    result_message_id: int | None
+    callback_secret: str = field(repr=False)
+    state: JobState
+    error: str | None
+    result_urls: tuple[str, ...]
+    prompt: str | None
+    options: dict[str, str]
+    created_at: float
+    updated_at: float
+    deadline_at: float
+    completed_at: float | None
+    delivered_at: float | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def label(self) -> str:
+        """job and task ids for log lines."""
+        return f"job={self.id} task={self.upstream_task_id or '-'}"
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> Job:
+        values = dict(row._mapping)
+        values["kind"] = JobKind(values["kind"])
+        values["state"] = JobState(values["state"])
+        values["result_urls"] = tuple(json.loads(values["result_urls"] or "[]"))
+        values["options"] = json.loads(values["options"] or "{}")
+        return cls(**values)
+
+
+class DuplicateUpscale(Exception):
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        super().__init__(f"a live upscale exists: {job.label}")
+
+
+def async_database_url(url: str) -> str:
+    """The operator writes plain ``sqlite:///`` or ``postgresql://``; pick the async drivers."""
+    scheme, rest = url.split("://", 1)
+    driver = {
+        "sqlite": "sqlite+aiosqlite",
+        "postgresql": "postgresql+asyncpg",
+        "postgres": "postgresql+asyncpg",
+    }.get(scheme.lower(), scheme)
+    return f"{driver}://{rest}"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite") or ":memory:" in url:
+        return None
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    return Path(path) if path else None
+
+
+class JobStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @classmethod
+    async def open(cls, database_url: str) -> JobStore:
+        url = async_database_url(database_url)
+        connect_args: dict[str, Any] = {}
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connect_args["timeout"] = 30
+        engine = create_async_engine(url, connect_args=connect_args)
+        if url.startswith("sqlite"):
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def create(
+        self,
+        *,
+        kind: JobKind,
+        requester_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        deadline_seconds: float,
+        parent_task_id: str | None = None,
+        image_index: int | None = None,
+        grid_message_id: int | None = None,
+        status_message_id: int | None = None,
+        prompt: str | None = None,
+        options: dict[str, str] | None = None,
+    ) -> Job:
+        """Insert a job in state ``requested``; a second live upscale raises DuplicateUpscale."""
+        now = time.time()
+        values = {
+            "id": secrets.token_hex(12),
+            "kind": kind.value,
+            "parent_task_id": parent_task_id,
+            "image_index": image_index,
+            "upstream_task_id": None,
+            "requester_id": requester_id,
+            "guild_id": guild_id,
+            "channel_id": channel_id,
+            "grid_message_id": grid_message_id,
+            "status_message_id": status_message_id,
+            "result_message_id": None,
+            "callback_secret": secrets.token_urlsafe(24),
+            "state": JobState.REQUESTED.value,
+            "error": None,
+            "result_urls": "[]",
+            "prompt": prompt,
+            "options": json.dumps(options or {}),
+            "created_at": now,
+            "updated_at": now,
+            "deadline_at": now + deadline_seconds,
+            "completed_at": None,
+            "delivered_at": None,
+        }
+        for _ in range(5):
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(jobs.insert().values(**values))
+                return await self._require(values["id"])
+            except IntegrityError:
+                if kind is not JobKind.UPSCALE:
+                    raise
+                existing = await self.live_upscale(parent_task_id or "", image_index or 0)
+                if existing is not None:
+                    raise DuplicateUpscale(existing) from None
+                # The live one failed between our insert and the look-up: try again.
+        raise RuntimeError("could not insert the job after repeated conflicts")
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._one(jobs.c.id == job_id)
+
+    async def by_secret(self, secret: str) -> Job | None:
+        return await self._one(jobs.c.callback_secret == secret)
+
+    async def by_upstream(self, task_id: str) -> Job | None:
+        return await self._one(jobs.c.upstream_task_id == task_id)
+
+    async def live_upscale(self, parent_task_id: str, image_index: int) -> Job | None:
+        return await self._one(
+            _live, jobs.c.parent_task_id == parent_task_id, jobs.c.image_index == image_index
+        )
+
+    async def upscaled_indexes(self, parent_task_id: str) -> set[int]:
+        """Images of a grid with a live or delivered upscale."""
+        query = sa.select(jobs.c.image_index).where(_live, jobs.c.parent_task_id == parent_task_id)
+        async with self._engine.connect() as conn:
+            return {row[0] for row in (await conn.execute(query)).fetchall()}
+
+    async def unfinished(self) -> list[Job]:
+        query = (
+            jobs.select()
+            .where(jobs.c.state.in_([s.value for s in UNFINISHED_STATES]))
+            .order_by(jobs.c.created_at)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).fetchall()
+        return [Job.from_row(row) for row in rows]
+
+    async def transition(
+        self, job_id: str, from_states: tuple[JobState, ...], to_state: JobState, **fields: Any
+    ) -> Job | None:
+        """Move the job to ``to_state`` if it is in one of ``from_states``; None if it was not."""
+        values = _encode(fields)
+        values["state"] = to_state.value
+        values["updated_at"] = time.time()
+        query = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]))
+            .values(**values)
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(query)
+        if result.rowcount != 1:
+            return None
+        return await self._require(job_id)
+
+    async def update(self, job_id: str, **fields: Any) -> Job:
+        """Change fields that are not the state (message ids, for instance)."""
+        values = _encode(fields)
+        values["updated_at"] = time.time()
+        async with self._engine.begin() as conn:
+            await conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+        return await self._require(job_id)
+
+    async def _one(self, *conditions: sa.ColumnElement[bool]) -> Job | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(jobs.select().where(*conditions).limit(1))).first()
+        return Job.from_row(row) if row is not None else None
+
+    async def _require(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job is None:
+            raise LookupError(f"job {job_id} vanished")
+        return job
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    values = dict(fields)
+    if "result_urls" in values:
+        values["result_urls"] = json.dumps(list(values["result_urls"]))
+    if "state" in values:
+        raise ValueError("change the state through transition()")
+    return values
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the listener read while a delivery writes; NORMAL sync is safe with WAL.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

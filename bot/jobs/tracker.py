@@ -1,0 +1,538 @@
+"""The job lifecycle: submit → wait (callback or poll) → confirm → deliver, and recovery at start.
+
+The tracker knows nothing of discord.py: it stores plain ids and speaks to Discord through a
+:class:`Publisher`. Every state change goes through the store's conditional transitions, so a
+callback, a poll and a restart racing for one job leave exactly one outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore
+from bot.midjourney.client import MidjourneyClient
+from bot.midjourney.errors import ApiError, ApiUnreachable
+from bot.midjourney.models import Task, TaskStatus
+
+log = logging.getLogger(__name__)
+
+# Tells the requester something only they see, while their interaction is still alive.
+Whisper = Callable[[str], Awaitable[None]]
+
+CALLBACK_PATH = "/callbacks/midjourney/"
+
+
+class DeliveryError(Exception):
+    """The result could not be posted; ``reason`` is for the requester, ``retry`` says if later
+    attempts may succeed (a Discord outage) or not (a result image that is not an image)."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        self.reason = reason
+        self.retry = retry
+        super().__init__(reason)
+
+
+class Publisher(Protocol):
+    """What the tracker needs from the Discord side (bot.delivery implements it)."""
+
+    async def post_status(self, job: Job) -> int | None: ...
+
+    async def deliver(self, job: Job) -> int: ...
+
+    async def mark_grid(self, job: Job) -> None: ...
+
+    async def tidy_up(self, job: Job) -> None: ...
+
+    async def announce_failure(self, job: Job, reason: str, whisper: Whisper | None) -> None: ...
+
+    async def post_grid(
+        self, task: Task, *, requester_id: int, guild_id: int | None, channel_id: int
+    ) -> int: ...
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How often record-info is asked while a job waits.
+
+    With callbacks the first poll waits long enough for a callback to arrive; without them it
+    polls every ``interval`` for a while, then backs off to ``max_interval``.
+    """
+
+    first_with_callback: float = 90.0
+    interval: float = 5.0
+    steady_for: float = 60.0
+    factor: float = 1.5
+    max_interval: float = 30.0
+
+    def next_delay(self, waited: float, previous: float | None, *, callbacks: bool) -> float:
+        if previous is None:
+            return self.first_with_callback if callbacks else self.interval
+        if waited < self.steady_for:
+            return self.interval
+        return min(self.max_interval, previous * self.factor)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a request, for the cog to tell the person who asked."""
+
+    job: Job
+    created: bool
+
+    @property
+    def running(self) -> bool:
+        return not self.job.finished
+
+    @property
+    def failed(self) -> bool:
+        return self.job.state is JobState.FAILED
+
+
+class Tracker:
+    def __init__(
+        self,
+        store: JobStore,
+        client: MidjourneyClient,
+        publisher: Publisher,
+        *,
+        callback_base: str | None,
+        deadline_seconds: float,
+        watermark: str | None = None,
+        poll: PollPolicy | None = None,
+        delivery_retries: int = 3,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._publisher = publisher
+        self._callback_base = callback_base.rstrip("/") if callback_base else None
+        self._deadline = deadline_seconds
+        self._watermark = watermark
+        self._poll = poll or PollPolicy()
+        self._delivery_retries = delivery_retries
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._doorbells: dict[str, asyncio.Event] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._whispers: dict[str, tuple[Whisper, float]] = {}
+        self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def store(self) -> JobStore:
+        return self._store
+
+    @property
+    def callbacks_enabled(self) -> bool:
+        return self._callback_base is not None
+
+    def callback_url(self, job: Job) -> str | None:
+        if self._callback_base is None:
+            return None
+        return f"{self._callback_base}{CALLBACK_PATH}{job.callback_secret}"
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def request_upscale(
+        self,
+        *,
+        parent_task_id: str,
+        image_index: int,
+        requester_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        grid_message_id: int | None,
+        whisper: Whisper | None = None,
+        whisper_until: float = 0.0,
+    ) -> Outcome:
+        """Start one upscale, or return the live one for the same (grid, image)."""
+        grid = await self._store.by_upstream(parent_task_id)
+        prompt = grid.prompt if grid is not None else None
+        try:
+            job = await self._store.create(
+                kind=JobKind.UPSCALE,
+                parent_task_id=parent_task_id,
+                image_index=image_index,
+                requester_id=requester_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                grid_message_id=grid_message_id,
+                prompt=prompt,
+                deadline_seconds=self._deadline,
+            )
+        except DuplicateUpscale as dup:
+            log.info("upscale click deduplicated %s image=%s", dup.job.label, image_index + 1)
+            return Outcome(dup.job, created=False)
+        log.info(
+            "upscale requested %s parent=%s image=%s user=%s",
+            job.label,
+            parent_task_id,
+            image_index + 1,
+            requester_id,
+        )
+        self._remember_whisper(job, whisper, whisper_until)
+        if grid is None:
+            job = await self._check_foreign_grid(job)
+            if job.finished:
+                return Outcome(job, created=True)
+        return Outcome(await self._start(job), created=True)
+
+    async def request_imagine(
+        self,
+        *,
+        prompt: str,
+        options: dict[str, str],
+        requester_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        status_message_id: int | None,
+        whisper: Whisper | None = None,
+        whisper_until: float = 0.0,
+    ) -> Outcome:
+        job = await self._store.create(
+            kind=JobKind.IMAGINE,
+            prompt=prompt,
+            options=options,
+            requester_id=requester_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            status_message_id=status_message_id,
+            deadline_seconds=self._deadline,
+        )
+        log.info("imagine requested %s user=%s", job.label, requester_id)
+        self._remember_whisper(job, whisper, whisper_until)
+        return Outcome(await self._start(job), created=True)
+
+    # -- callbacks --------------------------------------------------------------------------
+
+    async def on_callback(self, secret: str, task_id: str | None) -> bool:
+        """Record a callback for the job owning ``secret``; False when no job has it.
+
+        The body is not trusted: it only rings the doorbell, record-info decides.
+        """
+        job = await self._store.by_secret(secret)
+        if job is None:
+            return False
+        if job.finished:
+            log.info("callback for finished %s ignored", job.label)
+            return True
+        if task_id is not None and job.upstream_task_id not in (None, task_id):
+            log.warning("callback for %s names another task %s; ignored", job.label, task_id)
+            return True
+        if job.upstream_task_id is None and task_id is not None:
+            # The API call may have succeeded right before a crash: the callback tells us the id.
+            job = await self._store.update(job.id, upstream_task_id=task_id)
+        log.info("callback received %s state=%s", job.label, job.state)
+        self._ring(job)
+        return True
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Resume every job that is neither delivered nor failed; returns how many."""
+        jobs = await self._store.unfinished()
+        for job in jobs:
+            log.info("recovering %s state=%s", job.label, job.state)
+            if job.state is JobState.REQUESTED:
+                self._spawn(self._start(job))
+            else:
+                self._watch(job)
+        return len(jobs)
+
+    async def close(self) -> None:
+        self._closing = True
+        watchers = list(self._watchers.values())
+        for task in watchers:
+            task.cancel()
+        for task in watchers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._watchers.clear()
+
+    async def wait_idle(self) -> None:
+        """Until no job of this process is being watched (tests and shutdown use it)."""
+        while self._watchers:
+            await asyncio.gather(*list(self._watchers.values()), return_exceptions=True)
+
+    async def _start(self, job: Job) -> Job:
+        if job.status_message_id is None:
+            try:
+                message_id = await self._publisher.post_status(job)
+            except DeliveryError as exc:
+                return await self._fail(job, exc.reason)
+            if message_id is not None:
+                job = await self._store.update(job.id, status_message_id=message_id)
+        return await self._submit(job)
+
+    async def show_grid(
+        self, task_id: str, *, requester_id: int, guild_id: int | None, channel_id: int
+    ) -> str | None:
+        """Post the four images of any finished generation with U1–U4; the error if not."""
+        task = await self._finished_grid(task_id)
+        if isinstance(task, str):
+            return task
+        try:
+            await self._publisher.post_grid(
+                task, requester_id=requester_id, guild_id=guild_id, channel_id=channel_id
+            )
+        except DeliveryError as exc:
+            return exc.reason
+        return None
+
+    async def _finished_grid(self, task_id: str) -> Task | str:
+        try:
+            task = await self._client.record_info(task_id)
+        except (ApiError, ApiUnreachable) as exc:
+            return exc.user_message
+        if task.status is TaskStatus.PENDING:
+            return "that generation is still running; try again when it is done"
+        if task.status is TaskStatus.FAILED:
+            return f"that generation failed ({task.error})"
+        return task
+
+    async def _check_foreign_grid(self, job: Job) -> Job:
+        """An /upscale of a task this bot never saw: make sure it exists before paying."""
+        assert job.parent_task_id is not None
+        task = await self._finished_grid(job.parent_task_id)
+        if isinstance(task, str):
+            return await self._fail(job, task)
+        if job.image_index is not None and job.image_index >= len(task.result_urls):
+            return await self._fail(job, "that task has no such image")
+        if task.prompt:
+            job = await self._store.update(job.id, prompt=task.prompt)
+        return job
+
+    async def _submit(self, job: Job) -> Job:
+        claimed = await self._store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
+        if claimed is None:
+            return await self._store.get(job.id) or job
+        job = claimed
+        try:
+            if job.kind is JobKind.UPSCALE:
+                assert job.parent_task_id is not None and job.image_index is not None
+                task_id = await self._client.upscale(
+                    job.parent_task_id,
+                    job.image_index,
+                    watermark=self._watermark,
+                    callback_url=self.callback_url(job),
+                )
+            else:
+                task_id = await self._client.generate(
+                    job.prompt or "",
+                    speed=job.options.get("speed", "fast"),
+                    aspect_ratio=job.options.get("aspect_ratio"),
+                    version=job.options.get("version"),
+                    callback_url=self.callback_url(job),
+                )
+        except ApiError as exc:
+            log.warning("submit refused %s code=%s", job.label, exc.code)
+            return await self._fail(job, exc.user_message, from_states=(JobState.SUBMITTING,))
+        except ApiUnreachable as exc:
+            if not exc.maybe_done:
+                log.warning("submit failed %s: %s", job.label, exc)
+                return await self._fail(job, exc.user_message, from_states=(JobState.SUBMITTING,))
+            # The request may have been taken (and paid for): never resubmit, wait for a
+            # callback within the deadline instead.
+            log.warning("submit outcome unknown %s: %s", job.label, exc)
+            self._watch(job)
+            return job
+        submitted = await self._store.transition(
+            job.id, (JobState.SUBMITTING,), JobState.SUBMITTED, upstream_task_id=task_id
+        )
+        if submitted is None:
+            # A callback raced ahead of us and already moved the job on.
+            current = await self._store.get(job.id)
+            if current is not None and current.upstream_task_id is None:
+                current = await self._store.update(job.id, upstream_task_id=task_id)
+            job = current or job
+        else:
+            job = submitted
+        log.info("submitted %s kind=%s", job.label, job.kind)
+        if job.kind is JobKind.UPSCALE:
+            self._spawn(self._publisher.mark_grid(job))
+        self._watch(job)
+        return job
+
+    def _watch(self, job: Job) -> None:
+        if self._closing or job.id in self._watchers:
+            return
+        self._doorbells.setdefault(job.id, asyncio.Event())
+        task = asyncio.create_task(self._watch_loop(job.id), name=f"watch-{job.id}")
+        self._watchers[job.id] = task
+        task.add_done_callback(lambda _t, job_id=job.id: self._forget(job_id))
+
+    def _forget(self, job_id: str) -> None:
+        self._watchers.pop(job_id, None)
+        self._doorbells.pop(job_id, None)
+        self._locks.pop(job_id, None)
+        self._whispers.pop(job_id, None)
+
+    def _ring(self, job: Job) -> None:
+        if job.id in self._watchers:
+            self._doorbells[job.id].set()
+        else:
+            self._watch(job)
+            self._doorbells[job.id].set()
+
+    async def _watch_loop(self, job_id: str) -> None:
+        doorbell = self._doorbells[job_id]
+        delay: float | None = None
+        started = time.monotonic()
+        try:
+            while True:
+                job = await self._store.get(job_id)
+                if job is None or job.finished:
+                    return
+                if job.state is JobState.SUCCEEDED:
+                    if await self._deliver(job):
+                        return
+                    # A failed post that may succeed later: ring again after a pause.
+                    delay = self._poll.max_interval
+                else:
+                    if await self._check(job):
+                        continue
+                    delay = self._poll.next_delay(
+                        time.monotonic() - started, delay, callbacks=self.callbacks_enabled
+                    )
+                remaining = job.deadline_at - time.time()
+                if remaining <= 0:
+                    await self._expire(job)
+                    return
+                doorbell.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(doorbell.wait(), timeout=min(delay, remaining))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("watcher for job=%s crashed; it resumes at the next start", job_id)
+
+    async def _check(self, job: Job) -> bool:
+        """Ask record-info; True when the job moved on (succeeded or failed)."""
+        if job.upstream_task_id is None:
+            return False
+        try:
+            task = await self._client.record_info(job.upstream_task_id)
+        except ApiError as exc:
+            if exc.code == 404 and time.time() - job.created_at > 120:
+                await self._fail(job, exc.user_message)
+                return True
+            log.info("record-info refused %s code=%s; will retry", job.label, exc.code)
+            return False
+        except ApiUnreachable as exc:
+            log.info("record-info unavailable %s: %s; will retry", job.label, exc)
+            return False
+        return await self._settle(job, task)
+
+    async def _settle(self, job: Job, task: Task) -> bool:
+        if task.status is TaskStatus.PENDING:
+            return False
+        if task.status is TaskStatus.FAILED:
+            reason = (
+                f"Midjourney could not finish it: {task.error}"
+                if task.error
+                else ("Midjourney could not finish it")
+            )
+            await self._fail(job, reason)
+            return True
+        urls = task.result_urls
+        if job.kind is JobKind.UPSCALE:
+            urls = urls[:1]
+        fields: dict[str, object] = {"result_urls": urls, "completed_at": time.time()}
+        if job.prompt is None and task.prompt:
+            fields["prompt"] = task.prompt
+        done = await self._store.transition(
+            job.id, (JobState.SUBMITTING, JobState.SUBMITTED), JobState.SUCCEEDED, **fields
+        )
+        if done is not None:
+            log.info("succeeded %s results=%d", done.label, len(urls))
+        return True
+
+    async def _deliver(self, job: Job) -> bool:
+        """Post the result once; True when the job is finished (delivered or given up)."""
+        lock = self._locks.setdefault(job.id, asyncio.Lock())
+        async with lock:
+            current = await self._store.get(job.id)
+            if current is None or current.state is not JobState.SUCCEEDED:
+                return True
+            job = current
+            for attempt in range(1, self._delivery_retries + 1):
+                try:
+                    message_id = await self._publisher.deliver(job)
+                except DeliveryError as exc:
+                    log.warning("delivery failed %s attempt=%d: %s", job.label, attempt, exc)
+                    if not exc.retry:
+                        await self._fail(job, exc.reason, from_states=(JobState.SUCCEEDED,))
+                        return True
+                    await asyncio.sleep(min(2**attempt, 10))
+                    continue
+                delivered = await self._store.transition(
+                    job.id,
+                    (JobState.SUCCEEDED,),
+                    JobState.DELIVERED,
+                    result_message_id=message_id,
+                    delivered_at=time.time(),
+                )
+                if delivered is not None:
+                    log.info("delivered %s message=%s", delivered.label, message_id)
+                    await self._publisher.tidy_up(delivered)
+                return True
+            return False
+
+    async def _expire(self, job: Job) -> None:
+        if job.state is JobState.SUBMITTING:
+            reason = (
+                "the Midjourney API did not confirm the request in time, so whether it ran is "
+                "unknown; try again"
+            )
+        elif job.state is JobState.SUCCEEDED:
+            reason = "the result could not be posted to Discord in time"
+        else:
+            minutes = round(self._deadline / 60)
+            reason = f"no result from Midjourney within {minutes} minutes"
+        await self._fail(job, reason, from_states=(job.state,))
+
+    async def _fail(
+        self,
+        job: Job,
+        reason: str,
+        *,
+        from_states: tuple[JobState, ...] | None = None,
+    ) -> Job:
+        states = from_states or tuple(
+            s for s in JobState if s not in (JobState.DELIVERED, JobState.FAILED)
+        )
+        failed = await self._store.transition(job.id, states, JobState.FAILED, error=reason)
+        if failed is None:
+            return await self._store.get(job.id) or job
+        log.warning("failed %s: %s", failed.label, reason)
+        whisper = self._live_whisper(failed.id)
+        try:
+            await self._publisher.announce_failure(failed, reason, whisper)
+        except Exception:
+            log.exception("could not announce the failure of %s", failed.label)
+        return failed
+
+    def _remember_whisper(self, job: Job, whisper: Whisper | None, until: float) -> None:
+        if whisper is not None and until > time.time():
+            self._whispers[job.id] = (whisper, until)
+
+    def _live_whisper(self, job_id: str) -> Whisper | None:
+        entry = self._whispers.pop(job_id, None)
+        if entry is None or entry[1] <= time.time():
+            return None
+        return entry[0]
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("background step failed")
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,153 @@
+"""Typed async calls to the Midjourney API (midapi.ai / kie.ai): models in, models or errors out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+
+from bot.midjourney.errors import ApiError, ApiUnreachable
+from bot.midjourney.models import GRID_SIZE, MalformedAnswer, Task, is_task_id, parse_record_info
+
+log = logging.getLogger(__name__)
+
+MAX_ANSWER_BYTES = 1024 * 1024
+
+
+class MidjourneyClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        speed: str = "fast",
+        aspect_ratio: str | None = None,
+        version: str | None = None,
+        callback_url: str | None = None,
+    ) -> str:
+        body: dict[str, Any] = {"taskType": "mj_txt2img", "prompt": prompt, "speed": speed}
+        if aspect_ratio:
+            body["aspectRatio"] = aspect_ratio
+        if version:
+            body["version"] = version
+        if callback_url:
+            body["callBackUrl"] = callback_url
+        return self._task_id(await self._call("POST", "/api/v1/mj/generate", body=body))
+
+    async def upscale(
+        self,
+        task_id: str,
+        image_index: int,
+        *,
+        watermark: str | None = None,
+        callback_url: str | None = None,
+    ) -> str:
+        if not is_task_id(task_id) or not 0 <= image_index < GRID_SIZE:
+            raise ValueError("upscale needs a valid task id and an image index from 0 to 3")
+        body: dict[str, Any] = {"taskId": task_id, "imageIndex": image_index}
+        if watermark:
+            body["waterMark"] = watermark
+        if callback_url:
+            body["callBackUrl"] = callback_url
+        return self._task_id(await self._call("POST", "/api/v1/mj/generateUpscale", body=body))
+
+    async def record_info(self, task_id: str) -> Task:
+        data = await self._call("GET", "/api/v1/mj/record-info", params={"taskId": task_id})
+        try:
+            task = parse_record_info(data)
+        except MalformedAnswer as exc:
+            raise ApiUnreachable(
+                f"record-info answer is malformed: {exc}", maybe_done=True
+            ) from exc
+        if task.task_id != task_id:
+            raise ApiUnreachable("record-info answered about another task", maybe_done=True)
+        return task
+
+    async def credits(self) -> int:
+        data = await self._call("GET", "/api/v1/chat/credit")
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            raise ApiUnreachable("credit answer is not a number", maybe_done=True)
+        return int(data)
+
+    @staticmethod
+    def _task_id(data: object) -> str:
+        task_id = data.get("taskId") if isinstance(data, dict) else None
+        if not is_task_id(task_id):
+            # The call was accepted (code 200) yet names no task: it may have been charged.
+            raise ApiUnreachable(
+                "the API accepted the task but returned no taskId", maybe_done=True
+            )
+        return task_id
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> object:
+        url = self._base + path
+        try:
+            async with self._session.request(
+                method, url, json=body, params=params, headers=self._headers, timeout=self._timeout
+            ) as response:
+                raw = await response.content.read(MAX_ANSWER_BYTES + 1)
+                status = response.status
+        except aiohttp.ClientConnectorError as exc:
+            raise ApiUnreachable(
+                f"{path}: cannot connect ({exc.os_error})", maybe_done=False
+            ) from exc
+        except TimeoutError as exc:
+            raise ApiUnreachable(f"{path}: no answer in time", maybe_done=True) from exc
+        except aiohttp.ClientError as exc:
+            raise ApiUnreachable(f"{path}: {type(exc).__name__}", maybe_done=True) from exc
+
+        envelope = _envelope(raw)
+        if envelope is None:
+            log.warning("api %s %s answered HTTP %s without a JSON envelope", method, path, status)
+            if status in (401, 402, 404, 422, 429, 455, 501, 505):
+                raise ApiError(status)
+            raise ApiUnreachable(f"{path}: HTTP {status} without a JSON answer", maybe_done=True)
+        code, msg, data = envelope
+        if code != 200 or status >= 400:
+            error_code = code if code != 200 else status
+            log.info("api %s %s refused: code=%s http=%s msg=%s", method, path, code, status, msg)
+            raise ApiError(error_code, msg)
+        return data
+
+
+def _envelope(raw: bytes) -> tuple[int, str, object] | None:
+    if len(raw) > MAX_ANSWER_BYTES:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    code = parsed.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, bool) or not isinstance(code, int):
+        return None
+    msg = parsed.get("msg")
+    return code, msg if isinstance(msg, str) else "", parsed.get("data")

@@ -1,0 +1,49 @@
+"""Typed errors of the upstream API and what a person should be told about each."""
+
+from __future__ import annotations
+
+# The vendor's codes (reference/midjourney-api.md) in words for the person who clicked.
+_USER_MESSAGES = {
+    400: "the request was not valid",
+    401: "the bot's Midjourney API key is wrong or missing; ask the server admin to check it",
+    402: "the bot's Midjourney account is out of credits; ask the server admin to top it up",
+    404: "that task is unknown or has expired (results are kept about 14 days)",
+    422: "the API refused the request",
+    429: "the Midjourney API is busy right now; try again in a few seconds",
+    455: "the Midjourney API is down for maintenance; try again later",
+    500: "the Midjourney API had an internal error; try again later",
+    501: "the generation failed",
+    505: "this feature is disabled on the bot's Midjourney account",
+}
+
+
+class ApiError(Exception):
+    """The API answered, and the answer is a refusal (``code`` is the vendor's code)."""
+
+    def __init__(self, code: int, msg: str = "") -> None:
+        self.code = code
+        self.msg = msg[:300]
+        super().__init__(f"API error {code}: {self.msg}")
+
+    @property
+    def user_message(self) -> str:
+        base = _USER_MESSAGES.get(self.code, f"the Midjourney API answered with error {self.code}")
+        if self.code in (400, 422) and self.msg:
+            return f"{base}: {self.msg}"
+        return base
+
+
+class ApiUnreachable(Exception):
+    """No usable answer arrived: a refused connection, a timeout, a non-JSON page.
+
+    ``maybe_done`` is True when the request may have reached the API (so a paid call may have
+    happened and must not be repeated blindly).
+    """
+
+    def __init__(self, message: str, *, maybe_done: bool) -> None:
+        self.maybe_done = maybe_done
+        super().__init__(message)
+
+    @property
+    def user_message(self) -> str:
+        return "the Midjourney API could not be reached; try again in a minute"

@@ -1,0 +1,180 @@
+"""What the API says about tasks, in one place for both payload shapes it uses.
+
+record-info nests result URLs as ``resultInfoJson.resultUrls[].resultUrl`` while callbacks carry
+``data.resultUrls`` as plain strings; third-party reports say real payloads stray from both, so
+the parsers accept either shape anywhere and refuse anything they cannot make sense of with
+:class:`MalformedAnswer` rather than guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+# Task ids the vendor hands out are hex; the sandbox and other resellers use similar tokens.
+# Anything outside this set is refused before it reaches the API, a custom_id or a log line.
+TASK_ID_PATTERN = r"[A-Za-z0-9_-]{6,64}"
+_TASK_ID_RE = re.compile(TASK_ID_PATTERN)
+
+TASK_TYPES = ("mj_txt2img", "mj_img2img", "mj_style_reference", "mj_omni_reference")
+SPEEDS = ("relaxed", "fast", "turbo")
+ASPECT_RATIOS = ("1:1", "1:2", "2:1", "2:3", "3:2", "3:4", "4:3", "5:6", "6:5", "9:16", "16:9")
+VERSIONS = ("7", "6.1", "6", "5.2", "5.1", "niji6")
+
+GRID_SIZE = 4
+
+
+class MalformedAnswer(ValueError):
+    """An API answer or callback body that does not have the documented shape."""
+
+
+class TaskStatus(Enum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    status: TaskStatus
+    result_urls: tuple[str, ...] = ()
+    error: str | None = None
+    prompt: str | None = None
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CallbackNotice:
+    """What a callback claims; only a doorbell, record-info has the final word."""
+
+    task_id: str | None
+    code: int | None
+    result_urls: tuple[str, ...]
+
+
+def is_task_id(value: object) -> bool:
+    return isinstance(value, str) and _TASK_ID_RE.fullmatch(value) is not None
+
+
+def _mapping(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedAnswer(f"{what} is not a JSON object")
+    return value
+
+
+def _maybe_json(value: object) -> object:
+    """The vendor nests JSON as strings in some fields and objects in others."""
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _urls(value: object) -> tuple[str, ...]:
+    value = _maybe_json(value)
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        return _urls(value.get("resultUrls", value.get("result_urls")))
+    if not isinstance(value, list):
+        raise MalformedAnswer("resultUrls is not a list")
+    urls: list[str] = []
+    for item in value:
+        if isinstance(item, dict):
+            item = item.get("resultUrl", item.get("url"))
+        if not isinstance(item, str) or not item.startswith(("http://", "https://")):
+            raise MalformedAnswer("resultUrls holds something that is not an http(s) URL")
+        urls.append(item)
+    return tuple(urls)
+
+
+def parse_time(value: object) -> datetime | None:
+    """Times come as ISO strings or as epoch milliseconds; anything else is no time."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = value / 1000 if value > 10**11 else value
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(value, str) and value:
+        if value.isdigit():
+            return parse_time(int(value))
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def _prompt(param_json: object) -> str | None:
+    params = _maybe_json(param_json)
+    if isinstance(params, dict) and isinstance(params.get("prompt"), str):
+        return params["prompt"]
+    return None
+
+
+def _text(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)[:500]
+
+
+def parse_record_info(data: object) -> Task:
+    """The ``data`` of a record-info answer as a :class:`Task`."""
+    record = _mapping(data, "record-info data")
+    task_id = record.get("taskId")
+    if not is_task_id(task_id):
+        raise MalformedAnswer("record-info has no valid taskId")
+    flag = record.get("successFlag")
+    if isinstance(flag, str) and flag.isdigit():
+        flag = int(flag)
+    if isinstance(flag, bool) or flag not in (0, 1, 2, 3):
+        raise MalformedAnswer(f"record-info successFlag {flag!r} is not 0, 1, 2 or 3")
+    urls = _urls(record.get("resultInfoJson", record.get("resultUrls")))
+    error = _text(record.get("errorMessage"))
+    status = TaskStatus.PENDING
+    if flag == 1:
+        if not urls:
+            raise MalformedAnswer("record-info says success but carries no result URLs")
+        status = TaskStatus.SUCCEEDED
+    elif flag in (2, 3):
+        status = TaskStatus.FAILED
+        error = error or ("the generation failed" if flag == 3 else "the task failed")
+    return Task(
+        task_id=task_id,
+        status=status,
+        result_urls=urls,
+        error=error,
+        prompt=_prompt(record.get("paramJson")),
+        completed_at=parse_time(record.get("completeTime")),
+    )
+
+
+def parse_callback(body: object) -> CallbackNotice:
+    """A callback body; it only has to name a task, the rest is advisory."""
+    envelope = _mapping(body, "callback body")
+    data = envelope.get("data")
+    data = data if isinstance(data, dict) else {}
+    task_id = data.get("taskId", data.get("task_id", envelope.get("taskId")))
+    if not is_task_id(task_id):
+        raise MalformedAnswer("callback names no valid taskId")
+    code = envelope.get("code")
+    try:
+        urls = _urls(data.get("resultUrls", data.get("resultInfoJson")))
+    except MalformedAnswer:
+        urls = ()
+    return CallbackNotice(
+        task_id=task_id,
+        code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+        result_urls=urls,
+    )

@@ -1,0 +1,810 @@
+"""An in-process stand-in of the Midjourney API (midapi.ai / kie.ai), as an aiohttp application.
+
+It serves the same paths and envelopes as the vendors document them, so the bot can be tried end to
+end without credits (``MJ_API_BASE_URL=sandbox``, mounted under the bot's listener) and tests can
+drive every outcome over real HTTP: slow answers, injected error codes, failed generations and
+callbacks that need retries. Nothing in it talks to the real service.
+
+Error codes chosen where the vendor is silent:
+
+- body that is not a JSON object: 400;
+- missing or wrong ``Authorization: Bearer``: 401;
+- not enough credits for the call: 402;
+- unknown task id (upscale parent, record-info, result file): 404;
+- any parameter that is missing or invalid, and an upscale of a generation that has not succeeded
+  (still running, failed, or not a generation at all): 422, ``msg`` naming the problem.
+
+With ``errors_as_http_status`` (the default) the HTTP status equals ``code``; without it every
+answer is HTTP 200 and only the body's ``code`` tells an error, the other reading of the docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any, Literal, NamedTuple
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+log = logging.getLogger(__name__)
+
+Endpoint = Literal["generate", "generateUpscale", "record-info", "credit", "download-url", "files"]
+ENDPOINTS: frozenset[str] = frozenset(
+    ("generate", "generateUpscale", "record-info", "credit", "download-url", "files")
+)
+
+TASK_TYPES = frozenset(
+    (
+        "mj_txt2img",
+        "mj_img2img",
+        "mj_style_reference",
+        "mj_omni_reference",
+        "mj_video",
+        "mj_video_hd",
+    )
+)
+SPEEDS = frozenset(("relaxed", "fast", "turbo"))
+ASPECT_RATIOS = frozenset(
+    ("1:2", "9:16", "2:3", "3:4", "5:6", "6:5", "4:3", "3:2", "1:1", "16:9", "2:1")
+)
+VERSIONS = frozenset(("7", "6.1", "6", "5.2", "5.1", "niji6"))
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "variety": (0, 100),
+    "stylization": (0, 1000),
+    "weirdness": (0, 3000),
+}
+MAX_PROMPT_CHARS = 2000
+# The vendor leaves the taskType of an upscale undocumented; the bot must not rely on it anyway.
+UPSCALE_TASK_TYPE = "mj_upscale"
+FAIL_MARKER = "--fail"
+
+DEFAULT_MESSAGES: dict[int, str] = {
+    400: "bad request",
+    401: "missing or invalid credentials",
+    402: "insufficient credits",
+    404: "not found",
+    422: "validation error",
+    429: "rate limited",
+    455: "service unavailable",
+    500: "server error",
+    501: "generation failed",
+    505: "feature disabled",
+}
+
+RUNNING, SUCCESS, FAILED = 0, 1, 2
+
+_FILE_ROUTE = "mj-sandbox-file"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class SandboxCall(NamedTuple):
+    """One request as received: parsed JSON body (raw text if not JSON) or the GET query."""
+
+    endpoint: str
+    body: Any
+
+
+class CallbackAttempt(NamedTuple):
+    """One POST to a task's callBackUrl; ``status`` is None when no HTTP answer came back."""
+
+    task_id: str
+    url: str
+    attempt: int
+    payload: dict[str, Any]
+    status: int | None
+    error: str | None
+
+
+@dataclass
+class SandboxTask:
+    """The sandbox's record of one task; ``success_flag`` uses the vendor's 0/1/2/3."""
+
+    task_id: str
+    task_type: str
+    params: dict[str, Any]
+    created_at: datetime
+    # Alternating per task so clients meet both time formats the vendor is known to send.
+    epoch_millis: bool
+    parent_task_id: str | None = None
+    image_index: int | None = None
+    callback_url: str | None = None
+    # Where the creating request came from: callbacks have no request to build URLs from.
+    origin: URL | None = None
+    success_flag: int = RUNNING
+    completed_at: datetime | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    fail_message: str | None = None
+    timer: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def result_count(self) -> int:
+        return 1 if self.parent_task_id is not None else 4
+
+
+class _ApiError(Exception):
+    def __init__(self, code: int, msg: str | None = None, http_status: int | None = None) -> None:
+        super().__init__(code, msg)
+        self.code = code
+        self.msg = msg if msg is not None else DEFAULT_MESSAGES.get(code, "error")
+        self.http_status = http_status
+
+
+class SandboxAPI:
+    """The API stand-in; serve ``.app`` standalone or mount it with ``add_subapp``.
+
+    ``task_seconds``: how long a task runs before it finishes by itself; ``None`` leaves every task
+    running until ``complete()`` or ``fail()``. ``answer_delay``: seconds each POST waits before
+    answering. ``api_key``: the only bearer accepted; ``None`` accepts any non-empty one.
+    ``image_size``: side of each generated image; an upscale is ``upscale_factor`` times larger.
+    ``callback_retry_delays``: pauses before each retry of a callback not answered with 200.
+    ``webhook_hmac_key``: when set, callbacks are signed the way kie.ai signs them.
+    """
+
+    def __init__(
+        self,
+        *,
+        task_seconds: float | None = 2.0,
+        answer_delay: float = 0.0,
+        api_key: str | None = None,
+        credits: int = 1000,
+        generation_cost: int = 8,
+        upscale_cost: int = 2,
+        image_size: int = 256,
+        upscale_factor: int = 2,
+        errors_as_http_status: bool = True,
+        callback_retry_delays: Sequence[float] = (0.05, 0.2, 0.5),
+        callback_timeout: float = 15.0,
+        webhook_hmac_key: str | None = None,
+    ) -> None:
+        if image_size < 1 or upscale_factor < 1:
+            raise ValueError("image_size and upscale_factor must be positive")
+        self.task_seconds = task_seconds
+        self.answer_delay = answer_delay
+        self.api_key = api_key
+        self.credits = credits
+        self.generation_cost = generation_cost
+        self.upscale_cost = upscale_cost
+        self.image_size = image_size
+        self.upscale_factor = upscale_factor
+        self.errors_as_http_status = errors_as_http_status
+        self.callback_retry_delays = tuple(callback_retry_delays)
+        self.callback_timeout = callback_timeout
+        self.webhook_hmac_key = webhook_hmac_key
+
+        self.calls: list[SandboxCall] = []
+        self.callback_attempts: list[CallbackAttempt] = []
+        self._tasks: dict[str, SandboxTask] = {}
+        self._faults: dict[str, list[_ApiError]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._png_cache: dict[tuple[str, int], bytes] = {}
+
+        self.app = web.Application()
+        self.app.router.add_post("/api/v1/mj/generate", self._generate)
+        self.app.router.add_post("/api/v1/mj/generateUpscale", self._generate_upscale)
+        self.app.router.add_get("/api/v1/mj/record-info", self._record_info)
+        self.app.router.add_get("/api/v1/chat/credit", self._credit)
+        self.app.router.add_post("/api/v1/common/download-url", self._download_url)
+        self.app.router.add_get("/files/{name}", self._file, name=_FILE_ROUTE)
+        self.app.on_cleanup.append(self._on_cleanup)
+
+    # ----- test controls -----------------------------------------------------------------------
+
+    def fail_next(
+        self, endpoint: Endpoint, code: int, msg: str | None = None, http_status: int | None = None
+    ) -> None:
+        """Make the next call of ``endpoint`` answer this error; queued calls apply in order.
+
+        ``http_status`` overrides the status that ``errors_as_http_status`` would choose.
+        """
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; one of {sorted(ENDPOINTS)}")
+        self._faults.setdefault(endpoint, []).append(_ApiError(code, msg, http_status))
+
+    def complete(self, task_id: str) -> None:
+        """Finish a running task now: success, or failure if its prompt asked for one."""
+        task = self._running(task_id)
+        if task.fail_message is not None:
+            self._finish(task, FAILED, task.fail_message)
+        else:
+            self._finish(task, SUCCESS, None)
+
+    def fail(
+        self,
+        task_id: str,
+        message: str = "Image generation failed",
+        *,
+        success_flag: Literal[2, 3] = FAILED,
+        error_code: int = 501,
+    ) -> None:
+        """Finish a running task now as failed (successFlag 2, or 3: created but failed)."""
+        task = self._running(task_id)
+        self._finish(task, success_flag, message, error_code)
+
+    def add_generation(
+        self, task_id: str | None = None, prompt: str = "a sandbox picture", **params: Any
+    ) -> str:
+        """Seed an already successful generation that no client started; returns its id."""
+        task = self._new_task(
+            task_id or uuid.uuid4().hex,
+            "mj_txt2img",
+            {"taskType": "mj_txt2img", "prompt": prompt, "speed": "fast", **params},
+            origin=None,
+        )
+        task.success_flag = SUCCESS
+        task.completed_at = task.created_at
+        log.info("sandbox: seeded generation %s", task.task_id)
+        return task.task_id
+
+    def resend_callback(self, task_id: str) -> None:
+        """Deliver a finished task's callback once more, as the vendor may."""
+        task = self.task(task_id)
+        if task.success_flag == RUNNING or task.callback_url is None:
+            raise ValueError(f"task {task_id} is running or has no callBackUrl")
+        self._spawn(self._deliver_callback(task))
+
+    # ----- observation -------------------------------------------------------------------------
+
+    def task(self, task_id: str) -> SandboxTask:
+        """The sandbox's record of a task; KeyError if unknown."""
+        return self._tasks[task_id]
+
+    def count(self, endpoint: Endpoint) -> int:
+        return sum(1 for call in self.calls if call.endpoint == endpoint)
+
+    # A default bound (rather than asyncio.timeout at each call site) keeps an awaited event that
+    # never comes from hanging a test run.
+    async def wait_for_call(
+        self,
+        endpoint: Endpoint,
+        n: int = 1,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> list[SandboxCall]:
+        """Wait until ``endpoint`` was called ``n`` times (TimeoutError otherwise); its calls."""
+        await self._wait_until(lambda: self.count(endpoint) >= n, timeout)
+        return [call for call in self.calls if call.endpoint == endpoint]
+
+    async def wait_for_callback(
+        self,
+        task_id: str | None = None,
+        n: int = 1,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> list[CallbackAttempt]:
+        """Wait until ``n`` callback attempts were made (for one task, or any); those attempts."""
+
+        def attempts() -> list[CallbackAttempt]:
+            return [a for a in self.callback_attempts if task_id in (None, a.task_id)]
+
+        await self._wait_until(lambda: len(attempts()) >= n, timeout)
+        return attempts()
+
+    def image_bytes(self, task_id: str, index: int) -> bytes:
+        """The PNG a task's result ``index`` is served as; an upscale scales its parent's image."""
+        task = self.task(task_id)
+        if not 0 <= index < task.result_count:
+            raise IndexError(f"task {task_id} has {task.result_count} result(s), not {index + 1}")
+        key = (task_id, index)
+        if key not in self._png_cache:
+            if task.parent_task_id is not None and task.image_index is not None:
+                rows = _scale(
+                    _render(task.parent_task_id, task.image_index, self.image_size),
+                    self.upscale_factor,
+                )
+                source = f"upscale {task_id} of {task.parent_task_id} image {task.image_index}"
+            else:
+                rows = _render(task_id, index, self.image_size)
+                source = f"generation {task_id} image {index}"
+            self._png_cache[key] = encode_png(rows, {"Source": f"mj sandbox {source}"})
+        return self._png_cache[key]
+
+    async def close(self) -> None:
+        """Cancel pending task timers and callback deliveries; close the callback session."""
+        pending = list(self._background)
+        for job in pending:
+            job.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._tasks.values():
+            task.timer = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ----- HTTP handlers -----------------------------------------------------------------------
+
+    async def _generate(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "generate", self._do_generate)
+
+    async def _generate_upscale(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "generateUpscale", self._do_upscale)
+
+    async def _record_info(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "record-info", self._do_record_info)
+
+    async def _credit(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "credit", self._do_credit)
+
+    async def _download_url(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "download-url", self._do_download_url)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        # Result files are public on the vendor's hosts too: no auth, no envelope on success.
+        name = request.match_info["name"]
+        self._record("files", name)
+        try:
+            self._take_fault("files")
+            task_id, index = self._parse_file_name(name)
+            task = self._tasks.get(task_id)
+            if task is None or task.success_flag != SUCCESS or index >= task.result_count:
+                raise _ApiError(404, f"no such file: {name}")
+        except _ApiError as error:
+            return self._error_response("files", error)
+        return web.Response(body=self.image_bytes(task_id, index), content_type="image/png")
+
+    async def _handle(
+        self,
+        request: web.Request,
+        endpoint: str,
+        operation: Callable[[web.Request, Any], Awaitable[Any]],
+    ) -> web.Response:
+        if request.method == "POST":
+            raw = await request.text()
+            try:
+                body: Any = json.loads(raw)
+            except ValueError:
+                body = raw
+        else:
+            body = dict(request.query)
+        self._record(endpoint, body)
+        if request.method == "POST" and self.answer_delay > 0:
+            await asyncio.sleep(self.answer_delay)
+        try:
+            self._authenticate(request)
+            self._take_fault(endpoint)
+            data = await operation(request, body)
+        except _ApiError as error:
+            return self._error_response(endpoint, error)
+        return web.json_response({"code": 200, "msg": "success", "data": data})
+
+    async def _do_generate(self, request: web.Request, body: Any) -> dict[str, str]:
+        params = _require_object(body)
+        task_type = params.get("taskType")
+        if not _is_one_of(task_type, TASK_TYPES):
+            raise _ApiError(422, f"taskType must be one of {sorted(TASK_TYPES)}")
+        prompt = params.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _ApiError(422, "prompt is required")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise _ApiError(422, f"prompt must be at most {MAX_PROMPT_CHARS} characters")
+        for name, allowed in (
+            ("speed", SPEEDS),
+            ("aspectRatio", ASPECT_RATIOS),
+            ("version", VERSIONS),
+        ):
+            if name in params and not _is_one_of(params[name], allowed):
+                raise _ApiError(422, f"{name} must be one of {sorted(allowed)}")
+        for name, (low, high) in INT_RANGES.items():
+            if name in params and not _is_int_in(params[name], low, high):
+                raise _ApiError(422, f"{name} must be an integer from {low} to {high}")
+        file_urls = params.get("fileUrls", [])
+        if not isinstance(file_urls, list) or not all(isinstance(u, str) for u in file_urls):
+            raise _ApiError(422, "fileUrls must be a list of URLs")
+        if not isinstance(params.get("enableTranslation", False), bool):
+            raise _ApiError(422, "enableTranslation must be a boolean")
+        _check_optional_string(params, "waterMark")
+        callback_url = _check_callback_url(params)
+        self._charge(self.generation_cost)
+        task = self._new_task(
+            uuid.uuid4().hex,
+            task_type,
+            params,
+            origin=request.url.origin(),
+            callback_url=callback_url,
+        )
+        if FAIL_MARKER in prompt:
+            task.fail_message = "Image generation failed: the prompt asked the sandbox to fail"
+        self._start(task)
+        return {"taskId": task.task_id}
+
+    async def _do_upscale(self, request: web.Request, body: Any) -> dict[str, str]:
+        params = _require_object(body)
+        parent_id = params.get("taskId")
+        if not isinstance(parent_id, str) or not parent_id:
+            raise _ApiError(422, "taskId is required")
+        index = params.get("imageIndex")
+        if not _is_int_in(index, 0, 3):
+            raise _ApiError(422, "imageIndex must be an integer from 0 to 3")
+        _check_optional_string(params, "waterMark")
+        callback_url = _check_callback_url(params)
+        parent = self._tasks.get(parent_id)
+        if parent is None:
+            raise _ApiError(404, f"task {parent_id} not found")
+        if parent.parent_task_id is not None:
+            raise _ApiError(422, f"task {parent_id} is not a generation task")
+        if parent.success_flag == RUNNING:
+            raise _ApiError(422, f"task {parent_id} is still generating")
+        if parent.success_flag != SUCCESS:
+            raise _ApiError(422, f"task {parent_id} did not succeed")
+        self._charge(self.upscale_cost)
+        task = self._new_task(
+            uuid.uuid4().hex,
+            UPSCALE_TASK_TYPE,
+            params,
+            origin=request.url.origin(),
+            callback_url=callback_url,
+            parent_task_id=parent_id,
+            image_index=index,
+        )
+        self._start(task)
+        return {"taskId": task.task_id}
+
+    async def _do_record_info(self, request: web.Request, query: Any) -> dict[str, Any]:
+        task_id = query.get("taskId")
+        if not task_id:
+            raise _ApiError(422, "taskId is required")
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise _ApiError(404, f"task {task_id} not found")
+        result_info = None
+        if task.success_flag == SUCCESS:
+            urls = self._result_urls(task, request.url.origin())
+            result_info = {"resultUrls": [{"resultUrl": url} for url in urls]}
+        return {
+            "taskId": task.task_id,
+            "taskType": task.task_type,
+            "paramJson": json.dumps(task.params),
+            "createTime": _format_time(task.created_at, task.epoch_millis),
+            "completeTime": _format_time(task.completed_at, task.epoch_millis),
+            "resultInfoJson": result_info,
+            "successFlag": task.success_flag,
+            "errorCode": task.error_code,
+            "errorMessage": task.error_message,
+        }
+
+    async def _do_credit(self, request: web.Request, query: Any) -> int:
+        return self.credits
+
+    async def _do_download_url(self, request: web.Request, body: Any) -> str:
+        url = _require_object(body).get("url")
+        if not isinstance(url, str) or not url:
+            raise _ApiError(422, "url is required")
+        return url
+
+    # ----- internals ---------------------------------------------------------------------------
+
+    def _record(self, endpoint: str, body: Any) -> None:
+        self.calls.append(SandboxCall(endpoint, body))
+        log.debug("sandbox: %s called", endpoint)
+        self._notify()
+
+    def _authenticate(self, request: web.Request) -> None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _ApiError(401, "missing bearer token")
+        if self.api_key is not None and not hmac.compare_digest(token, self.api_key):
+            raise _ApiError(401, "invalid API key")
+
+    def _take_fault(self, endpoint: str) -> None:
+        queued = self._faults.get(endpoint)
+        if queued:
+            error = queued.pop(0)
+            log.info("sandbox: injected error %d on %s", error.code, endpoint)
+            raise error
+
+    def _error_response(self, endpoint: str, error: _ApiError) -> web.Response:
+        status = error.http_status
+        if status is None:
+            status = error.code if self.errors_as_http_status else 200
+        # %r because msg may echo request values, which must not forge log lines.
+        log.info(
+            "sandbox: %s answered code %d (HTTP %d): %r", endpoint, error.code, status, error.msg
+        )
+        # Codes such as 455 have no standard reason phrase; a constant one keeps the status line
+        # valid without echoing request values into it.
+        reason = None if _is_standard_status(status) else DEFAULT_MESSAGES.get(status, "Error")
+        return web.json_response(
+            {"code": error.code, "msg": error.msg, "data": None}, status=status, reason=reason
+        )
+
+    def _charge(self, cost: int) -> None:
+        if self.credits < cost:
+            raise _ApiError(402, "insufficient credits")
+        self.credits -= cost
+
+    def _new_task(
+        self,
+        task_id: str,
+        task_type: str,
+        params: dict[str, Any],
+        *,
+        origin: URL | None,
+        callback_url: str | None = None,
+        parent_task_id: str | None = None,
+        image_index: int | None = None,
+    ) -> SandboxTask:
+        if task_id in self._tasks:
+            raise ValueError(f"task {task_id} already exists")
+        task = SandboxTask(
+            task_id=task_id,
+            task_type=task_type,
+            params=params,
+            created_at=datetime.now(UTC),
+            epoch_millis=len(self._tasks) % 2 == 1,
+            parent_task_id=parent_task_id,
+            image_index=image_index,
+            callback_url=callback_url,
+            origin=origin,
+        )
+        self._tasks[task_id] = task
+        return task
+
+    def _start(self, task: SandboxTask) -> None:
+        log.info("sandbox: task %s (%s) created", task.task_id, task.task_type)
+        if self.task_seconds is not None:
+            task.timer = self._spawn(self._finish_later(task, self.task_seconds))
+
+    async def _finish_later(self, task: SandboxTask, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        # Cleared first so that _finish does not cancel the very task running it.
+        task.timer = None
+        self.complete(task.task_id)
+
+    def _running(self, task_id: str) -> SandboxTask:
+        task = self.task(task_id)
+        if task.success_flag != RUNNING:
+            raise ValueError(f"task {task_id} already finished (successFlag {task.success_flag})")
+        return task
+
+    def _finish(
+        self, task: SandboxTask, flag: int, message: str | None, error_code: int = 501
+    ) -> None:
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
+        task.success_flag = flag
+        task.completed_at = datetime.now(UTC)
+        if flag != SUCCESS:
+            task.error_code = error_code
+            task.error_message = message
+        log.info("sandbox: task %s finished with successFlag %d", task.task_id, flag)
+        if task.callback_url is not None:
+            self._spawn(self._deliver_callback(task))
+
+    def _callback_payload(self, task: SandboxTask) -> dict[str, Any]:
+        if task.success_flag == SUCCESS:
+            # Only tasks created over HTTP can carry a callBackUrl, so the origin is known.
+            assert task.origin is not None
+            return {
+                "code": 200,
+                "msg": "success",
+                "data": {
+                    "taskId": task.task_id,
+                    "promptJson": json.dumps(task.params),
+                    "resultUrls": self._result_urls(task, task.origin),
+                },
+            }
+        return {
+            "code": 500,
+            "msg": "Image generation failed",
+            "data": {"taskId": task.task_id, "resultUrls": []},
+        }
+
+    async def _deliver_callback(self, task: SandboxTask) -> None:
+        assert task.callback_url is not None
+        payload = self._callback_payload(task)
+        delays = (0.0, *self.callback_retry_delays)
+        for attempt, delay in enumerate(delays, start=1):
+            if delay:
+                await asyncio.sleep(delay)
+            status, error = await self._post_callback(task, payload)
+            self.callback_attempts.append(
+                CallbackAttempt(task.task_id, task.callback_url, attempt, payload, status, error)
+            )
+            log.info(
+                "sandbox: callback %d for task %s answered %s",
+                attempt,
+                task.task_id,
+                status if status is not None else error,
+            )
+            self._notify()
+            if status == 200:
+                return
+        log.warning("sandbox: gave up calling back task %s", task.task_id)
+
+    async def _post_callback(
+        self, task: SandboxTask, payload: dict[str, Any]
+    ) -> tuple[int | None, str | None]:
+        assert task.callback_url is not None
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers: dict[str, str] = {}
+        if self.webhook_hmac_key is not None:
+            timestamp = str(int(time.time()))
+            headers["X-Webhook-Timestamp"] = timestamp
+            headers["X-Webhook-Signature"] = webhook_signature(
+                self.webhook_hmac_key, task.task_id, timestamp
+            )
+        try:
+            async with self._session.post(
+                task.callback_url,
+                json=payload,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.callback_timeout),
+            ) as response:
+                await response.read()
+                return response.status, None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return None, f"{type(error).__name__}: {error}"
+
+    def _result_urls(self, task: SandboxTask, origin: URL) -> list[str]:
+        route = self.app.router[_FILE_ROUTE]
+        return [
+            str(origin.join(route.url_for(name=f"{task.task_id}_0_{index}.png")))
+            for index in range(task.result_count)
+        ]
+
+    @staticmethod
+    def _parse_file_name(name: str) -> tuple[str, int]:
+        stem, dot, extension = name.rpartition(".")
+        task_id, _, index = stem.rpartition("_0_")
+        if not dot or extension != "png" or not task_id or not index.isdigit():
+            raise _ApiError(404, f"no such file: {name}")
+        return task_id, int(index)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        job = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+        return job
+
+    def _notify(self) -> None:
+        for predicate, future in self._waiters:
+            if not future.done() and predicate():
+                future.set_result(None)
+
+    async def _wait_until(self, predicate: Callable[[], bool], limit: float) -> None:
+        if predicate():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (predicate, future)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(limit):
+                await future
+        finally:
+            self._waiters.remove(entry)
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        await self.close()
+
+
+def webhook_signature(key: str, task_id: str, timestamp: str) -> str:
+    """kie.ai's callback signature: base64(HMAC-SHA256(taskId + "." + timestamp, key))."""
+    digest = hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def encode_png(rows: Sequence[bytes], text: dict[str, str] | None = None) -> bytes:
+    """An 8-bit RGB PNG of ``rows`` (each ``3 * width`` bytes), with optional tEXt chunks."""
+    height = len(rows)
+    width = len(rows[0]) // 3 if rows else 0
+    if width == 0 or any(len(row) != 3 * width for row in rows):
+        raise ValueError("rows must be non-empty and all 3 * width bytes long")
+    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))]
+    for keyword, value in (text or {}).items():
+        chunks.append(_png_chunk(b"tEXt", keyword.encode("latin-1") + b"\0" + value.encode()))
+    # Filter type 0 on every row: the images are flat blocks that compress well regardless.
+    raw = b"".join(b"\0" + row for row in rows)
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(raw, 6)))
+    chunks.append(_png_chunk(b"IEND", b""))
+    return _PNG_SIGNATURE + b"".join(chunks)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _render(task_id: str, index: int, size: int) -> list[bytes]:
+    """A deterministic 8x8 checkerboard per (task, index), its own quadrant drawn inverted.
+
+    The inverted quadrant sits where ``index`` sits in the Midjourney 2x2 grid, so a person looking
+    at an upscale can tell which of the four it came from.
+    """
+    digest = hashlib.sha256(f"{task_id}:{index}".encode()).digest()
+    light, dark = digest[0:3], digest[3:6]
+    colours = {
+        (False, False): light,
+        (False, True): dark,
+        (True, False): bytes(255 - c for c in light),
+        (True, True): bytes(255 - c for c in dark),
+    }
+    bounds = [cell * size // 8 for cell in range(9)]
+    marked_column, marked_row = index % 2, index // 2
+    rows: list[bytes] = []
+    for cell_y in range(8):
+        row = b"".join(
+            colours[
+                (cell_x // 4 == marked_column and cell_y // 4 == marked_row),
+                (cell_x + cell_y) % 2 == 1,
+            ]
+            * (bounds[cell_x + 1] - bounds[cell_x])
+            for cell_x in range(8)
+        )
+        rows.extend([row] * (bounds[cell_y + 1] - bounds[cell_y]))
+    return rows
+
+
+def _scale(rows: Iterable[bytes], factor: int) -> list[bytes]:
+    """Nearest-neighbour enlargement, so each source pixel becomes a factor x factor block."""
+    scaled: list[bytes] = []
+    for row in rows:
+        wide = b"".join(row[i : i + 3] * factor for i in range(0, len(row), 3))
+        scaled.extend([wide] * factor)
+    return scaled
+
+
+def _is_standard_status(status: int) -> bool:
+    try:
+        HTTPStatus(status)
+    except ValueError:
+        return False
+    return True
+
+
+def _format_time(moment: datetime | None, epoch_millis: bool) -> str | int | None:
+    if moment is None:
+        return None
+    if epoch_millis:
+        return int(moment.timestamp() * 1000)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _is_one_of(value: Any, allowed: frozenset[str]) -> bool:
+    # A JSON list or object is unhashable: it must be rejected, not crash the membership test.
+    return isinstance(value, str) and value in allowed
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    # bool is an int subclass in Python, but JSON true is not a valid index.
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_optional_string(params: dict[str, Any], name: str) -> None:
+    if name in params and not isinstance(params[name], str):
+        raise _ApiError(422, f"{name} must be a string")
+
+
+def _check_callback_url(params: dict[str, Any]) -> str | None:
+    value = params.get("callBackUrl")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            url = URL(value)
+            if url.scheme in ("http", "https") and url.host:
+                return value
+    raise _ApiError(422, "callBackUrl must be an http(s) URL")

@@ -1,0 +1,94 @@
+"""/imagine: generate four images through the API and post them as a grid with U1–U4."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import imagine_status_text
+from bot.midjourney.models import ASPECT_RATIOS, SPEEDS, VERSIONS
+from cogs.upscale import SORRY, tell, whisper_for
+
+if TYPE_CHECKING:
+    from bot.app import UpscaleBot
+
+log = logging.getLogger(__name__)
+
+PROMPT_MAX = 2000
+
+
+def _choices(values: tuple[str, ...]) -> list[app_commands.Choice[str]]:
+    return [app_commands.Choice(name=v, value=v) for v in values]
+
+
+class ImagineCog(commands.Cog):
+    def __init__(self, bot: UpscaleBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="imagine", description="Generate four images from a prompt")
+    @app_commands.describe(
+        prompt="What to draw (English, at most 2000 characters)",
+        aspect_ratio="Width:height of the images",
+        version="Midjourney model version",
+        speed="relaxed is cheapest, turbo fastest",
+    )
+    @app_commands.choices(
+        aspect_ratio=_choices(ASPECT_RATIOS), version=_choices(VERSIONS), speed=_choices(SPEEDS)
+    )
+    async def imagine(
+        self,
+        interaction: discord.Interaction[UpscaleBot],
+        prompt: app_commands.Range[str, 1, PROMPT_MAX],
+        aspect_ratio: str | None = None,
+        version: str | None = None,
+        speed: str | None = None,
+    ) -> None:
+        prompt = prompt.strip()
+        # Choices and lengths are enforced by Discord's client only: check them again.
+        problem = None
+        if not prompt or len(prompt) > PROMPT_MAX:
+            problem = f"the prompt must be 1 to {PROMPT_MAX} characters"
+        elif aspect_ratio is not None and aspect_ratio not in ASPECT_RATIOS:
+            problem = f"aspect_ratio must be one of {', '.join(ASPECT_RATIOS)}"
+        elif version is not None and version not in VERSIONS:
+            problem = f"version must be one of {', '.join(VERSIONS)}"
+        elif speed is not None and speed not in SPEEDS:
+            problem = f"speed must be one of {', '.join(SPEEDS)}"
+        elif interaction.channel_id is None:
+            problem = "/imagine works in a channel only"
+        if problem is not None:
+            await tell(interaction, f"❌ {problem}.")
+            return
+        options = {"speed": speed or "fast"}
+        if aspect_ratio:
+            options["aspect_ratio"] = aspect_ratio
+        if version:
+            options["version"] = version
+        # The visible answer is the status message itself; it is removed once the grid is up.
+        response = await interaction.response.send_message(
+            imagine_status_text(prompt, interaction.user.id, time.time()),
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        try:
+            await self.bot.tracker.request_imagine(
+                prompt=prompt,
+                options=options,
+                requester_id=interaction.user.id,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id or 0,
+                status_message_id=response.message_id,
+                whisper=whisper_for(interaction),
+                whisper_until=interaction.expires_at.timestamp(),
+            )
+        except Exception:
+            log.exception("/imagine failed")
+            await tell(interaction, SORRY)
+
+
+async def setup(bot: UpscaleBot) -> None:
+    await bot.add_cog(ImagineCog(bot))

@@ -1,0 +1,155 @@
+"""The U1–U4 buttons (persistent, state in the custom_id) and /upscale."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import jump_url
+from bot.grid import UPSCALE_TEMPLATE, number_to_index, upscale_button
+from bot.jobs.store import JobState
+from bot.jobs.tracker import Whisper
+from bot.midjourney.models import GRID_SIZE, is_task_id
+
+if TYPE_CHECKING:
+    from bot.app import UpscaleBot
+
+log = logging.getLogger(__name__)
+
+SORRY = "❌ Something went wrong on the bot's side; the server admin can find details in its log."
+
+
+async def tell(interaction: discord.Interaction[Any], text: str) -> None:
+    """An ephemeral answer, whether or not the interaction was acknowledged yet."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction.id, exc.status)
+
+
+def whisper_for(interaction: discord.Interaction[Any]) -> Whisper:
+    async def whisper(text: str) -> None:
+        await tell(interaction, text)
+
+    return whisper
+
+
+async def start_upscale(
+    interaction: discord.Interaction[UpscaleBot],
+    task_id: str,
+    image_index: int,
+    grid_message_id: int | None,
+) -> None:
+    """The one path for a U-button click and /upscale: acknowledge, then ask the tracker."""
+    number = image_index + 1
+    if interaction.channel_id is None:
+        await tell(interaction, "❌ Upscales can only be asked for in a channel.")
+        return
+    outcome = await interaction.client.tracker.request_upscale(
+        parent_task_id=task_id,
+        image_index=image_index,
+        requester_id=interaction.user.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        grid_message_id=grid_message_id,
+        whisper=whisper_for(interaction),
+        whisper_until=interaction.expires_at.timestamp(),
+    )
+    job = outcome.job
+    if outcome.created:
+        if not outcome.failed and interaction.type is discord.InteractionType.application_command:
+            await tell(
+                interaction, f"⏳ Upscaling image #{number}; the result will be posted here."
+            )
+        return
+    if job.state is JobState.DELIVERED and job.result_message_id is not None:
+        link = jump_url(job.guild_id, job.channel_id, job.result_message_id)
+        await tell(interaction, f"✅ Image #{number} was already upscaled: {link}")
+    else:
+        await tell(
+            interaction,
+            f"⏳ Image #{number} is already being upscaled (asked by <@{job.requester_id}>); "
+            "the result will be posted in the channel.",
+        )
+
+
+class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPSCALE_TEMPLATE):
+    def __init__(self, task_id: str, image_index: int) -> None:
+        super().__init__(upscale_button(task_id, image_index + 1))
+        self.task_id = task_id
+        self.image_index = image_index
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Button[Any],
+        match: re.Match[str],
+        /,
+    ) -> UpscaleButton:
+        return cls(match["task"], number_to_index(int(match["n"])))
+
+    async def callback(self, interaction: discord.Interaction[UpscaleBot]) -> None:  # type: ignore[override]
+        # Acknowledge before anything slow: Discord gives 3 seconds, the API may take longer.
+        await interaction.response.defer()
+        message = interaction.message
+        try:
+            await start_upscale(
+                interaction, self.task_id, self.image_index, message.id if message else None
+            )
+        except Exception:
+            log.exception("upscale click failed task=%s index=%s", self.task_id, self.image_index)
+            await tell(interaction, SORRY)
+
+
+class UpscaleCog(commands.Cog):
+    def __init__(self, bot: UpscaleBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="upscale", description="Upscale one image of a Midjourney grid")
+    @app_commands.describe(
+        task_id="The generation's task id",
+        image="Which image (1–4); leave empty to show the four images with U1–U4 buttons",
+    )
+    async def upscale(
+        self,
+        interaction: discord.Interaction[UpscaleBot],
+        task_id: str,
+        image: app_commands.Range[int, 1, GRID_SIZE] | None = None,
+    ) -> None:
+        task_id = task_id.strip()
+        # Discord's client enforces nothing for us: check every value here.
+        if not is_task_id(task_id):
+            await tell(interaction, "❌ That is not a task id (letters, digits, - and _ only).")
+            return
+        if image is not None and not 1 <= image <= GRID_SIZE:
+            await tell(interaction, f"❌ image must be 1 to {GRID_SIZE}, not {image}.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            if image is None:
+                error = await self.bot.tracker.show_grid(
+                    task_id,
+                    requester_id=interaction.user.id,
+                    guild_id=interaction.guild_id,
+                    channel_id=interaction.channel_id or 0,
+                )
+                await tell(interaction, f"❌ {error}" if error else "✅ Posted the four images.")
+                return
+            await start_upscale(interaction, task_id, number_to_index(image), None)
+        except Exception:
+            log.exception("/upscale failed task=%s image=%s", task_id, image)
+            await tell(interaction, SORRY)
+
+
+async def setup(bot: UpscaleBot) -> None:
+    bot.add_dynamic_items(UpscaleButton)
+    await bot.add_cog(UpscaleCog(bot))
