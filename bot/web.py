@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import json
 import logging
@@ -13,19 +11,13 @@ import time
 from aiohttp import web
 
 from bot.jobs.tracker import CALLBACK_PATH, Tracker
-from bot.midjourney.models import MalformedAnswer, parse_callback
+from bot.midjourney.models import MalformedAnswer, parse_callback, webhook_signature
 
 log = logging.getLogger(__name__)
 
 MAX_CALLBACK_BYTES = 64 * 1024
 SIGNATURE_WINDOW_SECONDS = 300
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-
-
-def signature_for(task_id: str, timestamp: str, key: str) -> str:
-    """kie.ai's callback signature: base64(HMAC-SHA256(taskId + "." + timestamp, key))."""
-    digest = hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
-    return base64.b64encode(digest).decode()
 
 
 def _signature_ok(request: web.Request, task_id: str, key: str) -> bool:
@@ -35,7 +27,7 @@ def _signature_ok(request: web.Request, task_id: str, key: str) -> bool:
         return False
     if abs(time.time() - int(timestamp)) > SIGNATURE_WINDOW_SECONDS:
         return False
-    return hmac.compare_digest(signature_for(task_id, timestamp, key), signature)
+    return hmac.compare_digest(webhook_signature(key, task_id, timestamp), signature)
 
 
 def _error(status: int, message: str) -> web.Response:

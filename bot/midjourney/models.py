@@ -8,6 +8,9 @@ the parsers accept either shape anywhere and refuse anything they cannot make se
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import re
 from dataclasses import dataclass
@@ -178,3 +181,9 @@ def parse_callback(body: object) -> CallbackNotice:
         code=code if isinstance(code, int) and not isinstance(code, bool) else None,
         result_urls=urls,
     )
+
+
+def webhook_signature(key: str, task_id: str, timestamp: str) -> str:
+    """kie.ai's callback signature: base64(HMAC-SHA256(taskId + "." + timestamp, key))."""
+    digest = hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()

@@ -21,7 +21,6 @@ answer is HTTP 200 and only the body's ``code`` tells an error, the other readin
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import hmac
@@ -40,6 +39,8 @@ from typing import Any, Literal, NamedTuple
 import aiohttp
 from aiohttp import web
 from yarl import URL
+
+from bot.midjourney.models import webhook_signature
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ class SandboxAPI:
         self,
         endpoint: Endpoint,
         n: int = 1,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> list[SandboxCall]:
         """Wait until ``endpoint`` was called ``n`` times (TimeoutError otherwise); its calls."""
         await self._wait_until(lambda: self.count(endpoint) >= n, timeout)
@@ -285,7 +286,7 @@ class SandboxAPI:
         self,
         task_id: str | None = None,
         n: int = 1,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> list[CallbackAttempt]:
         """Wait until ``n`` callback attempts were made (for one task, or any); those attempts."""
 
@@ -694,12 +695,6 @@ class SandboxAPI:
 
     async def _on_cleanup(self, app: web.Application) -> None:
         await self.close()
-
-
-def webhook_signature(key: str, task_id: str, timestamp: str) -> str:
-    """kie.ai's callback signature: base64(HMAC-SHA256(taskId + "." + timestamp, key))."""
-    digest = hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
-    return base64.b64encode(digest).decode()
 
 
 def encode_png(rows: Sequence[bytes], text: dict[str, str] | None = None) -> bytes:

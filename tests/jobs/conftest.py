@@ -1,0 +1,95 @@
+"""A loopback rig for the job lifecycle: the API sandbox, a job store, the listener, a tracker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bot.jobs.store import JobStore
+from bot.jobs.tracker import PollPolicy, Tracker
+from bot.midjourney.client import MidjourneyClient
+from bot.midjourney.sandbox import SandboxAPI
+from bot.web import Listener
+from tests.fakes.publisher import RecordingPublisher
+
+# Polling fast enough that tests wait milliseconds, not the production 5 s.
+FAST_POLL = PollPolicy(first_with_callback=0.2, interval=0.05, steady_for=1.0, max_interval=0.2)
+
+
+@dataclass
+class Rig:
+    sandbox: SandboxAPI
+    api_base: str
+    session: aiohttp.ClientSession
+    database_url: str
+    listener: Listener
+    listener_url: str
+    store: JobStore
+    publisher: RecordingPublisher = field(default_factory=RecordingPublisher)
+    trackers: list[Tracker] = field(default_factory=list)
+
+    def tracker(
+        self,
+        *,
+        callbacks: bool = True,
+        deadline: float = 30.0,
+        poll: PollPolicy = FAST_POLL,
+        publisher: RecordingPublisher | None = None,
+        store: JobStore | None = None,
+    ) -> Tracker:
+        """A tracker wired to the listener (one at a time: a new one is a 'restarted bot')."""
+        client = MidjourneyClient(self.session, self.api_base, "test-key", timeout=5)
+        tracker = Tracker(
+            store or self.store,
+            client,
+            publisher or self.publisher,
+            callback_base=self.listener_url if callbacks else None,
+            deadline_seconds=deadline,
+            poll=poll,
+            delivery_retries=2,
+        )
+        self.listener.tracker = tracker
+        self.trackers.append(tracker)
+        return tracker
+
+    def grid(self, prompt: str = "a red fox in snow") -> str:
+        """A finished generation, as if /imagine had run earlier."""
+        return self.sandbox.add_generation(prompt=prompt)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    sandbox = SandboxAPI(task_seconds=None, api_key="test-key", image_size=16)
+    runner = web.AppRunner(sandbox.app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    api_base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    listener = Listener()
+    port = await listener.start("127.0.0.1", 0)
+    database_url = f"sqlite:///{tmp_path}/jobs.sqlite3"
+    store = await JobStore.open(database_url)
+    session = aiohttp.ClientSession()
+    rig = Rig(
+        sandbox=sandbox,
+        api_base=api_base,
+        session=session,
+        database_url=database_url,
+        listener=listener,
+        listener_url=f"http://127.0.0.1:{port}",
+        store=store,
+    )
+    try:
+        yield rig
+    finally:
+        for tracker in rig.trackers:
+            await tracker.close()
+        await listener.close()
+        await session.close()
+        await store.close()
+        await runner.cleanup()

@@ -1,0 +1,320 @@
+"""The job lifecycle over loopback HTTP: sandbox API + listener + store + tracker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from bot.jobs.store import JobKind, JobState
+from bot.jobs.tracker import CALLBACK_PATH, DeliveryError, PollPolicy, Tracker
+from tests.jobs.conftest import Rig
+
+CHANNEL = 555
+USER = 42
+
+
+async def upscale(tracker: Tracker, parent: str, index: int, user: int = USER, **kw: object):
+    return await tracker.request_upscale(
+        parent_task_id=parent,
+        image_index=index,
+        requester_id=user,
+        guild_id=1,
+        channel_id=CHANNEL,
+        grid_message_id=kw.pop("grid_message_id", 777),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def job_state(rig: Rig, job_id: str) -> JobState:
+    job = await rig.store.get(job_id)
+    assert job is not None
+    return job.state
+
+
+async def test_callback_path_confirms_with_record_info_and_delivers_once(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    parent = rig.grid()
+    outcome = await upscale(tracker, parent, 1)
+    assert outcome.created and outcome.job.state is JobState.SUBMITTED
+
+    calls = [c for c in rig.sandbox.calls if c.endpoint == "generateUpscale"]
+    assert len(calls) == 1
+    body = calls[0].body
+    assert body["taskId"] == parent and body["imageIndex"] == 1
+    assert body["callBackUrl"] == f"{rig.listener_url}{CALLBACK_PATH}{outcome.job.callback_secret}"
+    assert "waterMark" not in body
+
+    record_calls_before = rig.sandbox.count("record-info")
+    rig.sandbox.complete(outcome.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    job = await rig.store.get(outcome.job.id)
+    assert job is not None and job.state is JobState.DELIVERED
+    assert job.result_message_id is not None
+    assert len(job.result_urls) == 1 and job.result_urls[0].endswith("_0_0.png")
+    # The callback only rang the bell: record-info was asked before posting.
+    assert rig.sandbox.count("record-info") > record_calls_before
+    assert [j.id for j in rig.publisher.delivered] == [job.id]
+    assert job.prompt is None or job.prompt == "a red fox in snow"
+
+
+async def test_repeated_callbacks_post_nothing_twice(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    outcome = await upscale(tracker, rig.grid(), 0)
+    task_id = outcome.job.upstream_task_id
+    rig.sandbox.complete(task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    for attempt in (2, 3):
+        rig.sandbox.resend_callback(task_id)
+        attempts = await rig.sandbox.wait_for_callback(task_id, n=attempt)
+        assert attempts[-1].status == 200
+    await tracker.wait_idle()
+    assert len(rig.publisher.delivered) == 1
+
+
+async def test_polling_path_without_public_url(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=False)
+    outcome = await upscale(tracker, rig.grid(), 3)
+    body = next(c.body for c in rig.sandbox.calls if c.endpoint == "generateUpscale")
+    assert "callBackUrl" not in body
+    rig.sandbox.complete(outcome.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    assert await job_state(rig, outcome.job.id) is JobState.DELIVERED
+    assert rig.sandbox.callback_attempts == []
+
+
+async def test_late_callback_is_covered_by_polling(rig: Rig) -> None:
+    # Callbacks are expected but never come (the sandbox has no URL to call: it was lost).
+    tracker = rig.tracker(callbacks=True)
+    outcome = await upscale(tracker, rig.grid(), 2)
+    rig.listener.tracker = None  # the listener answers 503: the vendor's callback is lost
+    rig.sandbox.complete(outcome.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    assert await job_state(rig, outcome.job.id) is JobState.DELIVERED
+
+
+async def test_unknown_secret_is_404_and_changes_nothing(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    outcome = await upscale(tracker, rig.grid(), 0)
+    body = {"code": 200, "msg": "success", "data": {"taskId": outcome.job.upstream_task_id}}
+    async with aiohttp.ClientSession() as http:
+        for secret in ("x" * 32, "not/valid", "A" * 100):
+            url = f"{rig.listener_url}{CALLBACK_PATH}{secret}"
+            async with http.post(url, json=body) as response:
+                assert response.status == 404
+    assert await job_state(rig, outcome.job.id) is JobState.SUBMITTED
+    assert rig.publisher.delivered == []
+
+
+async def test_callback_naming_another_task_is_ignored(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True, poll=rig_poll_never())
+    outcome = await upscale(tracker, rig.grid(), 0)
+    other = rig.grid("another")
+    url = f"{rig.listener_url}{CALLBACK_PATH}{outcome.job.callback_secret}"
+    body = {"code": 200, "msg": "success", "data": {"taskId": other, "resultUrls": []}}
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+        assert response.status == 200
+    job = await rig.store.get(outcome.job.id)
+    assert job is not None and job.upstream_task_id == outcome.job.upstream_task_id
+    assert job.state is JobState.SUBMITTED
+
+
+def rig_poll_never() -> PollPolicy:
+    return PollPolicy(first_with_callback=3600, interval=3600, steady_for=0, max_interval=3600)
+
+
+async def test_concurrent_clicks_make_one_api_call(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    parent = rig.grid()
+    outcomes = await asyncio.gather(*(upscale(tracker, parent, 1, user=u) for u in range(30)))
+    assert sum(o.created for o in outcomes) == 1
+    assert rig.sandbox.count("generateUpscale") == 1
+    job_ids = {o.job.id for o in outcomes}
+    assert len(job_ids) == 1
+    # A different image of the same grid is a different job.
+    other = await upscale(tracker, parent, 2)
+    assert other.created and rig.sandbox.count("generateUpscale") == 2
+
+
+async def test_click_after_delivery_points_to_the_result(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    parent = rig.grid()
+    first = await upscale(tracker, parent, 0)
+    rig.sandbox.complete(first.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    again = await upscale(tracker, parent, 0, user=7)
+    assert not again.created
+    assert again.job.state is JobState.DELIVERED and again.job.result_message_id is not None
+    assert rig.sandbox.count("generateUpscale") == 1
+
+
+async def test_api_refusal_fails_the_job_tells_the_user_and_allows_a_retry(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    parent = rig.grid()
+    rig.sandbox.fail_next("generateUpscale", 402)
+    whisper, until = rig.publisher.whisper()
+    outcome = await upscale(tracker, parent, 0, whisper=whisper, whisper_until=until)
+    assert outcome.failed
+    assert "out of credits" in (outcome.job.error or "")
+    assert rig.publisher.whispered == [outcome.job.error]
+    retry = await upscale(tracker, parent, 0)
+    assert retry.created and retry.job.state is JobState.SUBMITTED
+
+
+async def test_every_vendor_error_code_is_said_plainly(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    parent = rig.grid()
+    reasons = {}
+    for code in (401, 402, 404, 422, 429, 455, 500, 501, 505):
+        rig.sandbox.fail_next("generateUpscale", code)
+        outcome = await upscale(tracker, parent, 0)
+        assert outcome.failed, code
+        reasons[code] = outcome.job.error
+    assert len(set(reasons.values())) == len(reasons)
+
+
+async def test_failed_task_is_reported(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    outcome = await upscale(tracker, rig.grid(), 0)
+    rig.sandbox.fail(outcome.job.upstream_task_id, "upscale exploded")
+    await rig.publisher.wait_for(lambda: len(rig.publisher.failures) == 1)
+    job = await rig.store.get(outcome.job.id)
+    assert job is not None and job.state is JobState.FAILED
+    assert "upscale exploded" in (job.error or "")
+    assert rig.publisher.delivered == []
+
+
+async def test_deadline_fails_a_job_with_no_outcome(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=False, deadline=0.3)
+    outcome = await upscale(tracker, rig.grid(), 0)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.failures) == 1)
+    job = await rig.store.get(outcome.job.id)
+    assert job is not None and job.state is JobState.FAILED
+    assert "no result" in (job.error or "")
+
+
+async def test_upscale_of_an_unknown_task_costs_nothing(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    outcome = await upscale(tracker, "0123456789abcdef0123456789abcdef", 0, grid_message_id=None)
+    assert outcome.failed and "unknown" in (outcome.job.error or "")
+    assert rig.sandbox.count("generateUpscale") == 0
+
+
+async def test_upscale_of_a_foreign_task_takes_its_prompt(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    parent = rig.grid("a lighthouse at dusk")
+    outcome = await upscale(tracker, parent, 3, grid_message_id=None)
+    assert outcome.job.state is JobState.SUBMITTED
+    assert outcome.job.prompt == "a lighthouse at dusk"
+
+
+async def test_recovery_after_restart_delivers_submitted_jobs_once(rig: Rig) -> None:
+    first = rig.tracker(callbacks=False, poll=rig_poll_never())
+    parent = rig.grid()
+    jobs = [(await upscale(first, parent, i)).job for i in range(3)]
+    await first.close()  # the bot stops; its watchers die with it
+    for job in jobs:
+        rig.sandbox.complete(job.upstream_task_id)
+
+    second = rig.tracker(callbacks=False)
+    assert await second.recover() == 3
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 3)
+    for job in jobs:
+        assert await job_state(rig, job.id) is JobState.DELIVERED
+    assert sorted(j.id for j in rig.publisher.delivered) == sorted(j.id for j in jobs)
+    assert rig.sandbox.count("generateUpscale") == 3
+
+
+async def test_recovery_submits_a_recorded_but_unsent_click(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    parent = rig.grid()
+    # The click was recorded, then the bot died before the API call.
+    job = await rig.store.create(
+        kind=JobKind.UPSCALE,
+        parent_task_id=parent,
+        image_index=1,
+        requester_id=USER,
+        guild_id=1,
+        channel_id=CHANNEL,
+        grid_message_id=777,
+        prompt="p",
+        deadline_seconds=60,
+    )
+    assert await tracker.recover() == 1
+    # The grid is marked once the API has answered and the task id is stored.
+    await rig.publisher.wait_for(lambda: len(rig.publisher.marked) == 1)
+    assert rig.sandbox.count("generateUpscale") == 1
+    current = await rig.store.get(job.id)
+    assert current is not None
+    rig.sandbox.complete(current.upstream_task_id or "")
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    assert await job_state(rig, job.id) is JobState.DELIVERED
+
+
+async def test_crash_after_the_api_call_is_completed_by_its_callback(rig: Rig) -> None:
+    """The API took the upscale but the bot died before saving the task id: the callback,
+    which carries the job's secret, still finds the job, and nothing is submitted again."""
+    tracker = rig.tracker(callbacks=True, poll=rig_poll_never())
+    parent = rig.grid()
+    job = await rig.store.create(
+        kind=JobKind.UPSCALE,
+        parent_task_id=parent,
+        image_index=0,
+        requester_id=USER,
+        guild_id=1,
+        channel_id=CHANNEL,
+        grid_message_id=None,
+        prompt="p",
+        deadline_seconds=60,
+    )
+    claimed = await rig.store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
+    assert claimed is not None
+    # What the dead bot had sent:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{rig.api_base}/api/v1/mj/generateUpscale",
+            json={"taskId": parent, "imageIndex": 0, "callBackUrl": tracker.callback_url(job)},
+            headers={"Authorization": "Bearer test-key"},
+        ) as response:
+            task_id = (await response.json())["data"]["taskId"]
+    assert await tracker.recover() == 1
+    rig.sandbox.complete(task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    current = await rig.store.get(job.id)
+    assert current is not None and current.state is JobState.DELIVERED
+    assert current.upstream_task_id == task_id
+    assert rig.sandbox.count("generateUpscale") == 1
+
+
+async def test_delivery_is_retried_then_given_up_with_a_reason(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    rig.publisher.delivery_errors = [
+        DeliveryError("discord hiccup", retry=True),
+        DeliveryError("the result file is not an image", retry=False),
+    ]
+    outcome = await upscale(tracker, rig.grid(), 0)
+    rig.sandbox.complete(outcome.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.failures) == 1, timeout=10)
+    job = await rig.store.get(outcome.job.id)
+    assert job is not None and job.state is JobState.FAILED
+    assert job.error == "the result file is not an image"
+
+
+async def test_imagine_generates_and_delivers_four_images(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True)
+    outcome = await tracker.request_imagine(
+        prompt="a castle on a cloud",
+        options={"speed": "turbo", "aspect_ratio": "16:9", "version": "7"},
+        requester_id=USER,
+        guild_id=1,
+        channel_id=CHANNEL,
+        status_message_id=9,
+    )
+    body = next(c.body for c in rig.sandbox.calls if c.endpoint == "generate")
+    assert body["taskType"] == "mj_txt2img" and body["prompt"] == "a castle on a cloud"
+    assert body["speed"] == "turbo" and body["aspectRatio"] == "16:9" and body["version"] == "7"
+    assert rig.publisher.statuses == []  # the /imagine reply already is the status message
+    rig.sandbox.complete(outcome.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    delivered = rig.publisher.delivered[0]
+    assert len(delivered.result_urls) == 4
