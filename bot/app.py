@@ -31,6 +31,7 @@ class UpscaleBot(commands.Bot):
         *,
         poll: PollPolicy | None = None,
         sandbox: SandboxAPI | None = None,
+        guild_ready_timeout: float = 2.0,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
@@ -39,6 +40,7 @@ class UpscaleBot(commands.Bot):
             intents=intents,
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=guild_ready_timeout,
         )
         self.settings = settings
         self._poll = poll
