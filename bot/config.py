@@ -6,7 +6,7 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 SANDBOX = "sandbox"
 DEFAULT_API_BASE_URL = "https://api.midapi.ai"
@@ -59,10 +59,14 @@ class Settings:
 
 def redact_url(url: str) -> str:
     """The URL without its password, for log lines."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(unparseable URL)"
+    if password is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    netloc = parts.netloc.replace(f":{password}@", ":***@")
     return parts._replace(netloc=netloc).geturl()
 
 
@@ -71,8 +75,17 @@ def _text(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _split(name: str, value: str) -> SplitResult:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise SettingsError(f"{name} is not a valid URL, got {value!r}") from None
+    return parts
+
+
 def _http_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
+    parts = _split(name, value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(
             f"{name} must be an http(s) URL such as https://example.com, got {value!r}"
@@ -101,7 +114,7 @@ def _snowflake(env: Mapping[str, str], name: str) -> int | None:
     raw = _text(env, name)
     if raw is None:
         return None
-    if not raw.isdigit() or not 15 <= len(raw) <= 21:
+    if not (raw.isdecimal() and raw.isascii()) or not 15 <= len(raw) <= 21:
         raise SettingsError(f"{name} must be a Discord server id (digits only), got {raw!r}")
     return int(raw)
 
@@ -109,7 +122,7 @@ def _snowflake(env: Mapping[str, str], name: str) -> int | None:
 def _host_name(name: str, raw: str) -> str:
     host = raw.strip().lower()
     if "://" in host:
-        host = urlsplit(host).hostname or ""
+        host = _split(name, host).hostname or ""
     if not host or any(ch in host for ch in "/ @?#"):
         raise SettingsError(f"{name} must be a comma-separated list of host names, got {raw!r}")
     return host
@@ -212,13 +225,21 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self._secrets = tuple(s for s in secrets if len(s) >= 6)
 
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
             return True
         message = record.getMessage()
-        redacted = message
-        for secret in self._secrets:
-            redacted = redacted.replace(secret, "***")
+        redacted = self._redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse exc_text when it is set, so the traceback is redacted too.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
         return True

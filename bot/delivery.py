@@ -21,6 +21,7 @@ from bot.grid import GridButtons
 from bot.jobs.store import Job, JobKind, JobStore
 from bot.jobs.tracker import DeliveryError, Whisper
 from bot.midjourney.models import GRID_SIZE, Task
+from bot.net import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,12 @@ class ImageFetcher:
                             f"the result image could not be downloaded (HTTP {response.status})",
                             retry=response.status >= 500 or response.status == 429,
                         )
-                    data = await response.content.read(self._max + 1)
+                    data = await read_capped(response, self._max)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise DeliveryError(
                     f"the result image could not be downloaded ({type(exc).__name__})", retry=True
                 ) from exc
-            if len(data) > self._max:
+            if data is None:
                 raise DeliveryError("the result image is larger than the bot accepts", retry=False)
             kind = image_kind(data)
             if kind is None:

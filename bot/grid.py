@@ -22,7 +22,7 @@ def upscale_custom_id(task_id: str, number: int) -> str:
     """custom_id of button U``number`` (1–4) under the grid of ``task_id``."""
     if not is_task_id(task_id):
         raise ValueError(f"not a task id: {task_id!r}")
-    if not 1 <= number <= GRID_SIZE:
+    if type(number) is not int or not 1 <= number <= GRID_SIZE:
         raise ValueError(f"U{number} does not exist; buttons are U1 to U{GRID_SIZE}")
     custom_id = f"mju:{task_id}:{number}"
     assert len(custom_id) <= CUSTOM_ID_LIMIT
@@ -39,7 +39,7 @@ def parse_upscale_custom_id(custom_id: str) -> tuple[str, int] | None:
 
 def number_to_index(number: int) -> int:
     """U1..U4 (and /upscale image 1–4) to the API's imageIndex 0..3."""
-    if isinstance(number, bool) or not 1 <= number <= GRID_SIZE:
+    if type(number) is not int or not 1 <= number <= GRID_SIZE:
         raise ValueError(f"image must be 1 to {GRID_SIZE}, got {number!r}")
     return number - 1
 

@@ -23,7 +23,7 @@ _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 def _signature_ok(request: web.Request, task_id: str, key: str) -> bool:
     timestamp = request.headers.get("X-Webhook-Timestamp", "")
     signature = request.headers.get("X-Webhook-Signature", "")
-    if not timestamp.isdigit() or not signature:
+    if not (timestamp.isdecimal() and timestamp.isascii()) or not signature:
         return False
     if abs(time.time() - int(timestamp)) > SIGNATURE_WINDOW_SECONDS:
         return False

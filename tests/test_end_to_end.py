@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from bot.app import UpscaleBot
 from bot.config import load_settings
@@ -17,8 +18,11 @@ from bot.grid import parse_upscale_custom_id, upscale_custom_id
 from bot.jobs.store import JobState
 from bot.jobs.tracker import PollPolicy
 from bot.midjourney.sandbox import SandboxAPI
-from tests.fakes.discord_double import DiscordDouble, InteractionHandle, StoredMessage
-from tests.fakes.discord_double import point_discord_at
+from tests.fakes.discord_double import (
+    DiscordDouble,
+    StoredMessage,
+    point_discord_at,
+)
 
 TOKEN = "fake-discord-token-for-the-double"
 SUCCESS, SECONDARY = 3, 2
@@ -34,28 +38,43 @@ async def double() -> AsyncIterator[DiscordDouble]:
 
 
 class Harness:
-    """Starts bot processes (one at a time) sharing one database and one sandbox."""
+    """Starts bot processes (one at a time) sharing one database and one sandbox.
+
+    By default the bot serves the sandbox itself (MJ_API_BASE_URL=sandbox), which calls back to
+    the bot's own listener. A sandbox mounted in one process' listener cannot outlive it, so
+    restart tests use ``standalone()``: the sandbox served on its own, as a remote API would be,
+    and no PUBLIC_URL, so those bots complete jobs by polling.
+    """
 
     def __init__(self, double: DiscordDouble, tmp_path: Path) -> None:
         self.double = double
-        settings = load_settings(
-            {
-                "DISCORD_TOKEN": TOKEN,
-                "MJ_API_BASE_URL": "sandbox",
-                "HOST": "127.0.0.1",
-                "DATABASE_URL": f"sqlite:///{tmp_path}/bot.sqlite3",
-                "DISCORD_GUILD_ID": str(double.guild_id),
-            }
-        )
-        self.settings = replace(settings, port=0)
+        self.env = {
+            "DISCORD_TOKEN": TOKEN,
+            "MJ_API_BASE_URL": "sandbox",
+            "HOST": "127.0.0.1",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/bot.sqlite3",
+            "DISCORD_GUILD_ID": str(double.guild_id),
+        }
         # Tasks finish as soon as they are created; a test that needs one running sets None.
         self.sandbox = SandboxAPI(task_seconds=0, image_size=16)
+        self._runner: web.AppRunner | None = None
+
+    async def standalone(self) -> None:
+        self._runner = web.AppRunner(self.sandbox.app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.env["MJ_API_BASE_URL"] = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.env["MJ_API_KEY"] = "sandbox-key"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[UpscaleBot]:
-        bot = UpscaleBot(
-            self.settings, sandbox=self.sandbox, poll=FAST_POLL, guild_ready_timeout=0.05
-        )
+        settings = replace(load_settings(self.env), port=0)
+        sandbox = self.sandbox if settings.sandbox else None
+        bot = UpscaleBot(settings, sandbox=sandbox, poll=FAST_POLL, guild_ready_timeout=0.05)
         task = asyncio.create_task(bot.start(TOKEN))
         ready = asyncio.create_task(bot.wait_until_ready())
         done, _ = await asyncio.wait({task, ready}, timeout=10, return_when="FIRST_COMPLETED")
@@ -72,8 +91,15 @@ class Harness:
 
 
 @pytest.fixture
-def harness(double: DiscordDouble, tmp_path: Path) -> Harness:
-    return Harness(double, tmp_path)
+async def harness(double: DiscordDouble, tmp_path: Path) -> AsyncIterator[Harness]:
+    rig = Harness(double, tmp_path)
+    yield rig
+    await rig.close()
+
+
+async def submitted(double: DiscordDouble, grid: StoredMessage, number: int) -> None:
+    """Until the API has taken the upscale: the grid's button turns green then."""
+    await double.wait_for(lambda: grid.button(label=f"U{number}").style == SUCCESS or None)
 
 
 def grid_task(grid: StoredMessage) -> str:
@@ -95,7 +121,7 @@ async def imagine(double: DiscordDouble, user: int, prompt: str) -> StoredMessag
     return grid
 
 
-async def click(double: DiscordDouble, grid: StoredMessage, number: int, user: int):  # noqa: ANN201
+async def click(double: DiscordDouble, grid: StoredMessage, number: int, user: int):
     handle = await double.click(grid.id, upscale_custom_id(grid_task(grid), number), user)
     ack = await handle.wait_ack()
     assert ack.type == 6 and ack.accepted
@@ -138,8 +164,169 @@ async def test_imagine_then_upscale_posts_the_right_bytes(harness: Harness) -> N
 
         await double.wait_for(lambda: grid.button(label="U2").style == SUCCESS or None)
         assert [b.style for b in grid.buttons()] == [SECONDARY, SUCCESS, SECONDARY, SECONDARY]
-        assert [m.content for m in double.messages() if "⏳" in m.content] == []
+        assert status_lines(double) == []
 
 
 def attachments_match(message: StoredMessage, expected: list[bytes]) -> bool:
     return [data for _name, data in message.attachments] == expected
+
+
+async def test_second_click_never_pays_twice(harness: Harness) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice, bob, carol = (double.add_user(n) for n in ("alice", "bob", "carol"))
+    async with harness.running() as bot:
+        grid = await imagine(double, alice, "two clicks")
+        sandbox.task_seconds = None  # the upscale keeps running until the test finishes it
+        await click(double, grid, 1, alice)
+        await submitted(double, grid, 1)
+        second = await click(double, grid, 1, bob)
+        running = await second.wait_followup()
+        assert running.ephemeral and "already being upscaled" in running.content
+        assert sandbox.count("generateUpscale") == 1
+
+        job = await bot.tracker.store.live_upscale(grid_task(grid), 0)
+        assert job is not None and job.upstream_task_id
+        sandbox.complete(job.upstream_task_id)
+        result = await result_for(double, 1, alice)
+        await double.wait_for(lambda: not status_lines(double) or None)
+
+        third = await click(double, grid, 1, carol)
+        pointer = await third.wait_followup()
+        assert pointer.ephemeral and str(result.id) in pointer.content
+        assert sandbox.count("generateUpscale") == 1
+        results = [m for m in double.messages(ephemeral=False) if "Image #1" in m.content]
+        assert results == [result]
+
+
+async def test_ack_comes_before_a_slow_api_answers(harness: Harness) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    async with harness.running() as bot:
+        grid = await imagine(double, alice, "slow api")
+        sandbox.answer_delay = 1.0
+        await click(double, grid, 3, alice)
+        # Acknowledged while the API call is still under way (its answer takes a second).
+        job = await bot.tracker.store.live_upscale(grid_task(grid), 2)
+        assert job is None or job.state in (JobState.REQUESTED, JobState.SUBMITTING)
+        await result_for(double, 3, alice)
+
+
+async def test_buttons_work_after_a_restart(harness: Harness) -> None:
+    double = harness.double
+    alice = double.add_user("alice")
+    await harness.standalone()
+    async with harness.running():
+        grid = await imagine(double, alice, "before the restart")
+    async with harness.running():
+        await click(double, grid, 4, alice)
+        result = await result_for(double, 4, alice)
+        assert "before the restart" in result.content
+    assert harness.sandbox.count("generateUpscale") == 1
+
+
+async def test_job_running_across_a_restart_is_posted_once(harness: Harness) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    await harness.standalone()
+    async with harness.running() as bot:
+        grid = await imagine(double, alice, "across restarts")
+        sandbox.task_seconds = None
+        handle = await click(double, grid, 2, alice)
+        await submitted(double, grid, 2)
+        job = await bot.tracker.store.live_upscale(grid_task(grid), 1)
+        assert job is not None and job.upstream_task_id
+    # The bot is down when the task finishes.
+    sandbox.complete(job.upstream_task_id)
+    double.expire_interaction(handle)  # and the click's token is long dead by now
+    async with harness.running():
+        await result_for(double, 2, alice)
+        await double.wait_for(lambda: not status_lines(double) or None)
+    assert len([m for m in double.messages(ephemeral=False) if "Image #2" in m.content]) == 1
+    assert sandbox.count("generateUpscale") == 1
+
+
+async def test_upscale_command(harness: Harness) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    foreign = sandbox.add_generation(prompt="made elsewhere")
+    async with harness.running():
+        handle = await double.slash("upscale", {"task_id": foreign, "image": 4}, alice)
+        assert (await handle.wait_ack()).type == 5
+        result = await result_for(double, 4, alice)
+        assert "made elsewhere" in result.content
+        call = next(c.body for c in sandbox.calls if c.endpoint == "generateUpscale")
+        assert call["taskId"] == foreign and call["imageIndex"] == 3
+
+        for options, words in (
+            ({"task_id": foreign, "image": 7}, "image must be 1 to 4"),
+            ({"task_id": foreign, "image": 0}, "image must be 1 to 4"),
+            ({"task_id": "not a task!", "image": 1}, "not a task id"),
+        ):
+            bad = await double.slash("upscale", options, alice)
+            ack = await bad.wait_ack()
+            assert ack.type == 4 and bad.original is not None and bad.original.ephemeral
+            assert words in bad.original.content
+        assert sandbox.count("generateUpscale") == 1
+
+        shown = await double.slash("upscale", {"task_id": foreign}, alice)
+        await shown.wait_ack()
+        grid = await double.wait_for_message(
+            lambda m: len(m.attachments) == 4 and "made elsewhere" in m.content
+        )
+        assert grid_task(grid) == foreign
+        assert [b.style for b in grid.buttons()] == [SECONDARY, SECONDARY, SECONDARY, SUCCESS]
+
+
+async def test_api_refusal_is_told_to_the_clicker_and_can_be_retried(harness: Harness) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    async with harness.running():
+        grid = await imagine(double, alice, "no credits")
+        sandbox.fail_next("generateUpscale", 402)
+        handle = await click(double, grid, 1, alice)
+        told = await handle.wait_followup()
+        assert told.ephemeral and "out of credits" in told.content
+        await double.wait_for_message(lambda m: "❌ Upscale of image #1" in m.content)
+        assert not [m for m in double.messages() if "Upscaling image #1" in m.content]
+        assert grid.button(label="U1").style == SECONDARY
+
+        await click(double, grid, 1, alice)
+        await result_for(double, 1, alice)
+        assert sandbox.count("generateUpscale") == 2
+
+
+async def test_failed_generation_is_said(harness: Harness) -> None:
+    double = harness.double
+    alice = double.add_user("alice")
+    async with harness.running():
+        handle = await double.slash("imagine", {"prompt": "this will --fail"}, alice)
+        await handle.wait_ack()
+        told = await handle.wait_followup()
+        assert told.ephemeral and "could not finish" in told.content
+        status = handle.original
+        assert status is not None
+        await double.wait_for(lambda: "failed" in status.content or None)
+        assert not [m for m in double.messages() if m.attachments]
+
+
+async def test_imagine_refuses_bad_choices_without_calling_the_api(harness: Harness) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    async with harness.running():
+        for options in (
+            {"prompt": "x", "aspect_ratio": "7:3"},
+            {"prompt": "x", "version": "99"},
+            {"prompt": "x", "speed": "warp"},
+            {"prompt": "x" * 2001},
+            {"prompt": "   "},
+        ):
+            handle = await double.slash("imagine", options, alice)
+            await handle.wait_ack()
+            assert handle.original is not None and handle.original.ephemeral
+            assert handle.original.content.startswith("❌")
+    assert sandbox.count("generate") == 0
+
+
+def status_lines(double: DiscordDouble) -> list[str]:
+    """Visible "⏳ …" status messages still standing in the channel."""
+    return [m.content for m in double.messages(ephemeral=False) if m.content.startswith("⏳")]

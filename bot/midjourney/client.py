@@ -10,6 +10,7 @@ import aiohttp
 
 from bot.midjourney.errors import ApiError, ApiUnreachable
 from bot.midjourney.models import GRID_SIZE, MalformedAnswer, Task, is_task_id, parse_record_info
+from bot.net import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ class MidjourneyClient:
         watermark: str | None = None,
         callback_url: str | None = None,
     ) -> str:
-        if not is_task_id(task_id) or not 0 <= image_index < GRID_SIZE:
+        if (
+            not is_task_id(task_id)
+            or type(image_index) is not int
+            or not 0 <= image_index < GRID_SIZE
+        ):
             raise ValueError("upscale needs a valid task id and an image index from 0 to 3")
         body: dict[str, Any] = {"taskId": task_id, "imageIndex": image_index}
         if watermark:
@@ -110,7 +115,7 @@ class MidjourneyClient:
             async with self._session.request(
                 method, url, json=body, params=params, headers=self._headers, timeout=self._timeout
             ) as response:
-                raw = await response.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await read_capped(response, MAX_ANSWER_BYTES)
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
             raise ApiUnreachable(
@@ -135,17 +140,17 @@ class MidjourneyClient:
         return data
 
 
-def _envelope(raw: bytes) -> tuple[int, str, object] | None:
-    if len(raw) > MAX_ANSWER_BYTES:
+def _envelope(raw: bytes | None) -> tuple[int, str, object] | None:
+    if raw is None:
         return None
     try:
         parsed = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(parsed, dict):
         return None
     code = parsed.get("code")
-    if isinstance(code, str) and code.isdigit():
+    if isinstance(code, str) and code.isdecimal() and code.isascii():
         code = int(code)
     if isinstance(code, bool) or not isinstance(code, int):
         return None

@@ -75,7 +75,7 @@ def _maybe_json(value: object) -> object:
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     return value
 
@@ -103,13 +103,13 @@ def parse_time(value: object) -> datetime | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        seconds = value / 1000 if value > 10**11 else value
         try:
+            seconds = value / 1000 if value > 10**11 else value
             return datetime.fromtimestamp(seconds, tz=UTC)
         except (OverflowError, OSError, ValueError):
             return None
     if isinstance(value, str) and value:
-        if value.isdigit():
+        if value.isdecimal() and value.isascii():
             return parse_time(int(value))
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -139,7 +139,7 @@ def parse_record_info(data: object) -> Task:
     if not is_task_id(task_id):
         raise MalformedAnswer("record-info has no valid taskId")
     flag = record.get("successFlag")
-    if isinstance(flag, str) and flag.isdigit():
+    if isinstance(flag, str) and flag.isdecimal() and flag.isascii():
         flag = int(flag)
     if isinstance(flag, bool) or flag not in (0, 1, 2, 3):
         raise MalformedAnswer(f"record-info successFlag {flag!r} is not 0, 1, 2 or 3")

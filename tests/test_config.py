@@ -1,0 +1,363 @@
+"""bot/config.py: settings from the environment, and the one-line failure of ``python -m bot``."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.config import RedactingFilter, SettingsError, load_settings, redact_url
+
+# Distinctive values, so a leak is found by a plain substring search.
+TOKEN = "MTIzNDU2Nzg5MDEy.Gx7-Tk.discord-token-S3CRET-0123456789"
+API_KEY = "mj-api-key-S3CRET-abcdef0123456789"
+HMAC_KEY = "hmac-key-S3CRET-fedcba9876543210"
+DB_PASSWORD = "db-pass-S3CRET-42"
+SECRETS = (TOKEN, API_KEY, HMAC_KEY, DB_PASSWORD)
+
+MINIMAL = {"DISCORD_TOKEN": TOKEN, "MJ_API_KEY": API_KEY}
+SETTING_NAMES = (
+    "DISCORD_TOKEN",
+    "MJ_API_KEY",
+    "MJ_API_BASE_URL",
+    "PUBLIC_URL",
+    "HOST",
+    "PORT",
+    "DATABASE_URL",
+    "MJ_WEBHOOK_HMAC_KEY",
+    "MJ_RESULT_HOSTS",
+    "MJ_WATERMARK",
+    "DISCORD_GUILD_ID",
+    "LOG_LEVEL",
+    "JOB_TIMEOUT_MINUTES",
+)
+# Written out here rather than imported, so a change to the defaults is noticed.
+VENDOR_HOSTS = ("tempfile.aiquickdraw.com", "tempfileb.aiquickdraw.com", "tempfile.redpandaai.co")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def env(**changes: str) -> dict[str, str]:
+    return {**MINIMAL, **changes}
+
+
+# ----- defaults and parsing --------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    settings = load_settings(MINIMAL)
+    assert settings.discord_token == TOKEN
+    assert settings.mj_api_key == API_KEY
+    assert settings.mj_api_base_url == "https://api.midapi.ai"
+    assert settings.sandbox is False
+    assert settings.public_url is None
+    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert settings.database_url == "sqlite:///data/bot.sqlite3"
+    assert settings.webhook_hmac_key is None
+    assert settings.result_hosts == VENDOR_HOSTS
+    assert settings.watermark is None
+    assert settings.guild_id is None
+    assert settings.log_level == "INFO"
+    assert settings.job_timeout_minutes == 15
+    assert settings.job_timeout_seconds == timedelta(minutes=15).total_seconds()
+    assert settings.secrets == (TOKEN, API_KEY)
+
+
+def test_every_setting_is_read() -> None:
+    settings = load_settings(
+        {
+            "DISCORD_TOKEN": f"  {TOKEN}  ",
+            "MJ_API_KEY": API_KEY,
+            "MJ_API_BASE_URL": "https://api.kie.ai/",
+            "PUBLIC_URL": "https://bot.example.com/mj/",
+            "HOST": "127.0.0.1",
+            "PORT": "9000",
+            "DATABASE_URL": f"postgresql+asyncpg://bot:{DB_PASSWORD}@db.internal:5432/jobs",
+            "MJ_WEBHOOK_HMAC_KEY": HMAC_KEY,
+            "MJ_RESULT_HOSTS": "cdn.example.com, https://Files.Example.org/some/path",
+            "MJ_WATERMARK": "my-server",
+            "DISCORD_GUILD_ID": "123456789012345678",
+            "LOG_LEVEL": "debug",
+            "JOB_TIMEOUT_MINUTES": "2.5",
+        }
+    )
+    assert settings.discord_token == TOKEN
+    assert settings.mj_api_key == API_KEY
+    assert settings.mj_api_base_url == "https://api.kie.ai"
+    assert settings.sandbox is False
+    assert settings.public_url == "https://bot.example.com/mj"
+    assert (settings.host, settings.port) == ("127.0.0.1", 9000)
+    assert settings.database_url == f"postgresql+asyncpg://bot:{DB_PASSWORD}@db.internal:5432/jobs"
+    assert settings.webhook_hmac_key == HMAC_KEY
+    assert settings.result_hosts == (*VENDOR_HOSTS, "cdn.example.com", "files.example.org")
+    assert settings.watermark == "my-server"
+    assert settings.guild_id == 123456789012345678
+    assert settings.log_level == "DEBUG"
+    assert settings.job_timeout_minutes == 2.5
+    assert settings.job_timeout_seconds == 150
+    assert set(settings.secrets) == {TOKEN, API_KEY, HMAC_KEY}
+
+
+@pytest.mark.parametrize("value", ["sandbox", "SANDBOX", " Sandbox "])
+def test_sandbox_makes_the_api_key_optional(value: str) -> None:
+    settings = load_settings({"DISCORD_TOKEN": TOKEN, "MJ_API_BASE_URL": value})
+    assert settings.sandbox is True
+    assert settings.mj_api_base_url == "sandbox"
+    assert settings.mj_api_key is None
+
+
+def test_sandbox_still_accepts_an_api_key() -> None:
+    settings = load_settings(env(MJ_API_BASE_URL="sandbox"))
+    assert settings.sandbox is True
+    assert settings.mj_api_key == API_KEY
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("https://bot.example.com/", "https://bot.example.com"),
+        ("https://bot.example.com", "https://bot.example.com"),
+        ("http://203.0.113.7:8080/", "http://203.0.113.7:8080"),
+        ("https://example.com/prefix///", "https://example.com/prefix"),
+    ],
+)
+def test_public_url_loses_its_trailing_slash(raw: str, expected: str) -> None:
+    assert load_settings(env(PUBLIC_URL=raw)).public_url == expected
+
+
+@pytest.mark.parametrize("name", ["PUBLIC_URL", "PORT", "LOG_LEVEL", "MJ_WATERMARK", "HOST"])
+def test_blank_values_count_as_unset(name: str) -> None:
+    assert load_settings(env(**{name: "   "})) == load_settings(MINIMAL)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "localhost"])
+def test_host_accepts_addresses(host: str) -> None:
+    assert load_settings(env(HOST=host)).host == host
+
+
+@pytest.mark.parametrize("port", ["1", "8080", "65535"])
+def test_port_range(port: str) -> None:
+    assert load_settings(env(PORT=port)).port == int(port)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///data/bot.sqlite3", "sqlite+aiosqlite:///x.db", "postgres://u:p@h/db"],
+)
+def test_database_url_schemes(url: str) -> None:
+    assert load_settings(env(DATABASE_URL=url)).database_url == url
+
+
+def test_result_hosts_are_added_once_each() -> None:
+    settings = load_settings(
+        env(MJ_RESULT_HOSTS="tempfile.aiquickdraw.com,cdn.example.com,,CDN.example.com")
+    )
+    assert settings.result_hosts == (*VENDOR_HOSTS, "cdn.example.com")
+
+
+# ----- bad and missing values ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "changes"),
+    [
+        ("DISCORD_TOKEN", {"DISCORD_TOKEN": None}),
+        ("DISCORD_TOKEN", {"DISCORD_TOKEN": "   "}),
+        ("DISCORD_TOKEN", {"DISCORD_TOKEN": "tooShort1"}),
+        ("DISCORD_TOKEN", {"DISCORD_TOKEN": "a token pasted with spaces in it"}),
+        ("MJ_API_KEY", {"MJ_API_KEY": None}),
+        ("MJ_API_KEY", {"MJ_API_KEY": ""}),
+        ("MJ_API_KEY", {"MJ_API_KEY": None, "MJ_API_BASE_URL": "https://api.kie.ai"}),
+        ("PORT", {"PORT": "abc"}),
+        ("PORT", {"PORT": "0"}),
+        ("PORT", {"PORT": "70000"}),
+        ("PORT", {"PORT": "-1"}),
+        ("PORT", {"PORT": "80.5"}),
+        ("PUBLIC_URL", {"PUBLIC_URL": "ftp://x"}),
+        ("PUBLIC_URL", {"PUBLIC_URL": "example.com"}),
+        ("PUBLIC_URL", {"PUBLIC_URL": "https://example.com/?debug=1"}),
+        ("MJ_API_BASE_URL", {"MJ_API_BASE_URL": "not a url"}),
+        ("MJ_API_BASE_URL", {"MJ_API_BASE_URL": "ftp://api.kie.ai"}),
+        ("DATABASE_URL", {"DATABASE_URL": f"mysql://bot:{DB_PASSWORD}@db/jobs"}),
+        ("DATABASE_URL", {"DATABASE_URL": "data/bot.sqlite3"}),
+        ("DISCORD_GUILD_ID", {"DISCORD_GUILD_ID": "abc"}),
+        ("DISCORD_GUILD_ID", {"DISCORD_GUILD_ID": "123"}),
+        ("LOG_LEVEL", {"LOG_LEVEL": "LOUD"}),
+        ("JOB_TIMEOUT_MINUTES", {"JOB_TIMEOUT_MINUTES": "0"}),
+        ("JOB_TIMEOUT_MINUTES", {"JOB_TIMEOUT_MINUTES": "x"}),
+        ("JOB_TIMEOUT_MINUTES", {"JOB_TIMEOUT_MINUTES": "1441"}),
+        ("JOB_TIMEOUT_MINUTES", {"JOB_TIMEOUT_MINUTES": "nan"}),
+        ("MJ_RESULT_HOSTS", {"MJ_RESULT_HOSTS": "a b"}),
+        ("MJ_RESULT_HOSTS", {"MJ_RESULT_HOSTS": "ok.example.com,user@evil.example"}),
+        ("HOST", {"HOST": "example.com"}),
+    ],
+)
+def test_bad_or_missing_setting_is_named(name: str, changes: dict[str, str | None]) -> None:
+    settings_env = {**MINIMAL, "MJ_WEBHOOK_HMAC_KEY": HMAC_KEY, **changes}
+    settings_env = {key: value for key, value in settings_env.items() if value is not None}
+    with pytest.raises(SettingsError) as caught:
+        load_settings(settings_env)
+    message = str(caught.value)
+    assert name in message
+    assert "\n" not in message
+    for secret in (*SECRETS, "a token pasted with spaces in it", "tooShort1"):
+        assert secret not in message
+
+
+# Each of these is a malformed value, yet load_settings lets a bare ValueError out of urlsplit
+# (an unbalanced "[" reads as a broken IPv6 literal) or out of int() (str.isdigit accepts
+# superscript digits that int() refuses). python -m bot catches only SettingsError, so the
+# operator gets a traceback that names no setting instead of one clear line.
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MJ_API_BASE_URL", "https://[api.kie.ai"),
+        ("PUBLIC_URL", "http://[::1"),
+        ("MJ_RESULT_HOSTS", "https://[cdn.example.com"),
+        ("DISCORD_GUILD_ID", "¹²³⁴⁵⁶⁷⁸⁹¹²³⁴⁵⁶⁷⁸"),
+    ],
+)
+def test_unparseable_values_still_raise_settings_error(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        load_settings(env(**{name: value}))
+
+
+# ----- secrets ---------------------------------------------------------------------------------
+
+
+def full_settings_env() -> dict[str, str]:
+    return env(
+        MJ_WEBHOOK_HMAC_KEY=HMAC_KEY,
+        DATABASE_URL=f"postgresql://bot:{DB_PASSWORD}@db.example.com:5432/jobs",
+    )
+
+
+def test_repr_shows_no_secret() -> None:
+    settings = load_settings(full_settings_env())
+    for text in (repr(settings), str(settings), f"{settings}", repr([settings])):
+        for secret in SECRETS:
+            assert secret not in text
+    # Still useful in a log line: the database host is shown, with its password masked.
+    assert "db.example.com" in repr(settings)
+    assert "***" in repr(settings)
+
+
+def test_repr_never_raises_for_an_accepted_database_url() -> None:
+    settings = load_settings(env(DATABASE_URL="postgresql://bot:pa[ss@db/jobs"))
+    assert "pa[ss" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            f"postgresql://bot:{DB_PASSWORD}@db.example.com:5432/jobs",
+            "postgresql://bot:***@db.example.com:5432/jobs",
+        ),
+        ("postgresql+asyncpg://bot:p%40ss@db/jobs", "postgresql+asyncpg://bot:***@db/jobs"),
+        ("postgresql://bot@db/jobs", "postgresql://bot@db/jobs"),
+        ("sqlite:///data/bot.sqlite3", "sqlite:///data/bot.sqlite3"),
+    ],
+)
+def test_redact_url_hides_the_password(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def capture(filter_: logging.Filter) -> tuple[logging.Logger, io.StringIO]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(filter_)
+    logger = logging.getLogger(f"tests.config.redact.{id(out)}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return logger, out
+
+
+def test_redacting_filter_blanks_secrets_in_messages_and_arguments() -> None:
+    settings = load_settings(full_settings_env())
+    logger, out = capture(RedactingFilter(settings.secrets))
+    logger.info("login with %s", TOKEN)
+    logger.warning(f"calling the API with key {API_KEY} and hmac {HMAC_KEY}")
+    logger.info("nothing to hide: %d jobs", 3)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "INFO login with ***",
+        "WARNING calling the API with key *** and hmac ***",
+        "INFO nothing to hide: 3 jobs",
+    ]
+
+
+def test_redacting_filter_works_through_caplog(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.handler.addFilter(RedactingFilter((TOKEN,)))
+    with caplog.at_level(logging.INFO, logger="tests.config.caplog"):
+        logging.getLogger("tests.config.caplog").info("token=%s!", TOKEN)
+    assert caplog.messages == ["token=***!"]
+    assert TOKEN not in caplog.text
+
+
+def test_redacting_filter_leaves_other_records_untouched() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "value %s", ("plain",), None)
+    assert RedactingFilter((TOKEN,)).filter(record) is True
+    assert (record.msg, record.args) == ("value %s", ("plain",))
+
+
+def test_redacting_filter_covers_logged_exceptions() -> None:
+    logger, out = capture(RedactingFilter((TOKEN,)))
+    try:
+        raise RuntimeError(f"login refused for {TOKEN}")
+    except RuntimeError:
+        logger.exception("login failed")
+    assert "login failed" in out.getvalue()
+    assert TOKEN not in out.getvalue()
+
+
+# ----- python -m bot ---------------------------------------------------------------------------
+
+
+def run_bot(cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    child_env = {key: value for key, value in os.environ.items() if key not in SETTING_NAMES}
+    child_env.update(settings)
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=cwd,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_python_m_bot_without_token_exits_2_with_one_line(tmp_path: Path) -> None:
+    assert not (tmp_path / ".env").exists()
+    result = run_bot(tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "DISCORD_TOKEN" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_python_m_bot_reads_dotenv_and_never_prints_secrets(tmp_path: Path) -> None:
+    # The .env is complete but for a bad PORT, so the run stops before any network use; the
+    # complaint is about PORT (not DISCORD_TOKEN), which shows the .env was read.
+    (tmp_path / ".env").write_text(f"DISCORD_TOKEN={TOKEN}\nMJ_API_KEY={API_KEY}\nPORT=abc\n")
+    result = run_bot(tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "PORT" in lines[0]
+    assert "DISCORD_TOKEN" not in lines[0]
+    for secret in (TOKEN, API_KEY):
+        assert secret not in result.stderr + result.stdout
