@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+import aiohttp
 import discord
 from dotenv import load_dotenv
 
@@ -27,8 +28,12 @@ def setup_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    # discord.py's INFO lines are about its own gateway; keep them, but not its DEBUG noise.
+    # discord.py's INFO lines are about its own gateway; keep them, but not its DEBUG noise,
+    # nor its warning that voice libraries are missing (this bot has no voice).
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+    logging.getLogger("discord.client").addFilter(
+        lambda record: "voice will NOT be supported" not in record.getMessage()
+    )
 
 
 async def run(settings: Settings) -> int:
@@ -46,6 +51,9 @@ async def run(settings: Settings) -> int:
         except discord.PrivilegedIntentsRequired:
             log.error("Discord refused the gateway intents the bot asked for")
             return 2
+        except aiohttp.ClientConnectorError as exc:
+            log.error("cannot reach Discord (%s): check the network", exc.host)
+            return 1
         except OSError as exc:
             log.error("cannot start the listener on %s:%s: %s", settings.host, settings.port, exc)
             return 2
