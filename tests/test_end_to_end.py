@@ -21,20 +21,11 @@ from bot.midjourney.sandbox import SandboxAPI
 from tests.fakes.discord_double import (
     DiscordDouble,
     StoredMessage,
-    point_discord_at,
 )
 
 TOKEN = "fake-discord-token-for-the-double"
 SUCCESS, SECONDARY = 3, 2
 FAST_POLL = PollPolicy(first_with_callback=0.5, interval=0.05, steady_for=1.0, max_interval=0.2)
-
-
-@pytest.fixture
-async def double() -> AsyncIterator[DiscordDouble]:
-    async with DiscordDouble() as fake:
-        with point_discord_at(fake):
-            yield fake
-    assert fake.internal_errors == []
 
 
 class Harness:

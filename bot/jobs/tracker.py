@@ -245,7 +245,7 @@ class Tracker:
 
     async def close(self) -> None:
         self._closing = True
-        watchers = list(self._watchers.values())
+        watchers = [*self._watchers.values(), *self._background]
         for task in watchers:
             task.cancel()
         for task in watchers:

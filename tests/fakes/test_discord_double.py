@@ -18,7 +18,6 @@ from tests.fakes.discord_double import (
     DEFAULT_MEMBER_PERMISSIONS,
     MANAGE_MESSAGES,
     DiscordDouble,
-    point_discord_at,
 )
 
 TOKEN = "fake-token"
@@ -122,14 +121,6 @@ class DoubleBot(commands.Bot):
 
     async def on_guild_available(self, guild: discord.Guild) -> None:
         self.guild_event.set()
-
-
-@pytest.fixture
-async def double() -> AsyncIterator[DiscordDouble]:
-    async with DiscordDouble() as fake:
-        with point_discord_at(fake):
-            yield fake
-    assert fake.internal_errors == []
 
 
 @contextlib.asynccontextmanager

@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from bot.jobs.store import JobKind, JobState
+from bot.jobs.store import Job, JobKind, JobState
 from bot.jobs.tracker import CALLBACK_PATH, DeliveryError, PollPolicy, Tracker
 from tests.jobs.conftest import Rig
 
@@ -23,6 +23,21 @@ async def upscale(tracker: Tracker, parent: str, index: int, user: int = USER, *
         channel_id=CHANNEL,
         grid_message_id=kw.pop("grid_message_id", 777),  # type: ignore[arg-type]
         **kw,  # type: ignore[arg-type]
+    )
+
+
+async def recorded_click(rig: Rig, parent: str, index: int) -> Job:
+    """A click as the store holds it right after it was recorded (state requested)."""
+    return await rig.store.create(
+        kind=JobKind.UPSCALE,
+        parent_task_id=parent,
+        image_index=index,
+        requester_id=USER,
+        guild_id=1,
+        channel_id=CHANNEL,
+        grid_message_id=777,
+        prompt="p",
+        deadline_seconds=60,
     )
 
 
@@ -229,17 +244,7 @@ async def test_recovery_submits_a_recorded_but_unsent_click(rig: Rig) -> None:
     tracker = rig.tracker(callbacks=True)
     parent = rig.grid()
     # The click was recorded, then the bot died before the API call.
-    job = await rig.store.create(
-        kind=JobKind.UPSCALE,
-        parent_task_id=parent,
-        image_index=1,
-        requester_id=USER,
-        guild_id=1,
-        channel_id=CHANNEL,
-        grid_message_id=777,
-        prompt="p",
-        deadline_seconds=60,
-    )
+    job = await recorded_click(rig, parent, 1)
     assert await tracker.recover() == 1
     # The grid is marked once the API has answered and the task id is stored.
     await rig.publisher.wait_for(lambda: len(rig.publisher.marked) == 1)
@@ -256,17 +261,7 @@ async def test_crash_after_the_api_call_is_completed_by_its_callback(rig: Rig) -
     which carries the job's secret, still finds the job, and nothing is submitted again."""
     tracker = rig.tracker(callbacks=True, poll=rig_poll_never())
     parent = rig.grid()
-    job = await rig.store.create(
-        kind=JobKind.UPSCALE,
-        parent_task_id=parent,
-        image_index=0,
-        requester_id=USER,
-        guild_id=1,
-        channel_id=CHANNEL,
-        grid_message_id=None,
-        prompt="p",
-        deadline_seconds=60,
-    )
+    job = await recorded_click(rig, parent, 0)
     claimed = await rig.store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
     assert claimed is not None
     # What the dead bot had sent:

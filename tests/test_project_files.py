@@ -1,0 +1,34 @@
+"""The operator-facing files agree with the code: README's commands, .env.example, Procfile."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.test_config import SETTING_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_the_test_command_readme_gives() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = next(
+        line for line in ci.splitlines() if line.startswith("python3 -m venv") and "pytest" in line
+    )
+    readme = (ROOT / "README.md").read_text()
+    assert command in readme.splitlines()
+
+
+def test_every_setting_the_code_reads_is_documented() -> None:
+    code = (ROOT / "bot" / "config.py").read_text()
+    read = set(re.findall(r'_\w+\(env, "([A-Z_]+)"', code))
+    assert read == set(SETTING_NAMES)
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for name in SETTING_NAMES:
+        assert re.search(rf"^#?{name}=", example, re.MULTILINE), f"{name} not in .env.example"
+        assert f"`{name}`" in readme, f"{name} not in README's settings table"
+
+
+def test_procfile_runs_the_bot_as_a_web_process() -> None:
+    assert (ROOT / "Procfile").read_text().strip() == "web: python -m bot"
