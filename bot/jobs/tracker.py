@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore
 from bot.midjourney.client import MidjourneyClient
@@ -120,7 +120,7 @@ class Tracker:
         self._locks: dict[str, asyncio.Lock] = {}
         self._whispers: dict[str, tuple[Whisper, float]] = {}
         self._closing = False
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def store(self) -> JobStore:
@@ -526,13 +526,14 @@ class Tracker:
             return None
         return entry[0]
 
-    def _spawn(self, coro: Awaitable[object]) -> None:
-        async def run() -> None:
-            try:
-                await coro
-            except Exception:
-                log.exception("background step failed")
-
-        task = asyncio.create_task(run())
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        # The coroutine itself becomes the task, so a task cancelled at shutdown before it ran
+        # is closed cleanly rather than left "never awaited".
+        task = asyncio.create_task(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background step failed", exc_info=task.exception())
