@@ -41,6 +41,7 @@ class Rig:
         poll: PollPolicy = FAST_POLL,
         publisher: RecordingPublisher | None = None,
         store: JobStore | None = None,
+        watermark: str | None = None,
     ) -> Tracker:
         """A tracker wired to the listener (one at a time: a new one is a 'restarted bot')."""
         client = MidjourneyClient(self.session, self.api_base, "test-key", timeout=5)
@@ -51,6 +52,7 @@ class Rig:
             callback_base=self.listener_url if callbacks else None,
             deadline_seconds=deadline,
             poll=poll,
+            watermark=watermark,
             delivery_retries=2,
         )
         self.listener.tracker = tracker

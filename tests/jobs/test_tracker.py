@@ -313,3 +313,12 @@ async def test_imagine_generates_and_delivers_four_images(rig: Rig) -> None:
     await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
     delivered = rig.publisher.delivered[0]
     assert len(delivered.result_urls) == 4
+
+
+async def test_watermark_is_passed_with_every_upscale(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=False, watermark="my-server")
+    parent = rig.grid()
+    await upscale(tracker, parent, 0)
+    await upscale(tracker, parent, 1)
+    bodies = [c.body for c in rig.sandbox.calls if c.endpoint == "generateUpscale"]
+    assert [b["waterMark"] for b in bodies] == ["my-server", "my-server"]

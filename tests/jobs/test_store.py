@@ -1,0 +1,401 @@
+"""JobStore on a real SQLite file (and, when one answers locally, on PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.jobs.store import (
+    DuplicateUpscale,
+    Job,
+    JobKind,
+    JobState,
+    JobStore,
+    async_database_url,
+    metadata,
+)
+
+PARENT = "grid-task-0001"
+CHANNEL = 555
+USER = 42
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
+    store = await JobStore.open(f"sqlite:///{tmp_path}/x.sqlite3")
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def new_job(
+    store: JobStore,
+    kind: JobKind = JobKind.UPSCALE,
+    parent: str | None = PARENT,
+    index: int | None = 0,
+    **kw: Any,
+) -> Job:
+    if kind is JobKind.IMAGINE:
+        parent, index = None, None
+    return await store.create(
+        kind=kind,
+        requester_id=kw.pop("requester_id", USER),
+        guild_id=kw.pop("guild_id", 1),
+        channel_id=kw.pop("channel_id", CHANNEL),
+        deadline_seconds=kw.pop("deadline_seconds", 600),
+        parent_task_id=parent,
+        image_index=index,
+        **kw,
+    )
+
+
+async def fail(store: JobStore, job: Job) -> Job:
+    failed = await store.transition(job.id, (job.state,), JobState.FAILED, error="boom")
+    assert failed is not None
+    return failed
+
+
+async def walk_to_delivered(store: JobStore, job: Job) -> Job:
+    steps = [
+        (JobState.REQUESTED, JobState.SUBMITTING),
+        (JobState.SUBMITTING, JobState.SUBMITTED),
+        (JobState.SUBMITTED, JobState.SUCCEEDED),
+        (JobState.SUCCEEDED, JobState.DELIVERED),
+    ]
+    current: Job | None = job
+    for before, after in steps:
+        current = await store.transition(job.id, (before,), after)
+        assert current is not None and current.state is after
+    assert current is not None
+    return current
+
+
+# -- create ---------------------------------------------------------------------------------------
+
+
+async def test_create_fills_fields_and_defaults(store: JobStore) -> None:
+    job = await new_job(
+        store,
+        index=2,
+        grid_message_id=777,
+        status_message_id=888,
+        prompt="a red fox",
+        options={"speed": "fast"},
+        deadline_seconds=100,
+    )
+    assert job.kind is JobKind.UPSCALE
+    assert job.state is JobState.REQUESTED
+    assert (job.parent_task_id, job.image_index) == (PARENT, 2)
+    assert (job.requester_id, job.guild_id, job.channel_id) == (USER, 1, CHANNEL)
+    assert (job.grid_message_id, job.status_message_id) == (777, 888)
+    assert job.prompt == "a red fox" and job.options == {"speed": "fast"}
+    assert job.upstream_task_id is None and job.result_message_id is None
+    assert job.error is None and job.result_urls == ()
+    assert job.completed_at is None and job.delivered_at is None
+    assert job.created_at == job.updated_at
+    assert job.deadline_at == pytest.approx(job.created_at + 100)
+    assert not job.finished
+    # The id doubles as the Discord message nonce (at most 25 characters).
+    assert re.fullmatch(r"[0-9a-f]{24}", job.id)
+    assert len(job.id) <= 25
+    # The secret goes into a URL path segment and must match the listener's pattern.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{16,64}", job.callback_secret)
+    assert await store.get(job.id) == job
+
+
+async def test_ids_and_secrets_are_unique(store: JobStore) -> None:
+    made = [await new_job(store, JobKind.IMAGINE) for _ in range(20)]
+    assert len({j.id for j in made}) == 20
+    assert len({j.callback_secret for j in made}) == 20
+    assert not {j.id for j in made} & {j.callback_secret for j in made}
+
+
+async def test_repr_hides_the_callback_secret(store: JobStore) -> None:
+    job = await new_job(store)
+    assert job.callback_secret not in repr(job)
+    assert job.callback_secret not in str(job)
+    assert job.id in repr(job)
+    assert job.callback_secret not in job.label
+
+
+# -- dedupe ---------------------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_upscales_of_one_image_make_one_job(store: JobStore) -> None:
+    results = await asyncio.gather(
+        *(new_job(store, index=1, requester_id=n) for n in range(50)), return_exceptions=True
+    )
+    made = [r for r in results if isinstance(r, Job)]
+    dupes = [r for r in results if isinstance(r, DuplicateUpscale)]
+    assert len(made) == 1, [r for r in results if not isinstance(r, Job | DuplicateUpscale)]
+    assert len(dupes) == 49
+    assert all(d.job.id == made[0].id for d in dupes)
+    assert all(d.job.state is JobState.REQUESTED for d in dupes)
+    live = await store.live_upscale(PARENT, 1)
+    assert live is not None and live.id == made[0].id
+    assert len(await store.unfinished()) == 1
+
+
+async def test_duplicate_carries_the_live_job(store: JobStore) -> None:
+    first = await new_job(store, index=3)
+    submitted = await store.transition(
+        first.id, (JobState.REQUESTED,), JobState.SUBMITTED, upstream_task_id="up-123456"
+    )
+    assert submitted is not None
+    with pytest.raises(DuplicateUpscale) as caught:
+        await new_job(store, index=3, requester_id=99)
+    assert caught.value.job == submitted
+    assert first.id in str(caught.value)
+
+
+async def test_a_failed_upscale_no_longer_blocks_a_new_one(store: JobStore) -> None:
+    first = await new_job(store)
+    await fail(store, first)
+    assert await store.live_upscale(PARENT, 0) is None
+    second = await new_job(store)
+    assert second.id != first.id
+    live = await store.live_upscale(PARENT, 0)
+    assert live is not None and live.id == second.id
+    # And once the retry fails too, a third attempt is allowed.
+    await fail(store, second)
+    third = await new_job(store)
+    assert third.id not in (first.id, second.id)
+
+
+async def test_a_delivered_upscale_still_blocks(store: JobStore) -> None:
+    first = await walk_to_delivered(store, await new_job(store))
+    assert first.finished
+    with pytest.raises(DuplicateUpscale) as caught:
+        await new_job(store)
+    assert caught.value.job.id == first.id
+    assert caught.value.job.state is JobState.DELIVERED
+
+
+async def test_other_indexes_and_parents_are_independent(store: JobStore) -> None:
+    made = [await new_job(store, index=i) for i in range(4)]
+    made.append(await new_job(store, parent="grid-task-0002", index=0))
+    assert len({j.id for j in made}) == 5
+    with pytest.raises(DuplicateUpscale):
+        await new_job(store, parent="grid-task-0002", index=0)
+
+
+async def test_imagine_jobs_are_never_deduplicated(store: JobStore) -> None:
+    made = await asyncio.gather(*(new_job(store, JobKind.IMAGINE, prompt="same") for _ in range(5)))
+    assert len({j.id for j in made}) == 5
+    assert all(j.parent_task_id is None and j.image_index is None for j in made)
+
+
+# -- transitions and updates ----------------------------------------------------------------------
+
+
+async def test_transition_sets_state_and_fields(store: JobStore) -> None:
+    job = await new_job(store)
+    moved = await store.transition(
+        job.id,
+        (JobState.REQUESTED, JobState.SUBMITTING),
+        JobState.SUCCEEDED,
+        upstream_task_id="up-abcdef",
+        result_urls=["https://cdn.example/a.png", "https://cdn.example/b.png"],
+        completed_at=123.0,
+    )
+    assert moved is not None
+    assert moved.state is JobState.SUCCEEDED
+    assert moved.upstream_task_id == "up-abcdef"
+    assert moved.result_urls == ("https://cdn.example/a.png", "https://cdn.example/b.png")
+    assert moved.completed_at == 123.0
+    assert moved.updated_at >= job.updated_at
+    assert await store.get(job.id) == moved
+
+
+async def test_transition_from_the_wrong_state_changes_nothing(store: JobStore) -> None:
+    job = await new_job(store)
+    result = await store.transition(
+        job.id, (JobState.SUBMITTED,), JobState.SUCCEEDED, upstream_task_id="up-zzzzzz"
+    )
+    assert result is None
+    assert await store.get(job.id) == job
+    assert await store.transition("0" * 24, (JobState.REQUESTED,), JobState.FAILED) is None
+
+
+async def test_concurrent_transitions_from_one_state_have_one_winner(store: JobStore) -> None:
+    for _ in range(5):
+        job = await new_job(store, JobKind.IMAGINE)
+        results = await asyncio.gather(
+            store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING, error="a"),
+            store.transition(job.id, (JobState.REQUESTED,), JobState.FAILED, error="b"),
+        )
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        stored = await store.get(job.id)
+        assert stored == winners[0]
+
+
+async def test_update_changes_fields_but_refuses_state(store: JobStore) -> None:
+    job = await new_job(store)
+    updated = await store.update(job.id, status_message_id=4242, result_message_id=4343)
+    assert updated.status_message_id == 4242 and updated.result_message_id == 4343
+    assert updated.state is JobState.REQUESTED
+    with pytest.raises(ValueError, match="transition"):
+        await store.update(job.id, state=JobState.DELIVERED)
+    with pytest.raises(ValueError):
+        await store.update(job.id, state="delivered", status_message_id=1)
+    assert await store.get(job.id) == updated
+
+
+# -- look-ups -------------------------------------------------------------------------------------
+
+
+async def test_by_secret_and_by_upstream(store: JobStore) -> None:
+    job = await new_job(store)
+    other = await new_job(store, index=1)
+    assert await store.by_secret(job.callback_secret) == job
+    assert await store.by_secret(secrets.token_urlsafe(24)) is None
+    assert await store.by_upstream("up-000001") is None
+    submitted = await store.transition(
+        job.id, (JobState.REQUESTED,), JobState.SUBMITTED, upstream_task_id="up-000001"
+    )
+    assert await store.by_upstream("up-000001") == submitted
+    assert (await store.by_secret(other.callback_secret)) == other
+
+
+async def test_live_upscale_and_upscaled_indexes(store: JobStore) -> None:
+    assert await store.upscaled_indexes(PARENT) == set()
+    a = await new_job(store, index=0)
+    b = await new_job(store, index=1)
+    c = await new_job(store, index=2)
+    await new_job(store, parent="grid-task-0002", index=3)
+    await walk_to_delivered(store, b)
+    await fail(store, c)
+    assert await store.upscaled_indexes(PARENT) == {0, 1}
+    assert await store.upscaled_indexes("grid-task-0002") == {3}
+    live_a = await store.live_upscale(PARENT, 0)
+    assert live_a is not None and live_a.id == a.id
+    live_b = await store.live_upscale(PARENT, 1)
+    assert live_b is not None and live_b.state is JobState.DELIVERED
+    assert await store.live_upscale(PARENT, 2) is None
+    assert await store.live_upscale(PARENT, 3) is None
+
+
+async def test_unfinished_excludes_final_jobs_in_creation_order(store: JobStore) -> None:
+    made = []
+    for i in range(6):
+        made.append(await new_job(store, index=i % 4, parent=f"grid-{i}"))
+        await asyncio.sleep(0.002)  # distinct created_at values
+    await walk_to_delivered(store, made[1])
+    await fail(store, made[3])
+    await store.transition(made[4].id, (JobState.REQUESTED,), JobState.SUBMITTING)
+    await store.transition(made[5].id, (JobState.REQUESTED,), JobState.SUBMITTED)
+    unfinished = await store.unfinished()
+    assert [j.id for j in unfinished] == [made[i].id for i in (0, 2, 4, 5)]
+    assert [j.state for j in unfinished] == [
+        JobState.REQUESTED,
+        JobState.REQUESTED,
+        JobState.SUBMITTING,
+        JobState.SUBMITTED,
+    ]
+
+
+async def test_reopening_the_file_keeps_the_jobs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/nested/dir/jobs.sqlite3"
+    first = await JobStore.open(url)
+    try:
+        job = await new_job(first, prompt="kept")
+        done = await walk_to_delivered(first, await new_job(first, index=1))
+    finally:
+        await first.close()
+    second = await JobStore.open(url)
+    try:
+        assert await second.get(job.id) == job
+        assert await second.by_secret(job.callback_secret) == job
+        assert [j.id for j in await second.unfinished()] == [job.id]
+        # Dedupe survives the restart too.
+        with pytest.raises(DuplicateUpscale) as caught:
+            await new_job(second, index=1)
+        assert caught.value.job == done
+        await second.ping()
+    finally:
+        await second.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///data/bot.sqlite3", "sqlite+aiosqlite:///data/bot.sqlite3"),
+        ("sqlite:////abs/path.db", "sqlite+aiosqlite:////abs/path.db"),
+        ("postgresql://u:p@h:5432/db", "postgresql+asyncpg://u:p@h:5432/db"),
+        ("postgres://u:p@h/db", "postgresql+asyncpg://u:p@h/db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ],
+)
+def test_async_database_url(url: str, expected: str) -> None:
+    assert async_database_url(url) == expected
+
+
+# -- PostgreSQL (only where one answers) ----------------------------------------------------------
+
+
+async def test_dedupe_and_transitions_on_postgresql() -> None:
+    try:
+        import asyncpg
+    except ImportError:
+        pytest.skip("asyncpg is not installed (pip install '.[postgres]')")
+    dsn = POSTGRES_URL
+    try:
+        admin = await asyncpg.connect(dsn, timeout=2)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL at {dsn}: {type(exc).__name__}: {exc}")
+    # A schema of its own, so the test's jobs table cannot touch anything else in the database.
+    schema = f"jobstore_test_{secrets.token_hex(6)}"
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    engine = create_async_engine(
+        async_database_url(dsn), connect_args={"server_settings": {"search_path": schema}}
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        store = JobStore(engine)
+
+        results = await asyncio.gather(
+            *(new_job(store, index=1, requester_id=n) for n in range(50)), return_exceptions=True
+        )
+        made = [r for r in results if isinstance(r, Job)]
+        dupes = [r for r in results if isinstance(r, DuplicateUpscale)]
+        assert len(made) == 1 and len(dupes) == 49, results
+        assert all(d.job.id == made[0].id for d in dupes)
+
+        await fail(store, made[0])
+        retry = await new_job(store, index=1)
+        assert retry.id != made[0].id
+        await walk_to_delivered(store, retry)
+        with pytest.raises(DuplicateUpscale):
+            await new_job(store, index=1)
+        other = await new_job(store, index=2)
+        assert await store.upscaled_indexes(PARENT) == {1, 2}
+
+        assert await store.transition(other.id, (JobState.SUBMITTED,), JobState.FAILED) is None
+        assert await store.get(other.id) == other
+        race = await asyncio.gather(
+            *(
+                store.transition(other.id, (JobState.REQUESTED,), JobState.SUBMITTING)
+                for _ in range(10)
+            )
+        )
+        assert sum(r is not None for r in race) == 1
+        stored = await store.get(other.id)
+        assert stored is not None and stored.state is JobState.SUBMITTING
+        assert [j.id for j in await store.unfinished()] == [other.id]
+    finally:
+        await engine.dispose()
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
