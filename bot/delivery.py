@@ -29,6 +29,7 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 3
 PROMPT_LIMIT = 1500
+REASON_LIMIT = 400
 
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -144,7 +145,8 @@ def failure_text(job: Job, reason: str) -> str:
         what = f"Upscale of image #{(job.image_index or 0) + 1}"
     else:
         what = f"Generation of {_prompt_text(job.prompt)}"
-    return f"❌ {what} for <@{job.requester_id}> failed: {reason}"
+    # The prompt may take 1500 of Discord's 2000 characters; the reason gets what is left.
+    return f"❌ {what} for <@{job.requester_id}> failed: {reason[:REASON_LIMIT]}"
 
 
 def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
