@@ -12,18 +12,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from bot.jobs.store import Job, JobKind, JobState, JobStore
-from bot.jobs.tracker import CALLBACK_PATH, PollPolicy, Tracker
+from bot.jobs.tracker import CALLBACK_PATH, Tracker
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.models import webhook_signature
 from bot.midjourney.sandbox import SandboxAPI
 from bot.web import MAX_CALLBACK_BYTES, Listener
+from tests.conftest import FAST_POLL, RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
 
 HMAC_KEY = "test-hmac-key"
-FAST_POLL = PollPolicy(first_with_callback=0.2, interval=0.05, steady_for=1.0, max_interval=0.2)
 
 
 @dataclass
@@ -92,16 +91,12 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    sandbox = SandboxAPI(task_seconds=None, api_key="test-key", image_size=8)
-    runner = web.AppRunner(sandbox.app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+async def setup(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[Setup]:
     store = await JobStore.open(f"sqlite:///{tmp_path}/web.sqlite3")
     session = aiohttp.ClientSession()
     rig = Setup(
-        sandbox=sandbox,
-        api_base=f"http://127.0.0.1:{runner.addresses[0][1]}",
+        sandbox=sandbox.api,
+        api_base=sandbox.base_url,
         session=session,
         store=store,
     )
@@ -114,8 +109,6 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
             await listener.close()
         await session.close()
         await store.close()
-        await sandbox.close()
-        await runner.cleanup()
 
 
 def callback_body(task_id: str, *, spelling: str = "taskId") -> dict[str, Any]:

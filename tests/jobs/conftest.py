@@ -8,17 +8,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from bot.jobs.store import JobStore
 from bot.jobs.tracker import PollPolicy, Tracker
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
 from bot.web import Listener
+from tests.conftest import FAST_POLL, RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
-
-# Polling fast enough that tests wait milliseconds, not the production 5 s.
-FAST_POLL = PollPolicy(first_with_callback=0.2, interval=0.05, steady_for=1.0, max_interval=0.2)
 
 
 @dataclass
@@ -65,12 +62,7 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    sandbox = SandboxAPI(task_seconds=None, api_key="test-key", image_size=16)
-    runner = web.AppRunner(sandbox.app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    api_base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+async def rig(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[Rig]:
 
     listener = Listener()
     port = await listener.start("127.0.0.1", 0)
@@ -78,8 +70,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     store = await JobStore.open(database_url)
     session = aiohttp.ClientSession()
     rig = Rig(
-        sandbox=sandbox,
-        api_base=api_base,
+        sandbox=sandbox.api,
+        api_base=sandbox.base_url,
         session=session,
         database_url=database_url,
         listener=listener,
@@ -94,4 +86,3 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await listener.close()
         await session.close()
         await store.close()
-        await runner.cleanup()

@@ -15,7 +15,7 @@ from aiohttp import web
 from bot.midjourney.client import MAX_ANSWER_BYTES, MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
 from bot.midjourney.models import TaskStatus
-from tests.midjourney.conftest import RunningSandbox, Serve, StartSandbox
+from tests.conftest import RunningSandbox, Serve, StartSandbox
 
 CODES = (400, 401, 402, 404, 422, 429, 455, 500, 501, 505)
 GENERATE = "/api/v1/mj/generate"
