@@ -86,10 +86,6 @@ class Outcome:
     created: bool
 
     @property
-    def running(self) -> bool:
-        return not self.job.finished
-
-    @property
     def failed(self) -> bool:
         return self.job.state is JobState.FAILED
 
