@@ -39,12 +39,21 @@ def setup_logging(settings: Settings) -> None:
 async def run(settings: Settings) -> int:
     bot = UpscaleBot(settings)
     loop = asyncio.get_running_loop()
+    # The loop keeps only weak references to tasks: the shutdown must not be collected midway.
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop(signame: str) -> None:
+        log.info("%s received: stopping", signame)
+        stopping.append(asyncio.ensure_future(bot.close()))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+            loop.add_signal_handler(sig, stop, sig.name)
     async with bot:
         try:
             await bot.start(settings.discord_token)
+            # The gateway stops before the shutdown's last steps are done: wait for all of it.
+            await bot.close()
         except discord.LoginFailure:
             log.error("Discord refused DISCORD_TOKEN: copy the bot token again from the portal")
             return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -12,7 +13,8 @@ from discord.ext import commands
 from bot.config import Settings, redact_url
 from bot.delivery import DiscordPublisher, ImageFetcher
 from bot.jobs.store import JobStore
-from bot.jobs.tracker import CALLBACK_PATH, PollPolicy, Tracker
+from bot.jobs.throttle import SubmitThrottle
+from bot.jobs.tracker import CALLBACK_PATH, SUBMIT_WINDOW_SECONDS, PollPolicy, Tracker
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
 from bot.web import Listener
@@ -22,6 +24,10 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ("cogs.upscale", "cogs.imagine")
 SANDBOX_PREFIX = "/sandbox"
 SANDBOX_KEY = "sandbox"
+# How long a shutdown waits for paid calls and posts under way. `docker stop` and many hosts send
+# SIGKILL 10 s after SIGTERM; the store and listener still have to close within that. Whatever is
+# cut off resumes at the next start.
+SHUTDOWN_GRACE_SECONDS = 8.0
 
 
 class UpscaleBot(commands.Bot):
@@ -52,6 +58,7 @@ class UpscaleBot(commands.Bot):
         self._mj: MidjourneyClient | None = None
         self._publisher: DiscordPublisher | None = None
         self.listen_port: int | None = None
+        self._shutdown: asyncio.Task[None] | None = None
 
     @property
     def tracker(self) -> Tracker:
@@ -94,7 +101,7 @@ class UpscaleBot(commands.Bot):
 
         self._mj = MidjourneyClient(self._session, api_base, api_key)
         trusted = (*settings.result_hosts, urlsplit(api_base).hostname or "")
-        fetcher = ImageFetcher(self._session, trusted)
+        fetcher = ImageFetcher(trusted)
         self._publisher = DiscordPublisher(self, self._store, fetcher)
         self._tracker = Tracker(
             self._store,
@@ -104,6 +111,10 @@ class UpscaleBot(commands.Bot):
             deadline_seconds=settings.job_timeout_seconds,
             watermark=settings.watermark,
             poll=self._poll,
+            throttle=SubmitThrottle(
+                settings.submit_rate, SUBMIT_WINDOW_SECONDS, max_waiting=settings.queue_limit
+            ),
+            max_jobs_per_user=settings.max_jobs_per_user,
         )
         self.listener.tracker = self._tracker
         if callback_base:
@@ -150,11 +161,28 @@ class UpscaleBot(commands.Bot):
         )
 
     async def close(self) -> None:
+        """Stop taking work, let deliveries under way finish (bounded), then close everything.
+
+        A second call (a second signal, discord.py's own exit path) joins the shutdown under way
+        rather than closing the store under a delivery that is still draining.
+        """
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._shut_down(), name="shutdown")
+        await self._shutdown
+
+    async def _shut_down(self) -> None:
         if self._tracker is not None:
-            await self._tracker.close()
+            log.info(
+                "shutting down: no new jobs; waiting up to %g s for work under way",
+                SHUTDOWN_GRACE_SECONDS,
+            )
+            await self._tracker.close(grace=SHUTDOWN_GRACE_SECONDS)
+        # Closed only after the drain: a callback arriving meanwhile is still recorded.
         await self.listener.close()
         if self.sandbox is not None:
             await self.sandbox.close()
+        if self._publisher is not None:
+            await self._publisher.close()
         if self._session is not None:
             await self._session.close()
         if self._store is not None:

@@ -18,6 +18,7 @@ VENDOR_RESULT_HOSTS = (
     "tempfile.redpandaai.co",
 )
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+UPSCALE_ALLOWED = ("anyone", "requester")
 
 
 class SettingsError(ValueError):
@@ -39,6 +40,10 @@ class Settings:
     guild_id: int | None = None
     log_level: str = "INFO"
     job_timeout_minutes: float = 15.0
+    max_jobs_per_user: int = 3
+    upscale_allowed: str = "anyone"
+    submit_rate: int = 20
+    queue_limit: int = 100
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -198,6 +203,12 @@ def load_settings(env: Mapping[str, str]) -> Settings:
                 f"got {timeout_raw!r}"
             )
 
+    allowed = (_text(env, "UPSCALE_ALLOWED") or "anyone").lower()
+    if allowed not in UPSCALE_ALLOWED:
+        raise SettingsError(
+            f"UPSCALE_ALLOWED must be {' or '.join(UPSCALE_ALLOWED)}, got {allowed!r}"
+        )
+
     hmac_key = _text(env, "MJ_WEBHOOK_HMAC_KEY")
     secrets = tuple(s for s in (token, api_key, hmac_key) if s)
     return Settings(
@@ -214,6 +225,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         guild_id=_snowflake(env, "DISCORD_GUILD_ID"),
         log_level=level,
         job_timeout_minutes=timeout,
+        max_jobs_per_user=_int(env, "MAX_JOBS_PER_USER", 3, 1, 1000),
+        upscale_allowed=allowed,
+        submit_rate=_int(env, "MJ_SUBMIT_RATE", 20, 1, 1000),
+        queue_limit=_int(env, "QUEUE_LIMIT", 100, 0, 100_000),
         secrets=secrets,
     )
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import ipaddress
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,12 +18,16 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import discord
+import PIL.Image
+import PIL.ImageOps
+from aiohttp.abc import AbstractResolver
 
+from bot.config import VENDOR_RESULT_HOSTS
 from bot.grid import GridButtons
 from bot.jobs.store import Job, JobKind, JobStore
 from bot.jobs.tracker import DeliveryError, Whisper
 from bot.midjourney.models import GRID_SIZE, Task
-from bot.net import read_capped
+from bot.net import NonPublicAddressError, PublicOnlyResolver, is_public, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,17 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 3
 PROMPT_LIMIT = 1500
 REASON_LIMIT = 400
+# Re-encoding an image that does not fit the upload limit: JPEG, because every Discord client
+# shows it inline; first at lower qualities, then at smaller sizes at the lowest one.
+JPEG_QUALITIES = (90, 75)
+MAX_DOWNSCALES = 6
+# Smaller than this the picture is a thumbnail, not the result: its link serves better.
+MIN_SIDE = 256
+MIN_REENCODED_BYTES = 32 * 1024
+# Twice the sides of the largest Midjourney upscale (4096 px); decoding more risks the bot's memory.
+MAX_PIXELS = 8192 * 8192
+REENCODE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+TOO_LARGE_CODE = 40005
 
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -57,34 +74,73 @@ class Image:
 
 class ImageFetcher:
     """Downloads result images from trusted hosts only, with a size cap, and checks they are
-    images; redirects are followed by hand so that each hop is checked too."""
+    images; redirects are followed by hand so that each hop is checked too.
+
+    Hosts in ``public_only`` (the vendors' file hosts) must resolve to public addresses; the other
+    trusted hosts were named by the operator (MJ_RESULT_HOSTS, the API host, which is 127.0.0.1
+    in sandbox mode) and may be anywhere. The address check is made by the fetcher's own
+    resolver at connection time, so a DNS answer cannot change between check and connect.
+    Build it inside the running event loop, and close() it.
+    """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
         trusted_hosts: Iterable[str],
         *,
+        public_only: Iterable[str] = VENDOR_RESULT_HOSTS,
+        resolver: AbstractResolver | None = None,
         max_bytes: int = MAX_IMAGE_BYTES,
         timeout: float = 60.0,
     ) -> None:
-        self._session = session
         self._trusted = frozenset(h.lower() for h in trusted_hosts)
+        self._any_address = self._trusted - frozenset(h.lower() for h in public_only)
+        self._resolver = PublicOnlyResolver(
+            resolver or aiohttp.DefaultResolver(), any_address=self._any_address
+        )
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(resolver=self._resolver),
+            # A proxy would resolve the names itself, out of the resolver's sight.
+            trust_env=False,
+        )
         self._max = max_bytes
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=10)
 
-    def trusted(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and (parts.hostname or "") in self._trusted
+    async def close(self) -> None:
+        await self._session.close()
+        await self._resolver.close()
+
+    def _refusal(self, url: str) -> str | None:
+        """Why ``url`` may not be fetched, or None if it may."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            return "the result link is not a valid URL"
+        if parts.scheme not in ("http", "https") or not host:
+            return "the result link is not an http(s) link"
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        # aiohttp connects to an IP literal without asking the resolver, so it is checked here.
+        if literal is not None and host not in self._any_address and not is_public(host):
+            return (
+                f"the result link points to {host}, a private, loopback or link-local address, "
+                "which the bot does not download from"
+            )
+        if host not in self._trusted:
+            return (
+                f"the result is hosted on {host}, which is not a trusted host "
+                "(the server admin can add it to MJ_RESULT_HOSTS)"
+            )
+        return None
 
     async def fetch(self, url: str, stem: str) -> Image:
         for _ in range(MAX_REDIRECTS + 1):
-            if not self.trusted(url):
-                host = urlsplit(url).hostname or url[:60]
-                raise DeliveryError(
-                    f"the result is hosted on {host}, which is not a trusted host "
-                    "(the server admin can add it to MJ_RESULT_HOSTS)",
-                    retry=False,
-                )
+            refusal = self._refusal(url)
+            if refusal is not None:
+                raise DeliveryError(refusal, retry=False)
             try:
                 async with self._session.get(
                     url, allow_redirects=False, timeout=self._timeout
@@ -99,6 +155,14 @@ class ImageFetcher:
                         )
                     data = await read_capped(response, self._max)
             except (aiohttp.ClientError, TimeoutError) as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+                    exc.os_error, NonPublicAddressError
+                ):
+                    raise DeliveryError(
+                        f"the result host {exc.os_error.host} resolved to a private, loopback "
+                        "or link-local address, so the bot did not download from it",
+                        retry=False,
+                    ) from exc
                 raise DeliveryError(
                     f"the result image could not be downloaded ({type(exc).__name__})", retry=True
                 ) from exc
@@ -161,6 +225,10 @@ class DiscordPublisher:
         self._store = store
         self._fetcher = fetcher
         self._grid_locks: dict[int, asyncio.Lock] = {}
+
+    async def close(self) -> None:
+        """Close the fetcher's connections: the publisher is the fetcher's only user."""
+        await self._fetcher.close()
 
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self._client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
@@ -245,36 +313,54 @@ class DiscordPublisher:
         images = await asyncio.gather(
             *(self._fetcher.fetch(url, f"{stem}_{i}") for i, url in enumerate(urls))
         )
-        files, links = _fit(images, urls, self.upload_limit(guild_id))
-        if links:
-            content += "\n" + "\n".join(links)
         channel = self._client.get_partial_messageable(channel_id, guild_id=guild_id)
-        started = time.perf_counter()
-        try:
-            message = await channel.send(
-                content,
-                files=[discord.File(io.BytesIO(i.data), filename=i.filename) for i in files],
-                view=view or discord.utils.MISSING,
-                # A re-sent post after a crash is refused by Discord as the same message.
-                nonce=nonce,
-                allowed_mentions=discord.AllowedMentions(
-                    everyone=False, roles=False, users=[discord.Object(requester_id)]
-                ),
+        limit = self.upload_limit(guild_id)
+        refusals = 0
+        while True:
+            files, links = await _fit(images, urls, limit, label)
+            started = time.perf_counter()
+            try:
+                message = await channel.send(
+                    "\n".join((content, *links)),
+                    files=[discord.File(io.BytesIO(i.data), filename=i.filename) for i in files],
+                    view=view or discord.utils.MISSING,
+                    # A re-sent post after a crash is refused by Discord as the same message.
+                    nonce=nonce,
+                    allowed_mentions=discord.AllowedMentions(
+                        everyone=False, roles=False, users=[discord.Object(requester_id)]
+                    ),
+                )
+            except discord.Forbidden as exc:
+                raise DeliveryError(_forbidden_reason(), retry=False) from exc
+            except discord.HTTPException as exc:
+                too_large = exc.status == 413 or exc.code == TOO_LARGE_CODE
+                if not (too_large and files):
+                    raise DeliveryError(
+                        f"Discord refused the post ({exc.status})", retry=exc.status >= 500
+                    ) from exc
+                refusals += 1
+                sent = sum(len(i.data) for i in files)
+                # Discord's real limit is below the one it advertised: halving what it refused
+                # steps past the gaps between its limits (10, 25, 50, 100 MiB). If that is
+                # refused too, the post carries links only, which no size limit refuses.
+                limit = sent // 2 if refusals == 1 else 0
+                log.warning(
+                    "post too large %s bytes=%d refusals=%d: retrying with limit=%d",
+                    label,
+                    sent,
+                    refusals,
+                    limit,
+                )
+                continue
+            log.info(
+                "posted %s message=%s files=%d links=%d post_ms=%.1f",
+                label,
+                message.id,
+                len(files),
+                len(links),
+                (time.perf_counter() - started) * 1000,
             )
-        except discord.Forbidden as exc:
-            raise DeliveryError(_forbidden_reason(), retry=False) from exc
-        except discord.HTTPException as exc:
-            raise DeliveryError(
-                f"Discord refused the post ({exc.status})", retry=exc.status >= 500
-            ) from exc
-        log.info(
-            "posted %s message=%s files=%d post_ms=%.1f",
-            label,
-            message.id,
-            len(files),
-            (time.perf_counter() - started) * 1000,
-        )
-        return message.id
+            return message.id
 
     async def tidy_up(self, job: Job) -> None:
         if job.status_message_id is not None:
@@ -313,18 +399,115 @@ class DiscordPublisher:
             log.warning("failure of %s could not be told: %s", job.label, exc.status)
 
 
-def _fit(images: list[Image], urls: tuple[str, ...], limit: int) -> tuple[list[Image], list[str]]:
-    """Attach what fits under the upload limit; link the rest rather than lose it."""
-    files: list[Image] = []
-    links: list[str] = []
-    used = 0
-    for image, url in zip(images, urls, strict=True):
-        if used + len(image.data) <= limit:
-            files.append(image)
-            used += len(image.data)
-        else:
-            links.append(url)
+class NotReencodable(Exception):
+    """The bytes carry an image's magic number but no picture Pillow can re-encode as a still."""
+
+
+async def _fit(
+    images: list[Image], urls: tuple[str, ...], limit: int, label: str
+) -> tuple[list[Image], list[str]]:
+    """What to attach within ``limit`` bytes in all, re-encoding what is too large, and the
+    links of what still does not fit (a result is never lost). The files keep the urls' order,
+    which is the order of the grid."""
+    kept: dict[int, Image] = {}
+    left = limit
+    # Smallest first, each taking at most an equal share of what is left: small images go
+    # as they are and the large ones share the rest fairly.
+    by_size = sorted(range(len(images)), key=lambda i: len(images[i].data))
+    for position, index in enumerate(by_size):
+        share = left // (len(by_size) - position)
+        image = images[index]
+        fitted = image if len(image.data) <= share else await _shrunk(image, share, label)
+        if fitted is not None:
+            kept[index] = fitted
+            left -= len(fitted.data)
+    files = [kept[i] for i in range(len(images)) if i in kept]
+    links = [url for i, url in enumerate(urls) if i not in kept]
     return files, links
+
+
+async def _shrunk(image: Image, limit: int, label: str) -> Image | None:
+    """The image re-encoded to at most ``limit`` bytes, or None when it cannot be."""
+    if limit < MIN_REENCODED_BYTES:
+        return None
+    started = time.perf_counter()
+    try:
+        # Decoding and encoding a large picture takes a CPU for a second: not on the event loop.
+        data = await asyncio.to_thread(reencode, image.data, limit)
+    except NotReencodable as exc:
+        log.info("linked %s file=%s: %s", label, image.filename, exc)
+        return None
+    if data is None:
+        log.info(
+            "linked %s file=%s bytes=%d: no re-encoding fits limit=%d",
+            label,
+            image.filename,
+            len(image.data),
+            limit,
+        )
+        return None
+    log.info(
+        "re-encoded %s file=%s bytes=%d->%d limit=%d ms=%.0f",
+        label,
+        image.filename,
+        len(image.data),
+        len(data),
+        limit,
+        (time.perf_counter() - started) * 1000,
+    )
+    return Image(data, f"{image.filename.rsplit('.', 1)[0]}.jpg")
+
+
+def reencode(data: bytes, limit: int) -> bytes | None:
+    """The picture in ``data`` as a JPEG of at most ``limit`` bytes, or None if none fits
+    without shrinking it below MIN_SIDE pixels. Lower quality is tried before smaller sizes."""
+    try:
+        with PIL.Image.open(io.BytesIO(data), formats=REENCODE_FORMATS) as source:
+            if getattr(source, "is_animated", False):
+                raise NotReencodable("an animation (a still would lose it)")
+            if source.width * source.height > MAX_PIXELS:
+                raise NotReencodable(f"{source.width}x{source.height} is too many pixels")
+            icc_profile = source.info.get("icc_profile")
+            picture = _opaque(PIL.ImageOps.exif_transpose(source))
+    except NotReencodable:
+        raise
+    # Pillow's decoders raise many kinds of error on damaged or hostile input.
+    except Exception as exc:
+        raise NotReencodable(f"not decodable ({type(exc).__name__})") from exc
+    encoded = b""
+    for quality in JPEG_QUALITIES:
+        encoded = _jpeg(picture, quality, icc_profile)
+        if len(encoded) <= limit:
+            return encoded
+    scale = 1.0
+    for _ in range(MAX_DOWNSCALES):
+        # A JPEG's size follows its pixel count: shrink the sides by the square root of the
+        # excess, and a little more, so that one or two steps usually suffice.
+        scale *= min(0.9, 0.95 * math.sqrt(limit / len(encoded)))
+        size = (round(picture.width * scale), round(picture.height * scale))
+        if min(size) < MIN_SIDE:
+            return None
+        smaller = picture.resize(size, PIL.Image.Resampling.LANCZOS)
+        encoded = _jpeg(smaller, JPEG_QUALITIES[-1], icc_profile)
+        if len(encoded) <= limit:
+            return encoded
+    return None
+
+
+def _opaque(picture: PIL.Image.Image) -> PIL.Image.Image:
+    """The picture in RGB, transparent parts on white: JPEG has no alpha channel."""
+    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+        rgba = picture.convert("RGBA")
+        flat = PIL.Image.new("RGB", rgba.size, "white")
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return picture.convert("RGB")
+
+
+def _jpeg(picture: PIL.Image.Image, quality: int, icc_profile: bytes | None) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=quality, optimize=True, icc_profile=icc_profile)
+    return out.getvalue()
 
 
 def _forbidden_reason() -> str:

@@ -44,6 +44,26 @@ def number_to_index(number: int) -> int:
     return number - 1
 
 
+# The owner's mention closes the first line; a prompt may contain mentions of its own earlier.
+_OWNER_RE = re.compile(r" - <@(?P<id>[0-9]{15,21})>\Z")
+
+
+def owner_mention(user_id: int) -> str:
+    """How a grid message's first line ends: the mention of whom the grid was made for."""
+    return f" - <@{user_id}>"
+
+
+def grid_owner(content: str) -> int | None:
+    """Whom a grid message (one this bot posted) was made for, or None if it does not say."""
+    match = _OWNER_RE.search(content.split("\n", 1)[0])
+    return int(match["id"]) if match else None
+
+
+def may_upscale(policy: str, user_id: int, owner_id: int | None, *, manages: bool) -> bool:
+    """UPSCALE_ALLOWED: ``anyone``, or ``requester`` (the grid's owner, or a message manager)."""
+    return policy == "anyone" or manages or (owner_id is not None and user_id == owner_id)
+
+
 def upscale_button(task_id: str, number: int, *, done: bool = False) -> discord.ui.Button[None]:
     return discord.ui.Button(
         label=f"U{number}",

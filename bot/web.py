@@ -1,83 +1,204 @@
-"""The aiohttp listener: the callback route the API calls, and a health check."""
+"""The aiohttp listener: the callback route the API calls, and a health check.
+
+The callback route faces the internet. Every refusal is a quick 4xx with one log line; none of
+them touches the job store, the API or Discord. The path carries a job's secret, so neither the
+path nor the secret is ever logged.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import re
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from bot.jobs.tracker import CALLBACK_PATH, Tracker
-from bot.midjourney.models import MalformedAnswer, parse_callback, webhook_signature
+from bot.jobs.tracker import CALLBACK_PATH, CallbackVerdict, Tracker
+from bot.midjourney.models import parse_callback, webhook_signature
 
 log = logging.getLogger(__name__)
 
 MAX_CALLBACK_BYTES = 64 * 1024
 SIGNATURE_WINDOW_SECONDS = 300
+# The vendor must be answered within 15 s, so a sender that needs longer than this for a body
+# of at most 64 KiB is not the vendor.
+BODY_TIMEOUT_SECONDS = 10.0
+# aiohttp closes a connection that has not finished a request's headers this long after it
+# opened (or after its previous answer); its own default is about an hour.
+HEADER_TIMEOUT_SECONDS = 15.0
+# Unix seconds have 10 digits for centuries; a longer "number" is refused before int() is asked
+# to convert thousands of digits (which raises rather than answers).
+_TIMESTAMP_MAX_DIGITS = 12
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
-def _signature_ok(request: web.Request, task_id: str, key: str) -> bool:
+class _MalformedHttpInOneLine(logging.Filter):
+    """aiohttp answers malformed HTTP (a bad request line, header or chunk) with 400 itself and
+    logs a traceback whose message quotes the offending bytes, which can be a request line
+    holding a callback secret. Keep such a record to one line naming only the kind of fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            # aiohttp logs "Error handling request from %s" with the peer as the only argument.
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed HTTP refused %d from %s: %s"
+            record.args = (exc.code, remote, type(exc).__name__)
+            record.exc_info = None
+            record.exc_text = None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+# The logger aiohttp's connection handler reports to (instead of its shared aiohttp.server).
+_http_log = logging.getLogger(f"{__name__}.http")
+_http_log.addFilter(_MalformedHttpInOneLine())
+
+
+def _signature_problem(request: web.Request, task_id: str, key: str) -> str | None:
+    """Why the kie.ai signature of this callback is not acceptable; None when it is."""
     timestamp = request.headers.get("X-Webhook-Timestamp", "")
     signature = request.headers.get("X-Webhook-Signature", "")
-    if not (timestamp.isdecimal() and timestamp.isascii()) or not signature:
-        return False
+    if not timestamp or not signature:
+        return "unsigned"
+    if (
+        not (timestamp.isascii() and timestamp.isdecimal())
+        or len(timestamp) > _TIMESTAMP_MAX_DIGITS
+    ):
+        return "timestamp is not Unix seconds"
     if abs(time.time() - int(timestamp)) > SIGNATURE_WINDOW_SECONDS:
-        return False
-    return hmac.compare_digest(webhook_signature(key, task_id, timestamp), signature)
+        return "timestamp outside the 5-minute window"
+    # compare_digest refuses non-ASCII str with TypeError instead of answering False.
+    if not signature.isascii():
+        return "bad signature"
+    if not hmac.compare_digest(webhook_signature(key, task_id, timestamp), signature):
+        return "bad signature"
+    return None
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _refuse(
+    request: web.Request, status: int, why: str, message: str, *, close: bool = False
+) -> web.Response:
+    """One log line and a JSON error; ``close`` when the body was not read to its end, so the
+    connection is not kept for another request behind an unknown amount of data."""
+    log.warning("callback refused %d from %s: %s", status, request.remote, why)
+    response = web.json_response({"error": message}, status=status)
+    if close:
+        response.force_close()
+    return response
 
 
 class Listener:
     """Routes of the listener; the tracker is attached once the API client exists, since in
     sandbox mode the API is served by this very listener and its port is known only after
-    binding."""
+    binding.
 
-    def __init__(self, *, hmac_key: str | None = None) -> None:
+    ``body_timeout`` bounds reading a callback's body (and the lingering after a refusal);
+    ``header_timeout`` bounds how long a connection may take to send its headers, and idle.
+    """
+
+    def __init__(
+        self,
+        *,
+        hmac_key: str | None = None,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
+        header_timeout: float = HEADER_TIMEOUT_SECONDS,
+    ) -> None:
         self.tracker: Tracker | None = None
         self._hmac_key = hmac_key
+        self._body_timeout = body_timeout
+        self._header_timeout = header_timeout
         self.app = web.Application(client_max_size=MAX_CALLBACK_BYTES)
         self.app.router.add_post(CALLBACK_PATH + "{secret}", self.handle_callback)
+        self.app.router.add_route("*", CALLBACK_PATH + "{secret}", self.handle_wrong_method)
         self.app.router.add_get("/healthz", self.handle_health)
         self._runner: web.AppRunner | None = None
 
     async def handle_callback(self, request: web.Request) -> web.Response:
         secret = request.match_info["secret"]
         if not _SECRET_RE.fullmatch(secret):
-            return _error(404, "unknown callback")
+            return _refuse(request, 404, "malformed secret", "unknown callback", close=True)
+        if hdrs.CONTENT_TYPE not in request.headers:
+            # The vendor documents JSON callbacks; a lost one is still caught by polling.
+            return _refuse(request, 415, "no Content-Type", "send application/json", close=True)
+        if request.content_type != "application/json":
+            why = f"Content-Type {request.content_type[:60]!r}"
+            return _refuse(request, 415, why, "send application/json", close=True)
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity")
+        if encoding.lower() != "identity":
+            why = f"Content-Encoding {encoding[:60]!r}"
+            return _refuse(request, 415, why, "send an uncompressed body", close=True)
+        declared = request.content_length
+        if declared is not None and declared > MAX_CALLBACK_BYTES:
+            why = f"Content-Length {declared} over {MAX_CALLBACK_BYTES}"
+            return _refuse(request, 413, why, "body too large", close=True)
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self._body_timeout):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            log.warning("callback refused: body over %d bytes", MAX_CALLBACK_BYTES)
-            return _error(413, "body too large")
+            why = f"body over {MAX_CALLBACK_BYTES} bytes"
+            return _refuse(request, 413, why, "body too large", close=True)
+        except TimeoutError:
+            why = f"body not received within {self._body_timeout:g} s"
+            return _refuse(request, 408, why, "body too slow", close=True)
+        except (ConnectionError, web.RequestPayloadError) as exc:
+            # A sender that hung up or broke the chunked framing: there is no body to judge.
+            why = f"body not received: {type(exc).__name__}"
+            return _refuse(request, 400, why, "body incomplete", close=True)
         try:
             notice = parse_callback(json.loads(raw))
-        except (ValueError, MalformedAnswer) as exc:
-            log.warning("callback refused: %s", exc)
-            return _error(400, "not a callback body")
-        if self._hmac_key and not _signature_ok(request, notice.task_id or "", self._hmac_key):
-            log.warning("callback refused: bad or missing signature task=%s", notice.task_id)
-            return _error(401, "bad signature")
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the interpreter's stack.
+            return _refuse(
+                request, 400, f"{type(exc).__name__}: {exc}"[:200], "not a callback body"
+            )
+        if self._hmac_key:
+            problem = _signature_problem(request, notice.task_id or "", self._hmac_key)
+            if problem is not None:
+                why = f"{problem} task={notice.task_id}"
+                return _refuse(request, 401, why, "bad signature")
         if self.tracker is None:
-            return _error(503, "starting up")
-        if not await self.tracker.on_callback(secret, notice.task_id):
-            log.warning("callback for an unknown secret task=%s", notice.task_id)
-            return _error(404, "unknown callback")
+            return _refuse(request, 503, "not started yet", "starting up")
+        verdict = await self.tracker.on_callback(secret, notice.task_id)
+        if verdict is CallbackVerdict.UNKNOWN:
+            why = f"no job has this secret task={notice.task_id}"
+            return _refuse(request, 404, why, "unknown callback")
+        if verdict is CallbackVerdict.MISMATCH:
+            why = f"the body names another task than its job's task={notice.task_id}"
+            return _refuse(request, 409, why, "not this callback's task")
         return web.json_response({"ok": True})
+
+    async def handle_wrong_method(self, request: web.Request) -> web.Response:
+        response = _refuse(request, 405, f"method {request.method[:20]!r}", "use POST", close=True)
+        response.headers[hdrs.ALLOW] = "POST"
+        return response
 
     async def handle_health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": self.tracker is not None})
 
     async def start(self, host: str, port: int) -> int:
         """Serve; returns the port really bound (``port`` may be 0)."""
-        # No access log: every callback path carries a job's secret.
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app,
+            # No access log: every callback path carries a job's secret.
+            access_log=None,
+            handle_signals=False,
+            # aiohttp closes a connection whose headers are unfinished when its keep-alive
+            # timer fires; that timer is the only bound on a sender that stalls its headers.
+            keepalive_timeout=self._header_timeout,
+            # After a refusal aiohttp keeps reading (and dropping) an unread body this long
+            # before closing, so the sender can still read the answer.
+            lingering_time=self._body_timeout,
+            # Callbacks are small JSON; decompressing them would only let a sender make the
+            # parser inflate bombs or fail outside the handler. Encoded bodies get a 415.
+            auto_decompress=False,
+            logger=_http_log,
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         return int(self._runner.addresses[0][1])

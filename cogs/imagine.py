@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import imagine_status_text
+from bot.jobs.tracker import Refused
 from bot.midjourney.models import ASPECT_RATIOS, SPEEDS, VERSIONS
 from cogs.upscale import SORRY, tell, whisper_for
 
@@ -85,6 +87,11 @@ class ImagineCog(commands.Cog):
                 whisper=whisper_for(interaction),
                 whisper_until=interaction.expires_at.timestamp(),
             )
+        except Refused as refused:
+            # The visible "generating" line would be a lie: take it back, say why privately.
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+            await tell(interaction, f"❌ Not started: {refused.reason}.")
         except Exception:
             log.exception("/imagine failed")
             await tell(interaction, SORRY)

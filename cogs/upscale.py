@@ -11,9 +11,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import jump_url
-from bot.grid import UPSCALE_TEMPLATE, number_to_index, upscale_button
+from bot.grid import UPSCALE_TEMPLATE, grid_owner, may_upscale, number_to_index, upscale_button
 from bot.jobs.store import JobState
-from bot.jobs.tracker import Whisper
+from bot.jobs.tracker import Refused, Whisper
 from bot.midjourney.models import GRID_SIZE, is_task_id
 
 if TYPE_CHECKING:
@@ -53,16 +53,20 @@ async def start_upscale(
     if interaction.channel_id is None:
         await tell(interaction, "❌ Upscales can only be asked for in a channel.")
         return
-    outcome = await interaction.client.tracker.request_upscale(
-        parent_task_id=task_id,
-        image_index=image_index,
-        requester_id=interaction.user.id,
-        guild_id=interaction.guild_id,
-        channel_id=interaction.channel_id,
-        grid_message_id=grid_message_id,
-        whisper=whisper_for(interaction),
-        whisper_until=interaction.expires_at.timestamp(),
-    )
+    try:
+        outcome = await interaction.client.tracker.request_upscale(
+            parent_task_id=task_id,
+            image_index=image_index,
+            requester_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            grid_message_id=grid_message_id,
+            whisper=whisper_for(interaction),
+            whisper_until=interaction.expires_at.timestamp(),
+        )
+    except Refused as refused:
+        await tell(interaction, f"❌ Image #{number} was not upscaled: {refused.reason}.")
+        return
     job = outcome.job
     if outcome.created:
         if not outcome.failed and interaction.type is discord.InteractionType.application_command:
@@ -101,6 +105,16 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPS
         # Acknowledge before anything slow: Discord gives 3 seconds, the API may take longer.
         await interaction.response.defer()
         message = interaction.message
+        owner = grid_owner(message.content) if message else None
+        manages = interaction.permissions.manage_messages
+        policy = interaction.client.settings.upscale_allowed
+        if not may_upscale(policy, interaction.user.id, owner, manages=manages):
+            whose = f"<@{owner}>, who asked for it," if owner else "the person who asked for it"
+            await tell(
+                interaction,
+                f"❌ Only {whose} or members who can manage messages may upscale this grid.",
+            )
+            return
         try:
             await start_upscale(
                 interaction, self.task_id, self.image_index, message.id if message else None

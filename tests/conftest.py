@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ from aiohttp import web
 from bot.jobs.tracker import PollPolicy
 from bot.midjourney.sandbox import SandboxAPI
 from tests.fakes.discord_double import DiscordDouble, point_discord_at
+from tests.harness import Harness
 
 # Polling fast enough that tests wait milliseconds, not the production 5 s.
 FAST_POLL = PollPolicy(first_with_callback=0.2, interval=0.05, steady_for=1.0, max_interval=0.2)
@@ -90,3 +92,11 @@ async def start_sandbox(serve: Serve) -> AsyncIterator[StartSandbox]:
 async def sandbox(start_sandbox: StartSandbox) -> RunningSandbox:
     """A running sandbox with the default options."""
     return await start_sandbox()
+
+
+@pytest.fixture
+async def harness(double: DiscordDouble, tmp_path: Path) -> AsyncIterator[Harness]:
+    """The real bot in this process, started with ``harness.running()``."""
+    rig = Harness(double, tmp_path)
+    yield rig
+    await rig.close()

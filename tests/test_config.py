@@ -36,6 +36,10 @@ SETTING_NAMES = (
     "DISCORD_GUILD_ID",
     "LOG_LEVEL",
     "JOB_TIMEOUT_MINUTES",
+    "MAX_JOBS_PER_USER",
+    "UPSCALE_ALLOWED",
+    "MJ_SUBMIT_RATE",
+    "QUEUE_LIMIT",
 )
 # Written out here rather than imported, so a change to the defaults is noticed.
 VENDOR_HOSTS = ("tempfile.aiquickdraw.com", "tempfileb.aiquickdraw.com", "tempfile.redpandaai.co")
@@ -65,6 +69,9 @@ def test_defaults() -> None:
     assert settings.log_level == "INFO"
     assert settings.job_timeout_minutes == 15
     assert settings.job_timeout_seconds == timedelta(minutes=15).total_seconds()
+    assert settings.max_jobs_per_user == 3
+    assert settings.upscale_allowed == "anyone"
+    assert (settings.submit_rate, settings.queue_limit) == (20, 100)
     assert settings.secrets == (TOKEN, API_KEY)
 
 
@@ -84,6 +91,10 @@ def test_every_setting_is_read() -> None:
             "DISCORD_GUILD_ID": "123456789012345678",
             "LOG_LEVEL": "debug",
             "JOB_TIMEOUT_MINUTES": "2.5",
+            "MAX_JOBS_PER_USER": "5",
+            "UPSCALE_ALLOWED": "Requester",
+            "MJ_SUBMIT_RATE": "10",
+            "QUEUE_LIMIT": "0",
         }
     )
     assert settings.discord_token == TOKEN
@@ -100,6 +111,9 @@ def test_every_setting_is_read() -> None:
     assert settings.log_level == "DEBUG"
     assert settings.job_timeout_minutes == 2.5
     assert settings.job_timeout_seconds == 150
+    assert settings.max_jobs_per_user == 5
+    assert settings.upscale_allowed == "requester"
+    assert (settings.submit_rate, settings.queue_limit) == (10, 0)
     assert set(settings.secrets) == {TOKEN, API_KEY, HMAC_KEY}
 
 
@@ -195,6 +209,12 @@ def test_result_hosts_are_added_once_each() -> None:
         ("MJ_RESULT_HOSTS", {"MJ_RESULT_HOSTS": "a b"}),
         ("MJ_RESULT_HOSTS", {"MJ_RESULT_HOSTS": "ok.example.com,user@evil.example"}),
         ("HOST", {"HOST": "example.com"}),
+        ("MAX_JOBS_PER_USER", {"MAX_JOBS_PER_USER": "0"}),
+        ("MAX_JOBS_PER_USER", {"MAX_JOBS_PER_USER": "three"}),
+        ("UPSCALE_ALLOWED", {"UPSCALE_ALLOWED": "admins"}),
+        ("MJ_SUBMIT_RATE", {"MJ_SUBMIT_RATE": "0"}),
+        ("MJ_SUBMIT_RATE", {"MJ_SUBMIT_RATE": "2.5"}),
+        ("QUEUE_LIMIT", {"QUEUE_LIMIT": "-1"}),
     ],
 )
 def test_bad_or_missing_setting_is_named(name: str, changes: dict[str, str | None]) -> None:

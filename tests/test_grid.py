@@ -11,7 +11,10 @@ import pytest
 from bot.grid import (
     UPSCALE_TEMPLATE,
     GridButtons,
+    grid_owner,
+    may_upscale,
     number_to_index,
+    owner_mention,
     parse_upscale_custom_id,
     upscale_button,
     upscale_custom_id,
@@ -156,3 +159,38 @@ async def test_upscale_button_alone() -> None:
     button = upscale_button(TASK, 3, done=True)
     assert (button.label, button.style) == ("U3", discord.ButtonStyle.success)
     assert parse_upscale_custom_id(button.custom_id) == (TASK, 2)
+
+
+# ----- who may click -----------------------------------------------------------------------------
+
+OWNER = 123456789012345678
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        f"**a red fox** - <@{OWNER}>",
+        f"**a fox - <@987654321098765432> in snow** - <@{OWNER}>",
+        f"**a fox**{owner_mention(OWNER)}",
+        f"**a fox**{owner_mention(OWNER)}\nhttps://tempfile.aiquickdraw.com/x_0_3.png",
+    ],
+)
+def test_grid_owner_is_the_mention_closing_the_first_line(content: str) -> None:
+    assert grid_owner(content) == OWNER
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "**a fox**", f"**a fox - <@{OWNER}> in snow**", f"<@{OWNER}> said hi", "- <@12>"],
+)
+def test_grid_without_an_owner_line_has_no_owner(content: str) -> None:
+    assert grid_owner(content) is None
+
+
+def test_who_may_upscale() -> None:
+    assert may_upscale("anyone", 1, None, manages=False)
+    assert may_upscale("requester", OWNER, OWNER, manages=False)
+    assert not may_upscale("requester", 1, OWNER, manages=False)
+    assert may_upscale("requester", 1, OWNER, manages=True)
+    assert not may_upscale("requester", 1, None, manages=False)
+    assert may_upscale("requester", 1, None, manages=True)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gzip
+import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,13 +17,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from bot.jobs.store import Job, JobKind, JobState, JobStore
 from bot.jobs.tracker import CALLBACK_PATH, Tracker
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.models import webhook_signature
 from bot.midjourney.sandbox import SandboxAPI
-from bot.web import MAX_CALLBACK_BYTES, Listener
+from bot.web import BODY_TIMEOUT_SECONDS, HEADER_TIMEOUT_SECONDS, MAX_CALLBACK_BYTES, Listener
 from tests.conftest import FAST_POLL, RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
 
@@ -35,9 +41,18 @@ class Setup:
     listeners: list[Listener] = field(default_factory=list)
     trackers: list[Tracker] = field(default_factory=list)
 
-    async def listener(self, *, hmac_key: str | None = None, attach: bool = True) -> str:
+    async def listener(
+        self,
+        *,
+        hmac_key: str | None = None,
+        attach: bool = True,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
+        header_timeout: float = HEADER_TIMEOUT_SECONDS,
+    ) -> str:
         """Start a listener (with a tracker unless ``attach`` is False); its base URL."""
-        listener = Listener(hmac_key=hmac_key)
+        listener = Listener(
+            hmac_key=hmac_key, body_timeout=body_timeout, header_timeout=header_timeout
+        )
         port = await listener.start("127.0.0.1", 0)
         self.listeners.append(listener)
         base = f"http://127.0.0.1:{port}"
@@ -60,9 +75,9 @@ class Setup:
         self.trackers.append(tracker)
         return tracker
 
-    async def submitted_job(self) -> Job:
-        """A submitted generation whose upstream id is not saved yet (a crash right after the
-        API call): only the callback can tell the bot which task it is."""
+    async def submitted_job(self, task_id: str | None = None) -> Job:
+        """A submitted generation; without ``task_id`` its upstream id is not saved yet (a crash
+        right after the API call): only the callback can tell the bot which task it is."""
         job = await self.store.create(
             kind=JobKind.IMAGINE,
             requester_id=42,
@@ -71,7 +86,9 @@ class Setup:
             deadline_seconds=30,
             prompt="a red fox",
         )
-        moved = await self.store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTED)
+        moved = await self.store.transition(
+            job.id, (JobState.REQUESTED,), JobState.SUBMITTED, upstream_task_id=task_id
+        )
         assert moved is not None
         return moved
 
@@ -338,3 +355,485 @@ async def test_listener_keeps_answering_after_refusals(setup: Setup) -> None:
     async with setup.session.get(url) as response:
         assert response.status == 405
     await real_callback_works(setup, base, headers=signed)
+
+
+# -- forged and stray requests: the answer, and nothing else ----------------------------------
+
+UNKNOWN_SECRET = "U" * 32
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+async def _chunked(size: int) -> AsyncIterator[bytes]:
+    """A body without Content-Length (chunked), so only counting its bytes can refuse it."""
+    for _ in range(0, size, 8192):
+        yield b" " * 8192
+
+
+@dataclass(frozen=True)
+class Forged:
+    """One forged or stray request, aimed at a live job whose upstream task is known."""
+
+    status: int
+    hmac: bool = False
+    method: str = "POST"
+    secret: str | None = None  # None: the job's own secret
+    content_type: str | None = "application/json"
+    headers: Callable[[str], dict[str, str]] = lambda _task_id: {}
+    body: Callable[[str], Any] = lambda task_id: _json(callback_body(task_id))
+
+
+def nothing_posted(publisher: RecordingPublisher) -> bool:
+    return not any(
+        (
+            publisher.statuses,
+            publisher.delivered,
+            publisher.marked,
+            publisher.tidied,
+            publisher.failures,
+            publisher.whispered,
+            publisher.grids,
+        )
+    )
+
+
+def _now() -> str:
+    return str(int(time.time()))
+
+
+FORGED: dict[str, Forged] = {
+    "unknown secret": Forged(404, secret=UNKNOWN_SECRET),
+    "malformed secret": Forged(404, secret="bad!secret!with!marks"),
+    "GET": Forged(405, method="GET", body=lambda _t: None),
+    "PUT": Forged(405, method="PUT"),
+    "DELETE": Forged(405, method="DELETE", body=lambda _t: None),
+    "text/plain": Forged(415, content_type="text/plain"),
+    "multipart": Forged(415, content_type="multipart/form-data; boundary=x"),
+    "form": Forged(415, content_type="application/x-www-form-urlencoded"),
+    "no Content-Type": Forged(415, content_type=None),
+    "gzip bomb": Forged(
+        415,
+        headers=lambda _t: {"Content-Encoding": "gzip"},
+        body=lambda _t: gzip.compress(b" " * (8 * 1024 * 1024)),
+    ),
+    "declared oversized": Forged(413, body=lambda t: _json(callback_body(t)) + b" " * 70_000),
+    "chunked oversized": Forged(413, body=lambda _t: _chunked(MAX_CALLBACK_BYTES + 8192)),
+    "not JSON": Forged(400, body=lambda _t: b"not json"),
+    "JSON nested too deep": Forged(400, body=lambda _t: b"[" * 50_000),
+    "no task id": Forged(400, body=lambda _t: _json({"code": 200, "data": {}})),
+    # The secret is right but the body names another task: ignored and refused.
+    "another task": Forged(409, body=lambda _t: _json(callback_body("othertask-123456"))),
+    "unsigned": Forged(401, hmac=True),
+    "signed with another key": Forged(401, hmac=True, headers=lambda t: signed(t, key="k")),
+    "signature for another task": Forged(
+        401, hmac=True, headers=lambda _t: signed("othertask-123456")
+    ),
+    "replayed six minutes later": Forged(
+        401, hmac=True, headers=lambda t: signed(t, at=time.time() - 360)
+    ),
+    "timestamp six minutes ahead": Forged(
+        401, hmac=True, headers=lambda t: signed(t, at=time.time() + 360)
+    ),
+    "timestamp not a number": Forged(
+        401,
+        hmac=True,
+        headers=lambda t: {
+            "X-Webhook-Timestamp": "yesterday",
+            "X-Webhook-Signature": webhook_signature(HMAC_KEY, t, "yesterday"),
+        },
+    ),
+    "timestamp with a fraction": Forged(
+        401,
+        hmac=True,
+        headers=lambda t: {
+            "X-Webhook-Timestamp": f"{_now()}.5",
+            "X-Webhook-Signature": webhook_signature(HMAC_KEY, t, f"{_now()}.5"),
+        },
+    ),
+    "timestamp of 5000 digits": Forged(
+        401,
+        hmac=True,
+        headers=lambda t: {
+            "X-Webhook-Timestamp": "9" * 5000,
+            "X-Webhook-Signature": webhook_signature(HMAC_KEY, t, "9" * 5000),
+        },
+    ),
+    "non-ASCII signature": Forged(
+        401,
+        hmac=True,
+        headers=lambda _t: {"X-Webhook-Timestamp": _now(), "X-Webhook-Signature": "é" * 44},
+    ),
+    "signed, unknown secret": Forged(404, hmac=True, secret=UNKNOWN_SECRET, headers=signed),
+    "signed, another task": Forged(
+        409,
+        hmac=True,
+        headers=lambda _t: signed("othertask-123456"),
+        body=lambda _t: _json(callback_body("othertask-123456")),
+    ),
+}
+
+
+@pytest.mark.parametrize("forged", FORGED.values(), ids=FORGED.keys())
+async def test_forged_request_changes_nothing_and_logs_one_line(
+    setup: Setup, caplog: pytest.LogCaptureFixture, forged: Forged
+) -> None:
+    base = await setup.listener(hmac_key=HMAC_KEY if forged.hmac else None)
+    task_id = setup.sandbox.add_generation()
+    job = await setup.submitted_job(task_id)
+    secret = forged.secret or job.callback_secret
+    headers = {"Content-Type": forged.content_type} if forged.content_type else {}
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    async with setup.session.request(
+        forged.method,
+        f"{base}{CALLBACK_PATH}{secret}",
+        data=forged.body(task_id),
+        headers={**headers, **forged.headers(task_id)},
+        skip_auto_headers=("Content-Type",),
+    ) as response:
+        assert response.status == forged.status
+        if forged.status == 405:
+            assert response.headers["Allow"] == "POST"
+    # Had anything rung the job's doorbell, its watcher would deliver before this returns.
+    await setup.trackers[-1].wait_idle()
+    assert await setup.store.get(job.id) == job  # state, upstream id, updated_at: all as before
+    assert nothing_posted(setup.publisher)
+    assert setup.sandbox.count("record-info") == 0
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    for record in caplog.records:
+        # aiosqlite's DEBUG lines echo query parameters; the bot's own lines never may.
+        if record.levelno >= logging.INFO or record.name.startswith("bot."):
+            assert secret not in record.getMessage() and CALLBACK_PATH not in record.getMessage()
+            assert record.exc_info is None
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "Application/JSON; charset=UTF-8"],
+)
+async def test_json_content_types_are_accepted(setup: Setup, content_type: str) -> None:
+    base = await setup.listener()
+    job = await setup.submitted_job()
+    task_id = setup.sandbox.add_generation()
+    status, _ = await setup.post(
+        f"{base}{CALLBACK_PATH}{job.callback_secret}",
+        callback_body(task_id),
+        headers={"Content-Type": content_type},
+    )
+    assert status == 200
+    await setup.publisher.wait_for(lambda: [j.id for j in setup.publisher.delivered] == [job.id])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": 200, "data": {"taskId": "{task_id}"}},
+        {"code": 200, "data": {"task_id": "{task_id}"}},
+        {"code": 200, "taskId": "{task_id}"},
+        {"code": 200, "task_id": "{task_id}"},
+    ],
+    ids=["data.taskId", "data.task_id", "taskId", "task_id"],
+)
+async def test_every_spelling_of_the_task_id_is_signed_and_accepted(
+    setup: Setup, body: dict[str, Any]
+) -> None:
+    base = await setup.listener(hmac_key=HMAC_KEY)
+    job = await setup.submitted_job()
+    task_id = setup.sandbox.add_generation()
+    status, _ = await setup.post(
+        f"{base}{CALLBACK_PATH}{job.callback_secret}",
+        data=json.dumps(body).replace("{task_id}", task_id).encode(),
+        headers=signed(task_id),
+    )
+    assert status == 200
+    stored = await setup.store.get(job.id)
+    assert stored is not None and stored.upstream_task_id == task_id
+
+
+async def test_signature_is_compared_in_constant_time(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[tuple[object, object]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    sent: list[str] = []
+
+    def signed_and_noted(task_id: str) -> dict[str, str]:
+        headers = signed(task_id)
+        sent.append(headers["X-Webhook-Signature"])
+        return headers
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    base = await setup.listener(hmac_key=HMAC_KEY)
+    await real_callback_works(setup, base, headers=signed_and_noted)
+    # The sandbox checks its API key the same way: pick out the signature's comparison.
+    assert [pair for pair in compared if sent[0] in pair] == [(sent[0], sent[0])]
+
+
+async def test_replay_after_delivery_is_200_and_posts_nothing_twice(setup: Setup) -> None:
+    base = await setup.listener(hmac_key=HMAC_KEY)
+    job = await setup.submitted_job()
+    task_id = setup.sandbox.add_generation()
+    url = f"{base}{CALLBACK_PATH}{job.callback_secret}"
+    headers = signed(task_id)
+    assert (await setup.post(url, callback_body(task_id), headers=headers))[0] == 200
+    await setup.publisher.wait_for(lambda: len(setup.publisher.tidied) == 1)
+    await setup.trackers[-1].wait_idle()
+    delivered = await setup.store.get(job.id)
+    assert delivered is not None and delivered.state is JobState.DELIVERED
+    record_infos = setup.sandbox.count("record-info")
+    # The very same signed request again, as a vendor retry or a replay within the window would.
+    for _ in range(3):
+        status, body = await setup.post(url, callback_body(task_id), headers=headers)
+        assert (status, body) == (200, {"ok": True})
+    await setup.trackers[-1].wait_idle()
+    assert await setup.store.get(job.id) == delivered
+    assert [j.id for j in setup.publisher.delivered] == [job.id]
+    assert setup.sandbox.count("record-info") == record_infos
+
+
+# -- slow and broken senders, over raw sockets ------------------------------------------------
+
+
+async def connect(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    url = URL(base)
+    assert url.host is not None and url.port is not None
+    return await asyncio.open_connection(url.host, url.port)
+
+
+def request_head(path: str, headers: dict[str, str], *, method: str = "POST") -> bytes:
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+async def dribble(writer: asyncio.StreamWriter, interval: float) -> None:
+    """One byte per ``interval``: never stalled for long, never done."""
+    with contextlib.suppress(ConnectionError):
+        while not writer.is_closing():
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(interval)
+
+
+@pytest.mark.parametrize("sender", ["stalls", "dribbles"])
+async def test_a_slow_body_is_cut_off_with_408(
+    setup: Setup, caplog: pytest.LogCaptureFixture, sender: str
+) -> None:
+    body_timeout = 0.3
+    base = await setup.listener(body_timeout=body_timeout)
+    job = await setup.submitted_job()
+    reader, writer = await connect(base)
+    head = {"Content-Type": "application/json", "Content-Length": "5000"}
+    writer.write(request_head(f"{CALLBACK_PATH}{job.callback_secret}", head) + b"{")
+    await writer.drain()
+    started = time.monotonic()
+    sending = asyncio.create_task(dribble(writer, 0.02)) if sender == "dribbles" else None
+    try:
+        # Read to the end: after answering, the listener must also drop the connection.
+        raw = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        if sending is not None:
+            sending.cancel()
+        writer.close()
+    elapsed = time.monotonic() - started
+    status, headers, body = parse_answer(raw)
+    assert status == 408 and json.loads(body) == {"error": "body too slow"}
+    assert headers["connection"] == "close"
+    # Not cut before the bound (the clock may fire a hair early), and not long after it.
+    assert body_timeout * 0.9 <= elapsed < body_timeout * 2 + 2
+    assert await setup.store.get(job.id) == job
+    refusals = [r.getMessage() for r in caplog.records if r.name == "bot.web"]
+    assert len(refusals) == 1 and "408" in refusals[0]
+    assert job.callback_secret not in refusals[0]
+    await real_callback_works(setup, base)
+
+
+@pytest.mark.parametrize("sender", ["stalls", "dribbles"])
+async def test_unfinished_headers_are_cut_off(setup: Setup, sender: str) -> None:
+    header_timeout = 0.3
+    base = await setup.listener(header_timeout=header_timeout)
+    reader, writer = await connect(base)
+    writer.write(
+        b"POST /callbacks/midjourney/aaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: x\r\nX-A: "
+    )
+    await writer.drain()
+    started = time.monotonic()
+    sending = asyncio.create_task(dribble(writer, 0.02)) if sender == "dribbles" else None
+    try:
+        assert await asyncio.wait_for(reader.read(), timeout=5) == b""
+    finally:
+        if sending is not None:
+            sending.cancel()
+        writer.close()
+    assert time.monotonic() - started >= header_timeout * 0.9
+    await real_callback_works(setup, base)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"Content-Type": "text/plain", "Content-Length": "5000"},
+        {"Content-Length": "5000"},
+        {"Content-Type": "application/json", "Content-Length": str(10 * 1024 * 1024)},
+        {"Content-Type": "application/json", "Content-Encoding": "gzip", "Content-Length": "5"},
+    ],
+    ids=["text/plain", "no Content-Type", "declared 10 MiB", "gzip"],
+)
+async def test_refusals_do_not_wait_for_the_body(setup: Setup, head: dict[str, str]) -> None:
+    # A body timeout far beyond the test's patience: only an answer given before the body
+    # arrives can pass.
+    base = await setup.listener(body_timeout=3600)
+    job = await setup.submitted_job()
+    reader, writer = await connect(base)
+    try:
+        writer.write(request_head(f"{CALLBACK_PATH}{job.callback_secret}", head))
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    finally:
+        writer.close()
+    assert status_line.split()[1] in (b"413", b"415")
+    assert await setup.store.get(job.id) == job
+
+
+async def test_malformed_http_is_refused_in_one_line_without_the_secret(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = await setup.listener()
+    job = await setup.submitted_job()
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await connect(base)
+    try:
+        # A control character in the request line: aiohttp itself answers 400.
+        writer.write(f"POST {CALLBACK_PATH}{job.callback_secret}\x01 HTTP/1.1\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+    assert parse_answer(raw)[0] == 400
+    records = [r for r in caplog.records if r.name.startswith("bot.web")]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING
+    assert records[0].exc_info is None and records[0].exc_text is None
+    assert job.callback_secret not in records[0].getMessage()
+    assert await setup.store.get(job.id) == job
+
+
+class Signal(logging.Handler):
+    """Collects records and wakes whoever waits for the first one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.arrived = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.arrived.set()
+
+
+async def test_a_sender_hanging_up_mid_body_is_one_line(setup: Setup) -> None:
+    base = await setup.listener()
+    job = await setup.submitted_job()
+    signal = Signal()
+    logger = logging.getLogger("bot.web")
+    logger.addHandler(signal)
+    try:
+        _, writer = await connect(base)
+        head = {"Content-Type": "application/json", "Content-Length": "5000"}
+        writer.write(request_head(f"{CALLBACK_PATH}{job.callback_secret}", head) + b"{")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(signal.arrived.wait(), timeout=5)
+    finally:
+        logger.removeHandler(signal)
+    assert len(signal.records) == 1 and "400" in signal.records[0].getMessage()
+    assert signal.records[0].exc_info is None
+    assert job.callback_secret not in signal.records[0].getMessage()
+    assert await setup.store.get(job.id) == job
+    await real_callback_works(setup, base)
+
+
+async def test_a_flood_of_forgeries_does_not_hold_up_a_real_callback(setup: Setup) -> None:
+    # Timeouts far beyond the test: the stalled senders hold their connections throughout.
+    base = await setup.listener(hmac_key=HMAC_KEY, body_timeout=3600, header_timeout=3600)
+    decoy = await setup.submitted_job(setup.sandbox.add_generation())
+    decoy_url = f"{base}{CALLBACK_PATH}{decoy.callback_secret}"
+    stalled: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    for index in range(60):
+        reader, writer = await connect(base)
+        if index % 2:
+            head = {"Content-Type": "application/json", "Content-Length": "5000"}
+            writer.write(request_head(URL(decoy_url).path, head) + b"{")
+        else:
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        stalled.append((reader, writer))
+
+    other = "othertask-123456"
+    other_body = _json(callback_body(other))
+
+    def unknown_secret(s: aiohttp.ClientSession) -> Awaitable[int]:
+        return _status(
+            s, f"{base}{CALLBACK_PATH}{secrets.token_urlsafe(24)}", other_body, signed(other)
+        )
+
+    kinds: list[tuple[int, Callable[[aiohttp.ClientSession], Awaitable[int]]]] = [
+        (404, unknown_secret),
+        (413, lambda s: _status(s, decoy_url, b" " * (MAX_CALLBACK_BYTES + 1))),
+        (401, lambda s: _status(s, decoy_url, other_body)),
+        (415, lambda s: _status(s, decoy_url, b"x", {"Content-Type": "text/plain"})),
+        (400, lambda s: _status(s, decoy_url, b"garbage")),
+    ]
+    forged = [kinds[i % len(kinds)] for i in range(300)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as flood:
+        calls = [send(flood) for _, send in forged]
+        # The real callback goes out in the middle of the flood, with stalled senders around.
+        real = real_callback_works(setup, base, headers=signed)
+        results = await asyncio.gather(*calls[:150], real, *calls[150:])
+    try:
+        assert results[:150] + results[151:] == [expected for expected, _ in forged]
+        assert [j.id for j in setup.publisher.delivered] != []
+        assert len(setup.publisher.delivered) == 1
+        assert await setup.store.get(decoy.id) == decoy
+        # The stalled senders were never answered nor dropped: they held their handlers all along.
+        unanswered = await asyncio.gather(*(nothing_arrives(r) for r, _ in stalled))
+        assert all(unanswered)
+    finally:
+        for _, writer in stalled:
+            writer.close()
+
+
+async def nothing_arrives(reader: asyncio.StreamReader) -> bool:
+    try:
+        await asyncio.wait_for(reader.read(1), timeout=0.05)
+    except TimeoutError:
+        return True
+    return False
+
+
+async def _status(
+    session: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str] | None = None
+) -> int:
+    async with session.post(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    ) as response:
+        await response.read()
+        return response.status

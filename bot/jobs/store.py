@@ -136,6 +136,14 @@ class DuplicateUpscale(Exception):
         super().__init__(f"a live upscale exists: {job.label}")
 
 
+class TooManyJobs(Exception):
+    """The requester already has as many unfinished jobs as they may."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"at most {limit} unfinished jobs per requester")
+
+
 def async_database_url(url: str) -> str:
     """The operator writes plain ``sqlite:///`` or ``postgresql://``; pick the async drivers."""
     scheme, rest = url.split("://", 1)
@@ -194,8 +202,13 @@ class JobStore:
         status_message_id: int | None = None,
         prompt: str | None = None,
         options: dict[str, str] | None = None,
+        max_unfinished: int | None = None,
     ) -> Job:
-        """Insert a job in state ``requested``; a second live upscale raises DuplicateUpscale."""
+        """Insert a job in state ``requested``.
+
+        A second live upscale of the same image raises DuplicateUpscale; with
+        ``max_unfinished``, a requester who has that many unfinished jobs gets TooManyJobs.
+        """
         now = time.time()
         values = {
             "id": secrets.token_hex(12),
@@ -221,10 +234,19 @@ class JobStore:
             "completed_at": None,
             "delivered_at": None,
         }
+        insert = _insert_within_limit(values, max_unfinished)
         for _ in range(5):
             try:
                 async with self._engine.begin() as conn:
-                    await conn.execute(jobs.insert().values(**values))
+                    if max_unfinished is not None and conn.dialect.name == "postgresql":
+                        # Under READ COMMITTED two inserts would each miss the other's row in
+                        # their count; one lock per requester makes them take turns. (SQLite
+                        # runs one writer at a time already.)
+                        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(requester_id)))
+                    inserted = (await conn.execute(insert)).rowcount
+                if inserted != 1:
+                    assert max_unfinished is not None
+                    raise TooManyJobs(max_unfinished)
                 return await self._require(values["id"])
             except IntegrityError:
                 if kind is not JobKind.UPSCALE:
@@ -301,6 +323,27 @@ class JobStore:
         if job is None:
             raise LookupError(f"job {job_id} vanished")
         return job
+
+
+def _insert_within_limit(values: dict[str, Any], limit: int | None) -> sa.Insert:
+    """The insert, made conditional on the requester's unfinished jobs being under ``limit``.
+
+    One INSERT … SELECT … WHERE statement, so the count and the insert cannot be split by
+    another click of the same user (on PostgreSQL with the help of a lock, see ``create``).
+    """
+    if limit is None:
+        return jobs.insert().values(**values)
+    unfinished = (
+        sa.select(sa.func.count())
+        .select_from(jobs)
+        .where(
+            jobs.c.requester_id == values["requester_id"],
+            jobs.c.state.in_([s.value for s in UNFINISHED_STATES]),
+        )
+        .scalar_subquery()
+    )
+    row = sa.select(*(sa.literal(v, type_=jobs.c[k].type) for k, v in values.items()))
+    return jobs.insert().from_select(list(values), row.where(unfinished < limit))
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, Any]:

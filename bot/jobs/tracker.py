@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore
+from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore, TooManyJobs
+from bot.jobs.throttle import QueueFull, SubmitThrottle
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
 from bot.midjourney.models import Task, TaskStatus
@@ -26,6 +28,30 @@ log = logging.getLogger(__name__)
 Whisper = Callable[[str], Awaitable[None]]
 
 CALLBACK_PATH = "/callbacks/midjourney/"
+
+# The vendor's documented pace: about 20 new tasks per 10 s per account.
+SUBMIT_WINDOW_SECONDS = 10.0
+VENDOR_RATE = 20
+# Pauses before resending a submission the API refused without taking it (429, no connection).
+SUBMIT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0)
+
+
+class CallbackVerdict(StrEnum):
+    """What became of a callback, for the listener's answer."""
+
+    ACCEPTED = "accepted"
+    # No job has this secret.
+    UNKNOWN = "unknown"
+    # The job's secret, but the body names another task than the job's own: ignored.
+    MISMATCH = "mismatch"
+
+
+class Refused(Exception):
+    """The request was not taken at all (nothing stored, nothing paid); ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class DeliveryError(Exception):
@@ -102,6 +128,9 @@ class Tracker:
         watermark: str | None = None,
         poll: PollPolicy | None = None,
         delivery_retries: int = 3,
+        throttle: SubmitThrottle | None = None,
+        submit_retry_delays: tuple[float, ...] = SUBMIT_RETRY_DELAYS,
+        max_jobs_per_user: int | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -111,12 +140,21 @@ class Tracker:
         self._watermark = watermark
         self._poll = poll or PollPolicy()
         self._delivery_retries = delivery_retries
+        self._throttle = throttle or SubmitThrottle(
+            VENDOR_RATE, SUBMIT_WINDOW_SECONDS, max_waiting=100
+        )
+        self._submit_retry_delays = submit_retry_delays
+        self._max_jobs_per_user = max_jobs_per_user
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._doorbells: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._whispers: dict[str, tuple[Whisper, float]] = {}
         self._closing = False
         self._background: set[asyncio.Task[Any]] = set()
+        # Steps that must not be cut off by a shutdown: a paid call awaiting its answer, a post.
+        self._busy_steps = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     @property
     def store(self) -> JobStore:
@@ -145,7 +183,11 @@ class Tracker:
         whisper: Whisper | None = None,
         whisper_until: float = 0.0,
     ) -> Outcome:
-        """Start one upscale, or return the live one for the same (grid, image)."""
+        """Start one upscale, or return the live one for the same (grid, image).
+
+        Raises Refused when the bot cannot take it (shutting down, queue full, user limit).
+        """
+        self._check_open()
         grid = await self._store.by_upstream(parent_task_id)
         prompt = grid.prompt if grid is not None else None
         try:
@@ -159,10 +201,17 @@ class Tracker:
                 grid_message_id=grid_message_id,
                 prompt=prompt,
                 deadline_seconds=self._deadline,
+                max_unfinished=self._max_jobs_per_user,
             )
         except DuplicateUpscale as dup:
             log.info("upscale click deduplicated %s image=%s", dup.job.label, image_index + 1)
             return Outcome(dup.job, created=False)
+        except TooManyJobs as exc:
+            # Clicking an image already being upscaled is a duplicate, whatever the limit says.
+            live = await self._store.live_upscale(parent_task_id, image_index)
+            if live is not None:
+                return Outcome(live, created=False)
+            raise Refused(_too_many(exc.limit)) from None
         log.info(
             "upscale requested %s parent=%s image=%s user=%s",
             job.label,
@@ -189,42 +238,48 @@ class Tracker:
         whisper: Whisper | None = None,
         whisper_until: float = 0.0,
     ) -> Outcome:
-        job = await self._store.create(
-            kind=JobKind.IMAGINE,
-            prompt=prompt,
-            options=options,
-            requester_id=requester_id,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            status_message_id=status_message_id,
-            deadline_seconds=self._deadline,
-        )
+        """Start one generation; raises Refused like request_upscale."""
+        self._check_open()
+        try:
+            job = await self._store.create(
+                kind=JobKind.IMAGINE,
+                prompt=prompt,
+                options=options,
+                requester_id=requester_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                status_message_id=status_message_id,
+                deadline_seconds=self._deadline,
+                max_unfinished=self._max_jobs_per_user,
+            )
+        except TooManyJobs as exc:
+            raise Refused(_too_many(exc.limit)) from None
         log.info("imagine requested %s user=%s", job.label, requester_id)
         self._remember_whisper(job, whisper, whisper_until)
         return Outcome(await self._start(job), created=True)
 
     # -- callbacks --------------------------------------------------------------------------
 
-    async def on_callback(self, secret: str, task_id: str | None) -> bool:
-        """Record a callback for the job owning ``secret``; False when no job has it.
+    async def on_callback(self, secret: str, task_id: str | None) -> CallbackVerdict:
+        """Record a callback for the job owning ``secret``.
 
         The body is not trusted: it only rings the doorbell, record-info decides.
         """
         job = await self._store.by_secret(secret)
         if job is None:
-            return False
+            return CallbackVerdict.UNKNOWN
         if job.finished:
+            # A replay, or the vendor's retry: accepted so that it stops, nothing more.
             log.info("callback for finished %s ignored", job.label)
-            return True
+            return CallbackVerdict.ACCEPTED
         if task_id is not None and job.upstream_task_id not in (None, task_id):
-            log.warning("callback for %s names another task %s; ignored", job.label, task_id)
-            return True
+            return CallbackVerdict.MISMATCH
         if job.upstream_task_id is None and task_id is not None:
             # The API call may have succeeded right before a crash: the callback tells us the id.
             job = await self._store.update(job.id, upstream_task_id=task_id)
         log.info("callback received %s state=%s", job.label, job.state)
         self._ring(job)
-        return True
+        return CallbackVerdict.ACCEPTED
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -234,13 +289,25 @@ class Tracker:
         for job in jobs:
             log.info("recovering %s state=%s", job.label, job.state)
             if job.state is JobState.REQUESTED:
-                self._spawn(self._start(job))
+                # Recovered work was accepted before: it queues whatever the queue's bound.
+                self._spawn(self._start(job, queue_bound=False))
             else:
                 self._watch(job)
         return len(jobs)
 
-    async def close(self) -> None:
+    def _check_open(self) -> None:
+        if self._closing:
+            raise Refused("the bot is restarting; try again in a minute")
+        if self._throttle.full():
+            raise Refused(_QUEUE_FULL.format(waiting=self._throttle.waiting))
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop taking work, give paid calls and posts under way up to ``grace`` seconds to
+        finish, then stop every watcher; unfinished jobs resume at the next start."""
         self._closing = True
+        if grace > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), timeout=grace)
         watchers = [*self._watchers.values(), *self._background]
         for task in watchers:
             task.cancel()
@@ -254,7 +321,7 @@ class Tracker:
         while self._watchers:
             await asyncio.gather(*list(self._watchers.values()), return_exceptions=True)
 
-    async def _start(self, job: Job) -> Job:
+    async def _start(self, job: Job, *, queue_bound: bool = True) -> Job:
         if job.status_message_id is None:
             try:
                 message_id = await self._publisher.post_status(job)
@@ -262,7 +329,18 @@ class Tracker:
                 return await self._fail(job, exc.reason)
             if message_id is not None:
                 job = await self._store.update(job.id, status_message_id=message_id)
-        return await self._submit(job)
+        return await self._submit(job, queue_bound=queue_bound)
+
+    @contextlib.asynccontextmanager
+    async def _busy(self) -> AsyncIterator[None]:
+        self._busy_steps += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._busy_steps -= 1
+            if self._busy_steps == 0:
+                self._quiet.set()
 
     async def show_grid(
         self, task_id: str, *, requester_id: int, guild_id: int | None, channel_id: int
@@ -302,40 +380,90 @@ class Tracker:
             job = await self._store.update(job.id, prompt=task.prompt)
         return job
 
-    async def _submit(self, job: Job) -> Job:
-        claimed = await self._store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
-        if claimed is None:
-            return await self._store.get(job.id) or job
-        job = claimed
-        try:
-            if job.kind is JobKind.UPSCALE:
-                assert job.parent_task_id is not None and job.image_index is not None
-                task_id = await self._client.upscale(
-                    job.parent_task_id,
-                    job.image_index,
-                    watermark=self._watermark,
-                    callback_url=self.callback_url(job),
-                )
-            else:
-                task_id = await self._client.generate(
-                    job.prompt or "",
-                    speed=job.options.get("speed", "fast"),
-                    aspect_ratio=job.options.get("aspect_ratio"),
-                    version=job.options.get("version"),
-                    callback_url=self.callback_url(job),
-                )
-        except ApiError as exc:
-            log.warning("submit refused %s code=%s", job.label, exc.code)
-            return await self._fail(job, exc.user_message, from_states=(JobState.SUBMITTING,))
-        except ApiUnreachable as exc:
-            if not exc.maybe_done:
-                log.warning("submit failed %s: %s", job.label, exc)
-                return await self._fail(job, exc.user_message, from_states=(JobState.SUBMITTING,))
-            # The request may have been taken (and paid for): never resubmit, wait for a
-            # callback within the deadline instead.
-            log.warning("submit outcome unknown %s: %s", job.label, exc)
-            self._watch(job)
-            return job
+    async def _submit(self, job: Job, *, queue_bound: bool = True) -> Job:
+        """Send the paid request once it is this job's turn.
+
+        A refusal that says the request was not taken (429, no connection) puts the job back to
+        ``requested`` and tries again after a pause, a bounded number of times. Any answer after
+        which the task may exist anyway is never resent: the job waits for its callback or poll.
+        """
+        retries = iter(self._submit_retry_delays)
+        while True:
+            if self._throttle.busy():
+                if queue_bound and self._throttle.full():
+                    return await self._fail(job, _QUEUE_FULL.format(waiting=self._throttle.waiting))
+                ahead = self._throttle.waiting
+                log.info("submission queued %s ahead=%d", job.label, ahead)
+                # Not awaited: the place in the queue is taken in this same step, below.
+                self._spawn(self._tell(job, _queued_text(ahead)))
+            try:
+                await self._throttle.acquire(bounded=queue_bound)
+            except QueueFull:
+                return await self._fail(job, _QUEUE_FULL.format(waiting=self._throttle.waiting))
+            if self._closing:
+                # Left as requested: the next start submits it.
+                return job
+            claimed = await self._store.transition(
+                job.id, (JobState.REQUESTED,), JobState.SUBMITTING
+            )
+            if claimed is None:
+                return await self._store.get(job.id) or job
+            job = claimed
+            async with self._busy():
+                try:
+                    task_id = await self._send(job)
+                except (ApiError, ApiUnreachable) as exc:
+                    pause = next(retries, None) if exc.retryable else None
+                    if pause is not None:
+                        log.warning("submit refused %s: %s; again in %.0f s", job.label, exc, pause)
+                        self._throttle.pause(pause)
+                        job = (
+                            await self._store.transition(
+                                job.id, (JobState.SUBMITTING,), JobState.REQUESTED
+                            )
+                            or job
+                        )
+                        continue
+                    if exc.maybe_done:
+                        return await self._await_unknown(job, exc)
+                    log.warning("submit refused %s: %s", job.label, exc)
+                    return await self._fail(
+                        job, exc.user_message, from_states=(JobState.SUBMITTING,)
+                    )
+                return await self._submitted(job, task_id)
+
+    async def _send(self, job: Job) -> str:
+        if job.kind is JobKind.UPSCALE:
+            assert job.parent_task_id is not None and job.image_index is not None
+            return await self._client.upscale(
+                job.parent_task_id,
+                job.image_index,
+                watermark=self._watermark,
+                callback_url=self.callback_url(job),
+            )
+        return await self._client.generate(
+            job.prompt or "",
+            speed=job.options.get("speed", "fast"),
+            aspect_ratio=job.options.get("aspect_ratio"),
+            version=job.options.get("version"),
+            callback_url=self.callback_url(job),
+        )
+
+    async def _await_unknown(self, job: Job, exc: ApiError | ApiUnreachable) -> Job:
+        # The request may have been taken (and paid for): resending could charge twice, so the
+        # job waits for a callback within its deadline instead.
+        log.warning("submit outcome unknown %s: %s", job.label, exc)
+        minutes = max(1, round((job.deadline_at - time.time()) / 60))
+        await self._tell(
+            job,
+            f"⚠️ {exc.user_message[:1].upper()}{exc.user_message[1:]}, but the request may "
+            f"have started anyway. Waiting up to {minutes} min for its result; it is not sent "
+            "again, so it cannot be charged twice.",
+        )
+        self._watch(job)
+        return job
+
+    async def _submitted(self, job: Job, task_id: str) -> Job:
         submitted = await self._store.transition(
             job.id, (JobState.SUBMITTING,), JobState.SUBMITTED, upstream_task_id=task_id
         )
@@ -368,11 +496,11 @@ class Tracker:
         self._whispers.pop(job_id, None)
 
     def _ring(self, job: Job) -> None:
-        if job.id in self._watchers:
-            self._doorbells[job.id].set()
-        else:
-            self._watch(job)
-            self._doorbells[job.id].set()
+        self._watch(job)
+        doorbell = self._doorbells.get(job.id)
+        # None while shutting down: the callback is saved, and the next start resumes the job.
+        if doorbell is not None:
+            doorbell.set()
 
     async def _watch_loop(self, job_id: str) -> None:
         doorbell = self._doorbells[job_id]
@@ -450,7 +578,7 @@ class Tracker:
     async def _deliver(self, job: Job) -> bool:
         """Post the result once; True when the job is finished (delivered or given up)."""
         lock = self._locks.setdefault(job.id, asyncio.Lock())
-        async with lock:
+        async with lock, self._busy():
             current = await self._store.get(job.id)
             if current is None or current.state is not JobState.SUCCEEDED:
                 return True
@@ -512,6 +640,16 @@ class Tracker:
             log.exception("could not announce the failure of %s", failed.label)
         return failed
 
+    async def _tell(self, job: Job, text: str) -> None:
+        """A note to the requester while their interaction lives; nothing otherwise."""
+        entry = self._whispers.get(job.id)
+        if entry is None or entry[1] <= time.time():
+            return
+        try:
+            await entry[0](text)
+        except Exception:
+            log.exception("could not tell the requester of %s", job.label)
+
     def _remember_whisper(self, job: Job, whisper: Whisper | None, until: float) -> None:
         if whisper is not None and until > time.time():
             self._whispers[job.id] = (whisper, until)
@@ -533,3 +671,24 @@ class Tracker:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background step failed", exc_info=task.exception())
+
+
+_QUEUE_FULL = (
+    "{waiting} requests are already waiting their turn at the Midjourney API, which takes only "
+    "so many new jobs at a time; try again in a minute"
+)
+
+
+def _queued_text(ahead: int) -> str:
+    return (
+        f"⏳ Queued behind {ahead} other request(s): the Midjourney API takes only so many new "
+        "jobs at a time. Yours starts by itself when its turn comes."
+    )
+
+
+def _too_many(limit: int) -> str:
+    return (
+        f"you already have {limit} jobs running; wait until one of them is done"
+        if limit > 1
+        else "you already have a job running; wait until it is done"
+    )

@@ -29,7 +29,8 @@ class MidjourneyClient:
         self._session = session
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
+        # Connecting gets part of the budget only: a stalled connect is told apart (nothing sent).
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout / 2))
 
     @property
     def base_url(self) -> str:
@@ -121,6 +122,9 @@ class MidjourneyClient:
             raise ApiUnreachable(
                 f"{path}: cannot connect ({exc.os_error})", maybe_done=False
             ) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            # No connection was made, so the request was never sent.
+            raise ApiUnreachable(f"{path}: connecting timed out", maybe_done=False) from exc
         except TimeoutError as exc:
             raise ApiUnreachable(f"{path}: no answer in time", maybe_done=True) from exc
         except aiohttp.ClientError as exc:

@@ -16,6 +16,10 @@ _USER_MESSAGES = {
     505: "this feature is disabled on the bot's Midjourney account",
 }
 
+# Codes that say the API did not take the request, so nothing started and nothing was charged.
+# Any other refusal (500, 455, a proxy's 502…) may have come after the task was created.
+_NOT_TAKEN = frozenset({400, 401, 402, 404, 422, 429, 501, 505})
+
 
 class ApiError(Exception):
     """The API answered, and the answer is a refusal (``code`` is the vendor's code)."""
@@ -24,6 +28,16 @@ class ApiError(Exception):
         self.code = code
         self.msg = msg[:300]
         super().__init__(f"API error {code}: {self.msg}")
+
+    @property
+    def maybe_done(self) -> bool:
+        """True when a paid request answered this way may still have started a task."""
+        return self.code not in _NOT_TAKEN
+
+    @property
+    def retryable(self) -> bool:
+        """Rate limited: the request was not taken and the same request may be sent again."""
+        return self.code == 429
 
     @property
     def user_message(self) -> str:
@@ -43,6 +57,10 @@ class ApiUnreachable(Exception):
     def __init__(self, message: str, *, maybe_done: bool) -> None:
         self.maybe_done = maybe_done
         super().__init__(message)
+
+    @property
+    def retryable(self) -> bool:
+        return not self.maybe_done
 
     @property
     def user_message(self) -> str:

@@ -168,7 +168,9 @@ def parse_callback(body: object) -> CallbackNotice:
     envelope = _mapping(body, "callback body")
     data = envelope.get("data")
     data = data if isinstance(data, dict) else {}
-    task_id = data.get("taskId", data.get("task_id", envelope.get("taskId")))
+    task_id = data.get(
+        "taskId", data.get("task_id", envelope.get("taskId", envelope.get("task_id")))
+    )
     if not is_task_id(task_id):
         raise MalformedAnswer("callback names no valid taskId")
     code = envelope.get("code")

@@ -2,8 +2,8 @@
 
 It serves the same paths and envelopes as the vendors document them, so the bot can be tried end to
 end without credits (``MJ_API_BASE_URL=sandbox``, mounted under the bot's listener) and tests can
-drive every outcome over real HTTP: slow answers, injected error codes, failed generations and
-callbacks that need retries. Nothing in it talks to the real service.
+drive every outcome over real HTTP: slow or held answers, injected error codes, failed generations
+and callbacks that need retries. Nothing in it talks to the real service.
 
 Error codes chosen where the vendor is silent:
 
@@ -138,6 +138,30 @@ class SandboxTask:
         return 1 if self.parent_task_id is not None else 4
 
 
+class SandboxHold:
+    """Answers of one endpoint kept back until ``release()`` (see :meth:`SandboxAPI.hold`)."""
+
+    def __init__(self, endpoint: str, times: int) -> None:
+        self.endpoint = endpoint
+        self.remaining = times
+        self.held = 0
+        self._gate = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<SandboxHold {self.endpoint} held={self.held}>"
+
+    @property
+    def released(self) -> bool:
+        return self._gate.is_set()
+
+    def release(self) -> None:
+        """Let every held answer, and any later one, go out."""
+        self._gate.set()
+
+    async def wait_released(self) -> None:
+        await self._gate.wait()
+
+
 class _ApiError(Exception):
     def __init__(self, code: int, msg: str | None = None, http_status: int | None = None) -> None:
         super().__init__(code, msg)
@@ -192,6 +216,7 @@ class SandboxAPI:
         self.callback_attempts: list[CallbackAttempt] = []
         self._tasks: dict[str, SandboxTask] = {}
         self._faults: dict[str, list[_ApiError]] = {}
+        self._holds: list[SandboxHold] = []
         self._background: set[asyncio.Task[None]] = set()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -218,6 +243,23 @@ class SandboxAPI:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}; one of {sorted(ENDPOINTS)}")
         self._faults.setdefault(endpoint, []).append(_ApiError(code, msg, http_status))
+
+    def hold(self, endpoint: Endpoint, times: int = 1) -> SandboxHold:
+        """Keep back the answers of the next ``times`` successful calls of ``endpoint``.
+
+        Each request is carried out first (a task is created and charged, a file is found), so a
+        client that dies meanwhile has spent credits without learning the task id, or is stuck
+        in a download. Errors, injected or not, are answered at once.
+        """
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; one of {sorted(ENDPOINTS)}")
+        hold = SandboxHold(endpoint, times)
+        self._holds.append(hold)
+        return hold
+
+    async def wait_held(self, hold: SandboxHold, n: int = 1, timeout: float = 5.0) -> None:
+        """Wait until ``n`` answers were kept back by ``hold`` (TimeoutError otherwise)."""
+        await self._wait_until(lambda: hold.held >= n, timeout)
 
     def complete(self, task_id: str) -> None:
         """Finish a running task now: success, or failure if its prompt asked for one."""
@@ -266,6 +308,10 @@ class SandboxAPI:
     def task(self, task_id: str) -> SandboxTask:
         """The sandbox's record of a task; KeyError if unknown."""
         return self._tasks[task_id]
+
+    def tasks(self) -> list[SandboxTask]:
+        """Every task the sandbox knows, oldest first (a client may never have learnt an id)."""
+        return list(self._tasks.values())
 
     def count(self, endpoint: Endpoint) -> int:
         return sum(1 for call in self.calls if call.endpoint == endpoint)
@@ -317,6 +363,9 @@ class SandboxAPI:
 
     async def close(self) -> None:
         """Cancel pending task timers and callback deliveries; close the callback session."""
+        # A held handler would keep the server's shutdown waiting for its answer.
+        for hold in self._holds:
+            hold.release()
         pending = list(self._background)
         for job in pending:
             job.cancel()
@@ -356,6 +405,7 @@ class SandboxAPI:
                 raise _ApiError(404, f"no such file: {name}")
         except _ApiError as error:
             return self._error_response("files", error)
+        await self._hold_answer("files")
         return web.Response(body=self.image_bytes(task_id, index), content_type="image/png")
 
     async def _handle(
@@ -381,6 +431,7 @@ class SandboxAPI:
             data = await operation(request, body)
         except _ApiError as error:
             return self._error_response(endpoint, error)
+        await self._hold_answer(endpoint)
         return web.json_response({"code": 200, "msg": "success", "data": data})
 
     async def _do_generate(self, request: web.Request, body: Any) -> dict[str, str]:
@@ -508,6 +559,16 @@ class SandboxAPI:
             error = queued.pop(0)
             log.info("sandbox: injected error %d on %s", error.code, endpoint)
             raise error
+
+    async def _hold_answer(self, endpoint: str) -> None:
+        hold = next((h for h in self._holds if h.endpoint == endpoint and h.remaining > 0), None)
+        if hold is None:
+            return
+        hold.remaining -= 1
+        hold.held += 1
+        log.info("sandbox: answer of %s held", endpoint)
+        self._notify()
+        await hold.wait_released()
 
     def _error_response(self, endpoint: str, error: _ApiError) -> web.Response:
         status = error.http_status

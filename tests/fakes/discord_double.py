@@ -331,6 +331,60 @@ class _FailureRule:
     remaining: int
 
 
+class ResponseHold:
+    """REST answers the double keeps back after it has acted on the request (see hold_responses).
+
+    A held channel post is already stored when its sender is still waiting for the answer: the
+    window in which a bot may die having posted but not knowing it.
+    """
+
+    def __init__(
+        self,
+        double: DiscordDouble,
+        method: str,
+        pattern: re.Pattern[str],
+        where: Callable[[Any], bool] | None,
+        times: int,
+    ) -> None:
+        self._double = double
+        self.method = method
+        self.pattern = pattern
+        self.where = where
+        self.remaining = times
+        self.held: list[RequestRecord] = []
+        self._gate = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<ResponseHold {self.method} {self.pattern.pattern} held={len(self.held)}>"
+
+    @property
+    def released(self) -> bool:
+        return self._gate.is_set()
+
+    def release(self) -> None:
+        """Let every held answer, and any later match, go out."""
+        self._gate.set()
+
+    def matches(self, record: RequestRecord) -> bool:
+        return (
+            self.remaining > 0
+            and record.method == self.method
+            and self.pattern.fullmatch(record.path) is not None
+            and (self.where is None or self.where(record.body))
+        )
+
+    async def wait_held(self, count: int = 1, timeout: float = 10) -> RequestRecord:
+        """The count-th request (1-based) whose answer is being held, existing or future."""
+
+        def check() -> RequestRecord | None:
+            return self.held[count - 1] if len(self.held) >= count else None
+
+        return await self._double._wait(check, timeout, f"held request #{count} of {self!r}")
+
+    async def wait_released(self) -> None:
+        await self._gate.wait()
+
+
 @dataclass(eq=False)
 class _Session:
     id: str
@@ -484,6 +538,7 @@ class DiscordDouble:
         self.unknown_requests: list[RequestRecord] = []
         self.internal_errors: list[BaseException] = []
         self._failures: list[_FailureRule] = []
+        self._holds: list[ResponseHold] = []
 
         self._connections: list[_Connection] = []
         self._sessions: dict[str, _Session] = {}
@@ -573,6 +628,9 @@ class DiscordDouble:
         self._port = int(self._runner.addresses[0][1])
 
     async def close(self) -> None:
+        # A held handler would keep the server's shutdown waiting for its answer.
+        for hold in self._holds:
+            hold.release()
         for conn in list(self._connections):
             conn.dropped = True
             await conn.ws.close(code=1001, message=b"double closing")
@@ -695,6 +753,24 @@ class DiscordDouble:
                 remaining=times,
             )
         )
+
+    def hold_responses(
+        self,
+        method: str,
+        path_regex: str,
+        *,
+        where: Callable[[Any], bool] | None = None,
+        times: int = 1,
+    ) -> ResponseHold:
+        """Keep back the answers of the next ``times`` REST calls whose path fullmatches
+        path_regex (and whose parsed body satisfies ``where``) until ``release()``.
+
+        The double carries each request out first (a post is stored, an edit applied), so a
+        client that dies meanwhile has changed Discord without learning the outcome.
+        """
+        hold = ResponseHold(self, method.upper(), re.compile(path_regex), where, times)
+        self._holds.append(hold)
+        return hold
 
     def expire_interaction(self, handle: InteractionHandle) -> None:
         """Simulate the end of the token's 15 minutes: callbacks and webhooks answer 404."""
@@ -1126,6 +1202,12 @@ class DiscordDouble:
             self._apply_failure(request.method, path)
             handler, params = self._match(record)
             result = await handler(_Call(request, params, body, uploads))
+            hold = next((h for h in self._holds if h.matches(record)), None)
+            if hold is not None:
+                hold.remaining -= 1
+                hold.held.append(record)
+                self._notify()
+                await hold.wait_released()
         except DiscordError as exc:
             record.status = exc.status
             return json_response(exc.body(), status=exc.status, headers=exc.headers)

@@ -28,6 +28,9 @@ class RecordingPublisher:
     grids: list[Task] = field(default_factory=list)
     # Errors the next deliver() calls raise, in order.
     delivery_errors: list[DeliveryError] = field(default_factory=list)
+    # When set, deliver() waits for it: a post that is under way.
+    delivery_gate: asyncio.Event | None = None
+    delivering: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -43,6 +46,10 @@ class RecordingPublisher:
     async def deliver(self, job: Job) -> int:
         if self.delivery_errors:
             raise self.delivery_errors.pop(0)
+        if self.delivery_gate is not None:
+            self.delivering += 1
+            await self._notify()
+            await self.delivery_gate.wait()
         self.delivered.append(job)
         await self._notify()
         return next(self._ids)
@@ -68,6 +75,7 @@ class RecordingPublisher:
 
         async def whisper(text: str) -> None:
             self.whispered.append(text)
+            await self._notify()
 
         return whisper, time.time() + 60
 

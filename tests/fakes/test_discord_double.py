@@ -270,6 +270,51 @@ async def test_nonce_with_enforce_nonce_creates_one_message(double: DiscordDoubl
         assert double.count_requests("POST", r"/channels/\d+/messages") == 2
 
 
+async def test_held_response_comes_after_the_post_is_stored(double: DiscordDouble) -> None:
+    # discord.py sends one request at a time per channel: the unheld post goes to another one.
+    other = double.add_channel("other")
+    async with running(DoubleBot(double)) as bot:
+        channel = bot.get_partial_messageable(double.channel_id)
+        hold = double.hold_responses(
+            "POST", r"/channels/\d+/messages", where=lambda body: body.get("content") == "held"
+        )
+        pending = asyncio.create_task(channel.send("held", nonce="n-1"))
+        record = await hold.wait_held()
+        assert record.body["nonce"] == "n-1"
+        # Discord has the message; its sender does not know yet.
+        (stored,) = double.messages()
+        assert stored.content == "held" and not pending.done()
+        # A post the hold does not match is answered meanwhile.
+        async with asyncio.timeout(5):
+            await bot.get_partial_messageable(other).send("free")
+        hold.release()
+        assert (await pending).id == stored.id
+        # The hold applied to one answer only.
+        again = await channel.send("held")
+        assert again.id != stored.id and len(hold.held) == 1 and hold.released
+
+
+async def test_close_answers_held_requests_before_stopping() -> None:
+    double = DiscordDouble()
+    await double.start()
+    try:
+        hold = double.hold_responses("GET", "/users/@me")
+        async with aiohttp.ClientSession() as session:
+
+            async def get_me() -> int:
+                async with session.get(double.api_base + "/users/@me") as response:
+                    return response.status
+
+            request = asyncio.create_task(get_me())
+            await hold.wait_held()
+            assert not request.done()
+            await double.close()
+            assert hold.released
+            assert await request == 200
+    finally:
+        await double.close()
+
+
 async def test_second_bot_process_handles_click_on_old_message(double: DiscordDouble) -> None:
     user = double.add_user("alice")
     async with running(DoubleBot(double)) as first_bot:

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from bot.jobs.store import JobStore
+from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import PollPolicy, Tracker
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
@@ -39,9 +40,16 @@ class Rig:
         publisher: RecordingPublisher | None = None,
         store: JobStore | None = None,
         watermark: str | None = None,
+        throttle: SubmitThrottle | None = None,
+        submit_retry_delays: tuple[float, ...] = (0.01, 0.02, 0.05),
+        max_jobs_per_user: int | None = None,
+        api_base: str | None = None,
     ) -> Tracker:
-        """A tracker wired to the listener (one at a time: a new one is a 'restarted bot')."""
-        client = MidjourneyClient(self.session, self.api_base, "test-key", timeout=5)
+        """A tracker wired to the listener (one at a time: a new one is a 'restarted bot').
+
+        Unless a test is about pacing, submissions are not paced: tests start many at once.
+        """
+        client = MidjourneyClient(self.session, api_base or self.api_base, "test-key", timeout=5)
         tracker = Tracker(
             store or self.store,
             client,
@@ -51,6 +59,9 @@ class Rig:
             poll=poll,
             watermark=watermark,
             delivery_retries=2,
+            throttle=throttle or SubmitThrottle(1000, 1.0, max_waiting=1000),
+            submit_retry_delays=submit_retry_delays,
+            max_jobs_per_user=max_jobs_per_user,
         )
         self.listener.tracker = tracker
         self.trackers.append(tracker)

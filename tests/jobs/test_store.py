@@ -19,6 +19,7 @@ from bot.jobs.store import (
     JobKind,
     JobState,
     JobStore,
+    TooManyJobs,
     async_database_url,
     metadata,
 )
@@ -342,6 +343,29 @@ def test_async_database_url(url: str, expected: str) -> None:
     assert async_database_url(url) == expected
 
 
+async def check_per_requester_limit(store: JobStore) -> None:
+    limited = await asyncio.gather(
+        *(new_job(store, parent=f"limit-{n}", requester_id=7, max_unfinished=3) for n in range(8)),
+        return_exceptions=True,
+    )
+    made = [r for r in limited if isinstance(r, Job)]
+    assert len(made) == 3, limited
+    assert all(isinstance(r, TooManyJobs) and r.limit == 3 for r in limited if r not in made)
+    # Finished jobs no longer count, other requesters never did.
+    await walk_to_delivered(store, made[0])
+    await fail(store, made[1])
+    assert (await new_job(store, parent="limit-x", requester_id=7, max_unfinished=3)).id
+    assert (await new_job(store, parent="limit-y", requester_id=7, max_unfinished=3)).id
+    with pytest.raises(TooManyJobs):
+        await new_job(store, parent="limit-z", requester_id=7, max_unfinished=3)
+    other = await new_job(store, parent="limit-z", requester_id=8, max_unfinished=3)
+    assert other.requester_id == 8 and other.guild_id == 1 and other.options == {}
+
+
+async def test_per_requester_limit_of_unfinished_jobs(store: JobStore) -> None:
+    await check_per_requester_limit(store)
+
+
 # -- PostgreSQL (only where one answers) ----------------------------------------------------------
 
 
@@ -395,6 +419,7 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
         stored = await store.get(other.id)
         assert stored is not None and stored.state is JobState.SUBMITTING
         assert [j.id for j in await store.unfinished()] == [other.id]
+        await check_per_requester_limit(store)
     finally:
         await engine.dispose()
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

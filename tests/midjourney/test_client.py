@@ -328,6 +328,23 @@ async def test_closed_port_is_unreachable_and_not_done(http: aiohttp.ClientSessi
         assert caught.value.maybe_done is False
 
 
+class StalledConnector(aiohttp.TCPConnector):
+    """A network where connecting never completes (a black-holed SYN), nothing ever sent."""
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(30)
+        raise AssertionError("the connect timeout should have fired")
+
+
+async def test_connect_timeout_is_unreachable_and_not_done() -> None:
+    async with aiohttp.ClientSession(connector=StalledConnector()) as session:
+        client = MidjourneyClient(session, "http://api.example.invalid", "k", timeout=0.1)
+        with pytest.raises(ApiUnreachable) as caught:
+            await client.upscale(OTHER_TASK, 0)
+    assert caught.value.maybe_done is False
+    assert caught.value.retryable
+
+
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -92,3 +92,31 @@ def test_unreachable_keeps_maybe_done(maybe_done: bool) -> None:
 def test_maybe_done_is_keyword_only() -> None:
     with pytest.raises(TypeError):
         ApiUnreachable("x", True)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("code", "maybe_done", "retryable"),
+    [
+        (400, False, False),
+        (401, False, False),
+        (402, False, False),
+        (404, False, False),
+        (422, False, False),
+        (429, False, True),
+        (455, True, False),
+        (500, True, False),
+        (501, False, False),
+        (502, True, False),
+        (505, False, False),
+    ],
+)
+def test_which_refusals_may_hide_a_created_task(
+    code: int, maybe_done: bool, retryable: bool
+) -> None:
+    error = ApiError(code)
+    assert (error.maybe_done, error.retryable) == (maybe_done, retryable)
+
+
+def test_only_a_request_never_sent_is_retryable() -> None:
+    assert ApiUnreachable("refused", maybe_done=False).retryable
+    assert not ApiUnreachable("timed out", maybe_done=True).retryable

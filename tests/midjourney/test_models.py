@@ -211,9 +211,17 @@ def test_callback_task_id_spelling() -> None:
     assert parse_callback(body).task_id == TASK
 
 
-def test_callback_task_id_at_the_top_level() -> None:
-    body = {"code": 200, "msg": "success", "taskId": TASK, "data": None}
+@pytest.mark.parametrize("spelling", ["taskId", "task_id"])
+def test_callback_task_id_at_the_top_level(spelling: str) -> None:
+    body = {"code": 200, "msg": "success", spelling: TASK, "data": None}
     assert parse_callback(body) == CallbackNotice(TASK, 200, ())
+
+
+def test_callback_task_id_in_data_wins_over_the_top_level() -> None:
+    # The kie.ai signature covers one id: always the same one for the same body.
+    body = callback()
+    body["task_id"] = "another-task-id"
+    assert parse_callback(body).task_id == TASK
 
 
 def test_callback_failure() -> None:

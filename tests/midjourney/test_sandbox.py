@@ -381,6 +381,56 @@ async def test_answer_delay_holds_the_answer_back(start: Start) -> None:
         await pending
 
 
+async def test_hold_keeps_the_answer_back_after_the_task_is_taken(start: Start) -> None:
+    api = await start()
+    parent = api.sandbox.add_generation()
+    credits = api.sandbox.credits
+    answer = api.sandbox.hold("generateUpscale")
+    pending = asyncio.create_task(api.upscale(parent, 1))
+    await api.sandbox.wait_held(answer)
+    # Taken and charged, though the client has not heard of it yet.
+    (held,) = [t for t in api.sandbox.tasks() if t.parent_task_id == parent]
+    assert api.sandbox.credits == credits - api.sandbox.upscale_cost
+    assert not pending.done() and not answer.released
+    # Other endpoints, and errors of the held one, answer at once.
+    await api.record(parent)
+    status, _ = await api.call("POST", UPSCALE, body={"taskId": "nope", "imageIndex": 0})
+    assert status == 404 and answer.held == 1
+
+    answer.release()
+    assert await pending == held.task_id
+    # Only the next ``times`` answers were held.
+    await api.upscale(parent, 2)
+    assert answer.held == 1
+
+
+async def test_hold_on_files_holds_the_download(start: Start) -> None:
+    api = await start()
+    task_id = api.sandbox.add_generation()
+    url = f"{api.base}files/{task_id}_0_0.png"
+    download = api.sandbox.hold("files", times=2)
+    first = asyncio.create_task(api.download(url))
+    second = asyncio.create_task(api.download(url))
+    await api.sandbox.wait_held(download, n=2)
+    assert not first.done() and not second.done()
+    download.release()
+    assert await first == await second == api.sandbox.image_bytes(task_id, 0)
+    with pytest.raises(ValueError, match="unknown endpoint"):
+        api.sandbox.hold("nope")  # type: ignore[arg-type]
+
+
+async def test_close_releases_held_answers(start: Start) -> None:
+    api = await start()
+    task_id = api.sandbox.add_generation()
+    download = api.sandbox.hold("files")
+    pending = asyncio.create_task(api.download(f"{api.base}files/{task_id}_0_3.png"))
+    await api.sandbox.wait_held(download)
+    await api.sandbox.close()
+    assert download.released
+    async with asyncio.timeout(5):
+        assert await pending == api.sandbox.image_bytes(task_id, 3)
+
+
 # ----- validation and errors -------------------------------------------------------------------
 
 
