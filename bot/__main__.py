@@ -31,6 +31,8 @@ def setup_logging(settings: Settings) -> None:
     # discord.py's INFO lines are about its own gateway; keep them, but not its DEBUG noise,
     # nor its warning that voice libraries are missing (this bot has no voice).
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+    # aiosqlite's DEBUG lines carry SQL parameters, callback secrets among them.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
     logging.getLogger("discord.client").addFilter(
         lambda record: "voice will NOT be supported" not in record.getMessage()
     )

@@ -23,7 +23,7 @@ import PIL.ImageOps
 from aiohttp.abc import AbstractResolver
 
 from bot.config import VENDOR_RESULT_HOSTS
-from bot.grid import GridButtons
+from bot.grid import GridButtons, owner_mention
 from bot.jobs.store import Job, JobKind, JobStore
 from bot.jobs.tracker import DeliveryError, Whisper
 from bot.midjourney.models import GRID_SIZE, Task
@@ -201,7 +201,7 @@ def result_text(job: Job) -> str:
     if job.kind is JobKind.UPSCALE:
         number = (job.image_index or 0) + 1
         return f"{_prompt_text(job.prompt)} - Image #{number} <@{job.requester_id}>"
-    return f"{_prompt_text(job.prompt)} - <@{job.requester_id}>"
+    return f"{_prompt_text(job.prompt)}{owner_mention(job.requester_id)}"
 
 
 def failure_text(job: Job, reason: str) -> str:
@@ -240,7 +240,11 @@ class DiscordPublisher:
     async def post_status(self, job: Job) -> int | None:
         try:
             message = await self._channel(job).send(
-                status_text(job), allowed_mentions=discord.AllowedMentions.none()
+                status_text(job),
+                allowed_mentions=discord.AllowedMentions.none(),
+                # Re-posted after a crash that lost its id, it is the same message, not a second
+                # status line left standing (Discord's nonces are at most 25 characters).
+                nonce=f"s{job.id}",
             )
         except discord.Forbidden as exc:
             raise DeliveryError(_forbidden_reason(), retry=False) from exc
@@ -288,7 +292,7 @@ class DiscordPublisher:
             guild_id,
             task.result_urls[:GRID_SIZE],
             stem=task.task_id,
-            content=f"{_prompt_text(task.prompt)} - <@{requester_id}>",
+            content=f"{_prompt_text(task.prompt)}{owner_mention(requester_id)}",
             view=GridButtons(task.task_id, frozenset(done)),
             requester_id=requester_id,
             nonce=None,

@@ -198,6 +198,8 @@ class Listener:
             # parser inflate bombs or fail outside the handler. Encoded bodies get a 415.
             auto_decompress=False,
             logger=_http_log,
+            # A stalled request must not hold a shutdown past the host's SIGKILL.
+            shutdown_timeout=2.0,
         )
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()

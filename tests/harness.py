@@ -111,3 +111,8 @@ async def result_for(double: DiscordDouble, number: int, user: int) -> StoredMes
     return await double.wait_for_message(
         lambda m: f"Image #{number}" in m.content and f"<@{user}>" in m.content and m.attachments
     )
+
+
+def status_lines(double: DiscordDouble) -> list[str]:
+    """Visible "⏳ …" status messages still standing in the channel."""
+    return [m.content for m in double.messages(ephemeral=False) if m.content.startswith("⏳")]

@@ -4,7 +4,7 @@ API sandbox served by the bot itself (MJ_API_BASE_URL=sandbox, callbacks to its 
 from __future__ import annotations
 
 from bot.jobs.store import JobState
-from tests.fakes.discord_double import DiscordDouble, StoredMessage
+from tests.fakes.discord_double import StoredMessage
 from tests.harness import (
     SECONDARY,
     SUCCESS,
@@ -13,6 +13,7 @@ from tests.harness import (
     grid_task,
     imagine,
     result_for,
+    status_lines,
     submitted,
 )
 
@@ -208,8 +209,3 @@ async def test_imagine_refuses_bad_choices_without_calling_the_api(harness: Harn
             assert handle.original is not None and handle.original.ephemeral
             assert handle.original.content.startswith("❌")
     assert sandbox.count("generate") == 0
-
-
-def status_lines(double: DiscordDouble) -> list[str]:
-    """Visible "⏳ …" status messages still standing in the channel."""
-    return [m.content for m in double.messages(ephemeral=False) if m.content.startswith("⏳")]

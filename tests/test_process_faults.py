@@ -24,6 +24,7 @@ from bot.midjourney.sandbox import SandboxAPI
 from tests.conftest import StartSandbox
 from tests.fakes.bot_process import GRACE_VAR, BotProcess
 from tests.fakes.discord_double import DiscordDouble, InteractionHandle, StoredMessage
+from tests.harness import status_lines
 
 TOKEN = "fake-discord-token-for-the-double"
 CHANNEL_POST = r"/channels/\d+/messages"
@@ -156,6 +157,8 @@ async def test_killed_after_the_click_was_recorded(rig: Rig) -> None:
     assert sandbox.count("generateUpscale") == 0
     await rig.bot.start()
     await delivered_once(rig, task, 1, alice)
+    # The status line posted before the kill is the one re-posted (same nonce), and removed.
+    await double.wait_for(lambda: not status_lines(double) or None)
 
 
 async def test_killed_while_the_api_answer_was_on_its_way(rig: Rig) -> None:
