@@ -128,6 +128,8 @@ def _host_name(name: str, raw: str) -> str:
     host = raw.strip().lower()
     if "://" in host:
         host = _split(name, host).hostname or ""
+    # An IPv6 address is written in brackets in URLs, but a URL's host name comes without them.
+    host = host.removeprefix("[").removesuffix("]")
     if not host or any(ch in host for ch in "/ @?#"):
         raise SettingsError(f"{name} must be a comma-separated list of host names, got {raw!r}")
     return host

@@ -174,6 +174,17 @@ def test_result_hosts_are_added_once_each() -> None:
     assert settings.result_hosts == (*VENDOR_HOSTS, "cdn.example.com")
 
 
+def test_result_hosts_are_written_as_urls_name_them() -> None:
+    settings = load_settings(
+        env(MJ_RESULT_HOSTS="[fd00::1], https://Files.Example.org/x, 10.1.2.3")
+    )
+    assert settings.result_hosts[len(VENDOR_HOSTS) :] == (
+        "fd00::1",
+        "files.example.org",
+        "10.1.2.3",
+    )
+
+
 # ----- bad and missing values ------------------------------------------------------------------
 
 

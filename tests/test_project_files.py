@@ -32,3 +32,21 @@ def test_every_setting_the_code_reads_is_documented() -> None:
 
 def test_procfile_runs_the_bot_as_a_web_process() -> None:
     assert (ROOT / "Procfile").read_text().strip() == "web: python -m bot"
+
+
+def test_every_test_the_reliability_table_names_exists() -> None:
+    table = (ROOT / "docs" / "reliability.md").read_text()
+    # Test names, not test files; ``test_recovery_*`` stands for every test of that prefix.
+    named = set(re.findall(r"\b(test_\w+\*?)(?!\w|\.py)", table))
+    defined = {
+        match
+        for path in (ROOT / "tests").rglob("test_*.py")
+        for match in re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.MULTILINE)
+    }
+    assert len(named) > 50, "the table names too few tests to be the one in docs/"
+    missing = {
+        name
+        for name in named
+        if not any(d.startswith(name[:-1]) if name.endswith("*") else d == name for d in defined)
+    }
+    assert not missing, f"named in docs/reliability.md but not defined: {sorted(missing)}"
