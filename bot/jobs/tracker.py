@@ -189,9 +189,8 @@ class Tracker:
         """
         self._check_open()
         grid = await self._store.by_upstream(parent_task_id)
-        prompt = grid.prompt if grid is not None else None
         try:
-            job = await self._store.create(
+            job = await self._create(
                 kind=JobKind.UPSCALE,
                 parent_task_id=parent_task_id,
                 image_index=image_index,
@@ -199,19 +198,17 @@ class Tracker:
                 guild_id=guild_id,
                 channel_id=channel_id,
                 grid_message_id=grid_message_id,
-                prompt=prompt,
-                deadline_seconds=self._deadline,
-                max_unfinished=self._max_jobs_per_user,
+                prompt=grid.prompt if grid is not None else None,
             )
         except DuplicateUpscale as dup:
             log.info("upscale click deduplicated %s image=%s", dup.job.label, image_index + 1)
             return Outcome(dup.job, created=False)
-        except TooManyJobs as exc:
+        except Refused:
             # Clicking an image already being upscaled is a duplicate, whatever the limit says.
             live = await self._store.live_upscale(parent_task_id, image_index)
             if live is not None:
                 return Outcome(live, created=False)
-            raise Refused(_too_many(exc.limit)) from None
+            raise
         log.info(
             "upscale requested %s parent=%s image=%s user=%s",
             job.label,
@@ -240,20 +237,15 @@ class Tracker:
     ) -> Outcome:
         """Start one generation; raises Refused like request_upscale."""
         self._check_open()
-        try:
-            job = await self._store.create(
-                kind=JobKind.IMAGINE,
-                prompt=prompt,
-                options=options,
-                requester_id=requester_id,
-                guild_id=guild_id,
-                channel_id=channel_id,
-                status_message_id=status_message_id,
-                deadline_seconds=self._deadline,
-                max_unfinished=self._max_jobs_per_user,
-            )
-        except TooManyJobs as exc:
-            raise Refused(_too_many(exc.limit)) from None
+        job = await self._create(
+            kind=JobKind.IMAGINE,
+            prompt=prompt,
+            options=options,
+            requester_id=requester_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            status_message_id=status_message_id,
+        )
         log.info("imagine requested %s user=%s", job.label, requester_id)
         self._remember_whisper(job, whisper, whisper_until)
         return Outcome(await self._start(job), created=True)
@@ -294,6 +286,14 @@ class Tracker:
             else:
                 self._watch(job)
         return len(jobs)
+
+    async def _create(self, **fields: Any) -> Job:
+        try:
+            return await self._store.create(
+                deadline_seconds=self._deadline, max_unfinished=self._max_jobs_per_user, **fields
+            )
+        except TooManyJobs as exc:
+            raise Refused(_too_many(exc.limit)) from None
 
     def _check_open(self) -> None:
         if self._closing:
