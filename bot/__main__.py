@@ -15,16 +15,19 @@ from dotenv import load_dotenv
 
 from bot.app import UpscaleBot
 from bot.config import RedactingFilter, Settings, SettingsError, load_settings
+from bot.logs import JSON, make_formatter
 
 log = logging.getLogger("bot")
 
 
 def setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    )
+    # LOG_FORMAT: text, or JSON lines with job and task ids as fields (bot.logs). The filter
+    # runs before the formatter, so both formats are redacted.
+    handler.setFormatter(make_formatter(settings.log_format))
     handler.addFilter(RedactingFilter(settings.secrets))
+    # With JSON lines, Python's warnings become log lines too rather than bare text.
+    logging.captureWarnings(settings.log_format == JSON)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

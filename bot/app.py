@@ -12,16 +12,18 @@ from discord.ext import commands
 
 from bot.config import Settings, redact_url
 from bot.delivery import DiscordPublisher, ImageFetcher
+from bot.health import HealthMonitor
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import CALLBACK_PATH, SUBMIT_WINDOW_SECONDS, PollPolicy, Tracker
+from bot.metrics import Metrics
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
 from bot.web import Listener
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.upscale", "cogs.imagine")
+EXTENSIONS = ("cogs.upscale", "cogs.imagine", "cogs.admin")
 SANDBOX_PREFIX = "/sandbox"
 SANDBOX_KEY = "sandbox"
 # How long a shutdown waits for paid calls and posts under way. `docker stop` and many hosts send
@@ -38,6 +40,7 @@ class UpscaleBot(commands.Bot):
         poll: PollPolicy | None = None,
         sandbox: SandboxAPI | None = None,
         guild_ready_timeout: float = 2.0,
+        health: HealthMonitor | None = None,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
@@ -51,13 +54,22 @@ class UpscaleBot(commands.Bot):
         self.settings = settings
         self._poll = poll
         self.sandbox = sandbox
-        self.listener = Listener(hmac_key=settings.webhook_hmac_key)
+        # None unless METRICS_ENABLED: nothing is recorded and /metrics does not exist.
+        self.metrics = Metrics() if settings.metrics_enabled else None
+        self.listener = Listener(hmac_key=settings.webhook_hmac_key, metrics=self.metrics)
+        # GET /healthz; tests pass a monitor with their own clock and limits.
+        self.health = health or HealthMonitor()
+        self.listener.health = self.health
+        self.add_listener(self._gateway_up, "on_connect")
+        self.add_listener(self._gateway_up, "on_resumed")
+        self.add_listener(self._gateway_down, "on_disconnect")
         self._store: JobStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tracker: Tracker | None = None
         self._mj: MidjourneyClient | None = None
         self._publisher: DiscordPublisher | None = None
         self.listen_port: int | None = None
+        self._callback_base: str | None = None
         self._shutdown: asyncio.Task[None] | None = None
 
     @property
@@ -82,6 +94,7 @@ class UpscaleBot(commands.Bot):
         settings = self.settings
         self._store = await JobStore.open(settings.database_url)
         log.info("job store open at %s", redact_url(settings.database_url))
+        self.health.watch_store(self._store.count_unfinished)
         self._session = aiohttp.ClientSession()
 
         if settings.sandbox and self.sandbox is None:
@@ -98,8 +111,9 @@ class UpscaleBot(commands.Bot):
             api_base, api_key = settings.mj_api_base_url, settings.mj_api_key or ""
         # In sandbox mode without a public URL the sandbox calls back to this listener directly.
         callback_base = settings.public_url or (local if settings.sandbox else None)
+        self._callback_base = callback_base
 
-        self._mj = MidjourneyClient(self._session, api_base, api_key)
+        self._mj = MidjourneyClient(self._session, api_base, api_key, metrics=self.metrics)
         trusted = (*settings.result_hosts, urlsplit(api_base).hostname or "")
         fetcher = ImageFetcher(trusted)
         self._publisher = DiscordPublisher(self, self._store, fetcher)
@@ -115,6 +129,7 @@ class UpscaleBot(commands.Bot):
                 settings.submit_rate, SUBMIT_WINDOW_SECONDS, max_waiting=settings.queue_limit
             ),
             max_jobs_per_user=settings.max_jobs_per_user,
+            metrics=self.metrics,
         )
         self.listener.tracker = self._tracker
         if callback_base:
@@ -133,12 +148,21 @@ class UpscaleBot(commands.Bot):
                 self.listen_port,
             )
 
+        if self.metrics is not None:
+            log.info("metrics served at /metrics on port %s", self.listen_port)
+
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self._sync_commands()
         resumed = await self._tracker.recover()
         if resumed:
             log.info("resumed %d unfinished job(s)", resumed)
+
+    def callbacks_summary(self) -> str:
+        """How results reach the bot, in a line for admins."""
+        if self._callback_base is None:
+            return "off: PUBLIC_URL is unset, so jobs are finished by polling the API"
+        return f"expected at {self._callback_base}; late ones are covered by polling"
 
     async def _sync_commands(self) -> None:
         guild_id = self.settings.guild_id
@@ -150,6 +174,12 @@ class UpscaleBot(commands.Bot):
         else:
             synced = await self.tree.sync()
             log.info("synced %d slash command(s) globally (may take up to an hour)", len(synced))
+
+    async def _gateway_up(self) -> None:
+        self.health.gateway_up()
+
+    async def _gateway_down(self) -> None:
+        self.health.gateway_down()
 
     async def on_ready(self) -> None:
         user = self.user

@@ -18,6 +18,7 @@ VENDOR_RESULT_HOSTS = (
     "tempfile.redpandaai.co",
 )
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+LOG_FORMATS = ("text", "json")
 UPSCALE_ALLOWED = ("anyone", "requester")
 
 
@@ -39,11 +40,13 @@ class Settings:
     watermark: str | None = None
     guild_id: int | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
     job_timeout_minutes: float = 15.0
     max_jobs_per_user: int = 3
     upscale_allowed: str = "anyone"
     submit_rate: int = 20
     queue_limit: int = 100
+    metrics_enabled: bool = False
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -124,6 +127,20 @@ def _snowflake(env: Mapping[str, str], name: str) -> int | None:
     return int(raw)
 
 
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be true or false (or 1/0, yes/no), got {raw!r}")
+
+
 def _host_name(name: str, raw: str) -> str:
     host = raw.strip().lower()
     if "://" in host:
@@ -192,6 +209,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if level not in LOG_LEVELS:
         raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
 
+    log_format = (_text(env, "LOG_FORMAT") or "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise SettingsError(f"LOG_FORMAT must be {' or '.join(LOG_FORMATS)}, got {log_format!r}")
+
     timeout_raw = _text(env, "JOB_TIMEOUT_MINUTES")
     timeout = 15.0
     if timeout_raw is not None:
@@ -226,11 +247,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         watermark=_text(env, "MJ_WATERMARK"),
         guild_id=_snowflake(env, "DISCORD_GUILD_ID"),
         log_level=level,
+        log_format=log_format,
         job_timeout_minutes=timeout,
         max_jobs_per_user=_int(env, "MAX_JOBS_PER_USER", 3, 1, 1000),
         upscale_allowed=allowed,
         submit_rate=_int(env, "MJ_SUBMIT_RATE", 20, 1, 1000),
         queue_limit=_int(env, "QUEUE_LIMIT", 100, 0, 100_000),
+        metrics_enabled=_flag(env, "METRICS_ENABLED"),
         secrets=secrets,
     )
 

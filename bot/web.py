@@ -17,6 +17,8 @@ import time
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bot import metrics as m
+from bot.health import HealthCheck, iso_time
 from bot.jobs.tracker import CALLBACK_PATH, CallbackVerdict, Tracker
 from bot.midjourney.models import parse_callback, webhook_signature
 
@@ -34,6 +36,15 @@ HEADER_TIMEOUT_SECONDS = 15.0
 # to convert thousands of digits (which raises rather than answers).
 _TIMESTAMP_MAX_DIGITS = 12
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# The callback route's answers by outcome (mjbot_callbacks_total); any other status is "refused".
+# 404 covers a malformed secret too: no job can have it. 400 and 415: an unreadable body.
+_CALLBACK_OUTCOMES = {
+    200: m.ACCEPTED,
+    401: m.BAD_SIGNATURE,
+    404: m.UNKNOWN_SECRET,
+    400: m.MALFORMED,
+    415: m.MALFORMED,
+}
 
 
 class _MalformedHttpInOneLine(logging.Filter):
@@ -108,18 +119,32 @@ class Listener:
         hmac_key: str | None = None,
         body_timeout: float = BODY_TIMEOUT_SECONDS,
         header_timeout: float = HEADER_TIMEOUT_SECONDS,
+        metrics: m.Metrics | None = None,
     ) -> None:
         self.tracker: Tracker | None = None
+        # Set by the bot; without it /healthz knows only whether a tracker is attached.
+        self.health: HealthCheck | None = None
+        self.last_callback_at: float | None = None
+        self.metrics = metrics
+        self._recorder = m.recorder(metrics)
         self._hmac_key = hmac_key
         self._body_timeout = body_timeout
         self._header_timeout = header_timeout
         self.app = web.Application(client_max_size=MAX_CALLBACK_BYTES)
         self.app.router.add_post(CALLBACK_PATH + "{secret}", self.handle_callback)
         self.app.router.add_route("*", CALLBACK_PATH + "{secret}", self.handle_wrong_method)
+        if metrics is not None:
+            # Off, the route does not exist (404): the numbers reveal the bot's volume.
+            self.app.router.add_get("/metrics", self.handle_metrics)
         self.app.router.add_get("/healthz", self.handle_health)
         self._runner: web.AppRunner | None = None
 
     async def handle_callback(self, request: web.Request) -> web.Response:
+        response = await self._answer_callback(request)
+        self._recorder.callback(_CALLBACK_OUTCOMES.get(response.status, m.REFUSED))
+        return response
+
+    async def _answer_callback(self, request: web.Request) -> web.Response:
         secret = request.match_info["secret"]
         if not _SECRET_RE.fullmatch(secret):
             return _refuse(request, 404, "malformed secret", "unknown callback", close=True)
@@ -171,15 +196,38 @@ class Listener:
         if verdict is CallbackVerdict.MISMATCH:
             why = f"the body names another task than its job's task={notice.task_id}"
             return _refuse(request, 409, why, "not this callback's task")
+        self.last_callback_at = time.time()
         return web.json_response({"ok": True})
 
     async def handle_wrong_method(self, request: web.Request) -> web.Response:
         response = _refuse(request, 405, f"method {request.method[:20]!r}", "use POST", close=True)
         response.headers[hdrs.ALLOW] = "POST"
+        self._recorder.callback(m.REFUSED)
         return response
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": self.tracker is not None})
+        """200 when healthy, 503 when not; the body says what was found (bot.health)."""
+        if self.health is not None:
+            report = await self.health.check()
+            body, status = report.body(), report.http_status
+        elif self.tracker is not None:
+            body, status = {"ok": True, "status": "ok"}, 200
+        else:
+            body, status = {"ok": False, "status": "starting"}, 503
+        body["last_callback_at"] = iso_time(self.last_callback_at)
+        return web.json_response(body, status=status, headers={hdrs.CACHE_CONTROL: "no-store"})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        """The Prometheus text format; jobs by kind and state are counted from the store now."""
+        assert self.metrics is not None
+        if self.tracker is not None:
+            try:
+                self.metrics.set_jobs(await self.tracker.store.count_by_kind_and_state())
+            except Exception as exc:
+                # The other numbers are still worth a scrape; the jobs gauge is left out.
+                log.warning("metrics: jobs not counted: %s", type(exc).__name__)
+                self.metrics.set_jobs({})
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": m.CONTENT_TYPE})
 
     async def start(self, host: str, port: int) -> int:
         """Serve; returns the port really bound (``port`` may be 0)."""

@@ -14,7 +14,7 @@ from discord.ext import commands
 from bot.delivery import imagine_status_text
 from bot.jobs.tracker import Refused
 from bot.midjourney.models import ASPECT_RATIOS, SPEEDS, VERSIONS
-from cogs.upscale import SORRY, tell, whisper_for
+from cogs.upscale import SORRY, acked, tell, whisper_for
 
 if TYPE_CHECKING:
     from bot.app import UpscaleBot
@@ -50,6 +50,7 @@ class ImagineCog(commands.Cog):
         version: str | None = None,
         speed: str | None = None,
     ) -> None:
+        started = time.monotonic()
         prompt = prompt.strip()
         # Choices and lengths are enforced by Discord's client only: check them again.
         problem = None
@@ -76,6 +77,7 @@ class ImagineCog(commands.Cog):
             imagine_status_text(prompt, interaction.user.id, time.time()),
             allowed_mentions=discord.AllowedMentions.none(),
         )
+        acked(interaction, "imagine", started)
         try:
             await self.bot.tracker.request_imagine(
                 prompt=prompt,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -14,6 +15,7 @@ from bot.delivery import jump_url
 from bot.grid import UPSCALE_TEMPLATE, grid_owner, may_upscale, number_to_index, upscale_button
 from bot.jobs.store import JobState
 from bot.jobs.tracker import Refused, Whisper
+from bot.metrics import recorder
 from bot.midjourney.models import GRID_SIZE, is_task_id
 
 if TYPE_CHECKING:
@@ -33,6 +35,14 @@ async def tell(interaction: discord.Interaction[Any], text: str) -> None:
             await interaction.response.send_message(text, ephemeral=True)
     except discord.HTTPException as exc:
         log.warning("could not answer interaction %s: %s", interaction.id, exc.status)
+
+
+def acked(interaction: discord.Interaction[UpscaleBot], command: str, started: float) -> None:
+    """Record the acknowledgement just made (when metrics are on): from ``started``, the
+    handler's ``time.monotonic()`` at entry (what the bot controls), and from the interaction's
+    creation (its snowflake, by Discord's clock: adds gateway latency and any clock skew)."""
+    metrics = recorder(interaction.client.metrics)
+    metrics.acked(command, started, interaction.created_at.timestamp())
 
 
 def whisper_for(interaction: discord.Interaction[Any]) -> Whisper:
@@ -102,8 +112,10 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPS
         return cls(match["task"], number_to_index(int(match["n"])))
 
     async def callback(self, interaction: discord.Interaction[UpscaleBot]) -> None:  # type: ignore[override]
+        started = time.monotonic()
         # Acknowledge before anything slow: Discord gives 3 seconds, the API may take longer.
         await interaction.response.defer()
+        acked(interaction, "button", started)
         message = interaction.message
         owner = grid_owner(message.content) if message else None
         manages = interaction.permissions.manage_messages
@@ -139,6 +151,7 @@ class UpscaleCog(commands.Cog):
         task_id: str,
         image: app_commands.Range[int, 1, GRID_SIZE] | None = None,
     ) -> None:
+        started = time.monotonic()
         task_id = task_id.strip()
         # Discord's client enforces nothing for us: check every value here.
         if not is_task_id(task_id):
@@ -148,6 +161,7 @@ class UpscaleCog(commands.Cog):
             await tell(interaction, f"❌ image must be 1 to {GRID_SIZE}, not {image}.")
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
+        acked(interaction, "upscale", started)
         try:
             if image is None:
                 error = await self.bot.tracker.show_grid(

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -43,6 +44,8 @@ class Harness:
         }
         # Tasks finish as soon as they are created; a test that needs one running sets None.
         self.sandbox = SandboxAPI(task_seconds=0, image_size=16)
+        # More UpscaleBot keyword arguments for the bots started from now on.
+        self.bot_options: dict[str, Any] = {}
         self._runner: web.AppRunner | None = None
 
     async def standalone(self) -> None:
@@ -60,7 +63,13 @@ class Harness:
     async def running(self) -> AsyncIterator[UpscaleBot]:
         settings = replace(load_settings(self.env), port=0)
         sandbox = self.sandbox if settings.sandbox else None
-        bot = UpscaleBot(settings, sandbox=sandbox, poll=FAST_POLL, guild_ready_timeout=0.05)
+        bot = UpscaleBot(
+            settings,
+            sandbox=sandbox,
+            poll=FAST_POLL,
+            guild_ready_timeout=0.05,
+            **self.bot_options,
+        )
         task = asyncio.create_task(bot.start(TOKEN))
         ready = asyncio.create_task(bot.wait_until_ready())
         done, _ = await asyncio.wait({task, ready}, timeout=10, return_when="FIRST_COMPLETED")

@@ -35,11 +35,13 @@ SETTING_NAMES = (
     "MJ_WATERMARK",
     "DISCORD_GUILD_ID",
     "LOG_LEVEL",
+    "LOG_FORMAT",
     "JOB_TIMEOUT_MINUTES",
     "MAX_JOBS_PER_USER",
     "UPSCALE_ALLOWED",
     "MJ_SUBMIT_RATE",
     "QUEUE_LIMIT",
+    "METRICS_ENABLED",
 )
 # Written out here rather than imported, so a change to the defaults is noticed.
 VENDOR_HOSTS = ("tempfile.aiquickdraw.com", "tempfileb.aiquickdraw.com", "tempfile.redpandaai.co")
@@ -67,11 +69,13 @@ def test_defaults() -> None:
     assert settings.watermark is None
     assert settings.guild_id is None
     assert settings.log_level == "INFO"
+    assert settings.log_format == "text"
     assert settings.job_timeout_minutes == 15
     assert settings.job_timeout_seconds == timedelta(minutes=15).total_seconds()
     assert settings.max_jobs_per_user == 3
     assert settings.upscale_allowed == "anyone"
     assert (settings.submit_rate, settings.queue_limit) == (20, 100)
+    assert settings.metrics_enabled is False
     assert settings.secrets == (TOKEN, API_KEY)
 
 
@@ -90,11 +94,13 @@ def test_every_setting_is_read() -> None:
             "MJ_WATERMARK": "my-server",
             "DISCORD_GUILD_ID": "123456789012345678",
             "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "JSON",
             "JOB_TIMEOUT_MINUTES": "2.5",
             "MAX_JOBS_PER_USER": "5",
             "UPSCALE_ALLOWED": "Requester",
             "MJ_SUBMIT_RATE": "10",
             "QUEUE_LIMIT": "0",
+            "METRICS_ENABLED": "true",
         }
     )
     assert settings.discord_token == TOKEN
@@ -109,11 +115,13 @@ def test_every_setting_is_read() -> None:
     assert settings.watermark == "my-server"
     assert settings.guild_id == 123456789012345678
     assert settings.log_level == "DEBUG"
+    assert settings.log_format == "json"
     assert settings.job_timeout_minutes == 2.5
     assert settings.job_timeout_seconds == 150
     assert settings.max_jobs_per_user == 5
     assert settings.upscale_allowed == "requester"
     assert (settings.submit_rate, settings.queue_limit) == (10, 0)
+    assert settings.metrics_enabled is True
     assert set(settings.secrets) == {TOKEN, API_KEY, HMAC_KEY}
 
 
@@ -144,9 +152,28 @@ def test_public_url_loses_its_trailing_slash(raw: str, expected: str) -> None:
     assert load_settings(env(PUBLIC_URL=raw)).public_url == expected
 
 
-@pytest.mark.parametrize("name", ["PUBLIC_URL", "PORT", "LOG_LEVEL", "MJ_WATERMARK", "HOST"])
+@pytest.mark.parametrize(
+    "name", ["PUBLIC_URL", "PORT", "LOG_LEVEL", "LOG_FORMAT", "MJ_WATERMARK", "HOST"]
+)
 def test_blank_values_count_as_unset(name: str) -> None:
     assert load_settings(env(**{name: "   "})) == load_settings(MINIMAL)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        (" Yes ", True),
+        ("1", True),
+        ("false", False),
+        ("No", False),
+        ("0", False),
+        ("  ", False),
+    ],
+)
+def test_metrics_enabled_values(raw: str, expected: bool) -> None:
+    assert load_settings(env(METRICS_ENABLED=raw)).metrics_enabled is expected
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "localhost"])
@@ -213,6 +240,8 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("DISCORD_GUILD_ID", {"DISCORD_GUILD_ID": "abc"}),
         ("DISCORD_GUILD_ID", {"DISCORD_GUILD_ID": "123"}),
         ("LOG_LEVEL", {"LOG_LEVEL": "LOUD"}),
+        ("LOG_FORMAT", {"LOG_FORMAT": "xml"}),
+        ("LOG_FORMAT", {"LOG_FORMAT": "logfmt"}),
         ("JOB_TIMEOUT_MINUTES", {"JOB_TIMEOUT_MINUTES": "0"}),
         ("JOB_TIMEOUT_MINUTES", {"JOB_TIMEOUT_MINUTES": "x"}),
         ("JOB_TIMEOUT_MINUTES", {"JOB_TIMEOUT_MINUTES": "1441"}),
@@ -226,6 +255,9 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("MJ_SUBMIT_RATE", {"MJ_SUBMIT_RATE": "0"}),
         ("MJ_SUBMIT_RATE", {"MJ_SUBMIT_RATE": "2.5"}),
         ("QUEUE_LIMIT", {"QUEUE_LIMIT": "-1"}),
+        ("METRICS_ENABLED", {"METRICS_ENABLED": "maybe"}),
+        ("METRICS_ENABLED", {"METRICS_ENABLED": "2"}),
+        ("METRICS_ENABLED", {"METRICS_ENABLED": "enabled"}),
     ],
 )
 def test_bad_or_missing_setting_is_named(name: str, changes: dict[str, str | None]) -> None:

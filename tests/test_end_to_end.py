@@ -22,7 +22,7 @@ async def test_imagine_then_upscale_posts_the_right_bytes(harness: Harness) -> N
     double, sandbox = harness.double, harness.sandbox
     alice, bob = double.add_user("alice"), double.add_user("bob")
     async with harness.running() as bot:
-        assert set(double.commands(double.guild_id)) == {"imagine", "upscale"}
+        assert set(double.commands(double.guild_id)) == {"imagine", "upscale", "mj"}
         grid = await imagine(double, alice, "a red fox in snow")
         task = grid_task(grid)
         assert attachments_match(grid, [sandbox.image_bytes(task, i) for i in range(4)])

@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,16 +248,45 @@ async def test_get_on_the_callback_path_is_405(setup: Setup) -> None:
     assert await setup.store.get(job.id) == job
 
 
-async def test_healthz(setup: Setup) -> None:
+async def test_healthz_without_a_health_check_knows_only_the_tracker(setup: Setup) -> None:
+    # The bot always gives its listener a health check (tests/test_health.py); without one the
+    # listener can only tell whether it has a tracker to hand callbacks to.
     base = await setup.listener(attach=False)
     async with setup.session.get(f"{base}/healthz") as response:
-        assert response.status == 200
+        assert response.status == 503
         assert response.content_type == "application/json"
-        assert await response.json() == {"ok": False}
+        assert response.headers["Cache-Control"] == "no-store"
+        assert await response.json() == {
+            "ok": False,
+            "status": "starting",
+            "last_callback_at": None,
+        }
     setup.attach(setup.listeners[-1], base)
     async with setup.session.get(f"{base}/healthz") as response:
         assert response.status == 200
-        assert await response.json() == {"ok": True}
+        assert await response.json() == {"ok": True, "status": "ok", "last_callback_at": None}
+
+
+async def test_healthz_says_when_a_callback_was_last_accepted(setup: Setup) -> None:
+    base = await setup.listener()
+
+    async def last_callback() -> str | None:
+        async with setup.session.get(f"{base}/healthz") as response:
+            return (await response.json())["last_callback_at"]
+
+    # Refused callbacks do not count: they may come from anyone.
+    task_id = setup.sandbox.add_generation()
+    status, _ = await setup.post(
+        f"{base}{CALLBACK_PATH}{secrets.token_urlsafe(24)}", callback_body(task_id)
+    )
+    assert status == 404 and await last_callback() is None
+    before = int(time.time())
+    await real_callback_works(setup, base)
+    after = time.time()
+    stamp = await last_callback()
+    assert stamp is not None and stamp.endswith("Z")
+    at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    assert before <= at <= after
 
 
 async def test_before_a_tracker_is_attached_callbacks_are_503(setup: Setup) -> None:

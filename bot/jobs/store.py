@@ -287,6 +287,53 @@ class JobStore:
             rows = (await conn.execute(query)).fetchall()
         return [Job.from_row(row) for row in rows]
 
+    async def count_unfinished(self) -> int:
+        """Jobs neither delivered nor failed, of every process sharing the store: one COUNT
+        over the state index (the health check's query)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(jobs.c.state.in_([s.value for s in UNFINISHED_STATES]))
+        )
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def count_by_kind_and_state(self) -> dict[tuple[str, str], int]:
+        """How many jobs there are of each (kind, state), in one GROUP BY: every known kind and
+        state is present (0 when none), plus any other the table holds (a newer version's)."""
+        query = sa.select(jobs.c.kind, jobs.c.state, sa.func.count()).group_by(
+            jobs.c.kind, jobs.c.state
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).fetchall()
+        counts = {(kind.value, state.value): 0 for kind in JobKind for state in JobState}
+        for kind, state, count in rows:
+            counts[(str(kind), str(state))] = int(count)
+        return counts
+
+    async def states_since(self, since: float) -> dict[JobState, int]:
+        """How many jobs created since ``since`` are in each state."""
+        query = (
+            sa.select(jobs.c.state, sa.func.count())
+            .where(jobs.c.created_at >= since)
+            .group_by(jobs.c.state)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).fetchall()
+        return {JobState(state): count for state, count in rows}
+
+    async def recent_failures(self, limit: int) -> list[Job]:
+        """The last ``limit`` failed jobs, newest first."""
+        query = (
+            jobs.select()
+            .where(jobs.c.state == JobState.FAILED.value)
+            .order_by(jobs.c.updated_at.desc())
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).fetchall()
+        return [Job.from_row(row) for row in rows]
+
     async def transition(
         self, job_id: str, from_states: tuple[JobState, ...], to_state: JobState, **fields: Any
     ) -> Job | None:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore, TooManyJobs
 from bot.jobs.throttle import QueueFull, SubmitThrottle
+from bot.metrics import Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
 from bot.midjourney.models import Task, TaskStatus
@@ -131,8 +132,10 @@ class Tracker:
         throttle: SubmitThrottle | None = None,
         submit_retry_delays: tuple[float, ...] = SUBMIT_RETRY_DELAYS,
         max_jobs_per_user: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = recorder(metrics)
         self._client = client
         self._publisher = publisher
         self._callback_base = callback_base.rstrip("/") if callback_base else None
@@ -602,6 +605,7 @@ class Tracker:
                 )
                 if delivered is not None:
                     log.info("delivered %s message=%s", delivered.label, message_id)
+                    self._metrics.delivered(job.kind, job.completed_at, delivered.delivered_at)
                     await self._publisher.tidy_up(delivered)
                 return True
             return False

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
 
+from bot.metrics import Metrics, recorder
 from bot.midjourney.errors import ApiError, ApiUnreachable
 from bot.midjourney.models import GRID_SIZE, MalformedAnswer, Task, is_task_id, parse_record_info
 from bot.net import read_capped
@@ -25,8 +27,10 @@ class MidjourneyClient:
         api_key: str,
         *,
         timeout: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._session = session
+        self._metrics = recorder(metrics)
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         # Connecting gets part of the budget only: a stalled connect is told apart (nothing sent).
@@ -112,6 +116,11 @@ class MidjourneyClient:
         params: dict[str, str] | None = None,
     ) -> object:
         url = self._base + path
+        endpoint, started = path.rsplit("/", 1)[-1], time.monotonic()
+
+        def record(code: int | str) -> None:
+            self._metrics.upstream_call(endpoint, code, time.monotonic() - started)
+
         try:
             async with self._session.request(
                 method, url, json=body, params=params, headers=self._headers, timeout=self._timeout
@@ -119,24 +128,31 @@ class MidjourneyClient:
                 raw = await read_capped(response, MAX_ANSWER_BYTES)
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
+            record("unreachable")
             raise ApiUnreachable(
                 f"{path}: cannot connect ({exc.os_error})", maybe_done=False
             ) from exc
         except aiohttp.ConnectionTimeoutError as exc:
             # No connection was made, so the request was never sent.
+            record("unreachable")
             raise ApiUnreachable(f"{path}: connecting timed out", maybe_done=False) from exc
         except TimeoutError as exc:
+            record("timeout")
             raise ApiUnreachable(f"{path}: no answer in time", maybe_done=True) from exc
         except aiohttp.ClientError as exc:
+            record("error")
             raise ApiUnreachable(f"{path}: {type(exc).__name__}", maybe_done=True) from exc
 
         envelope = _envelope(raw)
         if envelope is None:
+            # No vendor code to count: the HTTP status, or "malformed" when that said success.
+            record(status if status >= 400 else "malformed")
             log.warning("api %s %s answered HTTP %s without a JSON envelope", method, path, status)
             if status in (401, 402, 404, 422, 429, 455, 501, 505):
                 raise ApiError(status)
             raise ApiUnreachable(f"{path}: HTTP {status} without a JSON answer", maybe_done=True)
         code, msg, data = envelope
+        record(code if code != 200 or status < 400 else status)
         if code != 200 or status >= 400:
             error_code = code if code != 200 else status
             log.info("api %s %s refused: code=%s http=%s msg=%s", method, path, code, status, msg)

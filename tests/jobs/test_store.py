@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,16 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
         await engine.dispose()
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
+
+
+async def test_states_since_and_recent_failures(store: JobStore) -> None:
+    old = await new_job(store, parent="old-grid")
+    await store.update(old.id, created_at=time.time() - 3 * 24 * 3600)
+    running = await new_job(store, parent="g1")
+    first = await fail(store, await new_job(store, parent="g2"))
+    second = await fail(store, await new_job(store, parent="g3"))
+    counts = await store.states_since(time.time() - 24 * 3600)
+    assert counts == {JobState.REQUESTED: 1, JobState.FAILED: 2}
+    assert running.state is JobState.REQUESTED
+    assert [j.id for j in await store.recent_failures(5)] == [second.id, first.id]
+    assert [j.id for j in await store.recent_failures(1)] == [second.id]

@@ -1,0 +1,178 @@
+"""The listener's health check: is the gateway up, does the job store answer, how much is open.
+
+Nothing here knows discord.py: the bot reports its gateway's ups and downs (``gateway_up`` from
+its connect and resume events, ``gateway_down`` from its disconnect event) and hands over the
+store's count of unfinished jobs. A check costs no API call and at most one small indexed query,
+whose answer is reused for ``cache_seconds``, so a burst of probes makes one query.
+
+Healthy (200) unless the gateway has been down longer than ``gateway_grace`` seconds (a short
+outage is ridden out by discord.py's resume, and callbacks and deliveries go on meanwhile) or the
+store does not answer within ``store_timeout`` seconds. Before the first connection the answer is
+503 "starting": a bot that cannot see clicks yet is not ready for traffic, and container health
+checks allow a start period for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+GATEWAY_GRACE_SECONDS = 60.0
+STORE_TIMEOUT_SECONDS = 2.0
+STORE_CACHE_SECONDS = 1.0
+
+Clock = Callable[[], float]
+CountJobs = Callable[[], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """One health check's findings; ``status`` is "ok", "reconnecting" (gateway down, within the
+    grace), or the problems that make it unhealthy, joined by "; "."""
+
+    healthy: bool
+    status: str
+    gateway_connected: bool
+    gateway_down_seconds: float | None
+    store_reachable: bool
+    jobs_in_flight: int | None
+
+    @property
+    def http_status(self) -> int:
+        return 200 if self.healthy else 503
+
+    def body(self) -> dict[str, object]:
+        down = self.gateway_down_seconds
+        return {
+            "ok": self.healthy,
+            "status": self.status,
+            "gateway_connected": self.gateway_connected,
+            "gateway_down_seconds": None if down is None else round(down, 1),
+            "store_reachable": self.store_reachable,
+            "jobs_in_flight": self.jobs_in_flight,
+        }
+
+
+class HealthCheck(Protocol):
+    """What the listener asks on GET /healthz."""
+
+    async def check(self) -> HealthReport: ...
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC (``2025-01-31T12:00:00Z``); None stays None."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class _StoreProbe:
+    reachable: bool
+    jobs: int | None
+    at: float
+
+
+class HealthMonitor:
+    """The bot's health check. ``clock`` (monotonic seconds) and the limits are injectable so
+    tests decide in milliseconds what production decides in a minute."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.monotonic,
+        gateway_grace: float = GATEWAY_GRACE_SECONDS,
+        store_timeout: float = STORE_TIMEOUT_SECONDS,
+        cache_seconds: float = STORE_CACHE_SECONDS,
+    ) -> None:
+        self._clock = clock
+        self._grace = gateway_grace
+        self._store_timeout = store_timeout
+        self._cache_seconds = cache_seconds
+        self._ever_connected = False
+        # Down since the monitor was made (the process started) until the first connection.
+        self._down_since: float | None = clock()
+        self._count_jobs: CountJobs | None = None
+        self._probe: _StoreProbe | None = None
+        self._probing = asyncio.Lock()
+
+    # -- what the bot reports -------------------------------------------------------------
+
+    def gateway_up(self) -> None:
+        self._ever_connected = True
+        self._down_since = None
+
+    def gateway_down(self) -> None:
+        if self._down_since is None:
+            self._down_since = self._clock()
+
+    def watch_store(self, count_jobs: CountJobs) -> None:
+        """The store's count of unfinished jobs; a count answered is the store reachable."""
+        self._count_jobs = count_jobs
+        self._probe = None
+
+    # -- the check --------------------------------------------------------------------------
+
+    async def check(self) -> HealthReport:
+        store = await self._store()
+        down_for = None
+        if self._down_since is not None:
+            down_for = max(0.0, self._clock() - self._down_since)
+        problems: list[str] = []
+        if down_for is not None:
+            if not self._ever_connected:
+                problems.append("starting" if down_for <= self._grace else "gateway down")
+            elif down_for > self._grace:
+                problems.append("gateway down")
+        if not store.reachable:
+            problems.append("store unreachable")
+        if problems:
+            status = "; ".join(problems)
+        else:
+            status = "ok" if down_for is None else "reconnecting"
+        return HealthReport(
+            healthy=not problems,
+            status=status,
+            gateway_connected=down_for is None,
+            gateway_down_seconds=down_for,
+            store_reachable=store.reachable,
+            jobs_in_flight=store.jobs,
+        )
+
+    async def _store(self) -> _StoreProbe:
+        # One probe at a time: checks arriving meanwhile wait for it and share its answer.
+        async with self._probing:
+            probe = self._probe
+            if probe is not None and self._clock() - probe.at < self._cache_seconds:
+                return probe
+            self._probe = await self._probe_store(previous=probe)
+            return self._probe
+
+    async def _probe_store(self, previous: _StoreProbe | None) -> _StoreProbe:
+        count = self._count_jobs
+        why = "not open yet"
+        jobs: int | None = None
+        if count is not None:
+            try:
+                async with asyncio.timeout(self._store_timeout):
+                    jobs = await count()
+            except TimeoutError:
+                why = f"no answer within {self._store_timeout:g} s"
+            except Exception as exc:
+                # The type only: a driver's message may quote connection details.
+                why = type(exc).__name__
+        probe = _StoreProbe(reachable=jobs is not None, jobs=jobs, at=self._clock())
+        was_reachable = previous is None or previous.reachable
+        if was_reachable and not probe.reachable and count is not None:
+            log.warning("health check: job store unreachable (%s)", why)
+        elif previous is not None and not previous.reachable and probe.reachable:
+            log.info("health check: job store reachable again")
+        return probe

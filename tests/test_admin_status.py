@@ -1,0 +1,38 @@
+"""/mj status for server admins: the real bot against the Discord double."""
+
+from __future__ import annotations
+
+from tests.fakes.discord_double import ADMINISTRATOR
+from tests.harness import Harness, click, imagine, result_for
+
+MANAGE_GUILD = 1 << 5
+
+
+async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
+    harness: Harness,
+) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    admin = double.add_user("admin", permissions=ADMINISTRATOR | MANAGE_GUILD)
+    async with harness.running():
+        refused = await double.slash("mj status", {}, alice)
+        await refused.wait_ack()
+        assert refused.original is not None and refused.original.ephemeral
+        assert "manage the server" in refused.original.content
+        assert sandbox.count("credit") == 0
+
+        grid = await imagine(double, alice, "for the books")
+        await click(double, grid, 1, alice)
+        await result_for(double, 1, alice)
+        sandbox.fail_next("generateUpscale", 402)
+        failed = await click(double, grid, 2, alice)
+        await failed.wait_followup()
+
+        handle = await double.slash("mj status", {}, admin)
+        report = await handle.wait_followup()
+        assert report.ephemeral
+        # One grid and one upscale delivered, one upscale failed on the 402.
+        assert "0 queued, 0 running, 2 done, 1 failed" in report.content
+        assert f"{sandbox.credits} credits left" in report.content
+        assert "Callbacks: expected at" in report.content
+        assert "out of credits" in report.content
