@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ from bot.jobs.tracker import CALLBACK_PATH, SUBMIT_WINDOW_SECONDS, PollPolicy, T
 from bot.metrics import Metrics
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
+from bot.selfcheck import SelfCheck
 from bot.web import Listener
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class UpscaleBot(commands.Bot):
         self._publisher: DiscordPublisher | None = None
         self.listen_port: int | None = None
         self._callback_base: str | None = None
+        self.selfcheck = SelfCheck(self.listener.app)
+        self._selfcheck_task: asyncio.Task[bool] | None = None
         self._shutdown: asyncio.Task[None] | None = None
 
     @property
@@ -150,6 +154,11 @@ class UpscaleBot(commands.Bot):
 
         if self.metrics is not None:
             log.info("metrics served at /metrics on port %s", self.listen_port)
+        if settings.public_url:
+            # In the background: a public URL that hangs must not hold up the start.
+            self._selfcheck_task = asyncio.create_task(
+                self.selfcheck.run(self._session, settings.public_url), name="selfcheck"
+            )
 
         for extension in EXTENSIONS:
             await self.load_extension(extension)
@@ -162,7 +171,14 @@ class UpscaleBot(commands.Bot):
         """How results reach the bot, in a line for admins."""
         if self._callback_base is None:
             return "off: PUBLIC_URL is unset, so jobs are finished by polling the API"
-        return f"expected at {self._callback_base}; late ones are covered by polling"
+        last = self.listener.last_callback_at
+        heard = f"last one received <t:{int(last)}:R>" if last else "none received yet"
+        if self.settings.public_url and self.selfcheck.reachable is False:
+            return (
+                f"{self.settings.public_url} does not reach the bot ({self.selfcheck.detail}); "
+                f"jobs are finished by polling; {heard}"
+            )
+        return f"expected at {self._callback_base}; {heard}; late ones are covered by polling"
 
     async def _sync_commands(self) -> None:
         guild_id = self.settings.guild_id
@@ -207,6 +223,10 @@ class UpscaleBot(commands.Bot):
                 SHUTDOWN_GRACE_SECONDS,
             )
             await self._tracker.close(grace=SHUTDOWN_GRACE_SECONDS)
+        if self._selfcheck_task is not None:
+            self._selfcheck_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._selfcheck_task
         # Closed only after the drain: a callback arriving meanwhile is still recorded.
         await self.listener.close()
         if self.sandbox is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from tests.fakes.discord_double import ADMINISTRATOR
 from tests.harness import Harness, click, imagine, result_for
 
@@ -36,3 +38,17 @@ async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
         assert f"{sandbox.credits} credits left" in report.content
         assert "Callbacks: expected at" in report.content
         assert "out of credits" in report.content
+
+
+async def test_status_says_when_public_url_does_not_reach_the_bot(harness: Harness) -> None:
+    double = harness.double
+    admin = double.add_user("admin", permissions=ADMINISTRATOR | MANAGE_GUILD)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        harness.env["PUBLIC_URL"] = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    async with harness.running() as bot:
+        await double.wait_for(lambda: bot.selfcheck.reachable is False or None)
+        handle = await double.slash("mj status", {}, admin)
+        report = await handle.wait_followup()
+        assert "does not reach the bot (it could not be reached" in report.content
+        assert "finished by polling" in report.content
