@@ -29,7 +29,6 @@ from bench.rig import (
     running_bot,
     wait_until,
 )
-from bot.jobs.store import JobState
 
 TARGET_P50_MS, TARGET_P99_MS = 25.0, 100.0
 
@@ -37,17 +36,7 @@ TARGET_P50_MS, TARGET_P99_MS = 25.0, 100.0
 async def run(jobs: int, png_bytes: int, pause: float, env: dict[str, str]) -> bool:
     async with running_bot(users=4, upscale_png_bytes=png_bytes, env=env) as rig:
         double, sandbox = rig.double, rig.sandbox
-        grids = await rig.show_grids(-(-jobs // 4))
-        handles = await asyncio.gather(
-            *(
-                rig.click(grid, number, rig.users[number - 1])
-                for grid in grids
-                for number in range(1, 5)
-            )
-        )
-        for handle in handles:
-            await handle.wait_ack(timeout=30)
-        submitted = (await rig.wait_jobs(grids, JobState.SUBMITTED))[:jobs]
+        submitted = await rig.upscale_submitted(jobs)
         sizes = []
         for job in submitted:
             assert job.upstream_task_id is not None

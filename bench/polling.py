@@ -31,7 +31,6 @@ from bench.rig import (
     running_bot,
     wait_until,
 )
-from bot.jobs.store import JobState
 
 TARGET_P50_MS = 5000.0
 WINDOW = 5.0
@@ -40,17 +39,7 @@ WINDOW = 5.0
 async def run(jobs: int, spread: float, seed: int, env: dict[str, str]) -> bool:
     async with running_bot(callbacks=False, users=4, env=env) as rig:
         double, sandbox = rig.double, rig.sandbox
-        grids = await rig.show_grids(-(-jobs // 4))
-        handles = await asyncio.gather(
-            *(
-                rig.click(grid, number, rig.users[number - 1])
-                for grid in grids
-                for number in range(1, 5)
-            )
-        )
-        for handle in handles:
-            await handle.wait_ack(timeout=30)
-        submitted = (await rig.wait_jobs(grids, JobState.SUBMITTED))[:jobs]
+        submitted = await rig.upscale_submitted(jobs)
         tasks = [j.upstream_task_id for j in submitted]
         assert all(tasks)
         # When each task was created at the API: its polling starts from there.

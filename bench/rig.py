@@ -344,6 +344,20 @@ class Rig:
             grid.message.id, upscale_custom_id(grid.task_id, number), user
         )
 
+    async def upscale_submitted(self, jobs: int) -> list[Job]:
+        """Click U1–U4 on enough fresh grids for ``jobs`` upscales; those jobs once submitted."""
+        grids = await self.show_grids(-(-jobs // 4))
+        handles = await asyncio.gather(
+            *(
+                self.click(grid, number, self.users[number - 1])
+                for grid in grids
+                for number in range(1, 5)
+            )
+        )
+        for handle in handles:
+            await handle.wait_ack(timeout=30)
+        return (await self.wait_jobs(grids, JobState.SUBMITTED))[:jobs]
+
     async def wait_jobs(
         self,
         grids: list[Grid],
