@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from urllib.parse import urlsplit
 
@@ -12,8 +13,10 @@ import discord
 from discord.ext import commands
 
 from bot.config import Settings, redact_url
+from bot.credits import CreditWatch, Notify
 from bot.delivery import DiscordPublisher, ImageFetcher
 from bot.health import HealthMonitor
+from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import CALLBACK_PATH, SUBMIT_WINDOW_SECONDS, PollPolicy, Tracker
@@ -68,6 +71,7 @@ class UpscaleBot(commands.Bot):
         self._store: JobStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tracker: Tracker | None = None
+        self._credit_watch: CreditWatch | None = None
         self._mj: MidjourneyClient | None = None
         self._publisher: DiscordPublisher | None = None
         self.listen_port: int | None = None
@@ -93,6 +97,12 @@ class UpscaleBot(commands.Bot):
         if self._publisher is None:
             raise RuntimeError("the bot is not set up yet")
         return self._publisher
+
+    @property
+    def credit_watch(self) -> CreditWatch:
+        if self._credit_watch is None:
+            raise RuntimeError("the bot is not set up yet")
+        return self._credit_watch
 
     async def setup_hook(self) -> None:
         settings = self.settings
@@ -121,10 +131,18 @@ class UpscaleBot(commands.Bot):
         trusted = (*settings.result_hosts, urlsplit(api_base).hostname or "")
         fetcher = ImageFetcher(trusted)
         self._publisher = DiscordPublisher(self, self._store, fetcher)
+        self._credit_watch = CreditWatch(
+            self._mj,
+            self._store,
+            self._admin_notify(self._publisher),
+            threshold=settings.low_credit_threshold,
+        )
+        self._mj.on_refusal = self._credit_watch.api_refused
         self._tracker = Tracker(
             self._store,
             self._mj,
             self._publisher,
+            callback_secrets=CallbackSecrets.from_token(settings.discord_token),
             callback_base=callback_base,
             deadline_seconds=settings.job_timeout_seconds,
             watermark=settings.watermark,
@@ -134,6 +152,7 @@ class UpscaleBot(commands.Bot):
             ),
             max_jobs_per_user=settings.max_jobs_per_user,
             metrics=self.metrics,
+            on_submitted=self._credit_watch.submitted,
         )
         self.listener.tracker = self._tracker
         if callback_base:
@@ -159,10 +178,17 @@ class UpscaleBot(commands.Bot):
             self._selfcheck_task = asyncio.create_task(
                 self.selfcheck.run(self._session, settings.public_url), name="selfcheck"
             )
+        # In the background too: its first reading must not hold up the start either.
+        self._credit_watch.start()
 
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self._sync_commands()
+        # What exists now (modules, discord.py, SQLAlchemy: ~100,000 objects) lives as long as the
+        # process. Frozen, it is left out of every full collection, whose pauses otherwise stop
+        # the event loop for 40–140 ms and hold up acknowledgements (docs/performance.md).
+        gc.collect()
+        gc.freeze()
         resumed = await self._tracker.recover()
         if resumed:
             log.info("resumed %d unfinished job(s)", resumed)
@@ -179,6 +205,17 @@ class UpscaleBot(commands.Bot):
                 f"jobs are finished by polling; {heard}"
             )
         return f"expected at {self._callback_base}; {heard}; late ones are covered by polling"
+
+    def _admin_notify(self, publisher: DiscordPublisher) -> Notify | None:
+        """Where the low-credit warning goes: ADMIN_CHANNEL_ID, or None for the log."""
+        channel_id = self.settings.admin_channel_id
+        if channel_id is None:
+            return None
+
+        async def notify(text: str) -> None:
+            await publisher.post_notice(channel_id, text)
+
+        return notify
 
     async def _sync_commands(self) -> None:
         guild_id = self.settings.guild_id
@@ -227,6 +264,9 @@ class UpscaleBot(commands.Bot):
             self._selfcheck_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._selfcheck_task
+        if self._credit_watch is not None:
+            # Before the session and the store it reads and writes are closed.
+            await self._credit_watch.close()
         # Closed only after the drain: a callback arriving meanwhile is still recorded.
         await self.listener.close()
         if self.sandbox is not None:
@@ -237,4 +277,7 @@ class UpscaleBot(commands.Bot):
             await self._session.close()
         if self._store is not None:
             await self._store.close()
+        # The freeze is process-wide: a bot closed inside a longer-lived process (the tests)
+        # leaves that process's collector as it found it.
+        gc.unfreeze()
         await super().close()

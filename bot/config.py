@@ -47,6 +47,8 @@ class Settings:
     submit_rate: int = 20
     queue_limit: int = 100
     metrics_enabled: bool = False
+    admin_channel_id: int | None = None
+    low_credit_threshold: int = 100
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -118,12 +120,12 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
-def _snowflake(env: Mapping[str, str], name: str) -> int | None:
+def _snowflake(env: Mapping[str, str], name: str, what: str = "server") -> int | None:
     raw = _text(env, name)
     if raw is None:
         return None
     if not (raw.isdecimal() and raw.isascii()) or not 15 <= len(raw) <= 21:
-        raise SettingsError(f"{name} must be a Discord server id (digits only), got {raw!r}")
+        raise SettingsError(f"{name} must be a Discord {what} id (digits only), got {raw!r}")
     return int(raw)
 
 
@@ -254,6 +256,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         submit_rate=_int(env, "MJ_SUBMIT_RATE", 20, 1, 1000),
         queue_limit=_int(env, "QUEUE_LIMIT", 100, 0, 100_000),
         metrics_enabled=_flag(env, "METRICS_ENABLED"),
+        admin_channel_id=_snowflake(env, "ADMIN_CHANNEL_ID", "channel"),
+        low_credit_threshold=_int(env, "LOW_CREDIT_THRESHOLD", 100, 0, 1_000_000_000),
         secrets=secrets,
     )
 

@@ -23,6 +23,7 @@ import PIL.ImageOps
 from aiohttp.abc import AbstractResolver
 
 from bot.config import VENDOR_RESULT_HOSTS
+from bot.credits import NoticeFailed
 from bot.grid import GridButtons, owner_mention
 from bot.jobs.store import Job, JobKind, JobStore
 from bot.jobs.tracker import DeliveryError, Whisper
@@ -392,6 +393,27 @@ class DiscordPublisher:
         if whisper is not None:
             await whisper(f"❌ {reason}")
         await self.mark_grid(job)
+
+    async def post_notice(self, channel_id: int, text: str) -> None:
+        """Post a note for the server admins (the low-credit warning) in ``channel_id``;
+        NoticeFailed says why Discord refused it."""
+        channel = self._client.get_partial_messageable(channel_id)
+        try:
+            await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.Forbidden as exc:
+            raise NoticeFailed(
+                f"the bot may not post in channel {channel_id} (HTTP 403); give it View Channel "
+                "and Send Messages there"
+            ) from exc
+        except discord.NotFound as exc:
+            raise NoticeFailed(
+                f"channel {channel_id} does not exist or the bot cannot see it (HTTP 404); "
+                "check ADMIN_CHANNEL_ID"
+            ) from exc
+        except discord.HTTPException as exc:
+            raise NoticeFailed(f"Discord refused the post (HTTP {exc.status})") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise NoticeFailed(f"Discord could not be reached ({type(exc).__name__})") from exc
 
     async def _post_failure(self, job: Job, text: str) -> None:
         try:

@@ -25,9 +25,11 @@ async def status_report(
     client: MidjourneyClient,
     *,
     callbacks: str,
+    low_credit_threshold: int = 0,
     now: float | None = None,
 ) -> str:
-    """The report, in Discord markdown; ``callbacks`` says how results reach the bot."""
+    """The report, in Discord markdown; ``callbacks`` says how results reach the bot,
+    ``low_credit_threshold`` (0: none) when the admins are warned of low credits."""
     now = time.time() if now is None else now
     counts = await store.states_since(now - DAY)
     jobs = ", ".join(
@@ -35,6 +37,8 @@ async def status_report(
     )
     try:
         credits = f"{await client.credits()} credits left"
+        if low_credit_threshold:
+            credits += f" (warning below {low_credit_threshold})"
     except (ApiError, ApiUnreachable) as exc:
         credits = f"unknown ({exc.user_message})"
     lines = [

@@ -1,8 +1,9 @@
 """The aiohttp listener: the callback route the API calls, and a health check.
 
-The callback route faces the internet. Every refusal is a quick 4xx with one log line; none of
-them touches the job store, the API or Discord. The path carries a job's secret, so neither the
-path nor the secret is ever logged.
+The callback route faces the internet. Every refusal is a quick 4xx; none of them touches the job
+store, the API or Discord. The first refusals of each minute are logged one line each, the rest
+counted and summed up in one line (RefusalLog), so a flood of forgeries cannot choose how much is
+written. The path carries a job's secret, so neither the path nor the secret is ever logged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import json
 import logging
 import re
 import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -35,6 +39,10 @@ HEADER_TIMEOUT_SECONDS = 15.0
 # Unix seconds have 10 digits for centuries; a longer "number" is refused before int() is asked
 # to convert thousands of digits (which raises rather than answers).
 _TIMESTAMP_MAX_DIGITS = 12
+# Refusals logged one line each per window; beyond them they are counted and summed up in one line
+# at the window's end.
+REFUSAL_LOG_BURST = 10
+REFUSAL_LOG_WINDOW_SECONDS = 60.0
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # The callback route's answers by outcome (mjbot_callbacks_total); any other status is "refused".
 # 404 covers a malformed secret too: no job can have it. 400 and 415: an unreadable body.
@@ -92,16 +100,106 @@ def _signature_problem(request: web.Request, task_id: str, key: str) -> str | No
     return None
 
 
-def _refuse(
-    request: web.Request, status: int, why: str, message: str, *, close: bool = False
-) -> web.Response:
-    """One log line and a JSON error; ``close`` when the body was not read to its end, so the
-    connection is not kept for another request behind an unknown amount of data."""
-    log.warning("callback refused %d from %s: %s", status, request.remote, why)
-    response = web.json_response({"error": message}, status=status)
-    if close:
-        response.force_close()
-    return response
+class _Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+# How a refusal log asks to be called back later: ``(delay in seconds, callback) → handle``.
+Schedule = Callable[[float, Callable[[], None]], _Cancellable]
+
+
+class RefusalLog:
+    """The callback route's refusal lines, bounded whatever a sender does.
+
+    The first ``burst`` refusals of a window of ``window`` seconds are logged one line each, as
+    they come (a wrong HMAC key or PUBLIC_URL shows at once); the rest of that window's are only
+    counted, by status, and said in one summary line when the window ends: a forged flood writes
+    ``burst + 1`` lines a window instead of a line a request. A window begins with the first
+    refusal after the last one ended, so a quiet window logs nothing at all.
+
+    The summary comes from a timer (``schedule``, the running loop's ``call_later`` unless
+    given), so it is written even when the flood stops; ``close`` writes what is pending at once
+    and cancels the timer. ``clock`` (seconds, monotonic) is injectable for tests. Lines hold the
+    status, the peer and the reason only: never the path, so never a secret.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = REFUSAL_LOG_BURST,
+        window: float = REFUSAL_LOG_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule | None = None,
+    ) -> None:
+        if burst < 0 or window <= 0:
+            raise ValueError("burst must be >= 0 and window > 0")
+        self._log = logger
+        self._burst = burst
+        self._window = window
+        self._clock = clock
+        self._schedule = schedule
+        self._started: float | None = None  # when the current window began; None: no window
+        self._logged = 0
+        self._left_out: Counter[int] = Counter()
+        self._timer: _Cancellable | None = None
+
+    def refused(self, status: int, remote: str | None, why: str) -> None:
+        """Log one refusal, or count it when this window's lines are spent."""
+        now = self._clock()
+        if self._started is not None and now - self._started >= self._window:
+            self._end_window(now)
+        if self._started is None:
+            self._started = now
+        if self._logged < self._burst:
+            self._logged += 1
+            self._log.warning("callback refused %d from %s: %s", status, remote, why)
+            return
+        if not self._left_out:
+            self._start_timer(self._started + self._window - now)
+        self._left_out[status] += 1
+
+    @property
+    def left_out(self) -> dict[int, int]:
+        """The refusals of the current window counted but not logged yet, by status."""
+        return dict(self._left_out)
+
+    def window_ended(self) -> None:
+        """The timer's callback: the window is over; say what it left out."""
+        self._timer = None
+        self._end_window(self._clock())
+
+    def close(self) -> None:
+        """Say what is pending now rather than never, and stop the timer."""
+        self._end_window(self._clock())
+
+    def _end_window(self, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._left_out and self._started is not None:
+            elapsed = min(max(now - self._started, 0.0), self._window)
+            self._log.warning(
+                "callbacks refused: %s more in the last %s s not logged one by one (%s)",
+                f"{self._left_out.total():,}",
+                f"{elapsed:.1f}".removesuffix(".0"),
+                ", ".join(
+                    f"{status}: {count:,}"
+                    for status, count in sorted(
+                        self._left_out.items(), key=lambda item: (-item[1], item[0])
+                    )
+                ),
+            )
+        self._started = None
+        self._logged = 0
+        self._left_out.clear()
+
+    def _start_timer(self, delay: float) -> None:
+        delay = max(delay, 0.0)
+        if self._schedule is not None:
+            self._timer = self._schedule(delay, self.window_ended)
+        else:
+            self._timer = asyncio.get_running_loop().call_later(delay, self.window_ended)
 
 
 class Listener:
@@ -120,6 +218,7 @@ class Listener:
         body_timeout: float = BODY_TIMEOUT_SECONDS,
         header_timeout: float = HEADER_TIMEOUT_SECONDS,
         metrics: m.Metrics | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self.tracker: Tracker | None = None
         # Set by the bot; without it /healthz knows only whether a tracker is attached.
@@ -130,6 +229,7 @@ class Listener:
         self._hmac_key = hmac_key
         self._body_timeout = body_timeout
         self._header_timeout = header_timeout
+        self.refusals = RefusalLog(log) if refusals is None else refusals
         self.app = web.Application(client_max_size=MAX_CALLBACK_BYTES)
         self.app.router.add_post(CALLBACK_PATH + "{secret}", self.handle_callback)
         self.app.router.add_route("*", CALLBACK_PATH + "{secret}", self.handle_wrong_method)
@@ -139,6 +239,18 @@ class Listener:
         self.app.router.add_get("/healthz", self.handle_health)
         self._runner: web.AppRunner | None = None
 
+    def _refuse(
+        self, request: web.Request, status: int, why: str, message: str, *, close: bool = False
+    ) -> web.Response:
+        """A log line (or a count, in a flood) and a JSON error; ``close`` when the body was not
+        read to its end, so the connection is not kept for another request behind an unknown
+        amount of data."""
+        self.refusals.refused(status, request.remote, why)
+        response = web.json_response({"error": message}, status=status)
+        if close:
+            response.force_close()
+        return response
+
     async def handle_callback(self, request: web.Request) -> web.Response:
         response = await self._answer_callback(request)
         self._recorder.callback(_CALLBACK_OUTCOMES.get(response.status, m.REFUSED))
@@ -147,60 +259,64 @@ class Listener:
     async def _answer_callback(self, request: web.Request) -> web.Response:
         secret = request.match_info["secret"]
         if not _SECRET_RE.fullmatch(secret):
-            return _refuse(request, 404, "malformed secret", "unknown callback", close=True)
+            return self._refuse(request, 404, "malformed secret", "unknown callback", close=True)
         if hdrs.CONTENT_TYPE not in request.headers:
             # The vendor documents JSON callbacks; a lost one is still caught by polling.
-            return _refuse(request, 415, "no Content-Type", "send application/json", close=True)
+            return self._refuse(
+                request, 415, "no Content-Type", "send application/json", close=True
+            )
         if request.content_type != "application/json":
             why = f"Content-Type {request.content_type[:60]!r}"
-            return _refuse(request, 415, why, "send application/json", close=True)
+            return self._refuse(request, 415, why, "send application/json", close=True)
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity")
         if encoding.lower() != "identity":
             why = f"Content-Encoding {encoding[:60]!r}"
-            return _refuse(request, 415, why, "send an uncompressed body", close=True)
+            return self._refuse(request, 415, why, "send an uncompressed body", close=True)
         declared = request.content_length
         if declared is not None and declared > MAX_CALLBACK_BYTES:
             why = f"Content-Length {declared} over {MAX_CALLBACK_BYTES}"
-            return _refuse(request, 413, why, "body too large", close=True)
+            return self._refuse(request, 413, why, "body too large", close=True)
         try:
             async with asyncio.timeout(self._body_timeout):
                 raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             why = f"body over {MAX_CALLBACK_BYTES} bytes"
-            return _refuse(request, 413, why, "body too large", close=True)
+            return self._refuse(request, 413, why, "body too large", close=True)
         except TimeoutError:
             why = f"body not received within {self._body_timeout:g} s"
-            return _refuse(request, 408, why, "body too slow", close=True)
+            return self._refuse(request, 408, why, "body too slow", close=True)
         except (ConnectionError, web.RequestPayloadError) as exc:
             # A sender that hung up or broke the chunked framing: there is no body to judge.
             why = f"body not received: {type(exc).__name__}"
-            return _refuse(request, 400, why, "body incomplete", close=True)
+            return self._refuse(request, 400, why, "body incomplete", close=True)
         try:
             notice = parse_callback(json.loads(raw))
         except (ValueError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the interpreter's stack.
-            return _refuse(
+            return self._refuse(
                 request, 400, f"{type(exc).__name__}: {exc}"[:200], "not a callback body"
             )
         if self._hmac_key:
             problem = _signature_problem(request, notice.task_id or "", self._hmac_key)
             if problem is not None:
                 why = f"{problem} task={notice.task_id}"
-                return _refuse(request, 401, why, "bad signature")
+                return self._refuse(request, 401, why, "bad signature")
         if self.tracker is None:
-            return _refuse(request, 503, "not started yet", "starting up")
+            return self._refuse(request, 503, "not started yet", "starting up")
         verdict = await self.tracker.on_callback(secret, notice.task_id)
         if verdict is CallbackVerdict.UNKNOWN:
             why = f"no job has this secret task={notice.task_id}"
-            return _refuse(request, 404, why, "unknown callback")
+            return self._refuse(request, 404, why, "unknown callback")
         if verdict is CallbackVerdict.MISMATCH:
             why = f"the body names another task than its job's task={notice.task_id}"
-            return _refuse(request, 409, why, "not this callback's task")
+            return self._refuse(request, 409, why, "not this callback's task")
         self.last_callback_at = time.time()
         return web.json_response({"ok": True})
 
     async def handle_wrong_method(self, request: web.Request) -> web.Response:
-        response = _refuse(request, 405, f"method {request.method[:20]!r}", "use POST", close=True)
+        response = self._refuse(
+            request, 405, f"method {request.method[:20]!r}", "use POST", close=True
+        )
         response.headers[hdrs.ALLOW] = "POST"
         self._recorder.callback(m.REFUSED)
         return response
@@ -257,3 +373,5 @@ class Listener:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        # After the cleanup: a request still being answered may have refused.
+        self.refusals.close()

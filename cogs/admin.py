@@ -33,7 +33,10 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             report = await status_report(
-                self.bot.tracker.store, self.bot.mj, callbacks=self.bot.callbacks_summary()
+                self.bot.tracker.store,
+                self.bot.mj,
+                callbacks=self.bot.callbacks_summary(),
+                low_credit_threshold=self.bot.settings.low_credit_threshold,
             )
         except Exception:
             log.exception("/mj status failed")

@@ -42,6 +42,8 @@ SETTING_NAMES = (
     "MJ_SUBMIT_RATE",
     "QUEUE_LIMIT",
     "METRICS_ENABLED",
+    "ADMIN_CHANNEL_ID",
+    "LOW_CREDIT_THRESHOLD",
 )
 # Written out here rather than imported, so a change to the defaults is noticed.
 VENDOR_HOSTS = ("tempfile.aiquickdraw.com", "tempfileb.aiquickdraw.com", "tempfile.redpandaai.co")
@@ -76,6 +78,8 @@ def test_defaults() -> None:
     assert settings.upscale_allowed == "anyone"
     assert (settings.submit_rate, settings.queue_limit) == (20, 100)
     assert settings.metrics_enabled is False
+    assert settings.admin_channel_id is None
+    assert settings.low_credit_threshold == 100
     assert settings.secrets == (TOKEN, API_KEY)
 
 
@@ -101,6 +105,8 @@ def test_every_setting_is_read() -> None:
             "MJ_SUBMIT_RATE": "10",
             "QUEUE_LIMIT": "0",
             "METRICS_ENABLED": "true",
+            "ADMIN_CHANNEL_ID": "1234567890123456789",
+            "LOW_CREDIT_THRESHOLD": "0",
         }
     )
     assert settings.discord_token == TOKEN
@@ -122,6 +128,8 @@ def test_every_setting_is_read() -> None:
     assert settings.upscale_allowed == "requester"
     assert (settings.submit_rate, settings.queue_limit) == (10, 0)
     assert settings.metrics_enabled is True
+    assert settings.admin_channel_id == 1234567890123456789
+    assert settings.low_credit_threshold == 0
     assert set(settings.secrets) == {TOKEN, API_KEY, HMAC_KEY}
 
 
@@ -153,7 +161,17 @@ def test_public_url_loses_its_trailing_slash(raw: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["PUBLIC_URL", "PORT", "LOG_LEVEL", "LOG_FORMAT", "MJ_WATERMARK", "HOST"]
+    "name",
+    [
+        "PUBLIC_URL",
+        "PORT",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "MJ_WATERMARK",
+        "HOST",
+        "ADMIN_CHANNEL_ID",
+        "LOW_CREDIT_THRESHOLD",
+    ],
 )
 def test_blank_values_count_as_unset(name: str) -> None:
     assert load_settings(env(**{name: "   "})) == load_settings(MINIMAL)
@@ -258,6 +276,13 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("METRICS_ENABLED", {"METRICS_ENABLED": "maybe"}),
         ("METRICS_ENABLED", {"METRICS_ENABLED": "2"}),
         ("METRICS_ENABLED", {"METRICS_ENABLED": "enabled"}),
+        ("ADMIN_CHANNEL_ID", {"ADMIN_CHANNEL_ID": "#admins"}),
+        ("ADMIN_CHANNEL_ID", {"ADMIN_CHANNEL_ID": "123"}),
+        ("ADMIN_CHANNEL_ID", {"ADMIN_CHANNEL_ID": "-1234567890123456789"}),
+        ("ADMIN_CHANNEL_ID", {"ADMIN_CHANNEL_ID": "<#1234567890123456789>"}),
+        ("LOW_CREDIT_THRESHOLD", {"LOW_CREDIT_THRESHOLD": "-1"}),
+        ("LOW_CREDIT_THRESHOLD", {"LOW_CREDIT_THRESHOLD": "ten"}),
+        ("LOW_CREDIT_THRESHOLD", {"LOW_CREDIT_THRESHOLD": "12.5"}),
     ],
 )
 def test_bad_or_missing_setting_is_named(name: str, changes: dict[str, str | None]) -> None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -19,17 +16,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.jobs.store import JobKind, JobState, JobStore
-from bot.jobs.tracker import CALLBACK_PATH, Tracker
+from bot.jobs.tracker import CALLBACK_PATH
 from bot.metrics import CALLBACK_OUTCOMES, NO_METRICS, Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
-from bot.midjourney.models import webhook_signature
-from bot.web import Listener
-from tests.conftest import FAST_POLL, RunningSandbox, Serve
-from tests.fakes.publisher import RecordingPublisher
+from tests.conftest import RunningSandbox, Serve
 from tests.harness import Harness, click, imagine, result_for
+from tests.listener_rig import HMAC_KEY, ListenerRig, callback_body, listener_rig, signed
 
-HMAC_KEY = "metrics-test-hmac-key"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -237,99 +231,40 @@ async def test_client_records_every_call(
 # ----- the listener --------------------------------------------------------------------------
 
 
-@dataclass
-class Rig:
-    store: JobStore
-    session: aiohttp.ClientSession
-    sandbox: RunningSandbox
-    publisher: RecordingPublisher = field(default_factory=RecordingPublisher)
-    listeners: list[Listener] = field(default_factory=list)
-    trackers: list[Tracker] = field(default_factory=list)
-
-    async def listener(self, metrics: Metrics | None, *, hmac_key: str | None = None) -> str:
-        listener = Listener(hmac_key=hmac_key, metrics=metrics)
-        self.listeners.append(listener)
-        base = f"http://127.0.0.1:{await listener.start('127.0.0.1', 0)}"
-        client = MidjourneyClient(self.session, self.sandbox.base_url, self.sandbox.key, timeout=5)
-        tracker = Tracker(
-            self.store,
-            client,
-            self.publisher,
-            callback_base=base,
-            deadline_seconds=30,
-            poll=FAST_POLL,
-            delivery_retries=1,
-            metrics=metrics,
-        )
-        listener.tracker = tracker
-        self.trackers.append(tracker)
-        return base
-
-    async def post(self, url: str, body: Any, headers: dict[str, str] | None = None) -> int:
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        async with self.session.post(
-            url, data=payload, headers={"Content-Type": "application/json", **(headers or {})}
-        ) as response:
-            return response.status
-
-    async def scrape(self, base: str) -> Samples:
-        async with self.session.get(f"{base}/metrics") as response:
-            assert response.status == 200
-            assert response.headers["Content-Type"].startswith("text/plain")
-            return parse(await response.text())
-
-
 @pytest.fixture
-async def rig(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[Rig]:
-    store = await JobStore.open(f"sqlite:///{tmp_path}/metrics.sqlite3")
-    session = aiohttp.ClientSession()
-    made = Rig(store, session, sandbox)
-    try:
+async def rig(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[ListenerRig]:
+    async with listener_rig(tmp_path, sandbox) as made:
         yield made
-    finally:
-        for tracker in made.trackers:
-            await tracker.close()
-        for listener in made.listeners:
-            await listener.close()
-        await session.close()
-        await store.close()
 
 
-def callback_body(task_id: str) -> dict[str, Any]:
-    return {"code": 200, "msg": "success", "data": {"taskId": task_id, "resultUrls": []}}
+async def scrape_listener(rig: ListenerRig, base: str) -> Samples:
+    """The listener's /metrics, parsed."""
+    async with rig.session.get(f"{base}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return parse(await response.text())
 
 
-def signed(task_id: str, key: str = HMAC_KEY) -> dict[str, str]:
-    timestamp = str(int(time.time()))
-    return {
-        "X-Webhook-Timestamp": timestamp,
-        "X-Webhook-Signature": webhook_signature(key, task_id, timestamp),
-    }
-
-
-async def test_callbacks_are_counted_by_outcome(rig: Rig) -> None:
+async def test_callbacks_are_counted_by_outcome(rig: ListenerRig) -> None:
     metrics = Metrics()
-    base = await rig.listener(metrics, hmac_key=HMAC_KEY)
-    created = await rig.store.create(
-        kind=JobKind.IMAGINE, requester_id=42, guild_id=1, channel_id=5, deadline_seconds=30
-    )
+    base = await rig.listener(metrics=metrics, hmac_key=HMAC_KEY)
     # Submitted, its task id not saved yet (a crash right after the call): the callback says it.
-    job = await rig.store.transition(created.id, (JobState.REQUESTED,), JobState.SUBMITTED)
-    assert job is not None
-    task_id = rig.sandbox.api.add_generation(prompt="a red fox")
+    job = await rig.submitted_job()
+    task_id = rig.sandbox.add_generation(prompt="a red fox")
     own = f"{base}{CALLBACK_PATH}{job.callback_secret}"
     forged = f"{base}{CALLBACK_PATH}{secrets.token_urlsafe(24)}"
 
-    assert await rig.post(forged, callback_body(task_id), signed(task_id)) == 404
-    assert await rig.post(f"{base}{CALLBACK_PATH}bad!secret", callback_body(task_id)) == 404
-    assert await rig.post(own, callback_body(task_id), signed(task_id, "another-key")) == 401
-    assert await rig.post(own, callback_body(task_id)) == 401  # unsigned
-    assert await rig.post(own, b"not json", signed(task_id)) == 400
+    assert await rig.status(forged, callback_body(task_id), headers=signed(task_id)) == 404
+    assert await rig.status(f"{base}{CALLBACK_PATH}bad!secret", callback_body(task_id)) == 404
+    other_key = signed(task_id, key="another-key")
+    assert await rig.status(own, callback_body(task_id), headers=other_key) == 401
+    assert await rig.status(own, callback_body(task_id)) == 401  # unsigned
+    assert await rig.status(own, data=b"not json", headers=signed(task_id)) == 400
     async with rig.session.get(own) as response:
         assert response.status == 405
-    assert await rig.post(own, callback_body(task_id), signed(task_id)) == 200
+    assert await rig.status(own, callback_body(task_id), headers=signed(task_id)) == 200
 
-    samples = await rig.scrape(base)
+    samples = await scrape_listener(rig, base)
     counts = {o: sample(samples, "mjbot_callbacks_total", outcome=o) for o in CALLBACK_OUTCOMES}
     assert counts == {
         "accepted": 1,
@@ -341,47 +276,46 @@ async def test_callbacks_are_counted_by_outcome(rig: Rig) -> None:
     # The accepted callback leads to delivery: counted in the jobs gauge and the delay histogram.
     await rig.publisher.wait_for(lambda: job.id in [j.id for j in rig.publisher.delivered])
     await rig.trackers[0].wait_idle()
-    samples = await rig.scrape(base)
+    samples = await scrape_listener(rig, base)
     assert sample(samples, "mjbot_jobs", kind="imagine", state="delivered") == 1
     assert sample(samples, "mjbot_jobs", kind="upscale", state="submitted") == 0
     assert sample(samples, "mjbot_result_post_delay_seconds_count", kind="imagine") == 1
 
 
 async def test_metrics_route_needs_no_callback_secret_and_works_before_the_tracker(
-    rig: Rig,
+    rig: ListenerRig,
 ) -> None:
     metrics = Metrics()
-    listener = Listener(hmac_key=HMAC_KEY, metrics=metrics)
-    rig.listeners.append(listener)
-    base = f"http://127.0.0.1:{await listener.start('127.0.0.1', 0)}"
-    samples = await rig.scrape(base)  # no signature, no secret, no tracker yet
+    base = await rig.listener(metrics=metrics, hmac_key=HMAC_KEY, attach=False)
+    samples = await scrape_listener(rig, base)  # no signature, no secret, no tracker yet
     assert sample(samples, "mjbot_callbacks_total", outcome="accepted") == 0
     assert not [key for key in samples if key[0] == "mjbot_jobs"]
 
 
 async def test_a_store_that_fails_leaves_out_only_the_jobs(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    rig: ListenerRig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     metrics = Metrics()
-    base = await rig.listener(metrics)
+    base = await rig.listener(metrics=metrics)
     metrics.upstream_call("generate", 200, 0.1)
-    assert sample(await rig.scrape(base), "mjbot_jobs", kind="upscale", state="failed") == 0
+    samples = await scrape_listener(rig, base)
+    assert sample(samples, "mjbot_jobs", kind="upscale", state="failed") == 0
 
     async def down() -> dict[tuple[str, str], int]:
         raise ConnectionRefusedError("database down")
 
     monkeypatch.setattr(rig.store, "count_by_kind_and_state", down)
-    samples = await rig.scrape(base)
+    samples = await scrape_listener(rig, base)
     assert sample(samples, "mjbot_upstream_requests_total", endpoint="generate", code="200") == 1
     # Left out rather than frozen at the last values.
     assert not [key for key in samples if key[0] == "mjbot_jobs"]
 
 
-async def test_metrics_off_is_404_and_counts_nothing(rig: Rig) -> None:
-    base = await rig.listener(None)
-    task_id = rig.sandbox.api.add_generation()
+async def test_metrics_off_is_404_and_counts_nothing(rig: ListenerRig) -> None:
+    base = await rig.listener(metrics=None)
+    task_id = rig.sandbox.add_generation()
     unknown = f"{base}{CALLBACK_PATH}{secrets.token_urlsafe(24)}"
-    assert await rig.post(unknown, callback_body(task_id)) == 404
+    assert await rig.status(unknown, callback_body(task_id)) == 404
     async with rig.session.get(f"{base}/metrics") as response:
         assert response.status == 404
 

@@ -10,6 +10,7 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,129 +21,23 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from bot.jobs.store import Job, JobKind, JobState, JobStore
-from bot.jobs.tracker import CALLBACK_PATH, Tracker
-from bot.midjourney.client import MidjourneyClient
+from bot.jobs.store import JobState
+from bot.jobs.tracker import CALLBACK_PATH
 from bot.midjourney.models import webhook_signature
-from bot.midjourney.sandbox import SandboxAPI
-from bot.web import BODY_TIMEOUT_SECONDS, HEADER_TIMEOUT_SECONDS, MAX_CALLBACK_BYTES, Listener
-from tests.conftest import FAST_POLL, RunningSandbox
+from bot.web import MAX_CALLBACK_BYTES, RefusalLog
+from tests.conftest import RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
-
-HMAC_KEY = "test-hmac-key"
-
-
-@dataclass
-class Setup:
-    sandbox: SandboxAPI
-    api_base: str
-    session: aiohttp.ClientSession
-    store: JobStore
-    publisher: RecordingPublisher = field(default_factory=RecordingPublisher)
-    listeners: list[Listener] = field(default_factory=list)
-    trackers: list[Tracker] = field(default_factory=list)
-
-    async def listener(
-        self,
-        *,
-        hmac_key: str | None = None,
-        attach: bool = True,
-        body_timeout: float = BODY_TIMEOUT_SECONDS,
-        header_timeout: float = HEADER_TIMEOUT_SECONDS,
-    ) -> str:
-        """Start a listener (with a tracker unless ``attach`` is False); its base URL."""
-        listener = Listener(
-            hmac_key=hmac_key, body_timeout=body_timeout, header_timeout=header_timeout
-        )
-        port = await listener.start("127.0.0.1", 0)
-        self.listeners.append(listener)
-        base = f"http://127.0.0.1:{port}"
-        if attach:
-            self.attach(listener, base)
-        return base
-
-    def attach(self, listener: Listener, base: str) -> Tracker:
-        client = MidjourneyClient(self.session, self.api_base, "test-key", timeout=5)
-        tracker = Tracker(
-            self.store,
-            client,
-            self.publisher,
-            callback_base=base,
-            deadline_seconds=30,
-            poll=FAST_POLL,
-            delivery_retries=1,
-        )
-        listener.tracker = tracker
-        self.trackers.append(tracker)
-        return tracker
-
-    async def submitted_job(self, task_id: str | None = None) -> Job:
-        """A submitted generation; without ``task_id`` its upstream id is not saved yet (a crash
-        right after the API call): only the callback can tell the bot which task it is."""
-        job = await self.store.create(
-            kind=JobKind.IMAGINE,
-            requester_id=42,
-            guild_id=1,
-            channel_id=555,
-            deadline_seconds=30,
-            prompt="a red fox",
-        )
-        moved = await self.store.transition(
-            job.id, (JobState.REQUESTED,), JobState.SUBMITTED, upstream_task_id=task_id
-        )
-        assert moved is not None
-        return moved
-
-    async def post(
-        self, url: str, body: Any = None, *, data: bytes | None = None, headers: Any = None
-    ) -> tuple[int, Any]:
-        payload = data if data is not None else json.dumps(body).encode()
-        async with self.session.post(
-            url, data=payload, headers={"Content-Type": "application/json", **(headers or {})}
-        ) as response:
-            text = await response.text()
-            try:
-                parsed: Any = json.loads(text)
-            except ValueError:
-                parsed = text
-            return response.status, parsed
+from tests.listener_rig import HMAC_KEY, ListenerRig, callback_body, listener_rig, signed
 
 
 @pytest.fixture
-async def setup(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[Setup]:
-    store = await JobStore.open(f"sqlite:///{tmp_path}/web.sqlite3")
-    session = aiohttp.ClientSession()
-    rig = Setup(
-        sandbox=sandbox.api,
-        api_base=sandbox.base_url,
-        session=session,
-        store=store,
-    )
-    try:
+async def setup(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[ListenerRig]:
+    async with listener_rig(tmp_path, sandbox) as rig:
         yield rig
-    finally:
-        for tracker in rig.trackers:
-            await tracker.close()
-        for listener in rig.listeners:
-            await listener.close()
-        await session.close()
-        await store.close()
-
-
-def callback_body(task_id: str, *, spelling: str = "taskId") -> dict[str, Any]:
-    return {"code": 200, "msg": "success", "data": {spelling: task_id, "resultUrls": []}}
-
-
-def signed(task_id: str, *, key: str = HMAC_KEY, at: float | None = None) -> dict[str, str]:
-    timestamp = str(int(time.time() if at is None else at))
-    return {
-        "X-Webhook-Timestamp": timestamp,
-        "X-Webhook-Signature": webhook_signature(key, task_id, timestamp),
-    }
 
 
 async def real_callback_works(
-    setup: Setup, base: str, headers: Callable[[str], dict[str, str]] | None = None
+    setup: ListenerRig, base: str, headers: Callable[[str], dict[str, str]] | None = None
 ) -> None:
     """A callback for a live job is answered 200, saves the task id and leads to delivery."""
     job = await setup.submitted_job()
@@ -161,7 +56,7 @@ async def real_callback_works(
 # -- refusals -------------------------------------------------------------------------------------
 
 
-async def test_unknown_secret_is_404_and_touches_nothing(setup: Setup) -> None:
+async def test_unknown_secret_is_404_and_touches_nothing(setup: ListenerRig) -> None:
     base = await setup.listener()
     job = await setup.submitted_job()
     task_id = setup.sandbox.add_generation()
@@ -178,14 +73,14 @@ async def test_unknown_secret_is_404_and_touches_nothing(setup: Setup) -> None:
     "secret",
     ["short", "x" * 65, "bad!secret!with!marks", "%2e%2e%2fhealthz-aaaaaaaaaaa", "a%20b" * 8],
 )
-async def test_malformed_secret_is_404(setup: Setup, secret: str) -> None:
+async def test_malformed_secret_is_404(setup: ListenerRig, secret: str) -> None:
     base = await setup.listener()
     status, _ = await setup.post(f"{base}{CALLBACK_PATH}{secret}", callback_body("task-123456"))
     assert status == 404
     assert await setup.store.unfinished() == []
 
 
-async def test_missing_secret_is_not_a_route(setup: Setup) -> None:
+async def test_missing_secret_is_not_a_route(setup: ListenerRig) -> None:
     base = await setup.listener()
     status, _ = await setup.post(f"{base}{CALLBACK_PATH}", callback_body("task-123456"))
     assert status in (404, 405)
@@ -194,7 +89,7 @@ async def test_missing_secret_is_not_a_route(setup: Setup) -> None:
 @pytest.mark.parametrize(
     "raw", [b"not json", b"", b"{", b"\xff\xfe\x00", b"[1, 2]", b'"a string"', b"null"]
 )
-async def test_non_json_body_is_400(setup: Setup, raw: bytes) -> None:
+async def test_non_json_body_is_400(setup: ListenerRig, raw: bytes) -> None:
     base = await setup.listener()
     job = await setup.submitted_job()
     status, body = await setup.post(f"{base}{CALLBACK_PATH}{job.callback_secret}", data=raw)
@@ -214,7 +109,7 @@ async def test_non_json_body_is_400(setup: Setup, raw: bytes) -> None:
         {"code": 200, "data": "task-123456"},
     ],
 )
-async def test_json_without_a_task_id_is_400(setup: Setup, payload: Any) -> None:
+async def test_json_without_a_task_id_is_400(setup: ListenerRig, payload: Any) -> None:
     base = await setup.listener()
     job = await setup.submitted_job()
     status, _ = await setup.post(f"{base}{CALLBACK_PATH}{job.callback_secret}", payload)
@@ -222,7 +117,7 @@ async def test_json_without_a_task_id_is_400(setup: Setup, payload: Any) -> None
     assert await setup.store.get(job.id) == job
 
 
-async def test_body_over_64_kib_is_413(setup: Setup) -> None:
+async def test_body_over_64_kib_is_413(setup: ListenerRig) -> None:
     base = await setup.listener()
     job = await setup.submitted_job()
     task_id = setup.sandbox.add_generation()
@@ -238,7 +133,7 @@ async def test_body_over_64_kib_is_413(setup: Setup) -> None:
     assert status == 200
 
 
-async def test_get_on_the_callback_path_is_405(setup: Setup) -> None:
+async def test_get_on_the_callback_path_is_405(setup: ListenerRig) -> None:
     base = await setup.listener()
     job = await setup.submitted_job()
     async with setup.session.get(f"{base}{CALLBACK_PATH}{job.callback_secret}") as response:
@@ -248,7 +143,7 @@ async def test_get_on_the_callback_path_is_405(setup: Setup) -> None:
     assert await setup.store.get(job.id) == job
 
 
-async def test_healthz_without_a_health_check_knows_only_the_tracker(setup: Setup) -> None:
+async def test_healthz_without_a_health_check_knows_only_the_tracker(setup: ListenerRig) -> None:
     # The bot always gives its listener a health check (tests/test_health.py); without one the
     # listener can only tell whether it has a tracker to hand callbacks to.
     base = await setup.listener(attach=False)
@@ -267,7 +162,7 @@ async def test_healthz_without_a_health_check_knows_only_the_tracker(setup: Setu
         assert await response.json() == {"ok": True, "status": "ok", "last_callback_at": None}
 
 
-async def test_healthz_says_when_a_callback_was_last_accepted(setup: Setup) -> None:
+async def test_healthz_says_when_a_callback_was_last_accepted(setup: ListenerRig) -> None:
     base = await setup.listener()
 
     async def last_callback() -> str | None:
@@ -289,7 +184,7 @@ async def test_healthz_says_when_a_callback_was_last_accepted(setup: Setup) -> N
     assert before <= at <= after
 
 
-async def test_before_a_tracker_is_attached_callbacks_are_503(setup: Setup) -> None:
+async def test_before_a_tracker_is_attached_callbacks_are_503(setup: ListenerRig) -> None:
     base = await setup.listener(attach=False)
     job = await setup.submitted_job()
     task_id = setup.sandbox.add_generation()
@@ -306,12 +201,12 @@ async def test_before_a_tracker_is_attached_callbacks_are_503(setup: Setup) -> N
 # -- signatures -----------------------------------------------------------------------------------
 
 
-async def test_signed_callback_is_accepted(setup: Setup) -> None:
+async def test_signed_callback_is_accepted(setup: ListenerRig) -> None:
     base = await setup.listener(hmac_key=HMAC_KEY)
     await real_callback_works(setup, base, headers=signed)
 
 
-async def test_task_id_spelling_in_data_is_accepted(setup: Setup) -> None:
+async def test_task_id_spelling_in_data_is_accepted(setup: ListenerRig) -> None:
     base = await setup.listener(hmac_key=HMAC_KEY)
     job = await setup.submitted_job()
     task_id = setup.sandbox.add_generation()
@@ -325,7 +220,7 @@ async def test_task_id_spelling_in_data_is_accepted(setup: Setup) -> None:
     assert stored is not None and stored.upstream_task_id == task_id
 
 
-async def test_unsigned_and_badly_signed_callbacks_are_401(setup: Setup) -> None:
+async def test_unsigned_and_badly_signed_callbacks_are_401(setup: ListenerRig) -> None:
     base = await setup.listener(hmac_key=HMAC_KEY)
     job = await setup.submitted_job()
     task_id = setup.sandbox.add_generation()
@@ -353,7 +248,7 @@ async def test_unsigned_and_badly_signed_callbacks_are_401(setup: Setup) -> None
     assert setup.sandbox.count("record-info") == 0
 
 
-async def test_signature_is_checked_before_the_secret_is_looked_up(setup: Setup) -> None:
+async def test_signature_is_checked_before_the_secret_is_looked_up(setup: ListenerRig) -> None:
     base = await setup.listener(hmac_key=HMAC_KEY)
     task_id = setup.sandbox.add_generation()
     status, _ = await setup.post(
@@ -368,7 +263,7 @@ async def test_signature_is_checked_before_the_secret_is_looked_up(setup: Setup)
     assert status == 404
 
 
-async def test_listener_keeps_answering_after_refusals(setup: Setup) -> None:
+async def test_listener_keeps_answering_after_refusals(setup: ListenerRig) -> None:
     base = await setup.listener(hmac_key=HMAC_KEY)
     job = await setup.submitted_job()
     url = f"{base}{CALLBACK_PATH}{job.callback_secret}"
@@ -507,7 +402,7 @@ FORGED: dict[str, Forged] = {
 
 @pytest.mark.parametrize("forged", FORGED.values(), ids=FORGED.keys())
 async def test_forged_request_changes_nothing_and_logs_one_line(
-    setup: Setup, caplog: pytest.LogCaptureFixture, forged: Forged
+    setup: ListenerRig, caplog: pytest.LogCaptureFixture, forged: Forged
 ) -> None:
     base = await setup.listener(hmac_key=HMAC_KEY if forged.hmac else None)
     task_id = setup.sandbox.add_generation()
@@ -544,7 +439,7 @@ async def test_forged_request_changes_nothing_and_logs_one_line(
     "content_type",
     ["application/json", "application/json; charset=utf-8", "Application/JSON; charset=UTF-8"],
 )
-async def test_json_content_types_are_accepted(setup: Setup, content_type: str) -> None:
+async def test_json_content_types_are_accepted(setup: ListenerRig, content_type: str) -> None:
     base = await setup.listener()
     job = await setup.submitted_job()
     task_id = setup.sandbox.add_generation()
@@ -568,7 +463,7 @@ async def test_json_content_types_are_accepted(setup: Setup, content_type: str) 
     ids=["data.taskId", "data.task_id", "taskId", "task_id"],
 )
 async def test_every_spelling_of_the_task_id_is_signed_and_accepted(
-    setup: Setup, body: dict[str, Any]
+    setup: ListenerRig, body: dict[str, Any]
 ) -> None:
     base = await setup.listener(hmac_key=HMAC_KEY)
     job = await setup.submitted_job()
@@ -584,7 +479,7 @@ async def test_every_spelling_of_the_task_id_is_signed_and_accepted(
 
 
 async def test_signature_is_compared_in_constant_time(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
+    setup: ListenerRig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compared: list[tuple[object, object]] = []
     real = hmac.compare_digest
@@ -607,7 +502,7 @@ async def test_signature_is_compared_in_constant_time(
     assert [pair for pair in compared if sent[0] in pair] == [(sent[0], sent[0])]
 
 
-async def test_replay_after_delivery_is_200_and_posts_nothing_twice(setup: Setup) -> None:
+async def test_replay_after_delivery_is_200_and_posts_nothing_twice(setup: ListenerRig) -> None:
     base = await setup.listener(hmac_key=HMAC_KEY)
     job = await setup.submitted_job()
     task_id = setup.sandbox.add_generation()
@@ -665,7 +560,7 @@ async def dribble(writer: asyncio.StreamWriter, interval: float) -> None:
 
 @pytest.mark.parametrize("sender", ["stalls", "dribbles"])
 async def test_a_slow_body_is_cut_off_with_408(
-    setup: Setup, caplog: pytest.LogCaptureFixture, sender: str
+    setup: ListenerRig, caplog: pytest.LogCaptureFixture, sender: str
 ) -> None:
     body_timeout = 0.3
     base = await setup.listener(body_timeout=body_timeout)
@@ -697,7 +592,7 @@ async def test_a_slow_body_is_cut_off_with_408(
 
 
 @pytest.mark.parametrize("sender", ["stalls", "dribbles"])
-async def test_unfinished_headers_are_cut_off(setup: Setup, sender: str) -> None:
+async def test_unfinished_headers_are_cut_off(setup: ListenerRig, sender: str) -> None:
     header_timeout = 0.3
     base = await setup.listener(header_timeout=header_timeout)
     reader, writer = await connect(base)
@@ -727,7 +622,7 @@ async def test_unfinished_headers_are_cut_off(setup: Setup, sender: str) -> None
     ],
     ids=["text/plain", "no Content-Type", "declared 10 MiB", "gzip"],
 )
-async def test_refusals_do_not_wait_for_the_body(setup: Setup, head: dict[str, str]) -> None:
+async def test_refusals_do_not_wait_for_the_body(setup: ListenerRig, head: dict[str, str]) -> None:
     # A body timeout far beyond the test's patience: only an answer given before the body
     # arrives can pass.
     base = await setup.listener(body_timeout=3600)
@@ -744,7 +639,7 @@ async def test_refusals_do_not_wait_for_the_body(setup: Setup, head: dict[str, s
 
 
 async def test_malformed_http_is_refused_in_one_line_without_the_secret(
-    setup: Setup, caplog: pytest.LogCaptureFixture
+    setup: ListenerRig, caplog: pytest.LogCaptureFixture
 ) -> None:
     base = await setup.listener()
     job = await setup.submitted_job()
@@ -778,7 +673,7 @@ class Signal(logging.Handler):
         self.arrived.set()
 
 
-async def test_a_sender_hanging_up_mid_body_is_one_line(setup: Setup) -> None:
+async def test_a_sender_hanging_up_mid_body_is_one_line(setup: ListenerRig) -> None:
     base = await setup.listener()
     job = await setup.submitted_job()
     signal = Signal()
@@ -801,7 +696,7 @@ async def test_a_sender_hanging_up_mid_body_is_one_line(setup: Setup) -> None:
     await real_callback_works(setup, base)
 
 
-async def test_a_flood_of_forgeries_does_not_hold_up_a_real_callback(setup: Setup) -> None:
+async def test_a_flood_of_forgeries_does_not_hold_up_a_real_callback(setup: ListenerRig) -> None:
     # Timeouts far beyond the test: the stalled senders hold their connections throughout.
     base = await setup.listener(hmac_key=HMAC_KEY, body_timeout=3600, header_timeout=3600)
     decoy = await setup.submitted_job(setup.sandbox.add_generation())
@@ -867,3 +762,243 @@ async def _status(
     ) as response:
         await response.read()
         return response.status
+
+
+# -- the refusal log: a line a refusal at first, a count in a flood ----------------------------
+
+BURST = 10
+WINDOW = 60.0
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeTimer:
+    delay: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class FakeTimers:
+    """Stands in for the loop's ``call_later``: a test fires what is due itself."""
+
+    made: list[FakeTimer] = field(default_factory=list)
+
+    def __call__(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(delay, callback)
+        self.made.append(timer)
+        return timer
+
+    @property
+    def pending(self) -> list[FakeTimer]:
+        return [t for t in self.made if not t.cancelled]
+
+    def fire(self) -> None:
+        (timer,) = self.pending
+        timer.cancelled = True  # a handle that has run is spent
+        timer.callback()
+
+
+def refusal_log(clock: FakeClock, timers: FakeTimers) -> RefusalLog:
+    return RefusalLog(
+        logging.getLogger("bot.web"), burst=BURST, window=WINDOW, clock=clock, schedule=timers
+    )
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "bot.web"]
+
+
+def test_refusals_under_the_limit_are_logged_one_line_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, timers = FakeClock(), FakeTimers()
+    refusals = refusal_log(clock, timers)
+    for index in range(BURST - 3):
+        clock.now += 1
+        refusals.refused(404, "203.0.113.9", f"no job has this secret task=t-{index}")
+    assert refusal_lines(caplog) == [
+        f"callback refused 404 from 203.0.113.9: no job has this secret task=t-{index}"
+        for index in range(BURST - 3)
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+    # Nothing was left out, so there is nothing to sum up and no timer to wait for.
+    assert timers.made == [] and refusals.left_out == {}
+    clock.now += WINDOW
+    refusals.close()
+    assert len(refusal_lines(caplog)) == BURST - 3
+
+
+def test_a_flood_logs_the_first_lines_and_one_summary_by_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, timers = FakeClock(), FakeTimers()
+    refusals = refusal_log(clock, timers)
+    statuses = [401] * 34 + [404] * 18_200 + [415] * 10
+    for status in statuses:
+        refusals.refused(status, "203.0.113.9", "why")
+    clock.now += 5  # the flood went on for 5 s …
+    refusals.refused(404, "203.0.113.9", "why")
+    lines = refusal_lines(caplog)
+    assert lines == ["callback refused 401 from 203.0.113.9: why"] * BURST
+    assert refusals.left_out == {401: 24, 404: 18_201, 415: 10}
+    # … and then stopped: the timer, set for the window's end, says what was left out.
+    (timer,) = timers.pending
+    assert timer.delay == WINDOW
+    clock.now += WINDOW - 5
+    timers.fire()
+    assert refusal_lines(caplog)[BURST:] == [
+        "callbacks refused: 18,235 more in the last 60 s not logged one by one "
+        "(404: 18,201, 401: 24, 415: 10)"
+    ]
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert timers.pending == [] and refusals.left_out == {}
+    # A new window: its first refusals are logged again, one by one.
+    clock.now += 1
+    refusals.refused(401, "198.51.100.7", "bad signature task=t-1")
+    assert (
+        refusal_lines(caplog)[-1]
+        == "callback refused 401 from 198.51.100.7: bad signature task=t-1"
+    )
+
+
+def test_a_refusal_after_the_window_sums_it_up_before_the_timer_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A busy loop may run the timer late; the next refusal then closes the window itself.
+    clock, timers = FakeClock(), FakeTimers()
+    refusals = refusal_log(clock, timers)
+    for _ in range(BURST + 2):
+        refusals.refused(404, "203.0.113.9", "why")
+    (timer,) = timers.pending
+    clock.now += WINDOW + 3
+    refusals.refused(413, "203.0.113.9", "body too large")
+    assert timer.cancelled and timers.pending == []
+    assert refusal_lines(caplog)[BURST:] == [
+        "callbacks refused: 2 more in the last 60 s not logged one by one (404: 2)",
+        "callback refused 413 from 203.0.113.9: body too large",
+    ]
+
+
+def test_a_quiet_window_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    clock, timers = FakeClock(), FakeTimers()
+    refusals = refusal_log(clock, timers)
+    # Windows without a refusal: no line, no timer.
+    clock.now += 3 * WINDOW
+    refusals.close()
+    assert refusal_lines(caplog) == [] and timers.made == []
+    # A flood of one window: its lines and its summary, from the one timer it set …
+    for _ in range(BURST + 1):
+        refusals.refused(404, "203.0.113.9", "why")
+    clock.now += WINDOW
+    timers.fire()
+    assert len(refusal_lines(caplog)) == BURST + 1
+    # … and then quiet again: the timer is not set anew, there is nothing more to say.
+    clock.now += 10 * WINDOW
+    refusals.close()
+    assert len(timers.made) == 1 and timers.pending == []
+    assert len(refusal_lines(caplog)) == BURST + 1
+
+
+async def test_closing_the_listener_says_what_is_pending_and_stops_the_timer(
+    setup: ListenerRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock, timers = FakeClock(), FakeTimers()
+    base = await setup.listener(refusals=refusal_log(clock, timers))
+    for _ in range(BURST + 5):
+        status, _ = await setup.post(
+            f"{base}{CALLBACK_PATH}{UNKNOWN_SECRET}", callback_body("task-123456")
+        )
+        assert status == 404
+    (timer,) = timers.pending
+    clock.now += 12
+    await setup.listeners[-1].close()
+    assert timer.cancelled and timers.pending == []
+    assert refusal_lines(caplog)[BURST:] == [
+        "callbacks refused: 5 more in the last 12 s not logged one by one (404: 5)"
+    ]
+
+
+async def test_a_flood_is_answered_in_full_and_logged_in_a_few_lines(
+    setup: ListenerRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock, timers = FakeClock(), FakeTimers()
+    base = await setup.listener(hmac_key=HMAC_KEY, refusals=refusal_log(clock, timers))
+    job = await setup.submitted_job()
+    own = f"{base}{CALLBACK_PATH}{job.callback_secret}"
+    forged_secrets = [secrets.token_urlsafe(24) for _ in range(100)]
+
+    def unknown(index: int) -> Awaitable[int]:
+        url = f"{base}{CALLBACK_PATH}{forged_secrets[index % 100]}"
+        return setup.status(url, callback_body("task-123456"), headers=signed("task-123456"))
+
+    kinds: list[tuple[int, Callable[[int], Awaitable[int]]]] = [
+        (404, unknown),
+        (401, lambda _i: setup.status(own, callback_body("task-123456"))),
+        (400, lambda _i: setup.status(own, data=b"garbage")),
+        (415, lambda _i: setup.status(own, data=b"x", headers={"Content-Type": "text/plain"})),
+        (413, lambda _i: setup.status(own, data=b" " * (MAX_CALLBACK_BYTES + 1))),
+    ]
+    flood = [kinds[i % len(kinds)] for i in range(500)]
+    caplog.clear()
+    statuses = await asyncio.gather(*(send(i) for i, (_, send) in enumerate(flood)))
+    # Every request got its own answer, whether its refusal was logged or only counted.
+    assert statuses == [expected for expected, _ in flood]
+    assert await setup.store.get(job.id) == job
+    lines = refusal_lines(caplog)
+    assert len(lines) == BURST and all(line.startswith("callback refused ") for line in lines)
+    # The first refusals in arrival order, which the gather does not fix: count from the lines.
+    logged = Counter(int(line.split()[2]) for line in lines)
+    clock.now += WINDOW
+    timers.fire()
+    (summary,) = refusal_lines(caplog)[BURST:]
+    left_out = {status: 100 - logged[status] for status in (404, 401, 400, 415, 413)}
+    by_count = sorted(left_out.items(), key=lambda item: (-item[1], item[0]))
+    assert summary == (
+        "callbacks refused: 490 more in the last 60 s not logged one by one ("
+        + ", ".join(f"{status}: {count}" for status, count in by_count if count)
+        + ")"
+    )
+    for record in caplog.records:
+        message = record.getMessage()
+        assert CALLBACK_PATH not in message and job.callback_secret not in message
+        assert not any(secret in message for secret in forged_secrets)
+    # The flood is over and its window summed up: a real callback is still taken.
+    await real_callback_works(setup, base, headers=signed)
+
+
+async def test_the_summary_timer_runs_on_the_event_loop(setup: ListenerRig) -> None:
+    # The loop's own call_later, for a short window; the clock stands still, so both refusals
+    # fall in one window however slowly the requests go. No request comes after the second:
+    # only the timer can write the summary.
+    logger = logging.getLogger("bot.web")
+    base = await setup.listener(
+        refusals=RefusalLog(logger, burst=1, window=0.05, clock=FakeClock())
+    )
+    signal = Signal()
+    logger.addHandler(signal)
+    try:
+        for _ in range(2):
+            status, _ = await setup.post(
+                f"{base}{CALLBACK_PATH}{UNKNOWN_SECRET}", callback_body("task-123456")
+            )
+            assert status == 404
+        while len(signal.records) < 2:
+            signal.arrived.clear()
+            await asyncio.wait_for(signal.arrived.wait(), timeout=5)
+    finally:
+        logger.removeHandler(signal)
+    first, summary = (r.getMessage() for r in signal.records)
+    assert first.startswith("callback refused 404 from ")
+    assert summary == "callbacks refused: 1 more in the last 0 s not logged one by one (404: 1)"
+    assert UNKNOWN_SECRET not in first + summary

@@ -85,6 +85,16 @@ sa.Index(
 )
 sa.Index("ix_jobs_state", jobs.c.state)
 
+# When each operator notice (the low-credit warning, …) was last sent, by whichever process: a
+# notice limited to one an hour must stay so across restarts and replicas sharing the database.
+# create_all adds the table to a database made by an older version.
+notices = sa.Table(
+    "notices",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("sent_at", sa.Float, nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -203,8 +213,9 @@ class JobStore:
         prompt: str | None = None,
         options: dict[str, str] | None = None,
         max_unfinished: int | None = None,
+        callback_secret: str | None = None,
     ) -> Job:
-        """Insert a job in state ``requested``.
+        """Insert a job in state ``requested``, with a random callback secret unless given.
 
         A second live upscale of the same image raises DuplicateUpscale; with
         ``max_unfinished``, a requester who has that many unfinished jobs gets TooManyJobs.
@@ -222,7 +233,7 @@ class JobStore:
             "grid_message_id": grid_message_id,
             "status_message_id": status_message_id,
             "result_message_id": None,
-            "callback_secret": secrets.token_urlsafe(24),
+            "callback_secret": callback_secret or secrets.token_urlsafe(24),
             "state": JobState.REQUESTED.value,
             "error": None,
             "result_urls": "[]",
@@ -359,6 +370,39 @@ class JobStore:
         async with self._engine.begin() as conn:
             await conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
         return await self._require(job_id)
+
+    async def claim_notice(self, name: str, *, now: float, every: float) -> bool:
+        """True for the one caller that may send notice ``name`` at ``now``: the first ever, or
+        the first once ``every`` seconds have passed since the last claim, across processes.
+
+        A conditional UPDATE, else an INSERT the primary key lets only one racer make, so two
+        replicas asking at once get one True between them.
+        """
+        renew = (
+            notices.update()
+            .where(notices.c.name == name, notices.c.sent_at <= now - every)
+            .values(sent_at=now)
+        )
+        async with self._engine.begin() as conn:
+            if (await conn.execute(renew)).rowcount == 1:
+                return True
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(notices.insert().values(name=name, sent_at=now))
+        except IntegrityError:
+            return False
+        return True
+
+    async def release_notice(self, name: str, *, claimed_at: float) -> None:
+        """Give back the claim made at ``claimed_at`` (its notice could not be sent), so that
+        the next claim succeeds; a claim another process made since is left alone."""
+        query = (
+            notices.update()
+            .where(notices.c.name == name, notices.c.sent_at == claimed_at)
+            .values(sent_at=0.0)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(query)
 
     async def _one(self, *conditions: sa.ColumnElement[bool]) -> Job | None:
         async with self._engine.connect() as conn:

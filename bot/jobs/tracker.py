@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore, TooManyJobs
 from bot.jobs.throttle import QueueFull, SubmitThrottle
 from bot.metrics import Metrics, recorder
@@ -124,6 +126,7 @@ class Tracker:
         client: MidjourneyClient,
         publisher: Publisher,
         *,
+        callback_secrets: CallbackSecrets | None = None,
         callback_base: str | None,
         deadline_seconds: float,
         watermark: str | None = None,
@@ -133,12 +136,18 @@ class Tracker:
         submit_retry_delays: tuple[float, ...] = SUBMIT_RETRY_DELAYS,
         max_jobs_per_user: int | None = None,
         metrics: Metrics | None = None,
+        on_submitted: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._metrics = recorder(metrics)
+        # Told each time the API took a paid request (the low-credit watch reads credits then).
+        self._on_submitted = on_submitted
         self._client = client
         self._publisher = publisher
         self._callback_base = callback_base.rstrip("/") if callback_base else None
+        # Without a shared key, only this tracker's own jobs are known: a restarted bot needs
+        # the same key to recognise the callbacks of jobs made before (bot.app derives it).
+        self._secrets = callback_secrets or CallbackSecrets(secrets.token_bytes(32))
         self._deadline = deadline_seconds
         self._watermark = watermark
         self._poll = poll or PollPolicy()
@@ -260,6 +269,8 @@ class Tracker:
 
         The body is not trusted: it only rings the doorbell, record-info decides.
         """
+        if not self._secrets.made_here(secret):
+            return CallbackVerdict.UNKNOWN
         job = await self._store.by_secret(secret)
         if job is None:
             return CallbackVerdict.UNKNOWN
@@ -293,7 +304,10 @@ class Tracker:
     async def _create(self, **fields: Any) -> Job:
         try:
             return await self._store.create(
-                deadline_seconds=self._deadline, max_unfinished=self._max_jobs_per_user, **fields
+                deadline_seconds=self._deadline,
+                max_unfinished=self._max_jobs_per_user,
+                callback_secret=self._secrets.new(),
+                **fields,
             )
         except TooManyJobs as exc:
             raise Refused(_too_many(exc.limit)) from None
@@ -479,6 +493,8 @@ class Tracker:
         else:
             job = submitted
         log.info("submitted %s kind=%s", job.label, job.kind)
+        if self._on_submitted is not None:
+            self._on_submitted()
         if job.kind is JobKind.UPSCALE:
             self._spawn(self._publisher.mark_grid(job))
         self._watch(job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -28,8 +29,12 @@ class MidjourneyClient:
         *,
         timeout: float = 30.0,
         metrics: Metrics | None = None,
+        on_refusal: Callable[[ApiError], None] | None = None,
     ) -> None:
         self._session = session
+        # Told of every refusal (an ApiError about to be raised), whichever call met it: the
+        # low-credit watch learns of a 402 this way without this package knowing of it.
+        self.on_refusal = on_refusal
         self._metrics = recorder(metrics)
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
@@ -149,15 +154,24 @@ class MidjourneyClient:
             record(status if status >= 400 else "malformed")
             log.warning("api %s %s answered HTTP %s without a JSON envelope", method, path, status)
             if status in (401, 402, 404, 422, 429, 455, 501, 505):
-                raise ApiError(status)
+                raise self._refused(ApiError(status))
             raise ApiUnreachable(f"{path}: HTTP {status} without a JSON answer", maybe_done=True)
         code, msg, data = envelope
         record(code if code != 200 or status < 400 else status)
         if code != 200 or status >= 400:
             error_code = code if code != 200 else status
             log.info("api %s %s refused: code=%s http=%s msg=%s", method, path, code, status, msg)
-            raise ApiError(error_code, msg)
+            raise self._refused(ApiError(error_code, msg))
         return data
+
+    def _refused(self, error: ApiError) -> ApiError:
+        if self.on_refusal is not None:
+            try:
+                self.on_refusal(error)
+            except Exception:
+                # An observer's bug must not turn a plain refusal into a crash of the caller.
+                log.exception("the refusal observer failed on %s", error)
+        return error
 
 
 def _envelope(raw: bytes | None) -> tuple[int, str, object] | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import PollPolicy, Tracker
@@ -29,6 +30,10 @@ class Rig:
     listener_url: str
     store: JobStore
     publisher: RecordingPublisher = field(default_factory=RecordingPublisher)
+    # One bot token across 'restarts', as in production.
+    callback_secrets: CallbackSecrets = field(
+        default_factory=lambda: CallbackSecrets.from_token("t" * 60)
+    )
     trackers: list[Tracker] = field(default_factory=list)
 
     def tracker(
@@ -54,6 +59,7 @@ class Rig:
             store or self.store,
             client,
             publisher or self.publisher,
+            callback_secrets=self.callback_secrets,
             callback_base=self.listener_url if callbacks else None,
             deadline_seconds=deadline,
             poll=poll,

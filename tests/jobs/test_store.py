@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -367,6 +368,62 @@ async def test_per_requester_limit_of_unfinished_jobs(store: JobStore) -> None:
     await check_per_requester_limit(store)
 
 
+# -- notices: the low-credit warning's once-an-hour budget -------------------------------------
+
+HOUR = 3600.0
+
+
+async def check_notice_claims(store: JobStore, replica: JobStore) -> None:
+    """``replica`` is another process' connection to the same database."""
+    t = 1_700_000_000.0
+    assert await store.claim_notice("low", now=t, every=HOUR)
+    assert not await replica.claim_notice("low", now=t + 1, every=HOUR)
+    assert not await store.claim_notice("low", now=t + HOUR - 1, every=HOUR)
+    assert await store.claim_notice("another", now=t + 1, every=HOUR)
+    assert await replica.claim_notice("low", now=t + HOUR, every=HOUR)
+    # Giving back a claim that is no longer the latest changes nothing.
+    await store.release_notice("low", claimed_at=t)
+    assert not await store.claim_notice("low", now=t + HOUR + 1, every=HOUR)
+    # Given back (its post failed), the next claim succeeds at once.
+    await replica.release_notice("low", claimed_at=t + HOUR)
+    assert await store.claim_notice("low", now=t + HOUR + 1, every=HOUR)
+
+    for now in (t, t + HOUR):
+        race = await asyncio.gather(
+            *(
+                s.claim_notice("race", now=now, every=HOUR)
+                for _ in range(10)
+                for s in (store, replica)
+            )
+        )
+        assert sum(race) == 1, race
+
+
+async def test_notice_claims_once_an_hour_across_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/notices.sqlite3"
+    store, replica = await JobStore.open(url), await JobStore.open(url)
+    try:
+        await check_notice_claims(store, replica)
+    finally:
+        await store.close()
+        await replica.close()
+
+
+async def test_a_database_from_before_notices_gains_the_table(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.sqlite3"
+    old = await JobStore.open(url)
+    job = await new_job(old)
+    await old.close()
+    with sqlite3.connect(tmp_path / "old.sqlite3") as conn:
+        conn.execute("DROP TABLE notices")
+    store = await JobStore.open(url)
+    try:
+        assert await store.get(job.id) == job
+        assert await store.claim_notice("low", now=time.time(), every=HOUR)
+    finally:
+        await store.close()
+
+
 # -- PostgreSQL (only where one answers) ----------------------------------------------------------
 
 
@@ -421,6 +478,13 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
         assert stored is not None and stored.state is JobState.SUBMITTING
         assert [j.id for j in await store.unfinished()] == [other.id]
         await check_per_requester_limit(store)
+        replica = create_async_engine(
+            async_database_url(dsn), connect_args={"server_settings": {"search_path": schema}}
+        )
+        try:
+            await check_notice_claims(store, JobStore(replica))
+        finally:
+            await replica.dispose()
     finally:
         await engine.dispose()
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

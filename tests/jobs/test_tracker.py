@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 
+from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import Job, JobKind, JobState
 from bot.jobs.tracker import CALLBACK_PATH, DeliveryError, PollPolicy, Tracker
 from tests.jobs.conftest import Rig
@@ -38,6 +39,7 @@ async def recorded_click(rig: Rig, parent: str, index: int) -> Job:
         grid_message_id=777,
         prompt="p",
         deadline_seconds=60,
+        callback_secret=rig.callback_secrets.new(),
     )
 
 
@@ -323,3 +325,56 @@ async def test_watermark_is_passed_with_every_upscale(rig: Rig) -> None:
     await upscale(tracker, parent, 1)
     bodies = [c.body for c in rig.sandbox.calls if c.endpoint == "generateUpscale"]
     assert [b["waterMark"] for b in bodies] == ["my-server", "my-server"]
+
+
+async def test_a_secret_without_this_bots_tag_is_404_even_when_a_job_has_it(rig: Rig) -> None:
+    """The tag is checked before the store: a job from before tagged secrets (or a forgery of
+    the right shape) is not looked up; polling finishes such a job."""
+    tracker = rig.tracker(callbacks=True)
+    parent = rig.grid()
+    untagged = await rig.store.create(
+        kind=JobKind.UPSCALE,
+        parent_task_id=parent,
+        image_index=2,
+        requester_id=USER,
+        guild_id=1,
+        channel_id=CHANNEL,
+        grid_message_id=777,
+        deadline_seconds=60,
+    )
+    assert await rig.store.by_secret(untagged.callback_secret) == untagged
+    body = {"code": 200, "msg": "success", "data": {"taskId": parent}}
+    forged = rig.callback_secrets.new()[:-1] + "A"
+    async with aiohttp.ClientSession() as http:
+        for secret in (untagged.callback_secret, forged):
+            url = f"{rig.listener_url}{CALLBACK_PATH}{secret}"
+            async with http.post(url, json=body) as response:
+                assert response.status == 404
+    assert await job_state(rig, untagged.id) is JobState.REQUESTED
+
+    assert await tracker.recover() == 1
+    await rig.publisher.wait_for(lambda: len(rig.publisher.marked) == 1)
+    current = await rig.store.get(untagged.id)
+    assert current is not None and current.upstream_task_id
+    rig.sandbox.complete(current.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    assert await job_state(rig, untagged.id) is JobState.DELIVERED
+    attempts = await rig.sandbox.wait_for_callback(current.upstream_task_id)
+    assert [a.status for a in attempts][:1] == [404]
+
+
+async def test_after_the_bot_token_changes_jobs_in_flight_finish_by_polling(rig: Rig) -> None:
+    first = rig.tracker(callbacks=True, poll=rig_poll_never())
+    outcome = await upscale(first, rig.grid(), 0)
+    await first.close()
+
+    rig.callback_secrets = CallbackSecrets.from_token("another-token-" * 4)
+    second = rig.tracker(callbacks=True)
+    assert await second.recover() == 1
+    task_id = outcome.job.upstream_task_id or ""
+    rig.sandbox.complete(task_id)
+    attempts = await rig.sandbox.wait_for_callback(task_id)
+    assert attempts[0].status == 404
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    assert await job_state(rig, outcome.job.id) is JobState.DELIVERED
+    assert rig.sandbox.count("generateUpscale") == 1

@@ -552,3 +552,56 @@ async def test_answer_below_the_size_limit_is_read_whole(fake_api: Callable[...,
     assert len(body) < MAX_ANSWER_BYTES
     client = await fake_api(fixed(body))
     assert await client.credits() == 5
+
+
+# ----- the refusal observer (how the low-credit warning hears of a 402) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "content_type"),
+    [
+        (envelope(None, 402), 200, "application/json"),
+        (envelope(None, 402), 402, "application/json"),
+        (HTML, 402, "text/html"),
+    ],
+    ids=["body-code", "both", "http-status-only"],
+)
+async def test_every_refusal_is_told_to_the_observer_as_it_is_raised(
+    fake_api: Callable[..., Any], body: str, status: int, content_type: str
+) -> None:
+    client = await fake_api(fixed(body, status, content_type))
+    heard: list[ApiError] = []
+    client.on_refusal = heard.append
+    for call in sorted(CALLS):
+        with pytest.raises(ApiError) as caught:
+            await CALLS[call](client)
+        assert heard[-1] is caught.value and caught.value.code == 402
+    assert len(heard) == len(CALLS)
+
+
+async def test_answers_that_are_no_refusal_are_not_told(
+    client: MidjourneyClient, fake_api: Callable[..., Any]
+) -> None:
+    heard: list[ApiError] = []
+    client.on_refusal = heard.append
+    await client.credits()
+    unreachable = await fake_api(fixed(HTML, 502, "text/html"))
+    unreachable.on_refusal = heard.append
+    with pytest.raises(ApiUnreachable):
+        await unreachable.generate("p")
+    assert heard == []
+
+
+async def test_a_failing_observer_leaves_the_refusal_as_it_was(
+    fake_api: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await fake_api(fixed(envelope(None, 402)))
+
+    def broken(error: ApiError) -> None:
+        raise RuntimeError("a bug in the observer")
+
+    client.on_refusal = broken
+    with pytest.raises(ApiError) as caught:
+        await client.generate("p")
+    assert caught.value.code == 402
+    assert "the refusal observer failed" in caplog.text

@@ -1,0 +1,229 @@
+"""The low-credit warning: one message to the server admins, at most once an hour, when the API
+account runs low (under ``LOW_CREDIT_THRESHOLD``) or the API refuses a request for lack of
+credits (402).
+
+Credits are read (a free call) at start, every ``check_interval`` and soon after a paid
+submission, since only those spend credits. Whether a warning may go out is claimed in the job
+store, so the hourly limit holds across restarts and across replicas sharing one database. This
+module knows nothing of Discord: the message goes through ``notify`` (bot.app wires it to the
+admin channel), or to the log when no admin channel is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from bot.jobs.store import JobStore
+from bot.midjourney.client import MidjourneyClient
+from bot.midjourney.errors import ApiError, ApiUnreachable
+
+log = logging.getLogger(__name__)
+
+# Posts a warning to wherever the admins read it; raises NoticeFailed when that refuses it.
+Notify = Callable[[str], Awaitable[None]]
+
+NOTICE = "low_credits"
+NOTICE_EVERY = 60 * 60.0
+CHECK_INTERVAL = 10 * 60.0
+# A burst of submissions costs one reading a minute, not one each.
+SUBMIT_CHECK_SPACING = 60.0
+
+
+class NoticeFailed(Exception):
+    """The warning could not be posted; ``reason`` says why, in words for the operator."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def low_credit_text(credits: int, threshold: int) -> str:
+    return (
+        f"⚠️ Midjourney API credits are low: **{credits}** left (warning below {threshold}, "
+        "`LOW_CREDIT_THRESHOLD`). Upscales and generations will fail once they run out: "
+        "top up the account."
+    )
+
+
+def out_of_credits_text(credits: int | None) -> str:
+    left = f" ({credits} left)" if credits is not None else ""
+    return (
+        f"⛔ The Midjourney API refused a request for lack of credits (402){left}: upscales and "
+        "generations fail until the account is topped up."
+    )
+
+
+def _plain(text: str) -> str:
+    """The warning without its Discord markdown, for a log line."""
+    return text.replace("**", "").replace("`", "")
+
+
+class CreditWatch:
+    def __init__(
+        self,
+        client: MidjourneyClient,
+        store: JobStore,
+        notify: Notify | None,
+        *,
+        threshold: int,
+        check_interval: float = CHECK_INTERVAL,
+        submit_check_spacing: float = SUBMIT_CHECK_SPACING,
+        every: float = NOTICE_EVERY,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._notify = notify
+        # 0 turns the threshold off; a 402 still warns.
+        self._threshold = threshold
+        self._check_interval = check_interval
+        self._spacing = submit_check_spacing
+        self._every = every
+        self._now = now
+        # When this process last sent the warning: spares the store a claim that must fail.
+        self._sent_at: float | None = None
+        self._check_lock = asyncio.Lock()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._submit_checks: asyncio.Task[None] | None = None
+        self._check_again = False
+        self._last_submit_check = -float("inf")
+        self._refusal_warning: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    @property
+    def threshold(self) -> int:
+        return self._threshold
+
+    def start(self) -> None:
+        """Read the credits now, in the background, and every ``check_interval`` after."""
+        if self._loop_task is None and not self._closing:
+            self._loop_task = self._spawn(self._run(), "credit-watch")
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def wait_quiet(self) -> None:
+        """Until the checks and warnings started by submissions and refusals are done."""
+        while pending := [
+            t for t in (self._submit_checks, self._refusal_warning) if t and not t.done()
+        ]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- what the rest of the bot tells it ----------------------------------------------------
+
+    def submitted(self) -> None:
+        """A paid request was taken (the tracker's hook): read the credits soon."""
+        if self._closing:
+            return
+        self._check_again = True
+        if self._submit_checks is None or self._submit_checks.done():
+            self._submit_checks = self._spawn(self._checks_after_submissions(), "credit-check")
+
+    def api_refused(self, error: ApiError) -> None:
+        """Any API call was refused (the client's observer): a 402 warns at once."""
+        if error.code != 402 or self._closing or self._recently_sent():
+            return
+        # One at a time: a storm of 402s (and the reading below, should it meet one) is one.
+        if self._refusal_warning is None or self._refusal_warning.done():
+            self._refusal_warning = self._spawn(self._warn_out_of_credits(), "credit-402")
+
+    # -- checks -------------------------------------------------------------------------------
+
+    async def check(self) -> int | None:
+        """Read the credits once and warn when under the threshold; the reading, or None."""
+        async with self._check_lock:
+            credits = await self._read()
+            if credits is not None and credits < self._threshold:
+                await self._warn(low_credit_text(credits, self._threshold))
+            return credits
+
+    async def _read(self) -> int | None:
+        try:
+            return await self._client.credits()
+        except (ApiError, ApiUnreachable) as exc:
+            log.warning("credit check failed: %s", exc)
+            return None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:
+                log.exception("credit check crashed; trying again at the next one")
+            await asyncio.sleep(self._check_interval)
+
+    async def _checks_after_submissions(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A submission during a reading may have spent credits after it: read again, spaced.
+        while self._check_again:
+            wait = self._last_submit_check + self._spacing - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._check_again = False
+            self._last_submit_check = loop.time()
+            await self.check()
+
+    async def _warn_out_of_credits(self) -> None:
+        # The credit endpoint is free: the warning says how many are left when it answers.
+        await self._warn(out_of_credits_text(await self._read()))
+
+    # -- the warning --------------------------------------------------------------------------
+
+    def _recently_sent(self) -> bool:
+        return self._sent_at is not None and self._now() - self._sent_at < self._every
+
+    async def _warn(self, text: str) -> bool:
+        """Send ``text`` unless a warning went out (from any process) within the hour."""
+        if self._recently_sent():
+            return False
+        now = self._now()
+        try:
+            if not await self._store.claim_notice(NOTICE, now=now, every=self._every):
+                return False
+        except Exception as exc:
+            log.warning("low-credit warning not sent: the job store failed (%r)", exc)
+            return False
+        try:
+            if self._notify is None:
+                log.warning("%s (set ADMIN_CHANNEL_ID to have this posted)", _plain(text))
+            else:
+                await self._notify(text)
+                log.info("low-credit warning posted to the admin channel: %s", _plain(text))
+        except NoticeFailed as exc:
+            log.warning(
+                "low-credit warning not posted to the admin channel: %s; "
+                "trying again at the next check",
+                exc.reason,
+            )
+            await self._give_back(now)
+            return False
+        except Exception:
+            log.exception("low-credit warning not posted; trying again at the next check")
+            await self._give_back(now)
+            return False
+        self._sent_at = now
+        return True
+
+    async def _give_back(self, claimed_at: float) -> None:
+        try:
+            await self._store.release_notice(NOTICE, claimed_at=claimed_at)
+        except Exception as exc:
+            log.warning("low-credit warning claim not given back (%r): next try in an hour", exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
