@@ -28,13 +28,20 @@ SORRY = "❌ Something went wrong on the bot's side; the server admin can find d
 
 async def tell(interaction: discord.Interaction[Any], text: str) -> None:
     """An ephemeral answer, whether or not the interaction was acknowledged yet."""
+    if interaction.response.is_done():
+        await _follow_up(interaction.followup, interaction.id, text)
+        return
     try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.send_message(text, ephemeral=True)
     except discord.HTTPException as exc:
         log.warning("could not answer interaction %s: %s", interaction.id, exc.status)
+
+
+async def _follow_up(followup: discord.Webhook, interaction_id: int, text: str) -> None:
+    try:
+        await followup.send(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction_id, exc.status)
 
 
 def acked(interaction: discord.Interaction[UpscaleBot], command: str, started: float) -> None:
@@ -46,8 +53,16 @@ def acked(interaction: discord.Interaction[UpscaleBot], command: str, started: f
 
 
 def whisper_for(interaction: discord.Interaction[Any]) -> Whisper:
+    """Ephemeral follow-ups for an acknowledged interaction, for as long as its token lives.
+
+    A job keeps its whisper for up to 15 minutes, so it holds only the follow-up webhook (the
+    application id and the token), not the interaction with the clicked message and its view:
+    that cut what a job in flight keeps in memory and what every full garbage collection walks.
+    """
+    followup, interaction_id = interaction.followup, interaction.id
+
     async def whisper(text: str) -> None:
-        await tell(interaction, text)
+        await _follow_up(followup, interaction_id, text)
 
     return whisper
 
