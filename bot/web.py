@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -55,28 +55,8 @@ _CALLBACK_OUTCOMES = {
 }
 
 
-class _MalformedHttpInOneLine(logging.Filter):
-    """aiohttp answers malformed HTTP (a bad request line, header or chunk) with 400 itself and
-    logs a traceback whose message quotes the offending bytes, which can be a request line
-    holding a callback secret. Keep such a record to one line naming only the kind of fault."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            # aiohttp logs "Error handling request from %s" with the peer as the only argument.
-            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            record.msg = "malformed HTTP refused %d from %s: %s"
-            record.args = (exc.code, remote, type(exc).__name__)
-            record.exc_info = None
-            record.exc_text = None
-            if record.levelno > logging.WARNING:
-                record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
 # The logger aiohttp's connection handler reports to (instead of its shared aiohttp.server).
 _http_log = logging.getLogger(f"{__name__}.http")
-_http_log.addFilter(_MalformedHttpInOneLine())
 
 
 def _signature_problem(request: web.Request, task_id: str, key: str) -> str | None:
@@ -200,6 +180,35 @@ class RefusalLog:
             self._timer = self._schedule(delay, self.window_ended)
         else:
             self._timer = asyncio.get_running_loop().call_later(delay, self.window_ended)
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """What aiohttp's connection handler logs for one listener.
+
+    aiohttp answers malformed HTTP (a bad request line, header or chunk) with 400 itself and logs
+    a traceback whose message quotes the offending bytes, which can be a request line holding a
+    callback secret. Such a fault becomes one refusal naming only its kind, counted in the
+    listener's refusal log like any other, so a flood of garbage is bounded too. What aiohttp
+    logs at debug level (non-HTTP bytes sent to the port, common on the internet) stays a debug
+    line, also without the bytes.
+    """
+
+    def __init__(self, refusals: RefusalLog) -> None:
+        super().__init__(_http_log, {})
+        self._refusals = refusals
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if not isinstance(exc, HttpProcessingError):
+            super().log(level, msg, *args, **kwargs)
+            return
+        # aiohttp logs "Error handling request from %s" with the peer as the only argument.
+        remote = str(args[0]) if args else None
+        fault = f"malformed HTTP ({type(exc).__name__})"
+        if level >= logging.WARNING:
+            self._refusals.refused(exc.code, remote, fault)
+        else:
+            super().log(level, "refused %d from %s: %s", exc.code, remote, fault)
 
 
 class Listener:
@@ -361,7 +370,8 @@ class Listener:
             # Callbacks are small JSON; decompressing them would only let a sender make the
             # parser inflate bombs or fail outside the handler. Encoded bodies get a 415.
             auto_decompress=False,
-            logger=_http_log,
+            # An adapter, not a Logger: aiohttp only calls its debug() and exception().
+            logger=_ServerLog(self.refusals),  # type: ignore[arg-type]
             # A stalled request must not hold a shutdown past the host's SIGKILL.
             shutdown_timeout=2.0,
         )

@@ -1002,3 +1002,38 @@ async def test_the_summary_timer_runs_on_the_event_loop(setup: ListenerRig) -> N
     assert first.startswith("callback refused 404 from ")
     assert summary == "callbacks refused: 1 more in the last 0 s not logged one by one (404: 1)"
     assert UNKNOWN_SECRET not in first + summary
+
+
+async def test_a_flood_of_malformed_http_is_bounded_like_other_refusals(
+    setup: ListenerRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp answers malformed HTTP itself; its log records go to the same bounded refusal log,
+    one line naming the kind of fault, never the bytes sent (which may hold a secret)."""
+    clock, timers = FakeClock(), FakeTimers()
+    base = await setup.listener(refusals=refusal_log(clock, timers))
+    job = await setup.submitted_job()
+    caplog.set_level(logging.DEBUG)
+
+    async def garbage() -> int:
+        reader, writer = await connect(base)
+        try:
+            writer.write(f"POST {CALLBACK_PATH}{job.callback_secret}\x01 HTTP/1.1\r\n\r\n".encode())
+            await writer.drain()
+            return parse_answer(await asyncio.wait_for(reader.read(), timeout=5))[0]
+        finally:
+            writer.close()
+
+    statuses = [await garbage() for _ in range(BURST + 15)]
+    assert statuses == [400] * (BURST + 15)
+    lines = refusal_lines(caplog)
+    assert lines[0].startswith("callback refused 400 from 127.0.0.1: malformed HTTP (")
+    assert len(lines) == BURST
+    clock.now += WINDOW
+    timers.fire()
+    assert refusal_lines(caplog)[BURST:] == [
+        "callbacks refused: 15 more in the last 60 s not logged one by one (400: 15)"
+    ]
+    for record in caplog.records:
+        assert record.exc_info is None
+        assert job.callback_secret not in record.getMessage()
+    assert await setup.store.get(job.id) == job
