@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
 from bench.rig import (
+    begin,
     bench_gc_paused,
-    env_option,
-    header,
-    parse_env,
     print_figure,
     print_latency,
     running_bot,
@@ -105,11 +102,8 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=100, help="clicks per round (multiple of 4)")
     parser.add_argument("--gap", type=float, default=2.0, help="seconds between rounds")
     parser.add_argument("--api-delay", type=float, default=5.0, help="seconds the API takes")
-    env_option(parser)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    header("interaction acknowledgement under a click storm")
-    asyncio.run(run(args.rounds, args.clicks, args.gap, args.api_delay, parse_env(args.env)))
+    args, env = begin(parser, "interaction acknowledgement under a click storm")
+    asyncio.run(run(args.rounds, args.clicks, args.gap, args.api_delay, env))
 
 
 if __name__ == "__main__":

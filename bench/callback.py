@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import statistics
 
 from bench.rig import (
     CpuMeter,
     MiB,
-    env_option,
-    header,
-    parse_env,
+    begin,
     print_latency,
     running_bot,
     wait_until,
@@ -117,11 +114,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--png-mib", type=float, default=1.0, help="size of each upscale PNG")
     parser.add_argument("--pause", type=float, default=0.05, help="seconds between upscales")
-    env_option(parser)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    header("callback received → result posted")
-    asyncio.run(run(args.jobs, int(args.png_mib * MiB), args.pause, parse_env(args.env)))
+    args, env = begin(parser, "callback received → result posted")
+    asyncio.run(run(args.jobs, int(args.png_mib * MiB), args.pause, env))
 
 
 if __name__ == "__main__":

@@ -25,17 +25,14 @@ import argparse
 import asyncio
 import collections
 import json
-import logging
 import secrets
 import time
 import uuid
 
 from bench.rig import (
     CpuMeter,
+    begin,
     bench_gc_paused,
-    env_option,
-    header,
-    parse_env,
     percentile,
     print_figure,
     print_latency,
@@ -282,11 +279,8 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=float, default=0.0, help="forged requests offered per second (0: max)"
     )
-    env_option(parser)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    header("forged callbacks while serving real traffic")
-    asyncio.run(run(args.seconds, args.connections, args.bursts, args.rate, parse_env(args.env)))
+    args, env = begin(parser, "forged callbacks while serving real traffic")
+    asyncio.run(run(args.seconds, args.connections, args.bursts, args.rate, env))
 
 
 if __name__ == "__main__":

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import time
 
 from bench.rig import (
     MiB,
     ProcStat,
-    env_option,
-    header,
-    parse_env,
+    begin,
     print_figure,
     running_bot,
 )
@@ -100,11 +97,8 @@ async def _wait_submitted(rig, jobs: int, timeout: float = 120) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
-    env_option(parser)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    header("resident memory with jobs in flight")
-    asyncio.run(run(args.jobs, parse_env(args.env)))
+    args, env = begin(parser, "resident memory with jobs in flight")
+    asyncio.run(run(args.jobs, env))
 
 
 if __name__ == "__main__":

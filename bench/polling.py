@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import logging
 import random
 import statistics
 import time
 
 from bench.rig import (
     CpuMeter,
-    env_option,
-    header,
-    parse_env,
+    begin,
     print_figure,
     print_latency,
     running_bot,
@@ -101,11 +98,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--spread", type=float, default=30.0, help="seconds over which tasks end")
     parser.add_argument("--seed", type=int, default=4)
-    env_option(parser)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    header("polling mode: task done → result posted")
-    asyncio.run(run(args.jobs, args.spread, args.seed, parse_env(args.env)))
+    args, env = begin(parser, "polling mode: task done → result posted")
+    asyncio.run(run(args.jobs, args.spread, args.seed, env))
 
 
 if __name__ == "__main__":

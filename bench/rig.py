@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import math
 import os
 import platform
@@ -472,8 +473,10 @@ async def running_bot(
         await runner.cleanup()
 
 
-def env_option(parser: Any) -> None:
-    """``--env NAME=VALUE`` (repeatable): extra settings for the bot process."""
+def begin(parser: Any, title: str) -> tuple[Any, dict[str, str]]:
+    """What every script does first: add ``--env NAME=VALUE`` (repeatable: extra settings for
+    the bot process), parse the command line, quiet the bench's own logging and print the
+    header; returns the parsed arguments and those settings."""
     parser.add_argument(
         "--env",
         action="append",
@@ -481,16 +484,16 @@ def env_option(parser: Any) -> None:
         metavar="NAME=VALUE",
         help="a setting for the bot process (repeatable), e.g. LOG_LEVEL=WARNING",
     )
-
-
-def parse_env(pairs: list[str]) -> dict[str, str]:
+    args = parser.parse_args()
     env = {}
-    for pair in pairs:
+    for pair in args.env:
         name, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"--env wants NAME=VALUE, got {pair!r}")
         env[name] = value
-    return env
+    logging.basicConfig(level=logging.WARNING)
+    header(title)
+    return args, env
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> Any:

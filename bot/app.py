@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 from urllib.parse import urlsplit
@@ -13,7 +14,7 @@ import discord
 from discord.ext import commands
 
 from bot.config import Settings, redact_url
-from bot.credits import CreditWatch, Notify
+from bot.credits import CreditWatch
 from bot.delivery import DiscordPublisher, ImageFetcher
 from bot.health import HealthMonitor
 from bot.jobs.callback_secrets import CallbackSecrets
@@ -134,7 +135,10 @@ class UpscaleBot(commands.Bot):
         self._credit_watch = CreditWatch(
             self._mj,
             self._store,
-            self._admin_notify(self._publisher),
+            # Without an admin channel the warning goes to the log.
+            None
+            if settings.admin_channel_id is None
+            else functools.partial(self._publisher.post_notice, settings.admin_channel_id),
             threshold=settings.low_credit_threshold,
         )
         self._mj.on_refusal = self._credit_watch.api_refused
@@ -205,17 +209,6 @@ class UpscaleBot(commands.Bot):
                 f"jobs are finished by polling; {heard}"
             )
         return f"expected at {self._callback_base}; {heard}; late ones are covered by polling"
-
-    def _admin_notify(self, publisher: DiscordPublisher) -> Notify | None:
-        """Where the low-credit warning goes: ADMIN_CHANNEL_ID, or None for the log."""
-        channel_id = self.settings.admin_channel_id
-        if channel_id is None:
-            return None
-
-        async def notify(text: str) -> None:
-            await publisher.post_notice(channel_id, text)
-
-        return notify
 
     async def _sync_commands(self) -> None:
         guild_id = self.settings.guild_id

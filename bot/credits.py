@@ -96,10 +96,6 @@ class CreditWatch:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
-    @property
-    def threshold(self) -> int:
-        return self._threshold
-
     def start(self) -> None:
         """Read the credits now, in the background, and every ``check_interval`` after."""
         if self._loop_task is None and not self._closing:

@@ -29,12 +29,11 @@ class MidjourneyClient:
         *,
         timeout: float = 30.0,
         metrics: Metrics | None = None,
-        on_refusal: Callable[[ApiError], None] | None = None,
     ) -> None:
         self._session = session
         # Told of every refusal (an ApiError about to be raised), whichever call met it: the
         # low-credit watch learns of a 402 this way without this package knowing of it.
-        self.on_refusal = on_refusal
+        self.on_refusal: Callable[[ApiError], None] | None = None
         self._metrics = recorder(metrics)
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
