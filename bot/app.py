@@ -15,12 +15,14 @@ from discord.ext import commands
 
 from bot.config import Settings, redact_url
 from bot.credits import CreditWatch
-from bot.delivery import DiscordPublisher, ImageFetcher
+from bot.delivery.fetch import ImageFetcher
+from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
-from bot.jobs.tracker import CALLBACK_PATH, SUBMIT_WINDOW_SECONDS, PollPolicy, Tracker
+from bot.jobs.tracker import SUBMIT_WINDOW_SECONDS, Tracker
+from bot.jobs.types import CALLBACK_PATH, PollPolicy
 from bot.metrics import Metrics
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI

@@ -12,15 +12,14 @@ admin channel), or to the log when no admin channel is set.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from bot.jobs.store import JobStore
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
+from bot.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +92,17 @@ class CreditWatch:
         self._check_again = False
         self._last_submit_check = -float("inf")
         self._refusal_warning: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks(log)
         self._closing = False
 
     def start(self) -> None:
         """Read the credits now, in the background, and every ``check_interval`` after."""
         if self._loop_task is None and not self._closing:
-            self._loop_task = self._spawn(self._run(), "credit-watch")
+            self._loop_task = self._tasks.spawn(self._run(), "credit-watch")
 
     async def close(self) -> None:
         self._closing = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.close()
 
     async def wait_quiet(self) -> None:
         """Until the checks and warnings started by submissions and refusals are done."""
@@ -125,7 +119,9 @@ class CreditWatch:
             return
         self._check_again = True
         if self._submit_checks is None or self._submit_checks.done():
-            self._submit_checks = self._spawn(self._checks_after_submissions(), "credit-check")
+            self._submit_checks = self._tasks.spawn(
+                self._checks_after_submissions(), "credit-check"
+            )
 
     def api_refused(self, error: ApiError) -> None:
         """Any API call was refused (the client's observer): a 402 warns at once."""
@@ -133,7 +129,7 @@ class CreditWatch:
             return
         # One at a time: a storm of 402s (and the reading below, should it meet one) is one.
         if self._refusal_warning is None or self._refusal_warning.done():
-            self._refusal_warning = self._spawn(self._warn_out_of_credits(), "credit-402")
+            self._refusal_warning = self._tasks.spawn(self._warn_out_of_credits(), "credit-402")
 
     # -- checks -------------------------------------------------------------------------------
 
@@ -217,9 +213,3 @@ class CreditWatch:
             await self._store.release_notice(NOTICE, claimed_at=claimed_at)
         except Exception as exc:
             log.warning("low-credit warning claim not given back (%r): next try in an hour", exc)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task

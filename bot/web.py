@@ -23,7 +23,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from bot import metrics as m
 from bot.health import HealthCheck, iso_time
-from bot.jobs.tracker import CALLBACK_PATH, CallbackVerdict, Tracker
+from bot.jobs.tracker import Tracker
+from bot.jobs.types import CALLBACK_PATH, CallbackVerdict
 from bot.midjourney.models import parse_callback, webhook_signature
 
 log = logging.getLogger(__name__)

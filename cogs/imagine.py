@@ -11,8 +11,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import imagine_status_text
-from bot.jobs.tracker import Refused
+from bot.delivery.texts import imagine_status_text
+from bot.jobs.types import Refused
 from bot.midjourney.models import ASPECT_RATIOS, SPEEDS, VERSIONS
 from cogs.upscale import SORRY, acked, tell, whisper_for
 

@@ -11,10 +11,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import jump_url
+from bot.delivery.texts import jump_url
 from bot.grid import UPSCALE_TEMPLATE, grid_owner, may_upscale, number_to_index, upscale_button
 from bot.jobs.store import JobState
-from bot.jobs.tracker import Refused, Whisper
+from bot.jobs.types import Refused, Whisper
 from bot.metrics import recorder
 from bot.midjourney.models import GRID_SIZE, is_task_id
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.jobs.tracker import PollPolicy
+from bot.jobs.types import PollPolicy
 from bot.midjourney.sandbox import SandboxAPI
 from tests.fakes.discord_double import DiscordDouble, point_discord_at
 from tests.harness import Harness

@@ -15,7 +15,7 @@ from aiohttp import web
 from bot.app import UpscaleBot
 from bot.config import load_settings
 from bot.grid import parse_upscale_custom_id, upscale_custom_id
-from bot.jobs.tracker import PollPolicy
+from bot.jobs.types import PollPolicy
 from bot.midjourney.sandbox import SandboxAPI
 from tests.fakes.discord_double import DiscordDouble, StoredMessage
 

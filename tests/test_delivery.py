@@ -20,22 +20,12 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from bot.delivery import (
-    DEFAULT_UPLOAD_LIMIT,
-    MAX_IMAGE_BYTES,
-    MIN_REENCODED_BYTES,
-    PROMPT_LIMIT,
-    DiscordPublisher,
-    ImageFetcher,
-    failure_text,
-    image_kind,
-    jump_url,
-    reencode,
-    result_text,
-    status_text,
-)
+from bot.delivery.fetch import MAX_IMAGE_BYTES, ImageFetcher, image_kind
+from bot.delivery.fit import MIN_REENCODED_BYTES, reencode
+from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, DiscordPublisher
+from bot.delivery.texts import PROMPT_LIMIT, failure_text, jump_url, result_text, status_text
 from bot.jobs.store import Job, JobKind, JobState, JobStore
-from bot.jobs.tracker import DeliveryError
+from bot.jobs.types import DeliveryError
 from bot.net import NonPublicAddressError, PublicOnlyResolver, is_public
 from tests.fakes.discord_double import DiscordDouble
 

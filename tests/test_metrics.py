@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.jobs.store import JobKind, JobState, JobStore
-from bot.jobs.tracker import CALLBACK_PATH
+from bot.jobs.types import CALLBACK_PATH
 from bot.metrics import CALLBACK_OUTCOMES, NO_METRICS, Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable

@@ -22,7 +22,7 @@ import pytest
 from yarl import URL
 
 from bot.jobs.store import JobState
-from bot.jobs.tracker import CALLBACK_PATH
+from bot.jobs.types import CALLBACK_PATH
 from bot.midjourney.models import webhook_signature
 from bot.web import MAX_CALLBACK_BYTES, RefusalLog
 from tests.conftest import RunningSandbox

@@ -12,111 +12,35 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore, TooManyJobs
 from bot.jobs.throttle import QueueFull, SubmitThrottle
+from bot.jobs.types import (
+    CALLBACK_PATH,
+    CallbackVerdict,
+    DeliveryError,
+    Outcome,
+    PollPolicy,
+    Publisher,
+    Refused,
+    Whisper,
+)
 from bot.metrics import Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
 from bot.midjourney.models import Task, TaskStatus
+from bot.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
-
-# Tells the requester something only they see, while their interaction is still alive.
-Whisper = Callable[[str], Awaitable[None]]
-
-CALLBACK_PATH = "/callbacks/midjourney/"
 
 # The vendor's documented pace: about 20 new tasks per 10 s per account.
 SUBMIT_WINDOW_SECONDS = 10.0
 VENDOR_RATE = 20
 # Pauses before resending a submission the API refused without taking it (429, no connection).
 SUBMIT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0)
-
-
-class CallbackVerdict(StrEnum):
-    """What became of a callback, for the listener's answer."""
-
-    ACCEPTED = "accepted"
-    # No job has this secret.
-    UNKNOWN = "unknown"
-    # The job's secret, but the body names another task than the job's own: ignored.
-    MISMATCH = "mismatch"
-
-
-class Refused(Exception):
-    """The request was not taken at all (nothing stored, nothing paid); ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class DeliveryError(Exception):
-    """The result could not be posted; ``reason`` is for the requester, ``retry`` says if later
-    attempts may succeed (a Discord outage) or not (a result image that is not an image)."""
-
-    def __init__(self, reason: str, *, retry: bool) -> None:
-        self.reason = reason
-        self.retry = retry
-        super().__init__(reason)
-
-
-class Publisher(Protocol):
-    """What the tracker needs from the Discord side (bot.delivery implements it)."""
-
-    async def post_status(self, job: Job) -> int | None: ...
-
-    async def deliver(self, job: Job) -> int: ...
-
-    async def mark_grid(self, job: Job) -> None: ...
-
-    async def tidy_up(self, job: Job) -> None: ...
-
-    async def announce_failure(self, job: Job, reason: str, whisper: Whisper | None) -> None: ...
-
-    async def post_grid(
-        self, task: Task, *, requester_id: int, guild_id: int | None, channel_id: int
-    ) -> int: ...
-
-
-@dataclass(frozen=True)
-class PollPolicy:
-    """How often record-info is asked while a job waits.
-
-    With callbacks the first poll waits long enough for a callback to arrive; without them it
-    polls every ``interval`` for a while, then backs off to ``max_interval``.
-    """
-
-    first_with_callback: float = 90.0
-    interval: float = 5.0
-    steady_for: float = 60.0
-    factor: float = 1.5
-    max_interval: float = 30.0
-
-    def next_delay(self, waited: float, previous: float | None, *, callbacks: bool) -> float:
-        if previous is None:
-            return self.first_with_callback if callbacks else self.interval
-        if waited < self.steady_for:
-            return self.interval
-        return min(self.max_interval, previous * self.factor)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of a request, for the cog to tell the person who asked."""
-
-    job: Job
-    created: bool
-
-    @property
-    def failed(self) -> bool:
-        return self.job.state is JobState.FAILED
 
 
 class Tracker:
@@ -162,7 +86,7 @@ class Tracker:
         self._locks: dict[str, asyncio.Lock] = {}
         self._whispers: dict[str, tuple[Whisper, float]] = {}
         self._closing = False
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundTasks(log)
         # Steps that must not be cut off by a shutdown: a paid call awaiting its answer, a post.
         self._busy_steps = 0
         self._quiet = asyncio.Event()
@@ -296,7 +220,7 @@ class Tracker:
             log.info("recovering %s state=%s", job.label, job.state)
             if job.state is JobState.REQUESTED:
                 # Recovered work was accepted before: it queues whatever the queue's bound.
-                self._spawn(self._start(job, queue_bound=False))
+                self._background.spawn(self._start(job, queue_bound=False))
             else:
                 self._watch(job)
         return len(jobs)
@@ -325,12 +249,7 @@ class Tracker:
         if grace > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._quiet.wait(), timeout=grace)
-        watchers = [*self._watchers.values(), *self._background]
-        for task in watchers:
-            task.cancel()
-        for task in watchers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._background.close(*self._watchers.values())
         self._watchers.clear()
 
     async def wait_idle(self) -> None:
@@ -412,7 +331,7 @@ class Tracker:
                 ahead = self._throttle.waiting
                 log.info("submission queued %s ahead=%d", job.label, ahead)
                 # Not awaited: the place in the queue is taken in this same step, below.
-                self._spawn(self._tell(job, _queued_text(ahead)))
+                self._background.spawn(self._tell(job, _queued_text(ahead)))
             try:
                 await self._throttle.acquire(bounded=queue_bound)
             except QueueFull:
@@ -496,7 +415,7 @@ class Tracker:
         if self._on_submitted is not None:
             self._on_submitted()
         if job.kind is JobKind.UPSCALE:
-            self._spawn(self._publisher.mark_grid(job))
+            self._background.spawn(self._publisher.mark_grid(job))
         self._watch(job)
         return job
 
@@ -679,18 +598,6 @@ class Tracker:
         if entry is None or entry[1] <= time.time():
             return None
         return entry[0]
-
-    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        # The coroutine itself becomes the task, so a task cancelled at shutdown before it ran
-        # is closed cleanly rather than left "never awaited".
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background step failed", exc_info=task.exception())
 
 
 _QUEUE_FULL = (

@@ -30,7 +30,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -41,6 +41,7 @@ from aiohttp import web
 from yarl import URL
 
 from bot.midjourney.models import webhook_signature
+from bot.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class SandboxAPI:
         self._tasks: dict[str, SandboxTask] = {}
         self._faults: dict[str, list[_ApiError]] = {}
         self._holds: list[SandboxHold] = []
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks(log)
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._session: aiohttp.ClientSession | None = None
         self._png_cache: dict[tuple[str, int], bytes] = {}
@@ -301,7 +302,7 @@ class SandboxAPI:
         task = self.task(task_id)
         if task.success_flag == RUNNING or task.callback_url is None:
             raise ValueError(f"task {task_id} is running or has no callBackUrl")
-        self._spawn(self._deliver_callback(task))
+        self._background.spawn(self._deliver_callback(task))
 
     # ----- observation -------------------------------------------------------------------------
 
@@ -366,10 +367,7 @@ class SandboxAPI:
         # A held handler would keep the server's shutdown waiting for its answer.
         for hold in self._holds:
             hold.release()
-        pending = list(self._background)
-        for job in pending:
-            job.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await self._background.close()
         for task in self._tasks.values():
             task.timer = None
         if self._session is not None:
@@ -620,7 +618,7 @@ class SandboxAPI:
     def _start(self, task: SandboxTask) -> None:
         log.info("sandbox: task %s (%s) created", task.task_id, task.task_type)
         if self.task_seconds is not None:
-            task.timer = self._spawn(self._finish_later(task, self.task_seconds))
+            task.timer = self._background.spawn(self._finish_later(task, self.task_seconds))
 
     async def _finish_later(self, task: SandboxTask, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -647,7 +645,7 @@ class SandboxAPI:
             task.error_message = message
         log.info("sandbox: task %s finished with successFlag %d", task.task_id, flag)
         if task.callback_url is not None:
-            self._spawn(self._deliver_callback(task))
+            self._background.spawn(self._deliver_callback(task))
 
     def _callback_payload(self, task: SandboxTask) -> dict[str, Any]:
         if task.success_flag == SUCCESS:
@@ -730,12 +728,6 @@ class SandboxAPI:
         if not dot or extension != "png" or not task_id or not index.isdigit():
             raise _ApiError(404, f"no such file: {name}")
         return task_id, int(index)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        job = asyncio.get_running_loop().create_task(coroutine)
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
-        return job
 
     def _notify(self) -> None:
         for predicate, future in self._waiters:

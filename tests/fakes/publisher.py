@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.jobs.store import Job
-from bot.jobs.tracker import DeliveryError, Whisper
+from bot.jobs.types import DeliveryError, Whisper
 from bot.midjourney.models import Task
 
 

@@ -12,7 +12,8 @@ import pytest
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
-from bot.jobs.tracker import PollPolicy, Tracker
+from bot.jobs.tracker import Tracker
+from bot.jobs.types import PollPolicy
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
 from bot.web import Listener

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from bot.jobs.store import JobKind, JobState
 from bot.jobs.throttle import SubmitThrottle
-from bot.jobs.tracker import CALLBACK_PATH, CallbackVerdict, Refused
+from bot.jobs.types import CALLBACK_PATH, CallbackVerdict, Refused
 from tests.jobs.conftest import Rig
 from tests.jobs.test_tracker import job_state, recorded_click, upscale
 

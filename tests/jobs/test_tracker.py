@@ -8,7 +8,8 @@ import aiohttp
 
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import Job, JobKind, JobState
-from bot.jobs.tracker import CALLBACK_PATH, DeliveryError, PollPolicy, Tracker
+from bot.jobs.tracker import Tracker
+from bot.jobs.types import CALLBACK_PATH, DeliveryError, PollPolicy
 from tests.jobs.conftest import Rig
 
 CHANNEL = 555

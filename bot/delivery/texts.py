@@ -1,0 +1,65 @@
+"""The texts the bot posts in a channel about a job: status lines, results, failures."""
+
+from __future__ import annotations
+
+import discord
+
+from bot.grid import owner_mention
+from bot.jobs.store import Job, JobKind
+
+PROMPT_LIMIT = 1500
+REASON_LIMIT = 400
+
+
+def prompt_text(prompt: str | None) -> str:
+    if not prompt:
+        return "**(no prompt known)**"
+    cleaned = discord.utils.escape_markdown(prompt.replace("\n", " "))
+    if len(cleaned) > PROMPT_LIMIT:
+        cleaned = cleaned[:PROMPT_LIMIT] + "…"
+    return f"**{cleaned}**"
+
+
+def status_text(job: Job) -> str:
+    started = f"<t:{int(job.created_at)}:R>"
+    if job.kind is JobKind.UPSCALE:
+        number = (job.image_index or 0) + 1
+        return f"⏳ Upscaling image #{number} for <@{job.requester_id}> (started {started})"
+    return imagine_status_text(job.prompt or "", job.requester_id, job.created_at)
+
+
+def imagine_status_text(prompt: str, requester_id: int, started_at: float) -> str:
+    started = f"<t:{int(started_at)}:R>"
+    return f"⏳ Generating {prompt_text(prompt)} for <@{requester_id}> (started {started})"
+
+
+def result_text(job: Job) -> str:
+    if job.kind is JobKind.UPSCALE:
+        number = (job.image_index or 0) + 1
+        return f"{prompt_text(job.prompt)} - Image #{number} <@{job.requester_id}>"
+    return grid_text(job.prompt, job.requester_id)
+
+
+def grid_text(prompt: str | None, requester_id: int) -> str:
+    """The line above a grid's four images."""
+    return f"{prompt_text(prompt)}{owner_mention(requester_id)}"
+
+
+def failure_text(job: Job, reason: str) -> str:
+    if job.kind is JobKind.UPSCALE:
+        what = f"Upscale of image #{(job.image_index or 0) + 1}"
+    else:
+        what = f"Generation of {prompt_text(job.prompt)}"
+    # The prompt may take 1500 of Discord's 2000 characters; the reason gets what is left.
+    return f"❌ {what} for <@{job.requester_id}> failed: {reason[:REASON_LIMIT]}"
+
+
+def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+
+
+def forbidden_reason() -> str:
+    return (
+        "the bot may not post in that channel; a server admin must give it View Channel, "
+        "Send Messages and Attach Files there"
+    )

@@ -1,0 +1,97 @@
+"""What the job lifecycle shares with the parts around it: the tracker's answers and errors,
+what it needs from the Discord side (Publisher), and how often it polls."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from bot.jobs.store import Job, JobState
+from bot.midjourney.models import Task
+
+# Tells the requester something only they see, while their interaction is still alive.
+Whisper = Callable[[str], Awaitable[None]]
+
+CALLBACK_PATH = "/callbacks/midjourney/"
+
+
+class CallbackVerdict(StrEnum):
+    """What became of a callback, for the listener's answer."""
+
+    ACCEPTED = "accepted"
+    # No job has this secret.
+    UNKNOWN = "unknown"
+    # The job's secret, but the body names another task than the job's own: ignored.
+    MISMATCH = "mismatch"
+
+
+class Refused(Exception):
+    """The request was not taken at all (nothing stored, nothing paid); ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class DeliveryError(Exception):
+    """The result could not be posted; ``reason`` is for the requester, ``retry`` says if later
+    attempts may succeed (a Discord outage) or not (a result image that is not an image)."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        self.reason = reason
+        self.retry = retry
+        super().__init__(reason)
+
+
+class Publisher(Protocol):
+    """What the tracker needs from the Discord side (bot.delivery implements it)."""
+
+    async def post_status(self, job: Job) -> int | None: ...
+
+    async def deliver(self, job: Job) -> int: ...
+
+    async def mark_grid(self, job: Job) -> None: ...
+
+    async def tidy_up(self, job: Job) -> None: ...
+
+    async def announce_failure(self, job: Job, reason: str, whisper: Whisper | None) -> None: ...
+
+    async def post_grid(
+        self, task: Task, *, requester_id: int, guild_id: int | None, channel_id: int
+    ) -> int: ...
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How often record-info is asked while a job waits.
+
+    With callbacks the first poll waits long enough for a callback to arrive; without them it
+    polls every ``interval`` for a while, then backs off to ``max_interval``.
+    """
+
+    first_with_callback: float = 90.0
+    interval: float = 5.0
+    steady_for: float = 60.0
+    factor: float = 1.5
+    max_interval: float = 30.0
+
+    def next_delay(self, waited: float, previous: float | None, *, callbacks: bool) -> float:
+        if previous is None:
+            return self.first_with_callback if callbacks else self.interval
+        if waited < self.steady_for:
+            return self.interval
+        return min(self.max_interval, previous * self.factor)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a request, for the cog to tell the person who asked."""
+
+    job: Job
+    created: bool
+
+    @property
+    def failed(self) -> bool:
+        return self.job.state is JobState.FAILED
