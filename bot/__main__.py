@@ -13,7 +13,7 @@ import aiohttp
 import discord
 from dotenv import load_dotenv
 
-from bot.app import UpscaleBot
+from bot.app import App
 from bot.config import RedactingFilter, Settings, SettingsError, load_settings
 from bot.logs import JSON, make_formatter
 
@@ -42,35 +42,32 @@ def setup_logging(settings: Settings) -> None:
 
 
 async def run(settings: Settings) -> int:
-    bot = UpscaleBot(settings)
+    app = App(settings)
     loop = asyncio.get_running_loop()
     # The loop keeps only weak references to tasks: the shutdown must not be collected midway.
     stopping: list[asyncio.Task[None]] = []
 
     def stop(signame: str) -> None:
         log.info("%s received: stopping", signame)
-        stopping.append(asyncio.ensure_future(bot.close()))
+        stopping.append(asyncio.ensure_future(app.close()))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop, sig.name)
-    async with bot:
-        try:
-            await bot.start(settings.discord_token)
-            # The gateway stops before the shutdown's last steps are done: wait for all of it.
-            await bot.close()
-        except discord.LoginFailure:
-            log.error("Discord refused DISCORD_TOKEN: copy the bot token again from the portal")
-            return 2
-        except discord.PrivilegedIntentsRequired:
-            log.error("Discord refused the gateway intents the bot asked for")
-            return 2
-        except aiohttp.ClientConnectorError as exc:
-            log.error("cannot reach Discord (%s): check the network", exc.host)
-            return 1
-        except OSError as exc:
-            log.error("cannot start the listener on %s:%s: %s", settings.host, settings.port, exc)
-            return 2
+    try:
+        await app.start(settings.discord_token)
+    except discord.LoginFailure:
+        log.error("Discord refused DISCORD_TOKEN: copy the bot token again from the portal")
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        log.error("Discord refused the gateway intents the bot asked for")
+        return 2
+    except aiohttp.ClientConnectorError as exc:
+        log.error("cannot reach Discord (%s): check the network", exc.host)
+        return 1
+    except OSError as exc:
+        log.error("cannot start the listener on %s:%s: %s", settings.host, settings.port, exc)
+        return 2
     log.info("stopped")
     return 0
 

@@ -11,7 +11,7 @@ from urllib.parse import SplitResult, urlsplit
 SANDBOX = "sandbox"
 DEFAULT_API_BASE_URL = "https://api.midapi.ai"
 DEFAULT_DATABASE_URL = "sqlite:///data/bot.sqlite3"
-# Where the vendors have been seen to serve result files (reference/midjourney-api.md).
+# Where the vendors have been seen to serve result files (docs/reference/midjourney-api.md).
 VENDOR_RESULT_HOSTS = (
     "tempfile.aiquickdraw.com",
     "tempfileb.aiquickdraw.com",

@@ -1,0 +1,25 @@
+"""The Discord front: slash commands and buttons, thin, each built with the services it uses."""
+
+from __future__ import annotations
+
+from discord.ext import commands
+
+from bot.metrics import recorder
+from bot.services import Services
+from cogs.admin import AdminCog
+from cogs.imagine import ImagineCog
+from cogs.interactions import on_command_error
+from cogs.upscale import UpscaleCog
+
+
+async def add_cogs(bot: commands.Bot, services: Services) -> None:
+    """Add every cog to ``bot`` and route every command's error to the one error path."""
+    metrics = recorder(services.metrics)
+    bot.tree.error(on_command_error)
+    await bot.add_cog(
+        UpscaleCog(
+            bot, services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics
+        )
+    )
+    await bot.add_cog(ImagineCog(services.tracker, metrics=metrics))
+    await bot.add_cog(AdminCog(services.status_report))

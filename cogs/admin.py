@@ -2,48 +2,27 @@
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.status import status_report
-from cogs.upscale import SORRY, tell
-
-if TYPE_CHECKING:
-    from bot.app import UpscaleBot
-
-log = logging.getLogger(__name__)
+from cogs.interactions import tell
 
 
 class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot"):
-    def __init__(self, bot: UpscaleBot) -> None:
-        self.bot = bot
+    def __init__(self, status_report: Callable[[], Awaitable[str]]) -> None:
+        self._status_report = status_report
         super().__init__()
 
     @app_commands.command(name="status", description="Jobs, credits and callbacks (admins only)")
     @app_commands.default_permissions(manage_guild=True)
-    async def status(self, interaction: discord.Interaction[UpscaleBot]) -> None:
+    async def status(self, interaction: discord.Interaction[Any]) -> None:
         # default_permissions is only what Discord shows by default; a server may change it.
         if not interaction.permissions.manage_guild:
             await tell(interaction, "❌ Only members who can manage the server may see this.")
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            report = await status_report(
-                self.bot.tracker.store,
-                self.bot.mj,
-                callbacks=self.bot.callbacks_summary(),
-                low_credit_threshold=self.bot.settings.low_credit_threshold,
-            )
-        except Exception:
-            log.exception("/mj status failed")
-            await tell(interaction, SORRY)
-            return
-        await tell(interaction, report)
-
-
-async def setup(bot: UpscaleBot) -> None:
-    await bot.add_cog(AdminCog(bot))
+        await tell(interaction, await self._status_report())

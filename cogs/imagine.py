@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery.texts import imagine_status_text
+from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
+from bot.metrics import Recorder
 from bot.midjourney.models import ASPECT_RATIOS, SPEEDS, VERSIONS
-from cogs.upscale import SORRY, acked, tell, whisper_for
-
-if TYPE_CHECKING:
-    from bot.app import UpscaleBot
-
-log = logging.getLogger(__name__)
+from cogs.interactions import acked, tell, whisper_for
 
 PROMPT_MAX = 2000
 
@@ -29,8 +25,9 @@ def _choices(values: tuple[str, ...]) -> list[app_commands.Choice[str]]:
 
 
 class ImagineCog(commands.Cog):
-    def __init__(self, bot: UpscaleBot) -> None:
-        self.bot = bot
+    def __init__(self, tracker: Tracker, *, metrics: Recorder) -> None:
+        self._tracker = tracker
+        self._metrics = metrics
 
     @app_commands.command(name="imagine", description="Generate four images from a prompt")
     @app_commands.describe(
@@ -44,7 +41,7 @@ class ImagineCog(commands.Cog):
     )
     async def imagine(
         self,
-        interaction: discord.Interaction[UpscaleBot],
+        interaction: discord.Interaction[Any],
         prompt: app_commands.Range[str, 1, PROMPT_MAX],
         aspect_ratio: str | None = None,
         version: str | None = None,
@@ -77,9 +74,9 @@ class ImagineCog(commands.Cog):
             imagine_status_text(prompt, interaction.user.id, time.time()),
             allowed_mentions=discord.AllowedMentions.none(),
         )
-        acked(interaction, "imagine", started)
+        acked(self._metrics, interaction, "imagine", started)
         try:
-            await self.bot.tracker.request_imagine(
+            await self._tracker.request_imagine(
                 prompt=prompt,
                 options=options,
                 requester_id=interaction.user.id,
@@ -94,10 +91,3 @@ class ImagineCog(commands.Cog):
             with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
             await tell(interaction, f"❌ Not started: {refused.reason}.")
-        except Exception:
-            log.exception("/imagine failed")
-            await tell(interaction, SORRY)
-
-
-async def setup(bot: UpscaleBot) -> None:
-    await bot.add_cog(ImagineCog(bot))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 import discord
 from discord import app_commands
@@ -14,103 +14,23 @@ from discord.ext import commands
 from bot.delivery.texts import jump_url
 from bot.grid import UPSCALE_TEMPLATE, grid_owner, may_upscale, number_to_index, upscale_button
 from bot.jobs.store import JobState
-from bot.jobs.types import Refused, Whisper
-from bot.metrics import recorder
+from bot.jobs.tracker import Tracker
+from bot.jobs.types import Refused
+from bot.metrics import Recorder
 from bot.midjourney.models import GRID_SIZE, is_task_id
+from cogs.interactions import acked, report_error, tell, whisper_for
 
-if TYPE_CHECKING:
-    from bot.app import UpscaleBot
-
-log = logging.getLogger(__name__)
-
-SORRY = "❌ Something went wrong on the bot's side; the server admin can find details in its log."
-
-
-async def tell(interaction: discord.Interaction[Any], text: str) -> None:
-    """An ephemeral answer, whether or not the interaction was acknowledged yet."""
-    if interaction.response.is_done():
-        await _follow_up(interaction.followup, interaction.id, text)
-        return
-    try:
-        await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.warning("could not answer interaction %s: %s", interaction.id, exc.status)
-
-
-async def _follow_up(followup: discord.Webhook, interaction_id: int, text: str) -> None:
-    try:
-        await followup.send(text, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.warning("could not answer interaction %s: %s", interaction_id, exc.status)
-
-
-def acked(interaction: discord.Interaction[UpscaleBot], command: str, started: float) -> None:
-    """Record the acknowledgement just made (when metrics are on): from ``started``, the
-    handler's ``time.monotonic()`` at entry (what the bot controls), and from the interaction's
-    creation (its snowflake, by Discord's clock: adds gateway latency and any clock skew)."""
-    metrics = recorder(interaction.client.metrics)
-    metrics.acked(command, started, interaction.created_at.timestamp())
-
-
-def whisper_for(interaction: discord.Interaction[Any]) -> Whisper:
-    """Ephemeral follow-ups for an acknowledged interaction, for as long as its token lives.
-
-    A job keeps its whisper for up to 15 minutes, so it holds only the follow-up webhook (the
-    application id and the token), not the interaction with the clicked message and its view:
-    that cut what a job in flight keeps in memory and what every full garbage collection walks.
-    """
-    followup, interaction_id = interaction.followup, interaction.id
-
-    async def whisper(text: str) -> None:
-        await _follow_up(followup, interaction_id, text)
-
-    return whisper
-
-
-async def start_upscale(
-    interaction: discord.Interaction[UpscaleBot],
-    task_id: str,
-    image_index: int,
-    grid_message_id: int | None,
-) -> None:
-    """The one path for a U-button click and /upscale: acknowledge, then ask the tracker."""
-    number = image_index + 1
-    if interaction.channel_id is None:
-        await tell(interaction, "❌ Upscales can only be asked for in a channel.")
-        return
-    try:
-        outcome = await interaction.client.tracker.request_upscale(
-            parent_task_id=task_id,
-            image_index=image_index,
-            requester_id=interaction.user.id,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id,
-            grid_message_id=grid_message_id,
-            whisper=whisper_for(interaction),
-            whisper_until=interaction.expires_at.timestamp(),
-        )
-    except Refused as refused:
-        await tell(interaction, f"❌ Image #{number} was not upscaled: {refused.reason}.")
-        return
-    job = outcome.job
-    if outcome.created:
-        if not outcome.failed and interaction.type is discord.InteractionType.application_command:
-            await tell(
-                interaction, f"⏳ Upscaling image #{number}; the result will be posted here."
-            )
-        return
-    if job.state is JobState.DELIVERED and job.result_message_id is not None:
-        link = jump_url(job.guild_id, job.channel_id, job.result_message_id)
-        await tell(interaction, f"✅ Image #{number} was already upscaled: {link}")
-    else:
-        await tell(
-            interaction,
-            f"⏳ Image #{number} is already being upscaled (asked by <@{job.requester_id}>); "
-            "the result will be posted in the channel.",
-        )
+# What a click on U<n> calls: the interaction, the grid's task id and the image's index.
+OnClick = Callable[[discord.Interaction[Any], str, int], Awaitable[None]]
 
 
 class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPSCALE_TEMPLATE):
+    """U1–U4 on any grid, also ones posted before a restart. discord.py builds one per click
+    from the custom_id, so what it calls comes with the class: see ``upscale_button_type``."""
+
+    # Set on the class that upscale_button_type makes.
+    on_click: ClassVar[OnClick]
+
     def __init__(self, task_id: str, image_index: int) -> None:
         super().__init__(upscale_button(task_id, image_index + 1))
         self.task_id = task_id
@@ -120,40 +40,66 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPS
     async def from_custom_id(
         cls,
         interaction: discord.Interaction[Any],
-        item: discord.ui.Button[Any],
+        item: discord.ui.Item[Any],
         match: re.Match[str],
         /,
     ) -> UpscaleButton:
         return cls(match["task"], number_to_index(int(match["n"])))
 
-    async def callback(self, interaction: discord.Interaction[UpscaleBot]) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        # discord.py has no error hook for dynamic items: it would log and say nothing.
+        try:
+            await self.on_click(interaction, self.task_id, self.image_index)
+        except Exception as exc:
+            await report_error(interaction, exc)
+
+
+def upscale_button_type(on_click: OnClick) -> type[UpscaleButton]:
+    """The button class to register, calling ``on_click``."""
+
+    handler = on_click
+
+    class Button(UpscaleButton, template=UPSCALE_TEMPLATE):
+        on_click = staticmethod(handler)
+
+    return Button
+
+
+class UpscaleCog(commands.Cog):
+    def __init__(
+        self, bot: commands.Bot, tracker: Tracker, *, allowed: str, metrics: Recorder
+    ) -> None:
+        self._bot = bot
+        self._tracker = tracker
+        # UPSCALE_ALLOWED: "anyone", or "requester" (the grid's owner and message managers).
+        self._allowed = allowed
+        self._metrics = metrics
+        self._button = upscale_button_type(self.clicked)
+
+    async def cog_load(self) -> None:
+        self._bot.add_dynamic_items(self._button)
+
+    async def cog_unload(self) -> None:
+        self._bot.remove_dynamic_items(self._button)
+
+    async def clicked(
+        self, interaction: discord.Interaction[Any], task_id: str, image_index: int
+    ) -> None:
         started = time.monotonic()
         # Acknowledge before anything slow: Discord gives 3 seconds, the API may take longer.
         await interaction.response.defer()
-        acked(interaction, "button", started)
+        acked(self._metrics, interaction, "button", started)
         message = interaction.message
         owner = grid_owner(message.content) if message else None
         manages = interaction.permissions.manage_messages
-        policy = interaction.client.settings.upscale_allowed
-        if not may_upscale(policy, interaction.user.id, owner, manages=manages):
+        if not may_upscale(self._allowed, interaction.user.id, owner, manages=manages):
             whose = f"<@{owner}>, who asked for it," if owner else "the person who asked for it"
             await tell(
                 interaction,
                 f"❌ Only {whose} or members who can manage messages may upscale this grid.",
             )
             return
-        try:
-            await start_upscale(
-                interaction, self.task_id, self.image_index, message.id if message else None
-            )
-        except Exception:
-            log.exception("upscale click failed task=%s index=%s", self.task_id, self.image_index)
-            await tell(interaction, SORRY)
-
-
-class UpscaleCog(commands.Cog):
-    def __init__(self, bot: UpscaleBot) -> None:
-        self.bot = bot
+        await self._start(interaction, task_id, image_index, message.id if message else None)
 
     @app_commands.command(name="upscale", description="Upscale one image of a Midjourney grid")
     @app_commands.describe(
@@ -162,7 +108,7 @@ class UpscaleCog(commands.Cog):
     )
     async def upscale(
         self,
-        interaction: discord.Interaction[UpscaleBot],
+        interaction: discord.Interaction[Any],
         task_id: str,
         image: app_commands.Range[int, 1, GRID_SIZE] | None = None,
     ) -> None:
@@ -176,23 +122,60 @@ class UpscaleCog(commands.Cog):
             await tell(interaction, f"❌ image must be 1 to {GRID_SIZE}, not {image}.")
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        acked(interaction, "upscale", started)
+        acked(self._metrics, interaction, "upscale", started)
+        if image is None:
+            error = await self._tracker.show_grid(
+                task_id,
+                requester_id=interaction.user.id,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id or 0,
+            )
+            await tell(interaction, f"❌ {error}" if error else "✅ Posted the four images.")
+            return
+        await self._start(interaction, task_id, number_to_index(image), None)
+
+    async def _start(
+        self,
+        interaction: discord.Interaction[Any],
+        task_id: str,
+        image_index: int,
+        grid_message_id: int | None,
+    ) -> None:
+        """The one path for a U-button click and /upscale, once acknowledged."""
+        number = image_index + 1
+        if interaction.channel_id is None:
+            await tell(interaction, "❌ Upscales can only be asked for in a channel.")
+            return
         try:
-            if image is None:
-                error = await self.bot.tracker.show_grid(
-                    task_id,
-                    requester_id=interaction.user.id,
-                    guild_id=interaction.guild_id,
-                    channel_id=interaction.channel_id or 0,
+            outcome = await self._tracker.request_upscale(
+                parent_task_id=task_id,
+                image_index=image_index,
+                requester_id=interaction.user.id,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                grid_message_id=grid_message_id,
+                whisper=whisper_for(interaction),
+                whisper_until=interaction.expires_at.timestamp(),
+            )
+        except Refused as refused:
+            await tell(interaction, f"❌ Image #{number} was not upscaled: {refused.reason}.")
+            return
+        job = outcome.job
+        if outcome.created:
+            if (
+                not outcome.failed
+                and interaction.type is discord.InteractionType.application_command
+            ):
+                await tell(
+                    interaction, f"⏳ Upscaling image #{number}; the result will be posted here."
                 )
-                await tell(interaction, f"❌ {error}" if error else "✅ Posted the four images.")
-                return
-            await start_upscale(interaction, task_id, number_to_index(image), None)
-        except Exception:
-            log.exception("/upscale failed task=%s image=%s", task_id, image)
-            await tell(interaction, SORRY)
-
-
-async def setup(bot: UpscaleBot) -> None:
-    bot.add_dynamic_items(UpscaleButton)
-    await bot.add_cog(UpscaleCog(bot))
+            return
+        if job.state is JobState.DELIVERED and job.result_message_id is not None:
+            link = jump_url(job.guild_id, job.channel_id, job.result_message_id)
+            await tell(interaction, f"✅ Image #{number} was already upscaled: {link}")
+        else:
+            await tell(
+                interaction,
+                f"⏳ Image #{number} is already being upscaled (asked by <@{job.requester_id}>); "
+                "the result will be posted in the channel.",
+            )

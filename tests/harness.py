@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.app import UpscaleBot
+from bot.app import App
 from bot.config import load_settings
 from bot.grid import parse_upscale_custom_id, upscale_custom_id
 from bot.jobs.types import PollPolicy
@@ -44,7 +44,7 @@ class Harness:
         }
         # Tasks finish as soon as they are created; a test that needs one running sets None.
         self.sandbox = SandboxAPI(task_seconds=0, image_size=16)
-        # More UpscaleBot keyword arguments for the bots started from now on.
+        # More App keyword arguments for the bots started from now on.
         self.bot_options: dict[str, Any] = {}
         self._runner: web.AppRunner | None = None
 
@@ -60,18 +60,18 @@ class Harness:
             await self._runner.cleanup()
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[UpscaleBot]:
+    async def running(self) -> AsyncIterator[App]:
         settings = replace(load_settings(self.env), port=0)
         sandbox = self.sandbox if settings.sandbox else None
-        bot = UpscaleBot(
+        app = App(
             settings,
             sandbox=sandbox,
             poll=FAST_POLL,
             guild_ready_timeout=0.05,
             **self.bot_options,
         )
-        task = asyncio.create_task(bot.start(TOKEN))
-        ready = asyncio.create_task(bot.wait_until_ready())
+        task = asyncio.create_task(app.start(TOKEN))
+        ready = asyncio.create_task(app.bot.wait_until_ready())
         done, _ = await asyncio.wait({task, ready}, timeout=10, return_when="FIRST_COMPLETED")
         if ready not in done:
             ready.cancel()
@@ -79,9 +79,9 @@ class Harness:
                 task.result()
             raise TimeoutError("the bot did not become ready")
         try:
-            yield bot
+            yield app
         finally:
-            await bot.close()
+            await app.close()
             await asyncio.wait_for(task, timeout=10)
 
 

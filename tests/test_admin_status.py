@@ -48,8 +48,8 @@ async def test_status_says_when_public_url_does_not_reach_the_bot(harness: Harne
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         harness.env["PUBLIC_URL"] = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    async with harness.running() as bot:
-        await double.wait_for(lambda: bot.selfcheck.reachable is False or None)
+    async with harness.running() as app:
+        await double.wait_for(lambda: app.services.selfcheck.reachable is False or None)
         handle = await double.slash("mj status", {}, admin)
         report = await handle.wait_followup()
         assert "does not reach the bot (it could not be reached" in report.content

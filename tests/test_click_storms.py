@@ -137,12 +137,12 @@ async def test_waiting_clicks_are_told_they_are_queued_and_a_full_queue_says_so(
 async def test_a_gateway_outage_does_not_touch_jobs_in_flight(harness: Harness) -> None:
     double, sandbox = harness.double, harness.sandbox
     alice = double.add_user("alice")
-    async with harness.running() as bot:
+    async with harness.running() as app:
         grid = await imagine(double, alice, "through the storm")
         sandbox.task_seconds = None
         await click(double, grid, 1, alice)
         await submitted(double, grid, 1)
-        job = await bot.tracker.store.live_upscale(grid_task(grid), 0)
+        job = await app.services.tracker.store.live_upscale(grid_task(grid), 0)
         assert job is not None and job.upstream_task_id
 
         await double.drop_gateway()
@@ -154,7 +154,7 @@ async def test_a_gateway_outage_does_not_touch_jobs_in_flight(harness: Harness) 
         sandbox.task_seconds = 0
         await click(double, grid, 2, alice)
         await result_for(double, 2, alice)
-        done = await bot.tracker.store.get(job.id)
+        done = await app.services.tracker.store.get(job.id)
         assert done is not None and done.state is JobState.DELIVERED
         assert sandbox.count("generateUpscale") == 2
 

@@ -21,9 +21,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from bot.app import SHUTDOWN_GRACE_SECONDS
 from bot.config import Settings, load_settings
 from bot.jobs.store import _sqlite_path
+from bot.services import SHUTDOWN_GRACE_SECONDS
 from bot.web import Listener
 
 ROOT = Path(__file__).resolve().parent.parent

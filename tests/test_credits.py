@@ -417,7 +417,7 @@ async def test_low_credits_after_an_upscale_warn_the_admin_channel_once(harness:
     alice = double.add_user("alice")
     sandbox.credits = 100 + sandbox.upscale_cost - 1
     foreign = sandbox.add_generation(prompt="made elsewhere")
-    async with harness.running() as bot:
+    async with harness.running() as app:
         # The reading at start finds enough.
         await sandbox.wait_for_call("credit")
         grid = await show_grid(double, foreign, alice)
@@ -432,11 +432,11 @@ async def test_low_credits_after_an_upscale_warn_the_admin_channel_once(harness:
 
         await click(double, grid, 2, alice)
         await result_for(double, 2, alice)
-        assert await bot.credit_watch.check() == 97
+        assert await app.services.credit_watch.check() == 97
         assert admin_posts(double, admins) == [warning]
     # Restarted within the hour (same database): its reading at start finds 97, and stays quiet.
-    async with harness.running() as bot:
-        assert await bot.credit_watch.check() == 97
+    async with harness.running() as app:
+        assert await app.services.credit_watch.check() == 97
         assert admin_posts(double, admins) == [warning]
 
 
@@ -451,13 +451,13 @@ async def test_out_of_credits_tells_the_clicker_and_warns_the_admin_channel_once
     alice = double.add_user("alice")
     sandbox.credits = 0
     foreign = sandbox.add_generation(prompt="made elsewhere")
-    async with harness.running() as bot:
+    async with harness.running() as app:
         grid = await show_grid(double, foreign, alice)
         for number in (1, 2):
             handle = await click(double, grid, number, alice)
             told = await handle.wait_followup()
             assert told.ephemeral and "out of credits" in told.content
-            await bot.credit_watch.wait_quiet()
+            await app.services.credit_watch.wait_quiet()
         [warning] = admin_posts(double, admins)
         assert warning.content.startswith(
             "⛔ The Midjourney API refused a request for lack of credits (402) (0 left)"
@@ -477,11 +477,11 @@ async def test_a_refused_admin_post_is_one_warning_and_retried(
     else:
         harness.env["ADMIN_CHANNEL_ID"] = "1234567890123456789"
     sandbox.credits = 42
-    async with harness.running() as bot:
+    async with harness.running() as app:
         posts = rf"/channels/{harness.env['ADMIN_CHANNEL_ID']}/messages"
         await double.wait_for(lambda: double.count_requests("POST", posts) >= 1 or None)
         # Taken in turn with the reading at start, which gave its claim back.
-        await bot.credit_watch.check()
+        await app.services.credit_watch.check()
         assert double.count_requests("POST", posts) == 2
     warnings = credit_lines(caplog)
     if refusal == "403":

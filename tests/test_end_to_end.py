@@ -25,7 +25,7 @@ from tests.harness import (
 async def test_imagine_then_upscale_posts_the_right_bytes(harness: Harness) -> None:
     double, sandbox = harness.double, harness.sandbox
     alice, bob = double.add_user("alice"), double.add_user("bob")
-    async with harness.running() as bot:
+    async with harness.running() as app:
         assert set(double.commands(double.guild_id)) == {"imagine", "upscale", "mj"}
         grid = await imagine(double, alice, "a red fox in snow")
         task = grid_task(grid)
@@ -45,7 +45,7 @@ async def test_imagine_then_upscale_posts_the_right_bytes(harness: Harness) -> N
         assert len(calls) == 1
         assert calls[0]["taskId"] == task and calls[0]["imageIndex"] == 1
         assert calls[0]["callBackUrl"].startswith("http://127.0.0.1:")
-        job = await bot.tracker.store.live_upscale(task, 1)
+        job = await app.services.tracker.store.live_upscale(task, 1)
         assert job is not None and job.state is JobState.DELIVERED and job.upstream_task_id
         assert job.result_message_id == result.id
         assert attachments_match(result, [sandbox.image_bytes(job.upstream_task_id, 0)])
@@ -68,7 +68,7 @@ def attachments_match(message: StoredMessage, expected: list[bytes]) -> bool:
 async def test_second_click_never_pays_twice(harness: Harness) -> None:
     double, sandbox = harness.double, harness.sandbox
     alice, bob, carol = (double.add_user(n) for n in ("alice", "bob", "carol"))
-    async with harness.running() as bot:
+    async with harness.running() as app:
         grid = await imagine(double, alice, "two clicks")
         sandbox.task_seconds = None  # the upscale keeps running until the test finishes it
         await click(double, grid, 1, alice)
@@ -78,7 +78,7 @@ async def test_second_click_never_pays_twice(harness: Harness) -> None:
         assert running.ephemeral and "already being upscaled" in running.content
         assert sandbox.count("generateUpscale") == 1
 
-        job = await bot.tracker.store.live_upscale(grid_task(grid), 0)
+        job = await app.services.tracker.store.live_upscale(grid_task(grid), 0)
         assert job is not None and job.upstream_task_id
         sandbox.complete(job.upstream_task_id)
         result = await result_for(double, 1, alice)
@@ -95,12 +95,12 @@ async def test_second_click_never_pays_twice(harness: Harness) -> None:
 async def test_ack_comes_before_a_slow_api_answers(harness: Harness) -> None:
     double, sandbox = harness.double, harness.sandbox
     alice = double.add_user("alice")
-    async with harness.running() as bot:
+    async with harness.running() as app:
         grid = await imagine(double, alice, "slow api")
         sandbox.answer_delay = 1.0
         await click(double, grid, 3, alice)
         # Acknowledged while the API call is still under way (its answer takes a second).
-        job = await bot.tracker.store.live_upscale(grid_task(grid), 2)
+        job = await app.services.tracker.store.live_upscale(grid_task(grid), 2)
         assert job is None or job.state in (JobState.REQUESTED, JobState.SUBMITTING)
         await result_for(double, 3, alice)
 
@@ -122,12 +122,12 @@ async def test_job_running_across_a_restart_is_posted_once(harness: Harness) -> 
     double, sandbox = harness.double, harness.sandbox
     alice = double.add_user("alice")
     await harness.standalone()
-    async with harness.running() as bot:
+    async with harness.running() as app:
         grid = await imagine(double, alice, "across restarts")
         sandbox.task_seconds = None
         handle = await click(double, grid, 2, alice)
         await submitted(double, grid, 2)
-        job = await bot.tracker.store.live_upscale(grid_task(grid), 1)
+        job = await app.services.tracker.store.live_upscale(grid_task(grid), 1)
         assert job is not None and job.upstream_task_id
     # The bot is down when the task finishes.
     sandbox.complete(job.upstream_task_id)

@@ -331,8 +331,8 @@ async def test_healthz_of_the_real_bot_follows_gateway_store_and_callbacks(
     clock = FakeClock()
     harness.bot_options["health"] = HealthMonitor(clock=clock)
     alice = double.add_user("alice")
-    async with harness.running() as bot:
-        url = f"http://127.0.0.1:{bot.listen_port}/healthz"
+    async with harness.running() as app:
+        url = f"http://127.0.0.1:{app.services.listen_port}/healthz"
 
         async def get() -> tuple[int, dict[str, Any]]:
             async with http.get(url) as response:

@@ -247,14 +247,14 @@ async def test_every_line_about_a_job_carries_its_ids(
 ) -> None:
     double = harness.double
     alice = double.add_user("alice")
-    async with harness.running() as bot:
+    async with harness.running() as app:
         grid = await imagine(double, alice, "a quiet harbour")
         await click(double, grid, 3, alice)
         await result_for(double, 3, alice)
-        job = await bot.tracker.store.live_upscale(grid_task(grid), 2)
+        job = await app.services.tracker.store.live_upscale(grid_task(grid), 2)
         assert job is not None
-        await bot.tracker.wait_idle()
-        done = await bot.tracker.store.get(job.id)
+        await app.services.tracker.wait_idle()
+        done = await app.services.tracker.store.get(job.id)
         assert done is not None and done.state is JobState.DELIVERED
 
     logged = [json.loads(line) for line in json_log.getvalue().splitlines()]

@@ -335,14 +335,14 @@ async def test_end_to_end_metrics_after_imagine_and_upscale(harness: Harness) ->
     harness.env["METRICS_ENABLED"] = "true"
     double = harness.double
     user = double.add_user("ada")
-    async with harness.running() as bot:
+    async with harness.running() as app:
         grid = await imagine(double, user, "a lighthouse at dawn")
         await click(double, grid, 1, user)
         await result_for(double, 1, user)
         # The result is posted just before its job is marked delivered (and observed): wait.
         deadline = time.monotonic() + 10
         while True:
-            status, text = await scrape(bot.listen_port)
+            status, text = await scrape(app.services.listen_port)
             assert status == 200
             samples = parse(text)
             if (
@@ -370,7 +370,7 @@ async def test_end_to_end_metrics_after_imagine_and_upscale(harness: Harness) ->
 
 async def test_end_to_end_metrics_off_by_default(harness: Harness) -> None:
     assert "METRICS_ENABLED" not in harness.env
-    async with harness.running() as bot:
-        assert bot.metrics is None
-        status, _ = await scrape(bot.listen_port)
+    async with harness.running() as app:
+        assert app.services.metrics is None
+        status, _ = await scrape(app.services.listen_port)
         assert status == 404

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from bot.app import SHUTDOWN_GRACE_SECONDS
 from bot.grid import parse_upscale_custom_id, upscale_custom_id
 from bot.jobs.store import Job, JobState, JobStore
 from bot.midjourney.sandbox import SandboxAPI
+from bot.services import SHUTDOWN_GRACE_SECONDS
 from tests.conftest import StartSandbox
 from tests.fakes.bot_process import GRACE_VAR, BotProcess
 from tests.fakes.discord_double import DiscordDouble, InteractionHandle, StoredMessage

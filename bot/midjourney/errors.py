@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# The vendor's codes (reference/midjourney-api.md) in words for the person who clicked.
+# The vendor's codes (docs/reference/midjourney-api.md) in words for the person who clicked.
 _USER_MESSAGES = {
     400: "the request was not valid",
     401: "the bot's Midjourney API key is wrong or missing; ask the server admin to check it",

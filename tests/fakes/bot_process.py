@@ -25,7 +25,7 @@ import discord.gateway
 import discord.http
 import yarl
 
-import bot.app
+import bot.services
 from bot.__main__ import main
 from tests.fakes.discord_double import DiscordDouble
 
@@ -193,7 +193,7 @@ def run() -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(os.environ[GATEWAY_VAR])
     grace = os.environ.get(GRACE_VAR)
     if grace is not None:
-        bot.app.SHUTDOWN_GRACE_SECONDS = float(grace)
+        bot.services.SHUTDOWN_GRACE_SECONDS = float(grace)
     main()
 
 

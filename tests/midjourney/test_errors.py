@@ -10,7 +10,7 @@ from bot.midjourney.errors import ApiError, ApiUnreachable
 
 CODES = (400, 401, 402, 404, 422, 429, 455, 500, 501, 505)
 
-# What reference/midjourney-api.md says a user should be told, as words the message must use.
+# What docs/reference/midjourney-api.md says a user should be told, as words the message must use.
 MEANING = {
     400: r"invalid|not valid",
     401: r"\bkey\b",

@@ -32,7 +32,7 @@ COMPLETED = datetime(2024, 3, 20, 10, 31, 30, tzinfo=UTC)
 
 
 def record(**changes: Any) -> dict[str, Any]:
-    """record-info ``data`` as reference/midjourney-api.md documents it."""
+    """record-info ``data`` as docs/reference/midjourney-api.md documents it."""
     data: dict[str, Any] = {
         "taskId": TASK,
         "taskType": "mj_txt2img",

@@ -1,0 +1,262 @@
+"""Everything the bot runs besides the Discord gateway, built from the settings.
+
+``open_services`` builds the parts in dependency order and ``Services.close`` takes them down in
+the reverse one. The Discord client comes in from outside: the publisher posts through its REST
+side, and nothing else here knows discord.py. The cogs are then built from these services
+(cogs.add_cogs), each with exactly the parts it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import logging
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+import discord
+
+from bot import status
+from bot.config import Settings, redact_url
+from bot.credits import CreditWatch
+from bot.delivery.fetch import ImageFetcher
+from bot.delivery.publisher import DiscordPublisher
+from bot.health import HealthMonitor
+from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.store import JobStore
+from bot.jobs.throttle import SubmitThrottle
+from bot.jobs.tracker import SUBMIT_WINDOW_SECONDS, Tracker
+from bot.jobs.types import CALLBACK_PATH, PollPolicy
+from bot.metrics import Metrics
+from bot.midjourney.client import MidjourneyClient
+from bot.midjourney.sandbox import SandboxAPI
+from bot.selfcheck import SelfCheck
+from bot.web import Listener
+
+log = logging.getLogger(__name__)
+
+SANDBOX_PREFIX = "/sandbox"
+SANDBOX_KEY = "sandbox"
+# How long a shutdown waits for paid calls and posts under way. `docker stop` and many hosts send
+# SIGKILL 10 s after SIGTERM; the store and listener still have to close within that. Whatever is
+# cut off resumes at the next start.
+SHUTDOWN_GRACE_SECONDS = 8.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: JobStore
+    session: aiohttp.ClientSession
+    listener: Listener
+    listen_port: int
+    mj: MidjourneyClient
+    publisher: DiscordPublisher
+    credit_watch: CreditWatch
+    tracker: Tracker
+    health: HealthMonitor
+    selfcheck: SelfCheck
+    # None unless METRICS_ENABLED: nothing is recorded and /metrics does not exist.
+    metrics: Metrics | None
+    sandbox: SandboxAPI | None
+    # Where the API is told to call back; None when only polling can finish jobs.
+    callback_base: str | None
+    _cleanup: contextlib.AsyncExitStack = field(repr=False)
+    _closing: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def resume(self) -> int:
+        """Once Discord has accepted the token: resume every unfinished job; how many."""
+        # What exists now (modules, discord.py, SQLAlchemy: ~100,000 objects) lives as long as the
+        # process. Frozen, it is left out of every full collection, whose pauses otherwise stop
+        # the event loop for 40–140 ms and hold up acknowledgements (docs/performance.md).
+        gc.collect()
+        gc.freeze()
+        resumed = await self.tracker.recover()
+        if resumed:
+            log.info("resumed %d unfinished job(s)", resumed)
+        return resumed
+
+    async def close(self) -> None:
+        """Stop taking work, let paid calls and posts under way finish (bounded), then close
+        every part. Call it while Discord is still reachable: the drain may post.
+
+        A second call (a second signal) joins the shutdown under way rather than closing the
+        store under a delivery that is still draining.
+        """
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close(), name="shutdown")
+        await self._closing
+
+    async def _close(self) -> None:
+        log.info(
+            "shutting down: no new jobs; waiting up to %g s for work under way",
+            SHUTDOWN_GRACE_SECONDS,
+        )
+        await self.tracker.close(grace=SHUTDOWN_GRACE_SECONDS)
+        await self._cleanup.aclose()
+        # The freeze is process-wide: services closed inside a longer-lived process (the tests)
+        # leave that process's collector as they found it.
+        gc.unfreeze()
+
+    def callbacks_summary(self) -> str:
+        """How results reach the bot, in a line for admins."""
+        if self.callback_base is None:
+            return "off: PUBLIC_URL is unset, so jobs are finished by polling the API"
+        last = self.listener.last_callback_at
+        heard = f"last one received <t:{int(last)}:R>" if last else "none received yet"
+        public_url = self.settings.public_url
+        if public_url and self.selfcheck.reachable is False:
+            return (
+                f"{public_url} does not reach the bot ({self.selfcheck.detail}); "
+                f"jobs are finished by polling; {heard}"
+            )
+        return f"expected at {self.callback_base}; {heard}; late ones are covered by polling"
+
+    async def status_report(self) -> str:
+        """What /mj status shows."""
+        return await status.status_report(
+            self.store,
+            self.mj,
+            callbacks=self.callbacks_summary(),
+            low_credit_threshold=self.settings.low_credit_threshold,
+        )
+
+
+async def open_services(
+    settings: Settings,
+    discord_client: discord.Client,
+    *,
+    poll: PollPolicy | None = None,
+    sandbox: SandboxAPI | None = None,
+    health: HealthMonitor | None = None,
+) -> Services:
+    """Open the store, start the listener and build the parts on top of them.
+
+    ``poll`` and ``sandbox`` are for tests (faster polling, a sandbox they drive); ``health``
+    lets them give the health check their own clock. Whatever was opened before a failure is
+    closed again before the error is raised.
+    """
+    async with contextlib.AsyncExitStack() as cleanup:
+        store = await JobStore.open(settings.database_url)
+        cleanup.push_async_callback(store.close)
+        log.info("job store open at %s", redact_url(settings.database_url))
+        session = aiohttp.ClientSession()
+        cleanup.push_async_callback(session.close)
+        metrics = Metrics() if settings.metrics_enabled else None
+        health = health or HealthMonitor()
+        health.watch_store(store.count_unfinished)
+        listener = Listener(hmac_key=settings.webhook_hmac_key, metrics=metrics)
+        listener.health = health
+        selfcheck = SelfCheck(listener.app)
+
+        if settings.sandbox:
+            sandbox = sandbox or SandboxAPI()
+            cleanup.push_async_callback(sandbox.close)
+            listener.app.add_subapp(SANDBOX_PREFIX, sandbox.app)
+        else:
+            sandbox = None
+        # Closed only after the drain: a callback arriving meanwhile is still recorded.
+        cleanup.push_async_callback(listener.close)
+        port = await listener.start(settings.host, settings.port)
+
+        local = f"http://127.0.0.1:{port}"
+        if settings.sandbox:
+            api_base, api_key = local + SANDBOX_PREFIX, settings.mj_api_key or SANDBOX_KEY
+            log.info("sandbox API served at %s: no credits are spent", api_base)
+        else:
+            api_base, api_key = settings.mj_api_base_url, settings.mj_api_key or ""
+        # In sandbox mode without a public URL the sandbox calls back to this listener directly.
+        callback_base = settings.public_url or (local if settings.sandbox else None)
+
+        mj = MidjourneyClient(session, api_base, api_key, metrics=metrics)
+        fetcher = ImageFetcher((*settings.result_hosts, urlsplit(api_base).hostname or ""))
+        publisher = DiscordPublisher(discord_client, store, fetcher)
+        cleanup.push_async_callback(publisher.close)
+        credit_watch = CreditWatch(
+            mj,
+            store,
+            # Without an admin channel the warning goes to the log.
+            None
+            if settings.admin_channel_id is None
+            else functools.partial(publisher.post_notice, settings.admin_channel_id),
+            threshold=settings.low_credit_threshold,
+        )
+        # Before the session and the store it reads and writes are closed.
+        cleanup.push_async_callback(credit_watch.close)
+        mj.on_refusal = credit_watch.api_refused
+        tracker = Tracker(
+            store,
+            mj,
+            publisher,
+            callback_secrets=CallbackSecrets.from_token(settings.discord_token),
+            callback_base=callback_base,
+            deadline_seconds=settings.job_timeout_seconds,
+            watermark=settings.watermark,
+            poll=poll,
+            throttle=SubmitThrottle(
+                settings.submit_rate, SUBMIT_WINDOW_SECONDS, max_waiting=settings.queue_limit
+            ),
+            max_jobs_per_user=settings.max_jobs_per_user,
+            metrics=metrics,
+            on_submitted=credit_watch.submitted,
+        )
+        # Watchers still running when the shutdown gives up waiting stop before anything closes.
+        cleanup.push_async_callback(tracker.close)
+        listener.tracker = tracker
+        _log_callbacks(settings, port, callback_base)
+        if metrics is not None:
+            log.info("metrics served at /metrics on port %s", port)
+        if settings.public_url:
+            # In the background: a public URL that hangs must not hold up the start.
+            check = asyncio.create_task(
+                selfcheck.run(session, settings.public_url), name="selfcheck"
+            )
+            cleanup.push_async_callback(_cancel, check)
+        # In the background too: its first reading must not hold up the start either.
+        credit_watch.start()
+
+        services = Services(
+            settings=settings,
+            store=store,
+            session=session,
+            listener=listener,
+            listen_port=port,
+            mj=mj,
+            publisher=publisher,
+            credit_watch=credit_watch,
+            tracker=tracker,
+            health=health,
+            selfcheck=selfcheck,
+            metrics=metrics,
+            sandbox=sandbox,
+            callback_base=callback_base,
+            _cleanup=cleanup.pop_all(),
+        )
+    return services
+
+
+def _log_callbacks(settings: Settings, port: int, callback_base: str | None) -> None:
+    if callback_base:
+        log.info(
+            "listening on %s:%s; callbacks expected at %s%s<secret>",
+            settings.host,
+            port,
+            callback_base,
+            CALLBACK_PATH,
+        )
+    else:
+        log.info(
+            "listening on %s:%s; PUBLIC_URL is unset, so no callbacks can arrive: "
+            "jobs are completed by polling the API",
+            settings.host,
+            port,
+        )
+
+
+async def _cancel(task: asyncio.Task[object]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,100 @@
+"""What every cog does with an interaction: answer privately, keep a follow-up for later, record
+the acknowledgement, and the one error path for commands and buttons."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.jobs.types import Whisper
+from bot.metrics import Recorder
+
+log = logging.getLogger(__name__)
+
+SORRY = "❌ Something went wrong on the bot's side; the server admin can find details in its log."
+# Option values in a log line: a prompt may be 2000 characters.
+OPTION_CHARS = 200
+
+
+async def tell(interaction: discord.Interaction[Any], text: str) -> None:
+    """An ephemeral answer, whether or not the interaction was acknowledged yet."""
+    if interaction.response.is_done():
+        await _follow_up(interaction.followup, interaction.id, text)
+        return
+    try:
+        await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction.id, exc.status)
+
+
+async def _follow_up(followup: discord.Webhook, interaction_id: int, text: str) -> None:
+    try:
+        await followup.send(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction_id, exc.status)
+
+
+def acked(
+    metrics: Recorder, interaction: discord.Interaction[Any], command: str, started: float
+) -> None:
+    """Record the acknowledgement just made (when metrics are on): from ``started``, the
+    handler's ``time.monotonic()`` at entry (what the bot controls), and from the interaction's
+    creation (its snowflake, by Discord's clock: adds gateway latency and any clock skew)."""
+    metrics.acked(command, started, interaction.created_at.timestamp())
+
+
+def whisper_for(interaction: discord.Interaction[Any]) -> Whisper:
+    """Ephemeral follow-ups for an acknowledged interaction, for as long as its token lives.
+
+    A job keeps its whisper for up to 15 minutes, so it holds only the follow-up webhook (the
+    application id and the token), not the interaction with the clicked message and its view:
+    that cut what a job in flight keeps in memory and what every full garbage collection walks.
+    """
+    followup, interaction_id = interaction.followup, interaction.id
+
+    async def whisper(text: str) -> None:
+        await _follow_up(followup, interaction_id, text)
+
+    return whisper
+
+
+def context(interaction: discord.Interaction[Any]) -> str:
+    """The interaction in a log line: what was used, by whom, where; never its token."""
+    command = interaction.command
+    if command is not None:
+        options = " ".join(
+            f"{name}={str(value)[:OPTION_CHARS]!r}" for name, value in interaction.namespace
+        )
+        what = f"/{command.qualified_name}" + (f" {options}" if options else "")
+    else:
+        data: Any = interaction.data or {}
+        what = f"component {data.get('custom_id', '?')!r}"
+    return (
+        f"{what} interaction={interaction.id} user={interaction.user.id} "
+        f"guild={interaction.guild_id} channel={interaction.channel_id}"
+    )
+
+
+async def report_error(interaction: discord.Interaction[Any], error: Exception) -> None:
+    """The one error path: a command or button that failed is logged with its context, and the
+    person who used it is told, privately, whether or not it was acknowledged yet."""
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original
+    if isinstance(error, app_commands.AppCommandError):
+        # Discord.py refused the input before the command ran (a check, a value it could not
+        # convert): nothing of the bot's failed, so no traceback.
+        log.warning("refused %s: %s", context(interaction), error)
+        await tell(interaction, f"❌ That could not be done: {error}")
+        return
+    log.error("failed %s", context(interaction), exc_info=error)
+    await tell(interaction, SORRY)
+
+
+async def on_command_error(
+    interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+) -> None:
+    """discord.py's hook for every slash command's error (CommandTree.on_error)."""
+    await report_error(interaction, error)
