@@ -38,7 +38,8 @@ class UpscaleBot(commands.Bot):
         self._guild_id = guild_id
         self._health = health
 
-    async def setup_hook(self) -> None:
+    async def sync_commands(self) -> None:
+        """Tell Discord the slash commands of the cogs added so far."""
         if self._guild_id is not None:
             guild = discord.Object(self._guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -70,9 +71,9 @@ class UpscaleBot(commands.Bot):
 class App:
     """Runs the bot: ``start`` until ``close``.
 
-    The Discord client exists first, because the publisher posts through its REST side; then
-    the services are opened and the cogs built from them. Discord accepts the token (and the
-    commands are synced) before unfinished jobs resume, since resuming may post.
+    The Discord client exists first, because the publisher posts through its REST side, and
+    logs in (REST only) before the services are opened; then the cogs are built from the
+    services, their commands synced, unfinished jobs resumed, and the gateway connected.
     """
 
     def __init__(
@@ -106,6 +107,9 @@ class App:
         """Start everything and run until ``close`` (or a fatal Discord error)."""
         async with self.bot:
             try:
+                # First, so that a refused token stops the start before anything is opened,
+                # and every post (a callback can arrive once the listener is up) can be made.
+                await self.bot.login(token)
                 self._services = await open_services(
                     self.settings,
                     self.bot,
@@ -114,7 +118,7 @@ class App:
                     health=self.health,
                 )
                 await add_cogs(self.bot, self._services)
-                await self.bot.login(token)
+                await self.bot.sync_commands()
                 # A stop asked for meanwhile is not undone by going on.
                 if self._closing is None:
                     await self._services.resume()

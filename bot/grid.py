@@ -64,7 +64,9 @@ def may_upscale(policy: str, user_id: int, owner_id: int | None, *, manages: boo
     return policy == "anyone" or manages or (owner_id is not None and user_id == owner_id)
 
 
-def upscale_button(task_id: str, number: int, *, done: bool = False) -> discord.ui.Button[None]:
+def upscale_button(
+    task_id: str, number: int, *, done: bool = False
+) -> discord.ui.Button[discord.ui.View]:
     return discord.ui.Button(
         label=f"U{number}",
         custom_id=upscale_custom_id(task_id, number),

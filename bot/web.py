@@ -372,7 +372,7 @@ class Listener:
             # parser inflate bombs or fail outside the handler. Encoded bodies get a 415.
             auto_decompress=False,
             # An adapter, not a Logger: aiohttp only calls its debug() and exception().
-            logger=_ServerLog(self.refusals),  # type: ignore[arg-type]
+            logger=_ServerLog(self.refusals),
             # A stalled request must not hold a shutdown past the host's SIGKILL.
             shutdown_timeout=2.0,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -26,10 +26,7 @@ OnClick = Callable[[discord.Interaction[Any], str, int], Awaitable[None]]
 
 class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPSCALE_TEMPLATE):
     """U1–U4 on any grid, also ones posted before a restart. discord.py builds one per click
-    from the custom_id, so what it calls comes with the class: see ``upscale_button_type``."""
-
-    # Set on the class that upscale_button_type makes.
-    on_click: ClassVar[OnClick]
+    from the custom_id, so what a click calls comes with the class: see upscale_button_type."""
 
     def __init__(self, task_id: str, image_index: int) -> None:
         super().__init__(upscale_button(task_id, image_index + 1))
@@ -46,21 +43,17 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPS
     ) -> UpscaleButton:
         return cls(match["task"], number_to_index(int(match["n"])))
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        # discord.py has no error hook for dynamic items: it would log and say nothing.
-        try:
-            await self.on_click(interaction, self.task_id, self.image_index)
-        except Exception as exc:
-            await report_error(interaction, exc)
-
 
 def upscale_button_type(on_click: OnClick) -> type[UpscaleButton]:
-    """The button class to register, calling ``on_click``."""
-
-    handler = on_click
+    """The button class to register: a click calls ``on_click``."""
 
     class Button(UpscaleButton, template=UPSCALE_TEMPLATE):
-        on_click = staticmethod(handler)
+        async def callback(self, interaction: discord.Interaction[Any]) -> None:
+            # discord.py has no error hook for dynamic items: it would log and say nothing.
+            try:
+                await on_click(interaction, self.task_id, self.image_index)
+            except Exception as exc:
+                await report_error(interaction, exc)
 
     return Button
 

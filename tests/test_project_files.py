@@ -10,13 +10,21 @@ from tests.test_config import SETTING_NAMES
 ROOT = Path(__file__).resolve().parent.parent
 
 
+GATE = ".venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy"
+
+
 def test_ci_runs_the_test_command_readme_gives() -> None:
-    ci = (ROOT / ".ci" / "run").read_text()
-    command = next(
-        line for line in ci.splitlines() if line.startswith("python3 -m venv") and "pytest" in line
-    )
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    command = lines[-1]
+    assert command.startswith("python3 -m venv") and "pytest" in command
     readme = (ROOT / "README.md").read_text()
     assert command in readme.splitlines()
+
+
+def test_ci_passes_the_gate_readme_names_before_the_tests() -> None:
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert GATE in lines[:-1]
+    assert GATE in (ROOT / "README.md").read_text().splitlines()
 
 
 def test_every_setting_the_code_reads_is_documented() -> None:

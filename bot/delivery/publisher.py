@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import secrets
 import time
 
 import aiohttp
@@ -86,8 +87,12 @@ class DiscordPublisher:
                 log.info("grid buttons not updated %s: %s", job.label, exc.status)
 
     async def deliver(self, job: Job) -> int:
-        urls = job.result_urls[:GRID_SIZE] if job.kind is JobKind.IMAGINE else job.result_urls[:1]
-        view = GridButtons(job.upstream_task_id) if job.kind is JobKind.IMAGINE else None
+        urls, view = job.result_urls[:1], None
+        if job.kind is JobKind.IMAGINE:
+            if job.upstream_task_id is None:
+                # The buttons name the grid's task: a grid without them would look broken.
+                raise DeliveryError("the API gave no task id for the images", retry=False)
+            urls, view = job.result_urls[:GRID_SIZE], GridButtons(job.upstream_task_id)
         return await self._post_images(
             job.channel_id,
             job.guild_id,
@@ -113,7 +118,8 @@ class DiscordPublisher:
             content=grid_text(task.prompt, requester_id),
             view=GridButtons(task.task_id, frozenset(done)),
             requester_id=requester_id,
-            nonce=None,
+            # Each /upscale without an image posts a grid of its own: a nonce of its own too.
+            nonce=secrets.randbits(64),
             label=f"task={task.task_id}",
         )
 
@@ -127,7 +133,7 @@ class DiscordPublisher:
         content: str,
         view: discord.ui.View | None,
         requester_id: int,
-        nonce: str | None,
+        nonce: str | int,
         label: str,
     ) -> int:
         if not urls:

@@ -221,8 +221,9 @@ class JobStore:
         ``max_unfinished``, a requester who has that many unfinished jobs gets TooManyJobs.
         """
         now = time.time()
+        job_id = secrets.token_hex(12)
         values = {
-            "id": secrets.token_hex(12),
+            "id": job_id,
             "kind": kind.value,
             "parent_task_id": parent_task_id,
             "image_index": image_index,
@@ -258,7 +259,7 @@ class JobStore:
                 if inserted != 1:
                     assert max_unfinished is not None
                     raise TooManyJobs(max_unfinished)
-                return await self._require(values["id"])
+                return await self._require(job_id)
             except IntegrityError:
                 if kind is not JobKind.UPSCALE:
                     raise

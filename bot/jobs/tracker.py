@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -425,9 +426,9 @@ class Tracker:
         self._doorbells.setdefault(job.id, asyncio.Event())
         task = asyncio.create_task(self._watch_loop(job.id), name=f"watch-{job.id}")
         self._watchers[job.id] = task
-        task.add_done_callback(lambda _t, job_id=job.id: self._forget(job_id))
+        task.add_done_callback(functools.partial(self._forget, job.id))
 
-    def _forget(self, job_id: str) -> None:
+    def _forget(self, job_id: str, _watcher: asyncio.Task[None]) -> None:
         self._watchers.pop(job_id, None)
         self._doorbells.pop(job_id, None)
         self._locks.pop(job_id, None)

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard
 
 # Task ids the vendor hands out are hex; the sandbox and other resellers use similar tokens.
 # Anything outside this set is refused before it reaches the API, a custom_id or a log line.
@@ -60,7 +60,7 @@ class CallbackNotice:
     result_urls: tuple[str, ...]
 
 
-def is_task_id(value: object) -> bool:
+def is_task_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _TASK_ID_RE.fullmatch(value) is not None
 
 
@@ -121,9 +121,8 @@ def parse_time(value: object) -> datetime | None:
 
 def _prompt(param_json: object) -> str | None:
     params = _maybe_json(param_json)
-    if isinstance(params, dict) and isinstance(params.get("prompt"), str):
-        return params["prompt"]
-    return None
+    prompt = params.get("prompt") if isinstance(params, dict) else None
+    return prompt if isinstance(prompt, str) else None
 
 
 def _text(value: object) -> str | None:

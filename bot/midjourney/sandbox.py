@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, TypeGuard
 
 import aiohttp
 from aiohttp import web
@@ -88,7 +88,9 @@ DEFAULT_MESSAGES: dict[int, str] = {
     505: "feature disabled",
 }
 
-RUNNING, SUCCESS, FAILED = 0, 1, 2
+RUNNING: Final = 0
+SUCCESS: Final = 1
+FAILED: Final = 2
 
 _FILE_ROUTE = "mj-sandbox-file"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -831,7 +833,7 @@ def _require_object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _is_one_of(value: Any, allowed: frozenset[str]) -> bool:
+def _is_one_of(value: object, allowed: frozenset[str]) -> TypeGuard[str]:
     # A JSON list or object is unhashable: it must be rejected, not crash the membership test.
     return isinstance(value, str) and value in allowed
 
