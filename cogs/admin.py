@@ -18,7 +18,6 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
         super().__init__()
 
     @app_commands.command(name="status", description="Jobs, credits and callbacks (admins only)")
-    @app_commands.default_permissions(manage_guild=True)
     async def status(self, interaction: discord.Interaction[Any]) -> None:
         # default_permissions is only what Discord shows by default; a server may change it.
         if not interaction.permissions.manage_guild:

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from bot.jobs import texts
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore, TooManyJobs
 from bot.jobs.throttle import QueueFull, SubmitThrottle
@@ -29,6 +30,7 @@ from bot.jobs.types import (
     Refused,
     Whisper,
 )
+from bot.jobs.whispers import Whispers
 from bot.metrics import Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
@@ -85,7 +87,7 @@ class Tracker:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._doorbells: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._whispers: dict[str, tuple[Whisper, float]] = {}
+        self._whispers = Whispers()
         self._closing = False
         self._background = BackgroundTasks(log)
         # Steps that must not be cut off by a shutdown: a paid call awaiting its answer, a post.
@@ -153,7 +155,7 @@ class Tracker:
             image_index + 1,
             requester_id,
         )
-        self._remember_whisper(job, whisper, whisper_until)
+        self._whispers.remember(job.id, whisper, whisper_until)
         if grid is None:
             job = await self._check_foreign_grid(job)
             if job.finished:
@@ -184,7 +186,7 @@ class Tracker:
             status_message_id=status_message_id,
         )
         log.info("imagine requested %s user=%s", job.label, requester_id)
-        self._remember_whisper(job, whisper, whisper_until)
+        self._whispers.remember(job.id, whisper, whisper_until)
         return Outcome(await self._start(job), created=True)
 
     # -- callbacks --------------------------------------------------------------------------
@@ -235,13 +237,13 @@ class Tracker:
                 **fields,
             )
         except TooManyJobs as exc:
-            raise Refused(_too_many(exc.limit)) from None
+            raise Refused(texts.too_many_running(exc.limit)) from None
 
     def _check_open(self) -> None:
         if self._closing:
             raise Refused("the bot is restarting; try again in a minute")
         if self._throttle.full():
-            raise Refused(_QUEUE_FULL.format(waiting=self._throttle.waiting))
+            raise Refused(texts.queue_full(self._throttle.waiting))
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop taking work, give paid calls and posts under way up to ``grace`` seconds to
@@ -328,15 +330,15 @@ class Tracker:
         while True:
             if self._throttle.busy():
                 if queue_bound and self._throttle.full():
-                    return await self._fail(job, _QUEUE_FULL.format(waiting=self._throttle.waiting))
+                    return await self._fail(job, texts.queue_full(self._throttle.waiting))
                 ahead = self._throttle.waiting
                 log.info("submission queued %s ahead=%d", job.label, ahead)
                 # Not awaited: the place in the queue is taken in this same step, below.
-                self._background.spawn(self._tell(job, _queued_text(ahead)))
+                self._background.spawn(self._tell(job, texts.queued(ahead)))
             try:
                 await self._throttle.acquire(bounded=queue_bound)
             except QueueFull:
-                return await self._fail(job, _QUEUE_FULL.format(waiting=self._throttle.waiting))
+                return await self._fail(job, texts.queue_full(self._throttle.waiting))
             if self._closing:
                 # Left as requested: the next start submits it.
                 return job
@@ -432,7 +434,7 @@ class Tracker:
         self._watchers.pop(job_id, None)
         self._doorbells.pop(job_id, None)
         self._locks.pop(job_id, None)
-        self._whispers.pop(job_id, None)
+        self._whispers.forget(job_id)
 
     def _ring(self, job: Job) -> None:
         self._watch(job)
@@ -573,7 +575,7 @@ class Tracker:
         if failed is None:
             return await self._store.get(job.id) or job
         log.warning("failed %s: %s", failed.label, reason)
-        whisper = self._live_whisper(failed.id)
+        whisper = self._whispers.take(failed.id)
         try:
             await self._publisher.announce_failure(failed, reason, whisper)
         except Exception:
@@ -581,42 +583,4 @@ class Tracker:
         return failed
 
     async def _tell(self, job: Job, text: str) -> None:
-        """A note to the requester while their interaction lives; nothing otherwise."""
-        entry = self._whispers.get(job.id)
-        if entry is None or entry[1] <= time.time():
-            return
-        try:
-            await entry[0](text)
-        except Exception:
-            log.exception("could not tell the requester of %s", job.label)
-
-    def _remember_whisper(self, job: Job, whisper: Whisper | None, until: float) -> None:
-        if whisper is not None and until > time.time():
-            self._whispers[job.id] = (whisper, until)
-
-    def _live_whisper(self, job_id: str) -> Whisper | None:
-        entry = self._whispers.pop(job_id, None)
-        if entry is None or entry[1] <= time.time():
-            return None
-        return entry[0]
-
-
-_QUEUE_FULL = (
-    "{waiting} requests are already waiting their turn at the Midjourney API, which takes only "
-    "so many new jobs at a time; try again in a minute"
-)
-
-
-def _queued_text(ahead: int) -> str:
-    return (
-        f"⏳ Queued behind {ahead} other request(s): the Midjourney API takes only so many new "
-        "jobs at a time. Yours starts by itself when its turn comes."
-    )
-
-
-def _too_many(limit: int) -> str:
-    return (
-        f"you already have {limit} jobs running; wait until one of them is done"
-        if limit > 1
-        else "you already have a job running; wait until it is done"
-    )
+        await self._whispers.tell(job.id, job.label, text)
