@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 SANDBOX = "sandbox"
 DEFAULT_API_BASE_URL = "https://api.midapi.ai"
@@ -20,6 +21,9 @@ VENDOR_RESULT_HOSTS = (
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMATS = ("text", "json")
 UPSCALE_ALLOWED = ("anyone", "requester")
+UNLIMITED = "unlimited"
+# Above this an allowance is a typo, not a plan: nobody means a billion a day.
+ALLOWANCE_MAX = 1_000_000
 
 
 class SettingsError(ValueError):
@@ -49,6 +53,12 @@ class Settings:
     metrics_enabled: bool = False
     admin_channel_id: int | None = None
     low_credit_threshold: int = 100
+    # Daily allowances: None is unlimited, 0 forbids.
+    daily_imagines_per_user: int | None = 20
+    daily_upscales_per_user: int | None = 40
+    daily_jobs_per_server: int | None = None
+    quota_timezone: str = "UTC"
+    daily_credit_budget: int | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -127,6 +137,30 @@ def _snowflake(env: Mapping[str, str], name: str, what: str = "server") -> int |
     if not (raw.isdecimal() and raw.isascii()) or not 15 <= len(raw) <= 21:
         raise SettingsError(f"{name} must be a Discord {what} id (digits only), got {raw!r}")
     return int(raw)
+
+
+def _allowance(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    if raw.lower() == UNLIMITED:
+        return None
+    if not (raw.isdecimal() and raw.isascii()) or int(raw) > ALLOWANCE_MAX:
+        raise SettingsError(
+            f"{name} must be a whole number from 0 to {ALLOWANCE_MAX} or {UNLIMITED}, got {raw!r}"
+        )
+    return int(raw)
+
+
+def _timezone(env: Mapping[str, str], name: str) -> str:
+    raw = _text(env, name) or "UTC"
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise SettingsError(
+            f"{name} must be an IANA time zone name such as UTC or Europe/Berlin, got {raw!r}"
+        ) from None
+    return raw
 
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -258,6 +292,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         metrics_enabled=_flag(env, "METRICS_ENABLED"),
         admin_channel_id=_snowflake(env, "ADMIN_CHANNEL_ID", "channel"),
         low_credit_threshold=_int(env, "LOW_CREDIT_THRESHOLD", 100, 0, 1_000_000_000),
+        daily_imagines_per_user=_allowance(env, "DAILY_IMAGINES_PER_USER", 20),
+        daily_upscales_per_user=_allowance(env, "DAILY_UPSCALES_PER_USER", 40),
+        daily_jobs_per_server=_allowance(env, "DAILY_JOBS_PER_SERVER", None),
+        quota_timezone=_timezone(env, "QUOTA_TIMEZONE"),
+        daily_credit_budget=_allowance(env, "DAILY_CREDIT_BUDGET", None),
         secrets=secrets,
     )
 

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from bot.jobs.spending import Day, Spending
 from bot.jobs.store import JobStore
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
@@ -29,8 +30,12 @@ Notify = Callable[[str], Awaitable[None]]
 NOTICE = "low_credits"
 NOTICE_EVERY = 60 * 60.0
 CHECK_INTERVAL = 10 * 60.0
-# A burst of submissions costs one reading a minute, not one each.
+# A burst of submissions costs one reading a minute, not one each; with a credit budget, one
+# each 10 s, so that what was spent is known soon.
 SUBMIT_CHECK_SPACING = 60.0
+BUDGET_CHECK_SPACING = 10.0
+# Once per day of the budget, whichever process gets there first.
+BUDGET_NOTICE_EVERY = 2 * 24 * 60 * 60.0
 
 
 class NoticeFailed(Exception):
@@ -57,6 +62,14 @@ def out_of_credits_text(credits: int | None) -> str:
     )
 
 
+def budget_text(spent: int, budget: int, day: Day) -> str:
+    return (
+        f"⛔ The daily credit budget is spent: **{spent}** of {budget} credits today "
+        "(`DAILY_CREDIT_BUDGET`). New generations and upscales are refused until "
+        f"<t:{int(day.end)}:f>."
+    )
+
+
 def _plain(text: str) -> str:
     """The warning without its Discord markdown, for a log line."""
     return text.replace("**", "").replace("`", "")
@@ -74,14 +87,21 @@ class CreditWatch:
         submit_check_spacing: float = SUBMIT_CHECK_SPACING,
         every: float = NOTICE_EVERY,
         now: Callable[[], float] = time.time,
+        spending: Spending | None = None,
     ) -> None:
         self._client = client
+        # Each reading goes into the credit budget's ledger; None keeps no ledger.
+        self._spending = spending
         self._store = store
         self._notify = notify
         # 0 turns the threshold off; a 402 still warns.
         self._threshold = threshold
         self._check_interval = check_interval
-        self._spacing = submit_check_spacing
+        self._spacing = (
+            BUDGET_CHECK_SPACING
+            if spending is not None and spending.rules.budget is not None
+            else submit_check_spacing
+        )
         self._every = every
         self._now = now
         # When this process last sent the warning: spares the store a claim that must fail.
@@ -131,15 +151,41 @@ class CreditWatch:
         if self._refusal_warning is None or self._refusal_warning.done():
             self._refusal_warning = self._tasks.spawn(self._warn_out_of_credits(), "credit-402")
 
+    def budget_reached(self, day: Day) -> None:
+        """A request was refused for the credit budget (Spending's hook): tell the admins."""
+        if not self._closing:
+            self._tasks.spawn(self._warn_budget(day), "credit-budget")
+
     # -- checks -------------------------------------------------------------------------------
 
     async def check(self) -> int | None:
         """Read the credits once and warn when under the threshold; the reading, or None."""
         async with self._check_lock:
+            at = self._now()
             credits = await self._read()
             if credits is not None and credits < self._threshold:
                 await self._warn(low_credit_text(credits, self._threshold))
+            if credits is not None and self._spending is not None:
+                await self._record(credits, at)
             return credits
+
+    async def _record(self, credits: int, at: float) -> None:
+        assert self._spending is not None
+        try:
+            await self._spending.record_credits(credits, at)
+        except Exception as exc:
+            log.warning("credit reading not recorded: the job store failed (%r)", exc)
+            return
+        if self._spending.rules.budget is not None:
+            await self._warn_budget(self._spending.today())
+
+    async def _warn_budget(self, day: Day) -> None:
+        assert self._spending is not None and self._spending.rules.budget is not None
+        ledger = await self._spending.credits_today()
+        if self._spending.budget_spent(ledger):
+            assert ledger is not None
+            text = budget_text(ledger.spent, self._spending.rules.budget, day)
+            await self._post(f"budget:{day.key}", BUDGET_NOTICE_EVERY, text)
 
     async def _read(self) -> int | None:
         try:
@@ -154,7 +200,11 @@ class CreditWatch:
                 await self.check()
             except Exception:
                 log.exception("credit check crashed; trying again at the next one")
-            await asyncio.sleep(self._check_interval)
+            pause = self._check_interval
+            if self._spending is not None and self._spending.rules.budget is not None:
+                # A reading right as the day turns is where the new day's spending starts.
+                pause = min(pause, max(1.0, self._spending.today().end - self._now() + 1.0))
+            await asyncio.sleep(pause)
 
     async def _checks_after_submissions(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,35 +231,42 @@ class CreditWatch:
         if self._recently_sent():
             return False
         now = self._now()
+        if not await self._post(NOTICE, self._every, text, now):
+            return False
+        self._sent_at = now
+        return True
+
+    async def _post(self, name: str, every: float, text: str, now: float | None = None) -> bool:
+        """Send notice ``name`` unless one went out (from any process) within ``every``."""
+        now = self._now() if now is None else now
         try:
-            if not await self._store.claim_notice(NOTICE, now=now, every=self._every):
+            if not await self._store.claim_notice(name, now=now, every=every):
                 return False
         except Exception as exc:
-            log.warning("low-credit warning not sent: the job store failed (%r)", exc)
+            log.warning("notice %s not sent: the job store failed (%r)", name, exc)
             return False
         try:
             if self._notify is None:
                 log.warning("%s (set ADMIN_CHANNEL_ID to have this posted)", _plain(text))
             else:
                 await self._notify(text)
-                log.info("low-credit warning posted to the admin channel: %s", _plain(text))
+                log.info("notice %s posted to the admin channel: %s", name, _plain(text))
         except NoticeFailed as exc:
             log.warning(
-                "low-credit warning not posted to the admin channel: %s; "
-                "trying again at the next check",
+                "notice %s not posted to the admin channel: %s; trying again at the next check",
+                name,
                 exc.reason,
             )
-            await self._give_back(now)
+            await self._give_back(name, now)
             return False
         except Exception:
-            log.exception("low-credit warning not posted; trying again at the next check")
-            await self._give_back(now)
+            log.exception("notice %s not posted; trying again at the next check", name)
+            await self._give_back(name, now)
             return False
-        self._sent_at = now
         return True
 
-    async def _give_back(self, claimed_at: float) -> None:
+    async def _give_back(self, name: str, claimed_at: float) -> None:
         try:
-            await self._store.release_notice(NOTICE, claimed_at=claimed_at)
+            await self._store.release_notice(name, claimed_at=claimed_at)
         except Exception as exc:
-            log.warning("low-credit warning claim not given back (%r): next try in an hour", exc)
+            log.warning("notice %s claim not given back (%r)", name, exc)

@@ -26,6 +26,7 @@ from bot.delivery.fetch import ImageFetcher
 from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.spending import Rules, Spending
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import SUBMIT_WINDOW_SECONDS, Tracker
@@ -56,6 +57,7 @@ class Services:
     mj: MidjourneyClient
     publisher: DiscordPublisher
     credit_watch: CreditWatch
+    spending: Spending
     tracker: Tracker
     health: HealthMonitor
     selfcheck: SelfCheck
@@ -175,6 +177,16 @@ async def open_services(
         fetcher = ImageFetcher((*settings.result_hosts, urlsplit(api_base).hostname or ""))
         publisher = DiscordPublisher(discord_client, store, fetcher)
         cleanup.push_async_callback(publisher.close)
+        spending = Spending(
+            store.ledger,
+            Rules(
+                imagines=settings.daily_imagines_per_user,
+                upscales=settings.daily_upscales_per_user,
+                server_jobs=settings.daily_jobs_per_server,
+                budget=settings.daily_credit_budget,
+                timezone=settings.quota_timezone,
+            ),
+        )
         credit_watch = CreditWatch(
             mj,
             store,
@@ -183,7 +195,9 @@ async def open_services(
             if settings.admin_channel_id is None
             else functools.partial(publisher.post_notice, settings.admin_channel_id),
             threshold=settings.low_credit_threshold,
+            spending=spending,
         )
+        spending.on_budget_reached = credit_watch.budget_reached
         # Before the session and the store it reads and writes are closed.
         cleanup.push_async_callback(credit_watch.close)
         mj.on_refusal = credit_watch.api_refused
@@ -202,6 +216,7 @@ async def open_services(
             max_jobs_per_user=settings.max_jobs_per_user,
             metrics=metrics,
             on_submitted=credit_watch.submitted,
+            spending=spending,
         )
         # Watchers still running when the shutdown gives up waiting stop before anything closes.
         cleanup.push_async_callback(tracker.close)
@@ -227,6 +242,7 @@ async def open_services(
             mj=mj,
             publisher=publisher,
             credit_watch=credit_watch,
+            spending=spending,
             tracker=tracker,
             health=health,
             selfcheck=selfcheck,

@@ -44,6 +44,11 @@ SETTING_NAMES = (
     "METRICS_ENABLED",
     "ADMIN_CHANNEL_ID",
     "LOW_CREDIT_THRESHOLD",
+    "DAILY_IMAGINES_PER_USER",
+    "DAILY_UPSCALES_PER_USER",
+    "DAILY_JOBS_PER_SERVER",
+    "QUOTA_TIMEZONE",
+    "DAILY_CREDIT_BUDGET",
 )
 # Written out here rather than imported, so a change to the defaults is noticed.
 VENDOR_HOSTS = ("tempfile.aiquickdraw.com", "tempfileb.aiquickdraw.com", "tempfile.redpandaai.co")
@@ -283,6 +288,17 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("LOW_CREDIT_THRESHOLD", {"LOW_CREDIT_THRESHOLD": "-1"}),
         ("LOW_CREDIT_THRESHOLD", {"LOW_CREDIT_THRESHOLD": "ten"}),
         ("LOW_CREDIT_THRESHOLD", {"LOW_CREDIT_THRESHOLD": "12.5"}),
+        ("DAILY_IMAGINES_PER_USER", {"DAILY_IMAGINES_PER_USER": "-1"}),
+        ("DAILY_IMAGINES_PER_USER", {"DAILY_IMAGINES_PER_USER": "twenty"}),
+        ("DAILY_IMAGINES_PER_USER", {"DAILY_IMAGINES_PER_USER": "2.5"}),
+        ("DAILY_UPSCALES_PER_USER", {"DAILY_UPSCALES_PER_USER": "1000001"}),
+        ("DAILY_UPSCALES_PER_USER", {"DAILY_UPSCALES_PER_USER": "４０"}),
+        ("DAILY_UPSCALES_PER_USER", {"DAILY_UPSCALES_PER_USER": "none"}),
+        ("DAILY_JOBS_PER_SERVER", {"DAILY_JOBS_PER_SERVER": "unlimted"}),
+        ("DAILY_CREDIT_BUDGET", {"DAILY_CREDIT_BUDGET": "2,000"}),
+        ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "Mars/Olympus"}),
+        ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "../../etc/passwd"}),
+        ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "+02:00"}),
     ],
 )
 def test_bad_or_missing_setting_is_named(name: str, changes: dict[str, str | None]) -> None:
@@ -449,3 +465,29 @@ def test_python_m_bot_reads_dotenv_and_never_prints_secrets(tmp_path: Path) -> N
     assert "DISCORD_TOKEN" not in lines[0]
     for secret in (TOKEN, API_KEY):
         assert secret not in result.stderr + result.stdout
+
+
+def test_spending_defaults_protect_a_new_owner() -> None:
+    settings = load_settings(MINIMAL)
+    assert settings.daily_imagines_per_user == 20
+    assert settings.daily_upscales_per_user == 40
+    assert settings.daily_jobs_per_server is None
+    assert settings.daily_credit_budget is None
+    assert settings.quota_timezone == "UTC"
+
+
+def test_spending_settings_take_numbers_zero_and_unlimited() -> None:
+    settings = load_settings(
+        env(
+            DAILY_IMAGINES_PER_USER="0",
+            DAILY_UPSCALES_PER_USER="Unlimited",
+            DAILY_JOBS_PER_SERVER=" 500 ",
+            DAILY_CREDIT_BUDGET="2000",
+            QUOTA_TIMEZONE="Europe/Berlin",
+        )
+    )
+    assert settings.daily_imagines_per_user == 0
+    assert settings.daily_upscales_per_user is None
+    assert settings.daily_jobs_per_server == 500
+    assert settings.daily_credit_budget == 2000
+    assert settings.quota_timezone == "Europe/Berlin"

@@ -1,4 +1,5 @@
-"""Where jobs live: one table, atomic state transitions, dedupe enforced by a unique index.
+"""Where jobs live: atomic state transitions, dedupe enforced by a unique index, daily uses
+counted in the step that stores a job (bot.jobs.admission). The tables are in bot.jobs.tables.
 
 SQLAlchemy Core keeps SQLite (the default) and PostgreSQL (several replicas) on one code path.
 Every state change is a conditional UPDATE (``WHERE state IN (...)``), so two processes or two
@@ -12,7 +13,6 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,80 +20,21 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bot.jobs.admission import Quota, admission, lock_keys, refusal
+from bot.jobs.ledger import Ledger
+from bot.jobs.tables import (
+    FINAL_STATES,
+    LIVE_UPSCALE,
+    UNFINISHED_STATES,
+    allowance_uses,
+    jobs,
+    metadata,
+    notices,
+)
+from bot.jobs.tables import JobKind as JobKind
+from bot.jobs.tables import JobState as JobState
+
 log = logging.getLogger(__name__)
-
-
-class JobKind(StrEnum):
-    IMAGINE = "imagine"
-    UPSCALE = "upscale"
-
-
-class JobState(StrEnum):
-    REQUESTED = "requested"
-    # Set just before the paid API call: a job found here after a crash may have been charged,
-    # so it is never submitted again, only waited for (callback) until its deadline.
-    SUBMITTING = "submitting"
-    SUBMITTED = "submitted"
-    SUCCEEDED = "succeeded"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-
-
-FINAL_STATES = (JobState.DELIVERED, JobState.FAILED)
-LIVE_STATES = tuple(s for s in JobState if s is not JobState.FAILED)
-UNFINISHED_STATES = tuple(s for s in JobState if s not in FINAL_STATES)
-
-metadata = sa.MetaData()
-
-jobs = sa.Table(
-    "jobs",
-    metadata,
-    sa.Column("id", sa.String(24), primary_key=True),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("parent_task_id", sa.String(64)),
-    sa.Column("image_index", sa.Integer),
-    sa.Column("upstream_task_id", sa.String(64), index=True),
-    sa.Column("requester_id", sa.BigInteger, nullable=False),
-    sa.Column("guild_id", sa.BigInteger),
-    sa.Column("channel_id", sa.BigInteger, nullable=False),
-    sa.Column("grid_message_id", sa.BigInteger),
-    sa.Column("status_message_id", sa.BigInteger),
-    sa.Column("result_message_id", sa.BigInteger),
-    sa.Column("callback_secret", sa.String(64), nullable=False, unique=True),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("error", sa.Text),
-    sa.Column("result_urls", sa.Text, nullable=False, default="[]"),
-    sa.Column("prompt", sa.Text),
-    sa.Column("options", sa.Text, nullable=False, default="{}"),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("deadline_at", sa.Float, nullable=False),
-    sa.Column("completed_at", sa.Float),
-    sa.Column("delivered_at", sa.Float),
-)
-
-_live = sa.and_(jobs.c.kind == JobKind.UPSCALE.value, jobs.c.state != JobState.FAILED.value)
-# At most one live upscale per (grid task, image): the database refuses the second insert, so
-# dedupe holds across coroutines, processes and replicas alike.
-sa.Index(
-    "uq_live_upscale",
-    jobs.c.parent_task_id,
-    jobs.c.image_index,
-    unique=True,
-    sqlite_where=_live,
-    postgresql_where=_live,
-)
-sa.Index("ix_jobs_state", jobs.c.state)
-
-# When each operator notice (the low-credit warning, …) was last sent, by whichever process: a
-# notice limited to one an hour must stay so across restarts and replicas sharing the database.
-# create_all adds the table to a database made by an older version.
-notices = sa.Table(
-    "notices",
-    metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("sent_at", sa.Float, nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -146,14 +87,6 @@ class DuplicateUpscale(Exception):
         super().__init__(f"a live upscale exists: {job.label}")
 
 
-class TooManyJobs(Exception):
-    """The requester already has as many unfinished jobs as they may."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"at most {limit} unfinished jobs per requester")
-
-
 def async_database_url(url: str) -> str:
     """The operator writes plain ``sqlite:///`` or ``postgresql://``; pick the async drivers."""
     scheme, rest = url.split("://", 1)
@@ -175,6 +108,7 @@ def _sqlite_path(url: str) -> Path | None:
 class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self.ledger = Ledger(engine)
 
     @classmethod
     async def open(cls, database_url: str) -> JobStore:
@@ -213,12 +147,15 @@ class JobStore:
         prompt: str | None = None,
         options: dict[str, str] | None = None,
         max_unfinished: int | None = None,
+        quota: Quota | None = None,
         callback_secret: str | None = None,
     ) -> Job:
         """Insert a job in state ``requested``, with a random callback secret unless given.
 
         A second live upscale of the same image raises DuplicateUpscale; with
-        ``max_unfinished``, a requester who has that many unfinished jobs gets TooManyJobs.
+        ``max_unfinished``, a requester who has that many unfinished jobs gets TooManyJobs; with
+        ``quota``, a job that would pass a daily limit gets OverQuota, and one that is stored
+        counts against it in the same transaction.
         """
         now = time.time()
         job_id = secrets.token_hex(12)
@@ -246,19 +183,35 @@ class JobStore:
             "completed_at": None,
             "delivered_at": None,
         }
-        insert = _insert_within_limit(values, max_unfinished)
+        admitted = admission(values, max_unfinished, quota)
+        insert = jobs.insert()
+        if admitted is not None:
+            row = sa.select(*(sa.literal(v, type_=jobs.c[k].type) for k, v in values.items()))
+            insert = insert.from_select(list(values), row.where(admitted))
+        else:
+            insert = insert.values(**values)
         for _ in range(5):
             try:
                 async with self._engine.begin() as conn:
-                    if max_unfinished is not None and conn.dialect.name == "postgresql":
+                    if admitted is not None and conn.dialect.name == "postgresql":
                         # Under READ COMMITTED two inserts would each miss the other's row in
-                        # their count; one lock per requester makes them take turns. (SQLite
+                        # their counts; a lock per thing counted makes them take turns, taken
+                        # in one order so that two requests never wait on each other. (SQLite
                         # runs one writer at a time already.)
-                        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(requester_id)))
-                    inserted = (await conn.execute(insert)).rowcount
-                if inserted != 1:
-                    assert max_unfinished is not None
-                    raise TooManyJobs(max_unfinished)
+                        for key in lock_keys(requester_id, guild_id, quota):
+                            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+                    if (await conn.execute(insert)).rowcount != 1:
+                        raise await refusal(conn, values, max_unfinished, quota)
+                    if quota is not None:
+                        await conn.execute(
+                            allowance_uses.insert().values(
+                                job_id=job_id,
+                                guild_id=guild_id,
+                                requester_id=requester_id,
+                                category=quota.category,
+                                at=now,
+                            )
+                        )
                 return await self._require(job_id)
             except IntegrityError:
                 if kind is not JobKind.UPSCALE:
@@ -280,12 +233,14 @@ class JobStore:
 
     async def live_upscale(self, parent_task_id: str, image_index: int) -> Job | None:
         return await self._one(
-            _live, jobs.c.parent_task_id == parent_task_id, jobs.c.image_index == image_index
+            LIVE_UPSCALE, jobs.c.parent_task_id == parent_task_id, jobs.c.image_index == image_index
         )
 
     async def upscaled_indexes(self, parent_task_id: str) -> set[int]:
         """Images of a grid with a live or delivered upscale."""
-        query = sa.select(jobs.c.image_index).where(_live, jobs.c.parent_task_id == parent_task_id)
+        query = sa.select(jobs.c.image_index).where(
+            LIVE_UPSCALE, jobs.c.parent_task_id == parent_task_id
+        )
         async with self._engine.connect() as conn:
             return {row[0] for row in (await conn.execute(query)).fetchall()}
 
@@ -347,9 +302,18 @@ class JobStore:
         return [Job.from_row(row) for row in rows]
 
     async def transition(
-        self, job_id: str, from_states: tuple[JobState, ...], to_state: JobState, **fields: Any
+        self,
+        job_id: str,
+        from_states: tuple[JobState, ...],
+        to_state: JobState,
+        *,
+        give_back: bool = False,
+        **fields: Any,
     ) -> Job | None:
-        """Move the job to ``to_state`` if it is in one of ``from_states``; None if it was not."""
+        """Move the job to ``to_state`` if it is in one of ``from_states``; None if it was not.
+
+        ``give_back`` returns the job's use of the daily allowances in the same step.
+        """
         values = _encode(fields)
         values["state"] = to_state.value
         values["updated_at"] = time.time()
@@ -360,6 +324,8 @@ class JobStore:
         )
         async with self._engine.begin() as conn:
             result = await conn.execute(query)
+            if result.rowcount == 1 and give_back:
+                await conn.execute(allowance_uses.delete().where(allowance_uses.c.job_id == job_id))
         if result.rowcount != 1:
             return None
         return await self._require(job_id)
@@ -415,27 +381,6 @@ class JobStore:
         if job is None:
             raise LookupError(f"job {job_id} vanished")
         return job
-
-
-def _insert_within_limit(values: dict[str, Any], limit: int | None) -> sa.Insert:
-    """The insert, made conditional on the requester's unfinished jobs being under ``limit``.
-
-    One INSERT … SELECT … WHERE statement, so the count and the insert cannot be split by
-    another click of the same user (on PostgreSQL with the help of a lock, see ``create``).
-    """
-    if limit is None:
-        return jobs.insert().values(**values)
-    unfinished = (
-        sa.select(sa.func.count())
-        .select_from(jobs)
-        .where(
-            jobs.c.requester_id == values["requester_id"],
-            jobs.c.state.in_([s.value for s in UNFINISHED_STATES]),
-        )
-        .scalar_subquery()
-    )
-    row = sa.select(*(sa.literal(v, type_=jobs.c[k].type) for k, v in values.items()))
-    return jobs.insert().from_select(list(values), row.where(unfinished < limit))
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, Any]:

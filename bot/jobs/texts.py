@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bot.jobs.tables import JobState
+
 
 def queue_full(waiting: int) -> str:
     return (
@@ -23,3 +25,22 @@ def too_many_running(limit: int) -> str:
         if limit > 1
         else "you already have a job running; wait until it is done"
     )
+
+
+def maybe_started(problem: str, minutes: int) -> str:
+    return (
+        f"⚠️ {problem[:1].upper()}{problem[1:]}, but the request may have started anyway. "
+        f"Waiting up to {minutes} min for its result; it is not sent again, so it cannot be "
+        "charged twice."
+    )
+
+
+def expired(state: JobState, deadline_seconds: float) -> str:
+    if state is JobState.SUBMITTING:
+        return (
+            "the Midjourney API did not confirm the request in time, so whether it ran is "
+            "unknown; try again"
+        )
+    if state is JobState.SUCCEEDED:
+        return "the result could not be posted to Discord in time"
+    return f"no result from Midjourney within {round(deadline_seconds / 60)} minutes"

@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from bot.jobs import texts
+from bot.jobs.admission import OverQuota, TooManyJobs
 from bot.jobs.callback_secrets import CallbackSecrets
-from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore, TooManyJobs
+from bot.jobs.spending import Spending
+from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore
 from bot.jobs.throttle import QueueFull, SubmitThrottle
 from bot.jobs.types import (
     CALLBACK_PATH,
@@ -64,8 +66,11 @@ class Tracker:
         max_jobs_per_user: int | None = None,
         metrics: Metrics | None = None,
         on_submitted: Callable[[], None] | None = None,
+        spending: Spending | None = None,
     ) -> None:
         self._store = store
+        # Daily allowances and the credit budget; None counts nothing (tests of other parts).
+        self._spending = spending
         self._metrics = recorder(metrics)
         # Told each time the API took a paid request (the low-credit watch reads credits then).
         self._on_submitted = on_submitted
@@ -119,17 +124,20 @@ class Tracker:
         guild_id: int | None,
         channel_id: int,
         grid_message_id: int | None,
+        role_ids: tuple[int, ...] = (),
         whisper: Whisper | None = None,
         whisper_until: float = 0.0,
     ) -> Outcome:
         """Start one upscale, or return the live one for the same (grid, image).
 
-        Raises Refused when the bot cannot take it (shutting down, queue full, user limit).
+        Raises Refused when the bot cannot take it (shutting down, queue full, user limit, a
+        daily allowance or the credit budget); ``role_ids`` are the requester's roles there.
         """
         self._check_open()
         grid = await self._store.by_upstream(parent_task_id)
         try:
             job = await self._create(
+                role_ids,
                 kind=JobKind.UPSCALE,
                 parent_task_id=parent_task_id,
                 image_index=image_index,
@@ -171,12 +179,14 @@ class Tracker:
         guild_id: int | None,
         channel_id: int,
         status_message_id: int | None,
+        role_ids: tuple[int, ...] = (),
         whisper: Whisper | None = None,
         whisper_until: float = 0.0,
     ) -> Outcome:
         """Start one generation; raises Refused like request_upscale."""
         self._check_open()
         job = await self._create(
+            role_ids,
             kind=JobKind.IMAGINE,
             prompt=prompt,
             options=options,
@@ -228,16 +238,25 @@ class Tracker:
                 self._watch(job)
         return len(jobs)
 
-    async def _create(self, **fields: Any) -> Job:
+    async def _create(self, role_ids: tuple[int, ...], **fields: Any) -> Job:
+        quota = None
+        if self._spending is not None:
+            quota = await self._spending.quota(
+                fields["kind"], fields["requester_id"], fields["guild_id"], role_ids
+            )
         try:
             return await self._store.create(
                 deadline_seconds=self._deadline,
                 max_unfinished=self._max_jobs_per_user,
+                quota=quota,
                 callback_secret=self._secrets.new(),
                 **fields,
             )
         except TooManyJobs as exc:
             raise Refused(texts.too_many_running(exc.limit)) from None
+        except OverQuota as exc:
+            assert self._spending is not None
+            raise self._spending.refusal(exc, fields["kind"], fields["requester_id"]) from None
 
     def _check_open(self) -> None:
         if self._closing:
@@ -393,12 +412,7 @@ class Tracker:
         # job waits for a callback within its deadline instead.
         log.warning("submit outcome unknown %s: %s", job.label, exc)
         minutes = max(1, round((job.deadline_at - time.time()) / 60))
-        await self._tell(
-            job,
-            f"⚠️ {exc.user_message[:1].upper()}{exc.user_message[1:]}, but the request may "
-            f"have started anyway. Waiting up to {minutes} min for its result; it is not sent "
-            "again, so it cannot be charged twice.",
-        )
+        await self._tell(job, texts.maybe_started(exc.user_message, minutes))
         self._watch(job)
         return job
 
@@ -506,7 +520,7 @@ class Tracker:
         urls = task.result_urls
         if job.kind is JobKind.UPSCALE:
             urls = urls[:1]
-        fields: dict[str, object] = {"result_urls": urls, "completed_at": time.time()}
+        fields: dict[str, Any] = {"result_urls": urls, "completed_at": time.time()}
         if job.prompt is None and task.prompt:
             fields["prompt"] = task.prompt
         done = await self._store.transition(
@@ -549,17 +563,11 @@ class Tracker:
             return False
 
     async def _expire(self, job: Job) -> None:
-        if job.state is JobState.SUBMITTING:
-            reason = (
-                "the Midjourney API did not confirm the request in time, so whether it ran is "
-                "unknown; try again"
-            )
-        elif job.state is JobState.SUCCEEDED:
-            reason = "the result could not be posted to Discord in time"
-        else:
-            minutes = round(self._deadline / 60)
-            reason = f"no result from Midjourney within {minutes} minutes"
-        await self._fail(job, reason, from_states=(job.state,))
+        # Taken by the API with no answer since: it may well have been paid, so it stays
+        # counted against the requester's allowance (a failure before that is given back).
+        paid = job.state in (JobState.SUBMITTING, JobState.SUBMITTED)
+        reason = texts.expired(job.state, self._deadline)
+        await self._fail(job, reason, from_states=(job.state,), give_back=not paid)
 
     async def _fail(
         self,
@@ -567,11 +575,14 @@ class Tracker:
         reason: str,
         *,
         from_states: tuple[JobState, ...] | None = None,
+        give_back: bool = True,
     ) -> Job:
         states = from_states or tuple(
             s for s in JobState if s not in (JobState.DELIVERED, JobState.FAILED)
         )
-        failed = await self._store.transition(job.id, states, JobState.FAILED, error=reason)
+        failed = await self._store.transition(
+            job.id, states, JobState.FAILED, give_back=give_back, error=reason
+        )
         if failed is None:
             return await self._store.get(job.id) or job
         log.warning("failed %s: %s", failed.label, reason)

@@ -28,11 +28,17 @@ class CallbackVerdict(StrEnum):
 
 
 class Refused(Exception):
-    """The request was not taken at all (nothing stored, nothing paid); ``reason`` says why."""
+    """The request was not taken at all (nothing stored, nothing paid); ``reason`` says why:
+    a clause the caller builds its sentence around, or with ``whole`` a sentence of its own."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, whole: bool = False) -> None:
         self.reason = reason
+        self.whole = whole
         super().__init__(reason)
+
+    def sentence(self, lead: str) -> str:
+        """The refusal for the requester: ``lead`` is what was not done ("Not started")."""
+        return f"❌ {self.reason}." if self.whole else f"❌ {lead}: {self.reason}."
 
 
 class DeliveryError(Exception):

@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bot.jobs.admission import TooManyJobs
 from bot.jobs.store import (
     DuplicateUpscale,
     Job,
     JobKind,
     JobState,
     JobStore,
-    TooManyJobs,
     async_database_url,
-    metadata,
 )
+from bot.jobs.tables import metadata
 
 PARENT = "grid-task-0001"
 CHANNEL = 555

@@ -1,0 +1,186 @@
+"""Whether a new job may be stored: the per-user running limit and the daily quotas, as one
+condition of the job's INSERT … SELECT, so that the counts and the insert are one atomic step.
+
+A storm of clicks by one member, or by a whole server, cannot pass a limit by even one: on
+SQLite one writer runs at a time, on PostgreSQL the advisory locks of ``lock_keys`` make
+requests that count the same rows take turns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.jobs.tables import UNFINISHED_STATES, allowance_uses, credit_days, jobs
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The daily credit budget a new job must leave room in (see ``credit_days``)."""
+
+    day: str
+    credits: int
+    # What a generation and an upscale are taken to cost until readings have shown it.
+    generation_cost: int
+    upscale_cost: int
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The daily limits a new job must stay within, checked in the step that stores it.
+
+    ``category`` is what the job counts as ("generation" or "upscale"); ``since`` is when the
+    day began. A None limit is unlimited; the server limit applies only in a server.
+    """
+
+    category: str
+    since: float
+    member_limit: int | None = None
+    server_limit: int | None = None
+    budget: Budget | None = None
+
+
+class OverQuota(Exception):
+    """Storing the job would pass a daily limit: ``which`` is "member", "server" or "budget"."""
+
+    def __init__(self, which: str, limit: int) -> None:
+        self.which = which
+        self.limit = limit
+        super().__init__(f"over the {which} daily limit of {limit}")
+
+
+class TooManyJobs(Exception):
+    """The requester already has as many unfinished jobs as they may."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"at most {limit} unfinished jobs per requester")
+
+
+def _unfinished_of(requester_id: int) -> sa.ScalarSelect[int]:
+    return (
+        sa.select(sa.func.count())
+        .select_from(jobs)
+        .where(
+            jobs.c.requester_id == requester_id,
+            jobs.c.state.in_([s.value for s in UNFINISHED_STATES]),
+        )
+        .scalar_subquery()
+    )
+
+
+def _uses_today(quota: Quota, *conditions: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
+    return (
+        sa.select(sa.func.count())
+        .select_from(allowance_uses)
+        .where(allowance_uses.c.at >= quota.since, *conditions)
+        .scalar_subquery()
+    )
+
+
+def _same_place(guild_id: int | None) -> sa.ColumnElement[bool]:
+    return (
+        allowance_uses.c.guild_id.is_(None)
+        if guild_id is None
+        else allowance_uses.c.guild_id == guild_id
+    )
+
+
+def _member_uses(values: dict[str, Any], quota: Quota) -> sa.ScalarSelect[int]:
+    return _uses_today(
+        quota,
+        allowance_uses.c.requester_id == values["requester_id"],
+        allowance_uses.c.category == quota.category,
+        _same_place(values["guild_id"]),
+    )
+
+
+def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:
+    """Whether the day's spending, plus what jobs not yet in a reading are taken to cost, plus
+    this job, stays within the budget.
+
+    A job is not yet in a reading when it was taken after the last one, or is still under way
+    (it may be paid after the reading that followed its start).
+    """
+    day = credit_days.c.day == budget.day
+
+    def ledger(column: sa.Column[Any], default: float) -> sa.ColumnElement[Any]:
+        return sa.func.coalesce(sa.select(column).where(day).scalar_subquery(), default)
+
+    generation = ledger(credit_days.c.generation_cost, budget.generation_cost)
+    upscale = ledger(credit_days.c.upscale_cost, budget.upscale_cost)
+    cost = sa.case((allowance_uses.c.category == "generation", generation), else_=upscale)
+    pending = (
+        sa.select(sa.func.coalesce(sa.func.sum(cost), 0))
+        .select_from(allowance_uses.outerjoin(jobs, jobs.c.id == allowance_uses.c.job_id))
+        .where(
+            allowance_uses.c.at >= quota.since,
+            sa.or_(
+                allowance_uses.c.at > ledger(credit_days.c.read_at, 0.0),
+                jobs.c.state.in_([s.value for s in UNFINISHED_STATES]),
+            ),
+        )
+        .scalar_subquery()
+    )
+    this = generation if quota.category == "generation" else upscale
+    return ledger(credit_days.c.spent, 0) + pending + this <= budget.credits
+
+
+def admission(
+    values: dict[str, Any], max_unfinished: int | None, quota: Quota | None
+) -> sa.ColumnElement[bool] | None:
+    """What must hold for the job to be stored, as one condition of its INSERT … SELECT, so the
+    counts and the insert cannot be split by another request (on PostgreSQL with the help of
+    locks, see ``create``); None when nothing limits it."""
+    conditions: list[sa.ColumnElement[bool]] = []
+    if max_unfinished is not None:
+        conditions.append(_unfinished_of(values["requester_id"]) < max_unfinished)
+    if quota is not None:
+        if quota.member_limit is not None:
+            conditions.append(_member_uses(values, quota) < quota.member_limit)
+        if quota.server_limit is not None and values["guild_id"] is not None:
+            server = _uses_today(quota, allowance_uses.c.guild_id == values["guild_id"])
+            conditions.append(server < quota.server_limit)
+        if quota.budget is not None:
+            conditions.append(_budget_left(quota.budget, quota))
+    return sa.and_(*conditions) if conditions else None
+
+
+# Advisory lock keys: Discord snowflakes cannot be this small, so the budget's never meets one.
+_BUDGET_LOCK = 1
+
+
+def lock_keys(requester_id: int, guild_id: int | None, quota: Quota | None) -> list[int]:
+    keys = []
+    if quota is not None and quota.budget is not None:
+        keys.append(_BUDGET_LOCK)
+    if quota is not None and quota.server_limit is not None and guild_id is not None:
+        keys.append(guild_id)
+    keys.append(requester_id)
+    return keys
+
+
+async def refusal(
+    conn: AsyncConnection, values: dict[str, Any], max_unfinished: int | None, quota: Quota | None
+) -> Exception:
+    """Which limit refused the insert, asked in its transaction (under the same locks)."""
+
+    async def holds(condition: sa.ColumnElement[bool]) -> bool:
+        return bool((await conn.execute(sa.select(condition))).scalar_one())
+
+    if max_unfinished is not None and not await holds(
+        _unfinished_of(values["requester_id"]) < max_unfinished
+    ):
+        return TooManyJobs(max_unfinished)
+    assert quota is not None
+    if quota.member_limit is not None and not await holds(
+        _member_uses(values, quota) < quota.member_limit
+    ):
+        return OverQuota("member", quota.member_limit)
+    if quota.budget is not None and not await holds(_budget_left(quota.budget, quota)):
+        return OverQuota("budget", quota.budget.credits)
+    assert quota.server_limit is not None
+    return OverQuota("server", quota.server_limit)

@@ -1,0 +1,271 @@
+"""The spending tables' queries: limits admins set, what was used today, and the credit ledger.
+
+Counting a new job against the limits happens where it is stored (bot.jobs.admission); this
+module reads the counts back for /mj usage, keeps /mj limit's rows, and turns each reading of
+the credit endpoint into what the day has spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.jobs.tables import allowance_limits, allowance_uses, credit_days
+
+GENERATION = "generation"
+UPSCALE = "upscale"
+CATEGORIES = (GENERATION, UPSCALE)
+# What a setter leaves as it is (None means unlimited).
+KEEP: Any = object()
+
+
+@dataclass(frozen=True)
+class LimitRow:
+    target_type: str
+    target_id: int
+    # None: not set by this row; -1 (UNLIMITED_ROW): unlimited.
+    imagines: int | None
+    upscales: int | None
+
+
+@dataclass(frozen=True)
+class CreditDay:
+    day: str
+    spent: int
+    last_credits: int
+    read_at: float
+    generation_cost: int
+    upscale_cost: int
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    # -- limits -------------------------------------------------------------------------------
+
+    async def limits(
+        self, guild_id: int, member_id: int | None = None, role_ids: tuple[int, ...] = ()
+    ) -> list[LimitRow]:
+        """The rows of the server for this member and these roles; every row without a member."""
+        query = sa.select(
+            allowance_limits.c.target_type,
+            allowance_limits.c.target_id,
+            allowance_limits.c.imagines,
+            allowance_limits.c.upscales,
+        ).where(allowance_limits.c.guild_id == guild_id)
+        if member_id is not None:
+            query = query.where(
+                sa.or_(
+                    sa.and_(
+                        allowance_limits.c.target_type == "member",
+                        allowance_limits.c.target_id == member_id,
+                    ),
+                    sa.and_(
+                        allowance_limits.c.target_type == "role",
+                        allowance_limits.c.target_id.in_(role_ids),
+                    ),
+                )
+            )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(allowance_limits.c.target_id))).fetchall()
+        return [LimitRow(*row) for row in rows]
+
+    async def set_limit(
+        self,
+        guild_id: int,
+        target_type: str,
+        target_id: int,
+        *,
+        imagines: int | None = KEEP,
+        upscales: int | None = KEEP,
+        now: float,
+    ) -> None:
+        """Set one or both numbers of a role's or member's row, making the row if need be."""
+        values: dict[str, Any] = {"updated_at": now}
+        if imagines is not KEEP:
+            values["imagines"] = imagines
+        if upscales is not KEEP:
+            values["upscales"] = upscales
+        key = sa.and_(
+            allowance_limits.c.guild_id == guild_id,
+            allowance_limits.c.target_type == target_type,
+            allowance_limits.c.target_id == target_id,
+        )
+        for _ in range(3):
+            async with self._engine.begin() as conn:
+                if (
+                    await conn.execute(allowance_limits.update().where(key).values(**values))
+                ).rowcount:
+                    return
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        allowance_limits.insert().values(
+                            guild_id=guild_id,
+                            target_type=target_type,
+                            target_id=target_id,
+                            **values,
+                        )
+                    )
+                return
+            except IntegrityError:
+                # Another admin made the row meanwhile: update it.
+                continue
+        raise RuntimeError("could not set the limit after repeated conflicts")
+
+    async def reset_limit(self, guild_id: int, target_type: str, target_id: int) -> bool:
+        query = allowance_limits.delete().where(
+            allowance_limits.c.guild_id == guild_id,
+            allowance_limits.c.target_type == target_type,
+            allowance_limits.c.target_id == target_id,
+        )
+        async with self._engine.begin() as conn:
+            return bool((await conn.execute(query)).rowcount)
+
+    # -- uses ---------------------------------------------------------------------------------
+
+    async def member_uses(
+        self, guild_id: int | None, member_id: int, since: float
+    ) -> dict[str, int]:
+        where = (
+            allowance_uses.c.guild_id.is_(None)
+            if guild_id is None
+            else (allowance_uses.c.guild_id == guild_id)
+        )
+        query = (
+            sa.select(allowance_uses.c.category, sa.func.count())
+            .where(where, allowance_uses.c.requester_id == member_id, allowance_uses.c.at >= since)
+            .group_by(allowance_uses.c.category)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).fetchall()
+        counts = dict.fromkeys(CATEGORIES, 0)
+        counts.update({str(category): int(count) for category, count in rows})
+        return counts
+
+    async def server_uses(
+        self, guild_id: int, since: float, top: int
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """The server's jobs today, and its ``top`` members by jobs today, most first."""
+        where = (allowance_uses.c.guild_id == guild_id, allowance_uses.c.at >= since)
+        count = sa.func.count().label("n")
+        leaders = (
+            sa.select(allowance_uses.c.requester_id, count)
+            .where(*where)
+            .group_by(allowance_uses.c.requester_id)
+            .order_by(count.desc(), allowance_uses.c.requester_id)
+            .limit(top)
+        )
+        async with self._engine.connect() as conn:
+            total = (await conn.execute(sa.select(sa.func.count()).where(*where))).scalar_one()
+            rows = (await conn.execute(leaders)).fetchall()
+        return int(total), [(int(user), int(n)) for user, n in rows]
+
+    # -- credits ------------------------------------------------------------------------------
+
+    async def credit_day(self, day: str) -> CreditDay | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(credit_days.select().where(credit_days.c.day == day))).first()
+        return CreditDay(*row) if row is not None else None
+
+    async def record_credits(
+        self,
+        day: str,
+        since: float,
+        credits: int,
+        at: float,
+        *,
+        generation_cost: int,
+        upscale_cost: int,
+    ) -> None:
+        """Add a reading of the credit endpoint, taken at ``at``, to day ``day`` (begun at
+        ``since``).
+
+        Each update is one conditional statement, so readings from several processes, even out
+        of order, add every drop once: a reading older than the last one is ignored. A rise is
+        a top-up and spends nothing. The first reading of a day starts it with what the jobs
+        taken that day so far are taken to cost, since that reading already has them in it.
+        """
+        row = credit_days.c
+        drop = sa.case((row.last_credits > credits, row.last_credits - credits), else_=0)
+
+        def taken_since_last(category: str) -> sa.ScalarSelect[int]:
+            return (
+                sa.select(sa.func.count())
+                .select_from(allowance_uses)
+                .where(
+                    allowance_uses.c.category == category,
+                    allowance_uses.c.at > row.read_at,
+                    allowance_uses.c.at <= at,
+                )
+                .scalar_subquery()
+            )
+
+        def learned(category: str, other: str, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+            # Only a drop that one kind alone can explain tells what that kind costs.
+            n = taken_since_last(category)
+            return sa.case(
+                (sa.and_(drop > 0, n > 0, taken_since_last(other) == 0), (drop + n - 1) // n),
+                else_=column,
+            )
+
+        renew = (
+            credit_days.update()
+            .where(row.day == day, row.read_at < at)
+            .values(
+                generation_cost=learned(GENERATION, UPSCALE, row.generation_cost),
+                upscale_cost=learned(UPSCALE, GENERATION, row.upscale_cost),
+                spent=row.spent + drop,
+                last_credits=credits,
+                read_at=at,
+            )
+        )
+        for _ in range(2):
+            async with self._engine.begin() as conn:
+                if (await conn.execute(renew)).rowcount:
+                    return
+                exists = (await conn.execute(sa.select(row.day).where(row.day == day))).first()
+            if exists is not None:
+                return
+            costs = await self._latest_costs(generation_cost, upscale_cost)
+            try:
+                async with self._engine.begin() as conn:
+                    taken = (
+                        await conn.execute(
+                            sa.select(allowance_uses.c.category, sa.func.count())
+                            .where(allowance_uses.c.at >= since, allowance_uses.c.at <= at)
+                            .group_by(allowance_uses.c.category)
+                        )
+                    ).fetchall()
+                    counts = {str(c): int(n) for c, n in taken}
+                    await conn.execute(
+                        credit_days.insert().values(
+                            day=day,
+                            spent=counts.get(GENERATION, 0) * costs[0]
+                            + counts.get(UPSCALE, 0) * costs[1],
+                            last_credits=credits,
+                            read_at=at,
+                            generation_cost=costs[0],
+                            upscale_cost=costs[1],
+                        )
+                    )
+                return
+            except IntegrityError:
+                # Another process began the day meanwhile: add this reading to its row.
+                continue
+
+    async def _latest_costs(self, generation_cost: int, upscale_cost: int) -> tuple[int, int]:
+        """What the last day learned a generation and an upscale cost; the defaults if none."""
+        query = (
+            sa.select(credit_days.c.generation_cost, credit_days.c.upscale_cost)
+            .order_by(credit_days.c.day.desc())
+            .limit(1)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return (int(row[0]), int(row[1])) if row is not None else (generation_cost, upscale_cost)

@@ -1,0 +1,230 @@
+"""Daily allowances and the credit budget: which limits a request must stay within, how a
+member's allowance follows from the settings and the limits admins set, and the words for a
+refusal and for /mj usage.
+
+The counting itself happens where a job is stored (bot.jobs.admission), so a storm of clicks
+cannot pass a limit; this module decides the numbers. A day is a calendar day of
+QUOTA_TIMEZONE; allowances count per member per server (a member's limits are the server's).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from bot.jobs.admission import Budget, OverQuota, Quota
+from bot.jobs.ledger import GENERATION, UPSCALE, CreditDay, Ledger, LimitRow
+from bot.jobs.tables import UNLIMITED_ROW, JobKind
+from bot.jobs.types import Refused
+
+log = logging.getLogger(__name__)
+
+# What a generation and an upscale are taken to cost before readings of the credit endpoint
+# have shown it (kie.ai's and midapi.ai's list prices are at or under these).
+GENERATION_COST = 8
+UPSCALE_COST = 2
+TOP_USERS = 5
+
+
+def category_of(kind: JobKind) -> str:
+    """What a job counts as: anything that makes a new grid is a generation."""
+    return UPSCALE if kind is JobKind.UPSCALE else GENERATION
+
+
+@dataclass(frozen=True)
+class Day:
+    key: str
+    start: float
+    end: float
+
+
+def day_of(timezone: ZoneInfo, now: float) -> Day:
+    local = datetime.fromtimestamp(now, timezone)
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    # Wall-clock arithmetic: the next midnight, also across a change to or from summer time.
+    end = start + timedelta(days=1)
+    return Day(start.date().isoformat(), start.timestamp(), end.timestamp())
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """A member's daily numbers; None is unlimited."""
+
+    imagines: int | None
+    upscales: int | None
+
+    def of(self, category: str) -> int | None:
+        return self.upscales if category == UPSCALE else self.imagines
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The settings' part: what holds where no admin set a limit."""
+
+    imagines: int | None = 20
+    upscales: int | None = 40
+    server_jobs: int | None = None
+    budget: int | None = None
+    timezone: str = "UTC"
+
+
+def _stored(value: int | None) -> int | None:
+    return None if value == UNLIMITED_ROW else value
+
+
+def resolve(rows: list[LimitRow], default: Allowance) -> Allowance:
+    """A member-specific limit beats the roles'; the roles' is the most generous of them
+    (unlimited beats any number); with neither, the settings'."""
+
+    def one(pick: Callable[[LimitRow], int | None], fallback: int | None) -> int | None:
+        for row in rows:
+            if row.target_type == "member" and pick(row) is not None:
+                return _stored(pick(row))
+        roles = [
+            _stored(pick(row))
+            for row in rows
+            if row.target_type == "role" and pick(row) is not None
+        ]
+        if not roles:
+            return fallback
+        if None in roles:
+            return None
+        return max(v for v in roles if v is not None)
+
+    return Allowance(
+        one(lambda r: r.imagines, default.imagines), one(lambda r: r.upscales, default.upscales)
+    )
+
+
+class Spending:
+    def __init__(
+        self, ledger: Ledger, rules: Rules, *, now: Callable[[], float] = time.time
+    ) -> None:
+        self.ledger = ledger
+        self.rules = rules
+        self._timezone = ZoneInfo(rules.timezone)
+        self._now = now
+        self._default = Allowance(rules.imagines, rules.upscales)
+        # Told when a request is refused for the budget (the credit watch tells the admins).
+        self.on_budget_reached: Callable[[Day], None] | None = None
+
+    def today(self) -> Day:
+        return day_of(self._timezone, self._now())
+
+    def now(self) -> float:
+        return self._now()
+
+    async def allowance(
+        self, guild_id: int | None, member_id: int, role_ids: tuple[int, ...]
+    ) -> Allowance:
+        if guild_id is None:
+            return self._default
+        return resolve(await self.ledger.limits(guild_id, member_id, role_ids), self._default)
+
+    async def quota(
+        self, kind: JobKind, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
+    ) -> Quota:
+        category = category_of(kind)
+        day = self.today()
+        allowance = await self.allowance(guild_id, requester_id, role_ids)
+        budget = None
+        if self.rules.budget is not None:
+            budget = Budget(day.key, self.rules.budget, GENERATION_COST, UPSCALE_COST)
+        return Quota(
+            category=category,
+            since=day.start,
+            member_limit=allowance.of(category),
+            server_limit=self.rules.server_jobs,
+            budget=budget,
+        )
+
+    def refusal(self, exc: OverQuota, kind: JobKind, requester_id: int) -> Refused:
+        log.info(
+            "refused over the %s daily limit of %d kind=%s user=%s",
+            exc.which,
+            exc.limit,
+            kind,
+            requester_id,
+        )
+        return Refused(self._refused(exc, kind), whole=True)
+
+    def _refused(self, exc: OverQuota, kind: JobKind) -> str:
+        day = self.today()
+        more = f"more <t:{int(day.end)}:R>"
+        if exc.which == "budget":
+            if self.on_budget_reached is not None:
+                self.on_budget_reached(day)
+            return f"The bot has spent its daily credit budget ({exc.limit} credits); {more}"
+        if exc.which == "server":
+            if exc.limit == 0:
+                return "This server allows no jobs (DAILY_JOBS_PER_SERVER is 0)"
+            return f"This server has used its {exc.limit} jobs for today; {more}"
+        what = _noun(category_of(kind), exc.limit)
+        if exc.limit == 0:
+            return f"Your allowance here has no {what}; an admin can change that with /mj limit"
+        return f"You have used your {exc.limit} {what} for today; {more}"
+
+    async def credits_today(self) -> CreditDay | None:
+        return await self.ledger.credit_day(self.today().key)
+
+    async def record_credits(self, credits: int, at: float) -> None:
+        day = day_of(self._timezone, at)
+        await self.ledger.record_credits(
+            day.key,
+            day.start,
+            credits,
+            at,
+            generation_cost=GENERATION_COST,
+            upscale_cost=UPSCALE_COST,
+        )
+
+    def budget_spent(self, credit_day: CreditDay | None) -> bool:
+        return (
+            self.rules.budget is not None
+            and credit_day is not None
+            and credit_day.spent >= self.rules.budget
+        )
+
+    # -- /mj usage ----------------------------------------------------------------------------
+
+    async def member_usage(
+        self, guild_id: int | None, member_id: int, role_ids: tuple[int, ...], *, own: bool
+    ) -> str:
+        day = self.today()
+        allowance = await self.allowance(guild_id, member_id, role_ids)
+        used = await self.ledger.member_uses(guild_id, member_id, day.start)
+        parts = [
+            f"{used[category]} of {_of(allowance.of(category))} {_noun(category, 2)}"
+            for category in (GENERATION, UPSCALE)
+        ]
+        who = "You" if own else f"<@{member_id}>"
+        return f"{who}, today: {', '.join(parts)}; resets <t:{int(day.end)}:R>."
+
+    async def server_usage(self, guild_id: int) -> str:
+        day = self.today()
+        total, top = await self.ledger.server_uses(guild_id, day.start, TOP_USERS)
+        lines = [f"**This server today:** {total} of {_of(self.rules.server_jobs)} jobs."]
+        if top:
+            lines.append(
+                "**Top users today:** " + ", ".join(f"<@{user}> {n}" for user, n in top) + "."
+            )
+        if self.rules.budget is not None:
+            ledger = await self.credits_today()
+            spent = "no reading yet" if ledger is None else f"{ledger.spent}"
+            lines.append(
+                f"**Credits spent today:** {spent} of {self.rules.budget} (`DAILY_CREDIT_BUDGET`)."
+            )
+        return "\n".join(lines)
+
+
+def _of(limit: int | None) -> str:
+    return "unlimited" if limit is None else str(limit)
+
+
+def _noun(category: str, n: int) -> str:
+    noun = "upscale" if category == UPSCALE else "generation"
+    return noun if n == 1 else f"{noun}s"

@@ -1,0 +1,125 @@
+"""The store's tables and the job's kinds and states (SQLAlchemy Core, one schema for SQLite and
+PostgreSQL). ``metadata.create_all`` adds a table a database made by an older version lacks."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import sqlalchemy as sa
+
+
+class JobKind(StrEnum):
+    IMAGINE = "imagine"
+    UPSCALE = "upscale"
+
+
+class JobState(StrEnum):
+    REQUESTED = "requested"
+    # Set just before the paid API call: a job found here after a crash may have been charged,
+    # so it is never submitted again, only waited for (callback) until its deadline.
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+FINAL_STATES = (JobState.DELIVERED, JobState.FAILED)
+LIVE_STATES = tuple(s for s in JobState if s is not JobState.FAILED)
+UNFINISHED_STATES = tuple(s for s in JobState if s not in FINAL_STATES)
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(24), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("parent_task_id", sa.String(64)),
+    sa.Column("image_index", sa.Integer),
+    sa.Column("upstream_task_id", sa.String(64), index=True),
+    sa.Column("requester_id", sa.BigInteger, nullable=False),
+    sa.Column("guild_id", sa.BigInteger),
+    sa.Column("channel_id", sa.BigInteger, nullable=False),
+    sa.Column("grid_message_id", sa.BigInteger),
+    sa.Column("status_message_id", sa.BigInteger),
+    sa.Column("result_message_id", sa.BigInteger),
+    sa.Column("callback_secret", sa.String(64), nullable=False, unique=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("result_urls", sa.Text, nullable=False, default="[]"),
+    sa.Column("prompt", sa.Text),
+    sa.Column("options", sa.Text, nullable=False, default="{}"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("deadline_at", sa.Float, nullable=False),
+    sa.Column("completed_at", sa.Float),
+    sa.Column("delivered_at", sa.Float),
+)
+
+LIVE_UPSCALE = sa.and_(jobs.c.kind == JobKind.UPSCALE.value, jobs.c.state != JobState.FAILED.value)
+# At most one live upscale per (grid task, image): the database refuses the second insert, so
+# dedupe holds across coroutines, processes and replicas alike.
+sa.Index(
+    "uq_live_upscale",
+    jobs.c.parent_task_id,
+    jobs.c.image_index,
+    unique=True,
+    sqlite_where=LIVE_UPSCALE,
+    postgresql_where=LIVE_UPSCALE,
+)
+sa.Index("ix_jobs_state", jobs.c.state)
+
+# When each operator notice (the low-credit warning, …) was last sent, by whichever process: a
+# notice limited to one an hour must stay so across restarts and replicas sharing the database.
+# create_all adds the table to a database made by an older version.
+notices = sa.Table(
+    "notices",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("sent_at", sa.Float, nullable=False),
+)
+
+
+# One row per request that counts against a daily allowance or the credit budget, written in
+# the same transaction as its job; deleted when the job fails and its use is given back.
+allowance_uses = sa.Table(
+    "allowance_uses",
+    metadata,
+    sa.Column("job_id", sa.String(24), primary_key=True),
+    sa.Column("guild_id", sa.BigInteger),
+    sa.Column("requester_id", sa.BigInteger, nullable=False),
+    sa.Column("category", sa.String(16), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+sa.Index("ix_uses_requester", allowance_uses.c.requester_id, allowance_uses.c.at)
+sa.Index("ix_uses_guild", allowance_uses.c.guild_id, allowance_uses.c.at)
+sa.Index("ix_uses_at", allowance_uses.c.at)
+
+# Limits admins set with /mj limit, per server and role or member: NULL is "not set here" (the
+# next rule decides), UNLIMITED_ROW is "unlimited".
+allowance_limits = sa.Table(
+    "allowance_limits",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger, primary_key=True),
+    sa.Column("target_type", sa.String(8), primary_key=True),
+    sa.Column("target_id", sa.BigInteger, primary_key=True),
+    sa.Column("imagines", sa.Integer),
+    sa.Column("upscales", sa.Integer),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+UNLIMITED_ROW = -1
+
+# The credit budget's ledger, a row per day of QUOTA_TIMEZONE: credits spent as the readings
+# of the credit endpoint show them (drops add up, top-ups do not count), the last reading, and
+# what a generation and an upscale were seen to cost, to reserve for jobs taken since.
+credit_days = sa.Table(
+    "credit_days",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("spent", sa.Integer, nullable=False),
+    sa.Column("last_credits", sa.Integer, nullable=False),
+    sa.Column("read_at", sa.Float, nullable=False),
+    sa.Column("generation_cost", sa.Integer, nullable=False),
+    sa.Column("upscale_cost", sa.Integer, nullable=False),
+)
