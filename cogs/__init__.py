@@ -22,4 +22,4 @@ async def add_cogs(bot: commands.Bot, services: Services) -> None:
         )
     )
     await bot.add_cog(ImagineCog(services.tracker, metrics=metrics))
-    await bot.add_cog(AdminCog(services.status_report))
+    await bot.add_cog(AdminCog(services.status_report, services.spending))

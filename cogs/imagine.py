@@ -11,11 +11,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery.texts import imagine_status_text
+from bot.jobs.store import JobKind
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
 from bot.midjourney.models import ASPECT_RATIOS, SPEEDS, VERSIONS
-from cogs.interactions import acked, tell, whisper_for
+from cogs.interactions import acked, cannot_post, role_ids, tell, whisper_for
 
 PROMPT_MAX = 2000
 
@@ -64,6 +65,21 @@ class ImagineCog(commands.Cog):
         if problem is not None:
             await tell(interaction, f"❌ {problem}.")
             return
+        refusal = cannot_post(interaction)
+        if refusal is not None:
+            await tell(interaction, refusal)
+            return
+        # Over a limit is told privately, before the visible status line goes up; the limits are
+        # checked again, atomically, when the request is stored.
+        over = await self._tracker.preview(
+            JobKind.IMAGINE,
+            requester_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            role_ids=role_ids(interaction),
+        )
+        if over is not None:
+            await tell(interaction, over.sentence("Not started"))
+            return
         options = {"speed": speed or "fast"}
         if aspect_ratio:
             options["aspect_ratio"] = aspect_ratio
@@ -83,6 +99,7 @@ class ImagineCog(commands.Cog):
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id or 0,
                 status_message_id=response.message_id,
+                role_ids=role_ids(interaction),
                 whisper=whisper_for(interaction),
                 whisper_until=interaction.expires_at.timestamp(),
             )
@@ -90,4 +107,4 @@ class ImagineCog(commands.Cog):
             # The visible "generating" line would be a lie: take it back, say why privately.
             with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
-            await tell(interaction, f"❌ Not started: {refused.reason}.")
+            await tell(interaction, refused.sentence("Not started"))

@@ -61,6 +61,42 @@ def whisper_for(interaction: discord.Interaction[Any]) -> Whisper:
     return whisper
 
 
+# What the bot needs where it posts a result, in the words of Discord's settings.
+_POSTING = (("view_channel", "View Channel"), ("attach_files", "Attach Files"))
+
+
+def cannot_post(interaction: discord.Interaction[Any]) -> str | None:
+    """Why the bot could not post a result where the interaction happened, as a refusal to the
+    requester; None when it can. Asked before any paid call: a result that cannot be posted
+    would be paid for and lost."""
+    if interaction.guild_id is None:
+        return None
+    granted = interaction.app_permissions
+    in_thread = isinstance(interaction.channel, discord.Thread)
+    send = (
+        ("send_messages_in_threads", "Send Messages in Threads")
+        if in_thread
+        else (
+            "send_messages",
+            "Send Messages",
+        )
+    )
+    missing = [label for flag, label in (*_POSTING, send) if not getattr(granted, flag)]
+    if not missing:
+        return None
+    names = " and ".join(f"**{label}**" for label in missing)
+    return (
+        f"❌ The bot may not post the result here: a server admin must give it {names} in "
+        "this channel. Nothing was started or charged."
+    )
+
+
+def role_ids(interaction: discord.Interaction[Any]) -> tuple[int, ...]:
+    """The user's roles in the server (with @everyone, whose id is the server's); none in DMs."""
+    user = interaction.user
+    return tuple(role.id for role in user.roles) if isinstance(user, discord.Member) else ()
+
+
 def context(interaction: discord.Interaction[Any]) -> str:
     """The interaction in a log line: what was used, by whom, where; never its token."""
     command = interaction.command

@@ -18,7 +18,7 @@ from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
 from bot.midjourney.models import GRID_SIZE, is_task_id
-from cogs.interactions import acked, report_error, tell, whisper_for
+from cogs.interactions import acked, cannot_post, report_error, role_ids, tell, whisper_for
 
 # What a click on U<n> calls: the interaction, the grid's task id and the image's index.
 OnClick = Callable[[discord.Interaction[Any], str, int], Awaitable[None]]
@@ -116,6 +116,10 @@ class UpscaleCog(commands.Cog):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         acked(self._metrics, interaction, "upscale", started)
+        refusal = cannot_post(interaction)
+        if refusal is not None:
+            await tell(interaction, refusal)
+            return
         if image is None:
             error = await self._tracker.show_grid(
                 task_id,
@@ -139,6 +143,10 @@ class UpscaleCog(commands.Cog):
         if interaction.channel_id is None:
             await tell(interaction, "❌ Upscales can only be asked for in a channel.")
             return
+        refusal = cannot_post(interaction)
+        if refusal is not None:
+            await tell(interaction, refusal)
+            return
         try:
             outcome = await self._tracker.request_upscale(
                 parent_task_id=task_id,
@@ -147,11 +155,12 @@ class UpscaleCog(commands.Cog):
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 grid_message_id=grid_message_id,
+                role_ids=role_ids(interaction),
                 whisper=whisper_for(interaction),
                 whisper_until=interaction.expires_at.timestamp(),
             )
         except Refused as refused:
-            await tell(interaction, f"❌ Image #{number} was not upscaled: {refused.reason}.")
+            await tell(interaction, refused.sentence(f"Image #{number} was not upscaled"))
             return
         job = outcome.job
         if outcome.created:

@@ -159,7 +159,7 @@ async def test_a_gateway_outage_does_not_touch_jobs_in_flight(harness: Harness) 
         assert sandbox.count("generateUpscale") == 2
 
 
-async def test_imagine_over_the_limit_takes_its_status_back_and_says_why(
+async def test_imagine_over_the_limit_says_why_privately_and_posts_nothing(
     harness: Harness,
 ) -> None:
     double, sandbox = harness.double, harness.sandbox
@@ -172,12 +172,10 @@ async def test_imagine_over_the_limit_takes_its_status_back_and_says_why(
         await sandbox.wait_for_call("generate", 1)
         second = await double.slash("imagine", {"prompt": "the second idea"}, alice)
         await second.wait_ack()
-        refused = await second.wait_followup()
-        assert refused.ephemeral and "Not started: you already have a job running" in (
-            refused.content
-        )
-        status = second.original
-        assert status is not None
-        await double.wait_for(lambda: status.deleted or None)
+        # Refused before the visible status line: the answer itself is the private refusal.
+        refused = second.original
+        assert refused is not None and refused.ephemeral
+        assert "Not started: you already have a job running" in refused.content
+        assert not any("the second idea" in m.content for m in double.messages(ephemeral=False))
         assert sandbox.count("generate") == 1
         assert first.original is not None and not first.original.deleted

@@ -165,8 +165,9 @@ def lock_keys(requester_id: int, guild_id: int | None, quota: Quota | None) -> l
 
 async def refusal(
     conn: AsyncConnection, values: dict[str, Any], max_unfinished: int | None, quota: Quota | None
-) -> Exception:
-    """Which limit refused the insert, asked in its transaction (under the same locks)."""
+) -> TooManyJobs | OverQuota | None:
+    """Which limit refuses a job with these ``values``, None if none does; asked in the
+    transaction of a refused insert (under the same locks), or ahead of one as a preview."""
 
     async def holds(condition: sa.ColumnElement[bool]) -> bool:
         return bool((await conn.execute(sa.select(condition))).scalar_one())
@@ -175,12 +176,17 @@ async def refusal(
         _unfinished_of(values["requester_id"]) < max_unfinished
     ):
         return TooManyJobs(max_unfinished)
-    assert quota is not None
+    if quota is None:
+        return None
     if quota.member_limit is not None and not await holds(
         _member_uses(values, quota) < quota.member_limit
     ):
         return OverQuota("member", quota.member_limit)
     if quota.budget is not None and not await holds(_budget_left(quota.budget, quota)):
         return OverQuota("budget", quota.budget.credits)
-    assert quota.server_limit is not None
-    return OverQuota("server", quota.server_limit)
+    guild_id = values["guild_id"]
+    if quota.server_limit is not None and guild_id is not None:
+        server = _uses_today(quota, allowance_uses.c.guild_id == guild_id)
+        if not await holds(server < quota.server_limit):
+            return OverQuota("server", quota.server_limit)
+    return None

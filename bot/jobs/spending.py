@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bot.jobs.admission import Budget, OverQuota, Quota
+from bot.jobs import texts
+from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
 from bot.jobs.ledger import GENERATION, UPSCALE, CreditDay, Ledger, LimitRow
 from bot.jobs.tables import UNLIMITED_ROW, JobKind
 from bot.jobs.types import Refused
@@ -100,6 +101,23 @@ def resolve(rows: list[LimitRow], default: Allowance) -> Allowance:
     )
 
 
+UNLIMITED = Rules(imagines=None, upscales=None)
+# Above this a limit is a typo, not a plan (the settings' own bound).
+LIMIT_MAX = 1_000_000
+
+
+def parse_limit(name: str, value: str) -> int | None:
+    """A limit as an admin types it: a whole number, or "unlimited" (None)."""
+    text = value.strip().lower()
+    if text == "unlimited":
+        return None
+    if not (text.isascii() and text.isdecimal()) or int(text) > LIMIT_MAX:
+        raise ValueError(
+            f"{name} must be a whole number from 0 to {LIMIT_MAX} or unlimited, not {value[:40]!r}"
+        )
+    return int(text)
+
+
 class Spending:
     def __init__(
         self, ledger: Ledger, rules: Rules, *, now: Callable[[], float] = time.time
@@ -142,7 +160,10 @@ class Spending:
             budget=budget,
         )
 
-    def refusal(self, exc: OverQuota, kind: JobKind, requester_id: int) -> Refused:
+    def refusal(self, exc: OverQuota | TooManyJobs, kind: JobKind, requester_id: int) -> Refused:
+        """What the requester is told for a limit that refused their request."""
+        if isinstance(exc, TooManyJobs):
+            return Refused(texts.too_many_running(exc.limit))
         log.info(
             "refused over the %s daily limit of %d kind=%s user=%s",
             exc.which,
@@ -189,6 +210,62 @@ class Spending:
             and credit_day.spent >= self.rules.budget
         )
 
+    # -- /mj limit ----------------------------------------------------------------------------
+
+    async def change_limit(
+        self,
+        guild_id: int,
+        target_type: str,
+        target_id: int,
+        numbers: dict[str, int | None],
+        *,
+        reset: bool,
+        by: int,
+    ) -> str:
+        """Set, remove or show a role's or member's limits; the answer for the admin."""
+        who = _mention(guild_id, target_type, target_id)
+        if reset:
+            removed = await self.ledger.reset_limit(guild_id, target_type, target_id)
+            log.info(
+                "limits reset guild=%s %s=%s by=%s removed=%s",
+                guild_id,
+                target_type,
+                target_id,
+                by,
+                removed,
+            )
+            if not removed:
+                return f"{who} had no limits of its own; nothing changed."
+            return f"✅ Removed the limits of {who}: {_falls_back(target_type)}."
+        if numbers:
+            stored = {k: UNLIMITED_ROW if v is None else v for k, v in numbers.items()}
+            await self.ledger.set_limit(guild_id, target_type, target_id, now=self._now(), **stored)
+            log.info(
+                "limits set guild=%s %s=%s by=%s %s",
+                guild_id,
+                target_type,
+                target_id,
+                by,
+                " ".join(f"{k}={_of(v)}" for k, v in numbers.items()),
+            )
+        rows = [
+            r
+            for r in await self.ledger.limits(guild_id)
+            if (r.target_type, r.target_id) == (target_type, target_id)
+        ]
+        if not rows:
+            return f"{who} has no limits of its own: {_falls_back(target_type)}."
+        row = rows[0]
+        parts = [
+            f"{_set_or_not(row.imagines)} generations",
+            f"{_set_or_not(row.upscales)} upscales",
+        ]
+        lead = "✅ " if numbers else ""
+        return (
+            f"{lead}{who}: {' and '.join(parts)} a day. A member's own limit beats their roles'; "
+            "with several roles the most generous counts. What was used today still counts."
+        )
+
     # -- /mj usage ----------------------------------------------------------------------------
 
     async def member_usage(
@@ -228,3 +305,19 @@ def _of(limit: int | None) -> str:
 def _noun(category: str, n: int) -> str:
     noun = "upscale" if category == UPSCALE else "generation"
     return noun if n == 1 else f"{noun}s"
+
+
+def _mention(guild_id: int, target_type: str, target_id: int) -> str:
+    if target_type == "member":
+        return f"<@{target_id}>"
+    return "@everyone" if target_id == guild_id else f"<@&{target_id}>"
+
+
+def _falls_back(target_type: str) -> str:
+    if target_type == "member":
+        return "their roles' limits apply, or the settings'"
+    return "its members have their other roles' limits, or the settings'"
+
+
+def _set_or_not(value: int | None) -> str:
+    return "(not set)" if value is None else _of(_stored(value))

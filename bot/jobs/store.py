@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bot.jobs.admission import Quota, admission, lock_keys, refusal
+from bot.jobs.admission import OverQuota, Quota, TooManyJobs, admission, lock_keys, refusal
 from bot.jobs.ledger import Ledger
 from bot.jobs.tables import (
     FINAL_STATES,
@@ -201,7 +201,8 @@ class JobStore:
                         for key in lock_keys(requester_id, guild_id, quota):
                             await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
                     if (await conn.execute(insert)).rowcount != 1:
-                        raise await refusal(conn, values, max_unfinished, quota)
+                        refused = await refusal(conn, values, max_unfinished, quota)
+                        raise refused or RuntimeError("the insert was refused by no limit")
                     if quota is not None:
                         await conn.execute(
                             allowance_uses.insert().values(
@@ -221,6 +222,20 @@ class JobStore:
                     raise DuplicateUpscale(existing) from None
                 # The live one failed between our insert and the look-up: try again.
         raise RuntimeError("could not insert the job after repeated conflicts")
+
+    async def refusal(
+        self,
+        *,
+        requester_id: int,
+        guild_id: int | None,
+        max_unfinished: int | None,
+        quota: Quota | None,
+    ) -> TooManyJobs | OverQuota | None:
+        """What ``create`` would refuse a job with for its limits right now (TooManyJobs,
+        OverQuota), or None: a preview only, since other requests may come in between."""
+        values = {"requester_id": requester_id, "guild_id": guild_id}
+        async with self._engine.connect() as conn:
+            return await refusal(conn, values, max_unfinished, quota)
 
     async def get(self, job_id: str) -> Job | None:
         return await self._one(jobs.c.id == job_id)

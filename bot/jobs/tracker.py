@@ -19,7 +19,7 @@ from typing import Any
 from bot.jobs import texts
 from bot.jobs.admission import OverQuota, TooManyJobs
 from bot.jobs.callback_secrets import CallbackSecrets
-from bot.jobs.spending import Spending
+from bot.jobs.spending import UNLIMITED, Spending
 from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore
 from bot.jobs.throttle import QueueFull, SubmitThrottle
 from bot.jobs.types import (
@@ -69,8 +69,8 @@ class Tracker:
         spending: Spending | None = None,
     ) -> None:
         self._store = store
-        # Daily allowances and the credit budget; None counts nothing (tests of other parts).
-        self._spending = spending
+        # Daily allowances and the credit budget; without, uses are counted but not limited.
+        self._spending = spending or Spending(store.ledger, UNLIMITED)
         self._metrics = recorder(metrics)
         # Told each time the API took a paid request (the low-credit watch reads credits then).
         self._on_submitted = on_submitted
@@ -238,25 +238,35 @@ class Tracker:
                 self._watch(job)
         return len(jobs)
 
+    async def preview(
+        self, kind: JobKind, *, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
+    ) -> Refused | None:
+        """The refusal a request would meet now (shutting down, queue full, a limit), None if
+        none: lets /imagine refuse privately before it posts its visible status line."""
+        try:
+            self._check_open()
+        except Refused as refused:
+            return refused
+        over = await self._store.refusal(
+            requester_id=requester_id,
+            guild_id=guild_id,
+            max_unfinished=self._max_jobs_per_user,
+            quota=await self._spending.quota(kind, requester_id, guild_id, role_ids),
+        )
+        return None if over is None else self._spending.refusal(over, kind, requester_id)
+
     async def _create(self, role_ids: tuple[int, ...], **fields: Any) -> Job:
-        quota = None
-        if self._spending is not None:
-            quota = await self._spending.quota(
-                fields["kind"], fields["requester_id"], fields["guild_id"], role_ids
-            )
+        kind, requester_id = fields["kind"], fields["requester_id"]
         try:
             return await self._store.create(
                 deadline_seconds=self._deadline,
                 max_unfinished=self._max_jobs_per_user,
-                quota=quota,
+                quota=await self._spending.quota(kind, requester_id, fields["guild_id"], role_ids),
                 callback_secret=self._secrets.new(),
                 **fields,
             )
-        except TooManyJobs as exc:
-            raise Refused(texts.too_many_running(exc.limit)) from None
-        except OverQuota as exc:
-            assert self._spending is not None
-            raise self._spending.refusal(exc, fields["kind"], fields["requester_id"]) from None
+        except (TooManyJobs, OverQuota) as exc:
+            raise self._spending.refusal(exc, kind, requester_id) from None
 
     def _check_open(self) -> None:
         if self._closing:

@@ -65,10 +65,11 @@ async def test_a_failing_command_is_logged_with_its_options_and_told_to_its_user
         caplog.set_level(logging.INFO)
 
         handle = await double.slash("imagine", {"prompt": "a red fox"}, alice)
-        # Acknowledged with the visible status line before the store was asked.
+        # The allowances are looked up before anything visible is posted: the error is the
+        # answer, and the channel sees nothing.
         assert (await handle.wait_ack()).type == 4
-        told = await handle.wait_followup()
-        assert told.ephemeral and told.content == SORRY
+        assert handle.ephemeral_texts() == [SORRY]
+        assert handle.original is not None and handle.original.ephemeral
         [line] = failure_lines(caplog, handle)
         assert line.startswith("failed /imagine prompt='a red fox' ")
 

@@ -296,6 +296,7 @@ class _User:
     name: str
     permissions: int
     bot: bool = False
+    roles: list[int] = field(default_factory=list)
     joined_at: str = field(default_factory=_now_iso)
     locale: str = "en-US"
 
@@ -509,6 +510,11 @@ class DiscordDouble:
         self.ack_deadline = ack_deadline
         self.attachment_size_limit = DEFAULT_ATTACHMENT_SIZE_LIMIT
         self.app_permissions = DEFAULT_APP_PERMISSIONS
+        # What the bot may do in one channel, where it differs from app_permissions (an admin
+        # denied it Attach Files there, say): sent as the interaction's app_permissions.
+        self.channel_app_permissions: dict[int, int] = {}
+        # Roles of the guild besides @everyone and the bot's own: id → name.
+        self._roles: dict[int, str] = {}
         self.enabled_privileged_intents = PRIVILEGED_INTENTS
 
         self._last_snowflake = 0
@@ -678,6 +684,24 @@ class DiscordDouble:
 
     def set_permissions(self, user_id: int, permissions: int) -> None:
         self._users[user_id].permissions = permissions
+
+    async def add_role(self, name: str) -> int:
+        """A new role of the guild; a connected bot hears of it as from Discord."""
+        role_id = self._snowflake()
+        self._roles[role_id] = name
+        if self._session is not None:
+            position = len(self._roles) + 1
+            role = self._role_json(role_id, name, DEFAULT_MEMBER_PERMISSIONS, position, False)
+            await self._dispatch(
+                "GUILD_ROLE_CREATE", {"guild_id": str(self.guild_id), "role": role}
+            )
+        return role_id
+
+    def give_role(self, user_id: int, role_id: int) -> None:
+        """Interactions of ``user_id`` from now on carry the role."""
+        if role_id not in self._roles:
+            raise LookupError(f"unknown role {role_id}: create roles with add_role()")
+        self._users[user_id].roles.append(role_id)
 
     def commands(self, guild_id: int | None = None) -> dict[str, Json]:
         """Commands the bot synced, by name: global ones (None) or a guild's."""
@@ -902,6 +926,10 @@ class DiscordDouble:
         if option_type in (8, 9) and value == self.guild_id:
             resolved.setdefault("roles", {})[str(value)] = self._everyone_role_json()
             return str(value)
+        if option_type in (8, 9) and isinstance(value, int) and value in self._roles:
+            role = self._role_json(value, self._roles[value], DEFAULT_MEMBER_PERMISSIONS, 2, False)
+            resolved.setdefault("roles", {})[str(value)] = role
+            return str(value)
         if option_type == 7 and isinstance(value, int) and value in self._channels:
             channel = self._channel_json(value)
             channel["permissions"] = str(DEFAULT_MEMBER_PERMISSIONS)
@@ -951,7 +979,9 @@ class DiscordDouble:
             "channel_id": str(channel_id),
             "channel": channel,
             "member": member,
-            "app_permissions": str(self.app_permissions),
+            "app_permissions": str(
+                self.channel_app_permissions.get(channel_id, self.app_permissions)
+            ),
             "locale": user.locale,
             "guild_locale": "en-US",
             "entitlements": [],
@@ -1027,7 +1057,11 @@ class DiscordDouble:
 
     def _member_json(self, user: _User, *, with_user: bool = True) -> Json:
         member: Json = {
-            "roles": [str(self.bot_role_id)] if user.id == self.bot_user_id else [],
+            "roles": (
+                [str(self.bot_role_id)]
+                if user.id == self.bot_user_id
+                else [str(role_id) for role_id in user.roles]
+            ),
             "joined_at": user.joined_at,
             "deaf": False,
             "mute": False,
@@ -1114,6 +1148,10 @@ class DiscordDouble:
             "roles": [
                 self._everyone_role_json(),
                 self._role_json(self.bot_role_id, self.bot_name, self.app_permissions, 1, True),
+                *(
+                    self._role_json(role_id, name, DEFAULT_MEMBER_PERMISSIONS, n, False)
+                    for n, (role_id, name) in enumerate(self._roles.items(), start=2)
+                ),
             ],
             "emojis": [],
             "stickers": [],
