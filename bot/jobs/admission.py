@@ -102,8 +102,10 @@ def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:
     """Whether the day's spending, plus what jobs not yet in a reading are taken to cost, plus
     this job, stays within the budget.
 
-    A job is not yet in a reading when it was taken after the last one, or is still under way
-    (it may be paid after the reading that followed its start).
+    A job is not in the last reading yet when the API took it after that reading began, or has
+    not been taken yet (queued, or its request under way): such jobs are reserved at what their
+    kind is taken to cost. One taken just before a reading may be counted twice until the next
+    reading, never none.
     """
     day = credit_days.c.day == budget.day
 
@@ -115,12 +117,11 @@ def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:
     cost = sa.case((allowance_uses.c.category == "generation", generation), else_=upscale)
     pending = (
         sa.select(sa.func.coalesce(sa.func.sum(cost), 0))
-        .select_from(allowance_uses.outerjoin(jobs, jobs.c.id == allowance_uses.c.job_id))
         .where(
             allowance_uses.c.at >= quota.since,
             sa.or_(
-                allowance_uses.c.at > ledger(credit_days.c.read_at, 0.0),
-                jobs.c.state.in_([s.value for s in UNFINISHED_STATES]),
+                allowance_uses.c.paid_at.is_(None),
+                allowance_uses.c.paid_at > ledger(credit_days.c.read_at, 0.0),
             ),
         )
         .scalar_subquery()

@@ -189,7 +189,7 @@ class Ledger:
         Each update is one conditional statement, so readings from several processes, even out
         of order, add every drop once: a reading older than the last one is ignored. A rise is
         a top-up and spends nothing. The first reading of a day starts it with what the jobs
-        taken that day so far are taken to cost, since that reading already has them in it.
+        of that day the API took before it are taken to cost, since it already has them in it.
         """
         row = credit_days.c
         drop = sa.case((row.last_credits > credits, row.last_credits - credits), else_=0)
@@ -200,8 +200,8 @@ class Ledger:
                 .select_from(allowance_uses)
                 .where(
                     allowance_uses.c.category == category,
-                    allowance_uses.c.at > row.read_at,
-                    allowance_uses.c.at <= at,
+                    allowance_uses.c.paid_at > row.read_at,
+                    allowance_uses.c.paid_at <= at,
                 )
                 .scalar_subquery()
             )
@@ -238,7 +238,7 @@ class Ledger:
                     taken = (
                         await conn.execute(
                             sa.select(allowance_uses.c.category, sa.func.count())
-                            .where(allowance_uses.c.at >= since, allowance_uses.c.at <= at)
+                            .where(allowance_uses.c.at >= since, allowance_uses.c.paid_at <= at)
                             .group_by(allowance_uses.c.category)
                         )
                     ).fetchall()

@@ -323,11 +323,13 @@ class JobStore:
         to_state: JobState,
         *,
         give_back: bool = False,
+        paid: bool = False,
         **fields: Any,
     ) -> Job | None:
         """Move the job to ``to_state`` if it is in one of ``from_states``; None if it was not.
 
-        ``give_back`` returns the job's use of the daily allowances in the same step.
+        ``give_back`` returns the job's use of the daily allowances in the same step; ``paid``
+        notes when the API took it (for the credit budget's reckoning).
         """
         values = _encode(fields)
         values["state"] = to_state.value
@@ -339,8 +341,12 @@ class JobStore:
         )
         async with self._engine.begin() as conn:
             result = await conn.execute(query)
+            use = allowance_uses.c.job_id == job_id
             if result.rowcount == 1 and give_back:
-                await conn.execute(allowance_uses.delete().where(allowance_uses.c.job_id == job_id))
+                await conn.execute(allowance_uses.delete().where(use))
+            elif result.rowcount == 1 and paid:
+                stamp = allowance_uses.update().where(use, allowance_uses.c.paid_at.is_(None))
+                await conn.execute(stamp.values(paid_at=values["updated_at"]))
         if result.rowcount != 1:
             return None
         return await self._require(job_id)

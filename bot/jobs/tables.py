@@ -91,6 +91,8 @@ allowance_uses = sa.Table(
     sa.Column("requester_id", sa.BigInteger, nullable=False),
     sa.Column("category", sa.String(16), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
+    # When the API was known to have taken it (it may have been charged by then); NULL before.
+    sa.Column("paid_at", sa.Float),
 )
 sa.Index("ix_uses_requester", allowance_uses.c.requester_id, allowance_uses.c.at)
 sa.Index("ix_uses_guild", allowance_uses.c.guild_id, allowance_uses.c.at)

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bot.jobs import texts
+from bot.jobs import grids, texts
 from bot.jobs.admission import OverQuota, TooManyJobs
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.spending import UNLIMITED, Spending
@@ -314,32 +314,19 @@ class Tracker:
         self, task_id: str, *, requester_id: int, guild_id: int | None, channel_id: int
     ) -> str | None:
         """Post the four images of any finished generation with U1–U4; the error if not."""
-        task = await self._finished_grid(task_id)
-        if isinstance(task, str):
-            return task
-        try:
-            await self._publisher.post_grid(
-                task, requester_id=requester_id, guild_id=guild_id, channel_id=channel_id
-            )
-        except DeliveryError as exc:
-            return exc.reason
-        return None
-
-    async def _finished_grid(self, task_id: str) -> Task | str:
-        try:
-            task = await self._client.record_info(task_id)
-        except (ApiError, ApiUnreachable) as exc:
-            return exc.user_message
-        if task.status is TaskStatus.PENDING:
-            return "that generation is still running; try again when it is done"
-        if task.status is TaskStatus.FAILED:
-            return f"that generation failed ({task.error})"
-        return task
+        return await grids.show_grid(
+            self._client,
+            self._publisher,
+            task_id,
+            requester_id=requester_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+        )
 
     async def _check_foreign_grid(self, job: Job) -> Job:
         """An /upscale of a task this bot never saw: make sure it exists before paying."""
         assert job.parent_task_id is not None
-        task = await self._finished_grid(job.parent_task_id)
+        task = await grids.finished_grid(self._client, job.parent_task_id)
         if isinstance(task, str):
             return await self._fail(job, task)
         if job.image_index is not None and job.image_index >= len(task.result_urls):
@@ -428,7 +415,7 @@ class Tracker:
 
     async def _submitted(self, job: Job, task_id: str) -> Job:
         submitted = await self._store.transition(
-            job.id, (JobState.SUBMITTING,), JobState.SUBMITTED, upstream_task_id=task_id
+            job.id, (JobState.SUBMITTING,), JobState.SUBMITTED, paid=True, upstream_task_id=task_id
         )
         if submitted is None:
             # A callback raced ahead of us and already moved the job on.
@@ -534,7 +521,11 @@ class Tracker:
         if job.prompt is None and task.prompt:
             fields["prompt"] = task.prompt
         done = await self._store.transition(
-            job.id, (JobState.SUBMITTING, JobState.SUBMITTED), JobState.SUCCEEDED, **fields
+            job.id,
+            (JobState.SUBMITTING, JobState.SUBMITTED),
+            JobState.SUCCEEDED,
+            paid=True,
+            **fields,
         )
         if done is not None:
             log.info("succeeded %s results=%d", done.label, len(urls))
@@ -591,7 +582,7 @@ class Tracker:
             s for s in JobState if s not in (JobState.DELIVERED, JobState.FAILED)
         )
         failed = await self._store.transition(
-            job.id, states, JobState.FAILED, give_back=give_back, error=reason
+            job.id, states, JobState.FAILED, give_back=give_back, paid=not give_back, error=reason
         )
         if failed is None:
             return await self._store.get(job.id) or job
