@@ -1,6 +1,7 @@
-"""The low-credit warning: one message to the server admins, at most once an hour, when the API
-account runs low (under ``LOW_CREDIT_THRESHOLD``) or the API refuses a request for lack of
-credits (402).
+"""The credit watch: the low-credit warning, one message to the server admins at most once an
+hour when the API account runs low (under ``LOW_CREDIT_THRESHOLD``) or the API refuses a request
+for lack of credits (402); and, with ``DAILY_CREDIT_BUDGET``, every reading added to the day's
+ledger (bot.jobs.ledger), a reading as the day turns, and one notice a day once it is spent.
 
 Credits are read (a free call) at start, every ``check_interval`` and soon after a paid
 submission, since only those spend credits. Whether a warning may go out is claimed in the job
@@ -62,11 +63,12 @@ def out_of_credits_text(credits: int | None) -> str:
     )
 
 
-def budget_text(spent: int, budget: int, day: Day) -> str:
+def budget_text(spent: int | None, budget: int, day: Day) -> str:
+    measured = "no reading yet" if spent is None else f"**{spent}** by the last reading"
     return (
-        f"⛔ The daily credit budget is spent: **{spent}** of {budget} credits today "
-        "(`DAILY_CREDIT_BUDGET`). New generations and upscales are refused until "
-        f"<t:{int(day.end)}:f>."
+        f"⛔ The daily credit budget of {budget} credits (`DAILY_CREDIT_BUDGET`) is reached: "
+        f"spent today {measured}, with the jobs under way reserved. New generations and "
+        f"upscales are refused until <t:{int(day.end)}:f>."
     )
 
 
@@ -114,6 +116,7 @@ class CreditWatch:
         self._refusal_warning: asyncio.Task[None] | None = None
         self._tasks = BackgroundTasks(log)
         self._closing = False
+        self._budget_tried: str | None = None
 
     def start(self) -> None:
         """Read the credits now, in the background, and every ``check_interval`` after."""
@@ -153,8 +156,11 @@ class CreditWatch:
 
     def budget_reached(self, day: Day) -> None:
         """A request was refused for the credit budget (Spending's hook): tell the admins."""
-        if not self._closing:
-            self._tasks.spawn(self._warn_budget(day), "credit-budget")
+        # A storm of refusals is one notice: one try per day from this process is enough here
+        # (the readings try again).
+        if not self._closing and self._budget_tried != day.key:
+            self._budget_tried = day.key
+            self._tasks.spawn(self._warn_budget(day, refused=True), "credit-budget")
 
     # -- checks -------------------------------------------------------------------------------
 
@@ -179,12 +185,14 @@ class CreditWatch:
         if self._spending.rules.budget is not None:
             await self._warn_budget(self._spending.today())
 
-    async def _warn_budget(self, day: Day) -> None:
+    async def _warn_budget(self, day: Day, *, refused: bool = False) -> None:
+        """Tell the admins once a day: when a request was refused for the budget, or when a
+        reading shows it spent."""
         assert self._spending is not None and self._spending.rules.budget is not None
         ledger = await self._spending.credits_today()
-        if self._spending.budget_spent(ledger):
-            assert ledger is not None
-            text = budget_text(ledger.spent, self._spending.rules.budget, day)
+        if refused or self._spending.budget_spent(ledger):
+            spent = ledger.spent if ledger is not None else None
+            text = budget_text(spent, self._spending.rules.budget, day)
             await self._post(f"budget:{day.key}", BUDGET_NOTICE_EVERY, text)
 
     async def _read(self) -> int | None:

@@ -288,7 +288,9 @@ async def test_the_credit_budget_holds_in_a_storm_and_tells_the_admins_once(
         await double.wait_for(lambda: sandbox.count("generateUpscale") == 1 or None)
         await app.services.credit_watch.check()
         notice = await double.wait_for_message(lambda m: m.channel_id == admins)
-        assert "daily credit budget is spent: **10** of 10 credits" in notice.content
+        assert "daily credit budget of 10 credits (`DAILY_CREDIT_BUDGET`) is reached" in (
+            notice.content
+        )
         # More refusals, more readings: still the one notice.
         late = await click(double, grid, 1, alice)
         await late.wait_followup()

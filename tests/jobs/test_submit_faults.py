@@ -13,7 +13,7 @@ from bot.jobs.store import JobKind, JobState
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.types import CALLBACK_PATH, CallbackVerdict, Refused
 from tests.jobs.conftest import Rig
-from tests.jobs.test_tracker import job_state, recorded_click, upscale
+from tests.jobs.test_tracker import USER, job_state, recorded_click, upscale
 
 
 class FrozenClock:
@@ -114,6 +114,28 @@ async def test_answer_that_may_hide_a_created_task_is_never_resent(rig: Rig, cod
     assert "unknown" in reason
     assert rig.sandbox.count("generateUpscale") == 1
     assert await job_state(rig, outcome.job.id) is JobState.FAILED
+    # It may have been paid: it stays counted against the requester's daily allowance.
+    assert (await rig.store.ledger.member_uses(1, USER, 0.0))["upscale"] == 1
+
+
+@pytest.mark.parametrize("code", [400, 422, 402])
+async def test_a_request_the_api_did_not_take_is_given_back(rig: Rig, code: int) -> None:
+    tracker = rig.tracker()
+    rig.sandbox.fail_next("generateUpscale", code)
+    outcome = await upscale(tracker, rig.grid(), 1)
+    assert outcome.job.state is JobState.FAILED
+    assert (await rig.store.ledger.member_uses(1, USER, 0.0))["upscale"] == 0
+
+
+async def test_a_task_that_failed_at_midjourney_is_given_back(rig: Rig) -> None:
+    tracker = rig.tracker()
+    rig.sandbox.task_seconds = None
+    outcome = await upscale(tracker, rig.grid(), 2)
+    assert (await rig.store.ledger.member_uses(1, USER, 0.0))["upscale"] == 1
+    assert outcome.job.upstream_task_id is not None
+    rig.sandbox.fail(outcome.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.failures) == 1)
+    assert (await rig.store.ledger.member_uses(1, USER, 0.0))["upscale"] == 0
 
 
 async def test_task_created_behind_a_500_is_delivered_by_its_callback(
