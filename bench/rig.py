@@ -48,6 +48,11 @@ UNTHROTTLED = {
     "MJ_SUBMIT_RATE": "1000",
     "QUEUE_LIMIT": "10000",
     "MAX_JOBS_PER_USER": "1000",
+    # A few members make hundreds of grids and clicks: allowances far above that, but set, so
+    # that every click pays for counting them as an owner's would.
+    "DAILY_IMAGINES_PER_USER": "1000000",
+    "DAILY_UPSCALES_PER_USER": "1000000",
+    "DAILY_JOBS_PER_SERVER": "1000000",
 }
 
 
