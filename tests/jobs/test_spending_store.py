@@ -1,0 +1,315 @@
+"""Daily allowances and the credit budget in the store, on a SQLite file and on the local
+PostgreSQL: storms of concurrent requests, from one store or from several sharing a database as
+processes would, never pass a limit by even one; a dedupe or a refusal costs nothing; a failure
+is given back; the credit ledger adds readings up once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
+from bot.jobs.ledger import KEEP, LimitRow
+from bot.jobs.spending import Allowance, resolve
+from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore, async_database_url
+from bot.jobs.tables import UNLIMITED_ROW, allowance_uses, metadata
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+GUILD, OTHER_GUILD = 1000, 2000
+DAY = "2026-12-06"
+
+
+async def _sqlite(tmp_path: Path, n: int) -> AsyncIterator[list[JobStore]]:
+    url = f"sqlite:///{tmp_path}/spending.sqlite3"
+    stores = [await JobStore.open(url) for _ in range(n)]
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def _postgres(n: int) -> AsyncIterator[list[JobStore]]:
+    try:
+        import asyncpg
+    except ImportError:
+        pytest.skip("asyncpg is not installed (pip install '.[postgres]')")
+    try:
+        admin = await asyncpg.connect(POSTGRES_URL, timeout=2)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {type(exc).__name__}: {exc}")
+    schema = f"spending_test_{secrets.token_hex(6)}"
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    # One engine per store: separate connection pools, as separate processes would have.
+    engines = [
+        create_async_engine(
+            async_database_url(POSTGRES_URL),
+            connect_args={"server_settings": {"search_path": schema}},
+        )
+        for _ in range(n)
+    ]
+    try:
+        async with engines[0].begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        yield [JobStore(engine) for engine in engines]
+    finally:
+        for engine in engines:
+            await engine.dispose()
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[list[JobStore]]:
+    """Three stores on one database: three processes' worth of connections."""
+    source = _sqlite(tmp_path, 3) if request.param == "sqlite" else _postgres(3)
+    async for made in source:
+        yield made
+
+
+def quota(category: str = "upscale", **limits: Any) -> Quota:
+    return Quota(category=category, since=time.time() - 3600, **limits)
+
+
+async def upscale(
+    store: JobStore, n: int, *, user: int = 1, guild: int | None = GUILD, **kw: Any
+) -> Job:
+    return await store.create(
+        kind=JobKind.UPSCALE,
+        parent_task_id=f"grid-{n // 4}",
+        image_index=n % 4,
+        requester_id=user,
+        guild_id=guild,
+        channel_id=5,
+        deadline_seconds=60,
+        **kw,
+    )
+
+
+async def generate(store: JobStore, *, user: int = 1, **kw: Any) -> Job:
+    return await store.create(
+        kind=JobKind.IMAGINE,
+        requester_id=user,
+        guild_id=GUILD,
+        channel_id=5,
+        deadline_seconds=60,
+        prompt="p",
+        **kw,
+    )
+
+
+async def uses(store: JobStore) -> int:
+    async with store._engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(sa.select(sa.func.count()).select_from(allowance_uses))
+            ).scalar_one()
+        )
+
+
+def split(results: list[Any]) -> tuple[list[Job], list[BaseException]]:
+    made = [r for r in results if isinstance(r, Job)]
+    others = [r for r in results if not isinstance(r, Job)]
+    return made, others
+
+
+async def test_a_storm_of_one_member_never_passes_the_allowance(stores: list[JobStore]) -> None:
+    limit = quota(member_limit=40)
+    results = await asyncio.gather(
+        *(upscale(stores[n % 3], n, quota=limit) for n in range(60)), return_exceptions=True
+    )
+    made, refused = split(results)
+    assert len(made) == 40, refused[:3]
+    assert len(refused) == 20
+    assert all(isinstance(r, OverQuota) and (r.which, r.limit) == ("member", 40) for r in refused)
+    assert await uses(stores[0]) == 40
+
+
+async def test_a_storm_of_a_whole_server_never_passes_its_limit(stores: list[JobStore]) -> None:
+    limit = quota(server_limit=25)
+    results = await asyncio.gather(
+        *(upscale(stores[n % 3], n, user=100 + n, quota=limit) for n in range(30)),
+        return_exceptions=True,
+    )
+    made, refused = split(results)
+    assert len(made) == 25
+    assert all(isinstance(r, OverQuota) and r.which == "server" for r in refused)
+    # Another server has its own day.
+    assert await upscale(stores[0], 99, guild=OTHER_GUILD, quota=limit)
+
+
+async def test_a_storm_never_passes_the_credit_budget(stores: list[JobStore]) -> None:
+    # 8 per generation, 2 per upscale until readings say otherwise: 5 generations fit in 40.
+    budget = Budget(DAY, 40, generation_cost=8, upscale_cost=2)
+    limit = quota("generation", budget=budget)
+    results = await asyncio.gather(
+        *(generate(stores[n % 3], user=n, quota=limit) for n in range(12)),
+        return_exceptions=True,
+    )
+    made, refused = split(results)
+    assert len(made) == 5
+    assert all(isinstance(r, OverQuota) and (r.which, r.limit) == ("budget", 40) for r in refused)
+
+
+async def test_counts_are_per_kind_per_place_and_per_day(stores: list[JobStore]) -> None:
+    store = stores[0]
+    await generate(store, quota=quota("generation"))
+    await upscale(store, 0, guild=None, quota=quota())
+    # Yesterday's upscale, stored with a day that has since turned.
+    old = await upscale(store, 1, quota=quota())
+    async with store._engine.begin() as conn:
+        await conn.execute(
+            allowance_uses.update()
+            .where(allowance_uses.c.job_id == old.id)
+            .values(at=time.time() - 2 * 86400)
+        )
+    # The generation, the DM's upscale and yesterday's do not count here today.
+    await upscale(store, 2, quota=quota(member_limit=1))
+    with pytest.raises(OverQuota):
+        await upscale(store, 3, quota=quota(member_limit=1))
+    assert await store.ledger.member_uses(GUILD, 1, time.time() - 3600) == {
+        "generation": 1,
+        "upscale": 1,
+    }
+    assert await store.ledger.member_uses(None, 1, time.time() - 3600) == {
+        "generation": 0,
+        "upscale": 1,
+    }
+
+
+async def test_a_dedupe_or_a_refusal_costs_nothing(stores: list[JobStore]) -> None:
+    store = stores[0]
+    first = await upscale(store, 0, quota=quota(member_limit=2))
+    with pytest.raises(DuplicateUpscale) as dup:
+        await upscale(store, 0, user=2, quota=quota(member_limit=2))
+    assert dup.value.job.id == first.id
+    await upscale(store, 1, quota=quota(member_limit=2))
+    with pytest.raises(OverQuota):
+        await upscale(store, 2, quota=quota(member_limit=2))
+    assert await uses(store) == 2
+    assert await store.get(first.id) is not None
+    assert len(await store.unfinished()) == 2
+
+
+async def test_a_failure_gives_back_unless_told_it_was_paid(stores: list[JobStore]) -> None:
+    store = stores[0]
+    limit = quota(member_limit=1)
+    job = await upscale(store, 0, quota=limit)
+    await store.transition(job.id, (JobState.REQUESTED,), JobState.FAILED, give_back=True)
+    again = await upscale(store, 1, quota=limit)
+    await store.transition(
+        again.id, (JobState.REQUESTED,), JobState.FAILED, give_back=False, paid=True
+    )
+    with pytest.raises(OverQuota):
+        await upscale(store, 2, quota=limit)
+
+
+async def test_the_running_limit_is_told_apart_from_the_allowance(stores: list[JobStore]) -> None:
+    store = stores[0]
+    for n in range(3):
+        await upscale(store, n, max_unfinished=3, quota=quota(member_limit=10))
+    with pytest.raises(TooManyJobs):
+        await upscale(store, 3, max_unfinished=3, quota=quota(member_limit=10))
+    refusal = await store.refusal(
+        requester_id=1, guild_id=GUILD, max_unfinished=3, quota=quota(member_limit=10)
+    )
+    assert isinstance(refusal, TooManyJobs)
+    assert (
+        await store.refusal(
+            requester_id=1, guild_id=GUILD, max_unfinished=10, quota=quota(member_limit=10)
+        )
+        is None
+    )
+
+
+async def test_the_credit_ledger_adds_each_drop_once(stores: list[JobStore]) -> None:
+    ledger = stores[0].ledger
+    since = time.time() - 3600
+    now = time.time()
+    await ledger.record_credits(DAY, since, 1000, now, generation_cost=8, upscale_cost=2)
+    day = await ledger.credit_day(DAY)
+    assert day is not None and (day.spent, day.last_credits) == (0, 1000)
+    # Three upscales taken by the API, then a reading that only they explain: 3 each.
+    for n in range(3):
+        job = await upscale(stores[0], n, quota=quota())
+        await stores[0].transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTED, paid=True)
+    await ledger.record_credits(DAY, since, 991, time.time() + 1, generation_cost=8, upscale_cost=2)
+    day = await ledger.credit_day(DAY)
+    assert day is not None and (day.spent, day.upscale_cost, day.generation_cost) == (9, 3, 8)
+    # A top-up spends nothing; a reading older than the last one is ignored.
+    await ledger.record_credits(
+        DAY, since, 5000, time.time() + 2, generation_cost=8, upscale_cost=2
+    )
+    await ledger.record_credits(DAY, since, 10, now + 1.5, generation_cost=8, upscale_cost=2)
+    await ledger.record_credits(
+        DAY, since, 4990, time.time() + 3, generation_cost=8, upscale_cost=2
+    )
+    day = await ledger.credit_day(DAY)
+    assert day is not None and (day.spent, day.last_credits) == (19, 4990)
+
+
+async def test_readings_from_several_processes_at_once_count_each_drop_once(
+    stores: list[JobStore],
+) -> None:
+    since = time.time() - 3600
+    base = time.time()
+    await stores[0].ledger.record_credits(DAY, since, 1000, base, generation_cost=8, upscale_cost=2)
+    # Ten readings of 900 (one drop of 100) from three processes at once.
+    await asyncio.gather(
+        *(
+            stores[n % 3].ledger.record_credits(
+                DAY, since, 900, base + 1 + n / 100, generation_cost=8, upscale_cost=2
+            )
+            for n in range(10)
+        )
+    )
+    day = await stores[0].ledger.credit_day(DAY)
+    assert day is not None and day.spent == 100
+
+
+async def test_limits_set_keep_the_other_number_and_reset(stores: list[JobStore]) -> None:
+    ledger = stores[0].ledger
+    await ledger.set_limit(GUILD, "role", 7, imagines=100, now=1.0)
+    await ledger.set_limit(GUILD, "role", 7, upscales=UNLIMITED_ROW, now=2.0)
+    await ledger.set_limit(GUILD, "member", 1, imagines=5, upscales=KEEP, now=3.0)
+    await ledger.set_limit(OTHER_GUILD, "role", 7, imagines=1, now=3.0)
+    assert await ledger.limits(GUILD, 1, (7,)) == [
+        LimitRow("member", 1, 5, None),
+        LimitRow("role", 7, 100, UNLIMITED_ROW),
+    ]
+    assert await ledger.limits(GUILD, 2, ()) == []
+    assert await ledger.reset_limit(GUILD, "member", 1) is True
+    assert await ledger.reset_limit(GUILD, "member", 1) is False
+
+
+def test_a_members_own_limit_beats_roles_and_the_most_generous_role_wins() -> None:
+    default = Allowance(20, 40)
+    roles = [LimitRow("role", 7, 100, None), LimitRow("role", 8, 50, UNLIMITED_ROW)]
+    assert resolve([], default) == default
+    assert resolve(roles, default) == Allowance(100, None)
+    assert resolve([*roles, LimitRow("member", 1, 3, None)], default) == Allowance(3, None)
+    assert resolve([LimitRow("role", 9, 0, None)], default) == Allowance(0, 40)
+
+
+async def test_a_database_from_before_spending_control_gains_its_tables(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.sqlite3"
+    store = await JobStore.open(url)
+    async with store._engine.begin() as conn:
+        for table in ("allowance_uses", "allowance_limits", "credit_days"):
+            await conn.execute(sa.text(f"DROP TABLE {table}"))
+    await store.close()
+    store = await JobStore.open(url)
+    try:
+        await upscale(store, 0, quota=quota(member_limit=1))
+        assert await uses(store) == 1
+    finally:
+        await store.close()
