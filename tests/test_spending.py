@@ -271,6 +271,7 @@ async def test_the_credit_budget_holds_in_a_storm_and_tells_the_admins_once(
     # A generation costs 8 and an upscale 2 at the sandbox: one grid and one upscale fit.
     harness.env["DAILY_CREDIT_BUDGET"] = "10"
     alice = double.add_user("alice")
+    admin = double.add_user("admin", permissions=ADMINISTRATOR | MANAGE_GUILD)
     start = sandbox.credits
     async with harness.running() as app:
         await sandbox.wait_for_call("credit")
@@ -297,4 +298,7 @@ async def test_the_credit_budget_holds_in_a_storm_and_tells_the_admins_once(
         await app.services.credit_watch.check()
         await app.services.credit_watch.wait_quiet()
         assert len([m for m in double.messages(admins)]) == 1
+        usage = await double.slash("mj usage", {}, admin)
+        report = (await usage.wait_followup()).content
+        assert "**Credits spent today:** 10 of 10 (`DAILY_CREDIT_BUDGET`)." in report
     assert start - sandbox.credits == 10
