@@ -124,6 +124,7 @@ class Services:
             self.mj,
             callbacks=self.callbacks_summary(),
             low_credit_threshold=self.settings.low_credit_threshold,
+            spending=self.spending.summary(),
         )
 
 

@@ -26,10 +26,12 @@ async def status_report(
     *,
     callbacks: str,
     low_credit_threshold: int = 0,
+    spending: str | None = None,
     now: float | None = None,
 ) -> str:
     """The report, in Discord markdown; ``callbacks`` says how results reach the bot,
-    ``low_credit_threshold`` (0: none) when the admins are warned of low credits."""
+    ``low_credit_threshold`` (0: none) when the admins are warned of low credits, ``spending``
+    the daily limits in force."""
     now = time.time() if now is None else now
     counts = await store.states_since(now - DAY)
     jobs = ", ".join(
@@ -47,6 +49,8 @@ async def status_report(
         f"API account: {credits}",
         f"Callbacks: {callbacks}",
     ]
+    if spending is not None:
+        lines.append(f"Daily limits: {spending}")
     failures = await store.recent_failures(FAILURES_SHOWN)
     if failures:
         lines.append("Last failures:")

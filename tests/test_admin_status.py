@@ -39,6 +39,10 @@ async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
         assert "0 queued, 0 running, 2 done, 1 failed" in report.content
         assert f"{sandbox.credits} credits left (warning below 100)" in report.content
         assert "Callbacks: expected at" in report.content
+        assert (
+            "Daily limits: 20 generations and 40 upscales per member, unlimited jobs per server, "
+            "budget unlimited credits; the day turns at midnight UTC"
+        ) in report.content
         assert "out of credits" in report.content
 
 

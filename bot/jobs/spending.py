@@ -210,6 +210,15 @@ class Spending:
             and credit_day.spent >= self.rules.budget
         )
 
+    def summary(self) -> str:
+        """The settings' limits in a line for /mj status."""
+        rules = self.rules
+        return (
+            f"{_of(rules.imagines)} generations and {_of(rules.upscales)} upscales per member, "
+            f"{_of(rules.server_jobs)} jobs per server, budget {_of(rules.budget)} credits; "
+            f"the day turns at midnight {rules.timezone} (roles and members: /mj limit)"
+        )
+
     # -- /mj limit ----------------------------------------------------------------------------
 
     async def change_limit(
