@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.jobs.spending import Spending, parse_limit
-from cogs.interactions import role_ids, tell
+from cogs.interactions import member_role_ids, role_ids, tell
 
 ONLY_ADMINS = "❌ Only members who can manage the server may {what}."
 
@@ -46,7 +46,7 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
                 interaction.guild_id, interaction.user.id, role_ids(interaction), own=True
             )
         else:
-            roles = tuple(role.id for role in member.roles)
+            roles = member_role_ids(member, interaction.guild_id)
             own = member.id == interaction.user.id
             text = await self._spending.member_usage(
                 interaction.guild_id, member.id, roles, own=own

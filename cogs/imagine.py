@@ -54,6 +54,9 @@ class ImagineCog(commands.Cog):
         problem = None
         if not prompt or len(prompt) > PROMPT_MAX:
             problem = f"the prompt must be 1 to {PROMPT_MAX} characters"
+        elif "\x00" in prompt:
+            # PostgreSQL cannot store it: refused here on either database.
+            problem = "the prompt contains a NUL character"
         elif aspect_ratio is not None and aspect_ratio not in ASPECT_RATIOS:
             problem = f"aspect_ratio must be one of {', '.join(ASPECT_RATIOS)}"
         elif version is not None and version not in VERSIONS:

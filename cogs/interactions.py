@@ -92,9 +92,15 @@ def cannot_post(interaction: discord.Interaction[Any]) -> str | None:
 
 
 def role_ids(interaction: discord.Interaction[Any]) -> tuple[int, ...]:
-    """The user's roles in the server (with @everyone, whose id is the server's); none in DMs."""
-    user = interaction.user
-    return tuple(role.id for role in user.roles) if isinstance(user, discord.Member) else ()
+    """The user's roles in the server, always with @everyone (whose id is the server's, and
+    which discord.py leaves out while the server is not cached); none in DMs."""
+    return member_role_ids(interaction.user, interaction.guild_id)
+
+
+def member_role_ids(user: discord.abc.User, guild_id: int | None) -> tuple[int, ...]:
+    if guild_id is None or not isinstance(user, discord.Member):
+        return ()
+    return tuple({guild_id, *(role.id for role in user.roles)})
 
 
 def context(interaction: discord.Interaction[Any]) -> str:

@@ -213,6 +213,7 @@ async def test_imagine_refuses_bad_choices_without_calling_the_api(harness: Harn
             {"prompt": "x", "speed": "warp"},
             {"prompt": "x" * 2001},
             {"prompt": "   "},
+            {"prompt": "a red\x00fox"},
         ):
             handle = await double.slash("imagine", options, alice)
             await handle.wait_ack()

@@ -118,10 +118,14 @@ def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:
     pending = (
         sa.select(sa.func.coalesce(sa.func.sum(cost), 0))
         .where(
-            allowance_uses.c.at >= quota.since,
+            # Not yet taken, whichever day it was asked on (one queued before midnight is paid
+            # today), or taken today after the last reading began.
             sa.or_(
                 allowance_uses.c.paid_at.is_(None),
-                allowance_uses.c.paid_at > ledger(credit_days.c.read_at, 0.0),
+                sa.and_(
+                    allowance_uses.c.paid_at >= quota.since,
+                    allowance_uses.c.paid_at > ledger(credit_days.c.read_at, 0.0),
+                ),
             ),
         )
         .scalar_subquery()

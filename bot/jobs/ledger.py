@@ -188,8 +188,9 @@ class Ledger:
 
         Each update is one conditional statement, so readings from several processes, even out
         of order, add every drop once: a reading older than the last one is ignored. A rise is
-        a top-up and spends nothing. The first reading of a day starts it with what the jobs
-        of that day the API took before it are taken to cost, since it already has them in it.
+        a top-up and spends nothing (spending in the same interval is then missed). The first
+        reading of a day starts it with what the jobs the API took since midnight are taken to
+        cost, since it already has them in it.
         """
         row = credit_days.c
         drop = sa.case((row.last_credits > credits, row.last_credits - credits), else_=0)
@@ -207,10 +208,14 @@ class Ledger:
             )
 
         def learned(category: str, other: str, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
-            # Only a drop that one kind alone can explain tells what that kind costs.
+            # Only a drop that one kind alone can explain tells what that kind costs, and only
+            # upwards: a job is stamped paid after its charge, so a window can hold one charged
+            # before it and make the kind look cheaper than it is. The day starts from the
+            # defaults or the last day's costs, which are thus a floor.
             n = taken_since_last(category)
+            cost = (drop + n - 1) // n
             return sa.case(
-                (sa.and_(drop > 0, n > 0, taken_since_last(other) == 0), (drop + n - 1) // n),
+                (sa.and_(drop > 0, n > 0, taken_since_last(other) == 0, cost > column), cost),
                 else_=column,
             )
 
@@ -238,7 +243,9 @@ class Ledger:
                     taken = (
                         await conn.execute(
                             sa.select(allowance_uses.c.category, sa.func.count())
-                            .where(allowance_uses.c.at >= since, allowance_uses.c.paid_at <= at)
+                            .where(
+                                allowance_uses.c.paid_at >= since, allowance_uses.c.paid_at <= at
+                            )
                             .group_by(allowance_uses.c.category)
                         )
                     ).fetchall()

@@ -118,7 +118,9 @@ class JobStore:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             connect_args["timeout"] = 30
-        engine = create_async_engine(url, connect_args=connect_args)
+        # hide_parameters: a failed statement's error names its values, callback secrets among
+        # them, and such errors reach the log.
+        engine = create_async_engine(url, connect_args=connect_args, hide_parameters=True)
         if url.startswith("sqlite"):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         async with engine.begin() as conn:

@@ -97,6 +97,7 @@ allowance_uses = sa.Table(
 sa.Index("ix_uses_requester", allowance_uses.c.requester_id, allowance_uses.c.at)
 sa.Index("ix_uses_guild", allowance_uses.c.guild_id, allowance_uses.c.at)
 sa.Index("ix_uses_at", allowance_uses.c.at)
+sa.Index("ix_uses_paid", allowance_uses.c.paid_at)
 
 # Limits admins set with /mj limit, per server and role or member: NULL is "not set here" (the
 # next rule decides), UNLIMITED_ROW is "unlimited".

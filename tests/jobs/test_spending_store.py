@@ -313,3 +313,47 @@ async def test_a_database_from_before_spending_control_gains_its_tables(tmp_path
         assert await uses(store) == 1
     finally:
         await store.close()
+
+
+async def test_a_cost_is_only_ever_learnt_upwards(stores: list[JobStore]) -> None:
+    ledger = stores[0].ledger
+    since = time.time() - 3600
+    await ledger.record_credits(DAY, since, 1000, time.time(), generation_cost=8, upscale_cost=2)
+    # Two generations stamped in a window whose drop is one's charge (the other's fell before
+    # the last reading): they look like 4 each, yet a generation stays taken at 8.
+    for _ in range(2):
+        job = await generate(stores[0], quota=quota("generation"))
+        await stores[0].transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTED, paid=True)
+    await ledger.record_credits(DAY, since, 992, time.time() + 1, generation_cost=8, upscale_cost=2)
+    day = await ledger.credit_day(DAY)
+    assert day is not None and (day.spent, day.generation_cost) == (8, 8)
+
+
+async def test_a_job_queued_before_midnight_is_reserved_against_the_new_day(
+    stores: list[JobStore],
+) -> None:
+    store = stores[0]
+    queued = await generate(store, quota=quota("generation"))
+    async with store._engine.begin() as conn:
+        await conn.execute(
+            allowance_uses.update()
+            .where(allowance_uses.c.job_id == queued.id)
+            .values(at=time.time() - 86400)
+        )
+    # Today: 16 credits, of which the job still waiting for its turn takes 8.
+    budget = Budget(DAY, 16, generation_cost=8, upscale_cost=2)
+    await generate(store, quota=quota("generation", budget=budget))
+    with pytest.raises(OverQuota):
+        await generate(store, quota=quota("generation", budget=budget))
+
+
+async def test_a_failed_statement_does_not_show_its_values(tmp_path: Path) -> None:
+    store = await JobStore.open(f"sqlite:///{tmp_path}/hidden.sqlite3")
+    try:
+        secret = "a-callback-secret-that-must-stay-out-of-logs"
+        await upscale(store, 0, callback_secret=secret)
+        with pytest.raises(sa.exc.IntegrityError) as caught:
+            await generate(store, callback_secret=secret)
+        assert secret not in str(caught.value)
+    finally:
+        await store.close()
