@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs.callback_secrets import CallbackSecrets
-from bot.jobs.store import JobStore
+from bot.jobs.store import JobStore, async_database_url
+from bot.jobs.tables import metadata
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import PollPolicy
@@ -19,6 +24,44 @@ from bot.midjourney.sandbox import SandboxAPI
 from bot.web import Listener
 from tests.conftest import FAST_POLL, RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema(prefix: str) -> AsyncIterator[Callable[[], AsyncEngine]]:
+    """A schema of its own on the local PostgreSQL, with the store's tables, so a test cannot
+    touch anything else in the database; yields a maker of engines bound to it (one per
+    "process"), all disposed and the schema dropped afterwards. Skips where none answers."""
+    try:
+        import asyncpg
+    except ImportError:
+        pytest.skip("asyncpg is not installed (pip install '.[postgres]')")
+    try:
+        admin = await asyncpg.connect(POSTGRES_URL, timeout=2)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {type(exc).__name__}: {exc}")
+    schema = f"{prefix}_{secrets.token_hex(6)}"
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    engines: list[AsyncEngine] = []
+
+    def engine() -> AsyncEngine:
+        made = create_async_engine(
+            async_database_url(POSTGRES_URL),
+            connect_args={"server_settings": {"search_path": schema}},
+        )
+        engines.append(made)
+        return made
+
+    try:
+        async with engine().begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        yield engine
+    finally:
+        for made in engines:
+            await made.dispose()
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
 
 
 @dataclass

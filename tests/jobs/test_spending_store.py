@@ -6,8 +6,6 @@ is given back; the credit ledger adds readings up once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,15 +13,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
 from bot.jobs.ledger import KEEP, LimitRow
 from bot.jobs.spending import Allowance, resolve
-from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore, async_database_url
-from bot.jobs.tables import UNLIMITED_ROW, allowance_uses, metadata
+from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore
+from bot.jobs.tables import UNLIMITED_ROW, allowance_uses
+from tests.jobs.conftest import postgres_schema
 
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 GUILD, OTHER_GUILD = 1000, 2000
 DAY = "2026-12-06"
 
@@ -39,33 +36,9 @@ async def _sqlite(tmp_path: Path, n: int) -> AsyncIterator[list[JobStore]]:
 
 
 async def _postgres(n: int) -> AsyncIterator[list[JobStore]]:
-    try:
-        import asyncpg
-    except ImportError:
-        pytest.skip("asyncpg is not installed (pip install '.[postgres]')")
-    try:
-        admin = await asyncpg.connect(POSTGRES_URL, timeout=2)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {type(exc).__name__}: {exc}")
-    schema = f"spending_test_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
     # One engine per store: separate connection pools, as separate processes would have.
-    engines = [
-        create_async_engine(
-            async_database_url(POSTGRES_URL),
-            connect_args={"server_settings": {"search_path": schema}},
-        )
-        for _ in range(n)
-    ]
-    try:
-        async with engines[0].begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        yield [JobStore(engine) for engine in engines]
-    finally:
-        for engine in engines:
-            await engine.dispose()
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+    async with postgres_schema("spending_test") as engine:
+        yield [JobStore(engine()) for _ in range(n)]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

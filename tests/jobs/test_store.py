@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import secrets
 import sqlite3
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.jobs.admission import TooManyJobs
 from bot.jobs.store import (
@@ -24,12 +22,11 @@ from bot.jobs.store import (
     JobStore,
     async_database_url,
 )
-from bot.jobs.tables import metadata
+from tests.jobs.conftest import postgres_schema
 
 PARENT = "grid-task-0001"
 CHANNEL = 555
 USER = 42
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
@@ -428,25 +425,8 @@ async def test_a_database_from_before_notices_gains_the_table(tmp_path: Path) ->
 
 
 async def test_dedupe_and_transitions_on_postgresql() -> None:
-    try:
-        import asyncpg
-    except ImportError:
-        pytest.skip("asyncpg is not installed (pip install '.[postgres]')")
-    dsn = POSTGRES_URL
-    try:
-        admin = await asyncpg.connect(dsn, timeout=2)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no PostgreSQL at {dsn}: {type(exc).__name__}: {exc}")
-    # A schema of its own, so the test's jobs table cannot touch anything else in the database.
-    schema = f"jobstore_test_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    engine = create_async_engine(
-        async_database_url(dsn), connect_args={"server_settings": {"search_path": schema}}
-    )
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        store = JobStore(engine)
+    async with postgres_schema("jobstore_test") as engine:
+        store = JobStore(engine())
 
         results = await asyncio.gather(
             *(new_job(store, index=1, requester_id=n) for n in range(50)), return_exceptions=True
@@ -478,17 +458,7 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
         assert stored is not None and stored.state is JobState.SUBMITTING
         assert [j.id for j in await store.unfinished()] == [other.id]
         await check_per_requester_limit(store)
-        replica = create_async_engine(
-            async_database_url(dsn), connect_args={"server_settings": {"search_path": schema}}
-        )
-        try:
-            await check_notice_claims(store, JobStore(replica))
-        finally:
-            await replica.dispose()
-    finally:
-        await engine.dispose()
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+        await check_notice_claims(store, JobStore(engine()))
 
 
 async def test_states_since_and_recent_failures(store: JobStore) -> None:
