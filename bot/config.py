@@ -139,17 +139,28 @@ def _snowflake(env: Mapping[str, str], name: str, what: str = "server") -> int |
     return int(raw)
 
 
+def parse_allowance(name: str, value: str) -> int | None:
+    """A daily allowance as an owner or admin writes it: a whole number, or "unlimited" (None).
+    The one reading for the settings and for /mj limit; ValueError names ``name``."""
+    text = value.strip().lower()
+    if text == UNLIMITED:
+        return None
+    if not (text.isascii() and text.isdecimal()) or int(text) > ALLOWANCE_MAX:
+        raise ValueError(
+            f"{name} must be a whole number from 0 to {ALLOWANCE_MAX} or {UNLIMITED}, "
+            f"not {value[:40]!r}"
+        )
+    return int(text)
+
+
 def _allowance(env: Mapping[str, str], name: str, default: int | None) -> int | None:
     raw = _text(env, name)
     if raw is None:
         return default
-    if raw.lower() == UNLIMITED:
-        return None
-    if not (raw.isdecimal() and raw.isascii()) or int(raw) > ALLOWANCE_MAX:
-        raise SettingsError(
-            f"{name} must be a whole number from 0 to {ALLOWANCE_MAX} or {UNLIMITED}, got {raw!r}"
-        )
-    return int(raw)
+    try:
+        return parse_allowance(name, raw)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _timezone(env: Mapping[str, str], name: str) -> str:

@@ -10,7 +10,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.jobs.spending import Spending, parse_limit
+from bot.config import parse_allowance
+from bot.jobs.spending import Spending
 from cogs.interactions import member_role_ids, role_ids, tell
 
 ONLY_ADMINS = "❌ Only members who can manage the server may {what}."
@@ -76,7 +77,7 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
             return
         try:
             numbers = {
-                name: parse_limit(name, value)
+                name: parse_allowance(name, value)
                 for name, value in (("imagines", imagines), ("upscales", upscales))
                 if value is not None
             }

@@ -81,7 +81,8 @@ def _uses_today(quota: Quota, *conditions: sa.ColumnElement[bool]) -> sa.ScalarS
     )
 
 
-def _same_place(guild_id: int | None) -> sa.ColumnElement[bool]:
+def same_place(guild_id: int | None) -> sa.ColumnElement[bool]:
+    """Uses in this server, or in DMs for None."""
     return (
         allowance_uses.c.guild_id.is_(None)
         if guild_id is None
@@ -94,7 +95,7 @@ def _member_uses(values: dict[str, Any], quota: Quota) -> sa.ScalarSelect[int]:
         quota,
         allowance_uses.c.requester_id == values["requester_id"],
         allowance_uses.c.category == quota.category,
-        _same_place(values["guild_id"]),
+        same_place(values["guild_id"]),
     )
 
 

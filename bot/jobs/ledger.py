@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.jobs.admission import same_place
 from bot.jobs.tables import allowance_limits, allowance_uses, credit_days
 
 GENERATION = "generation"
@@ -132,14 +133,13 @@ class Ledger:
     async def member_uses(
         self, guild_id: int | None, member_id: int, since: float
     ) -> dict[str, int]:
-        where = (
-            allowance_uses.c.guild_id.is_(None)
-            if guild_id is None
-            else (allowance_uses.c.guild_id == guild_id)
-        )
         query = (
             sa.select(allowance_uses.c.category, sa.func.count())
-            .where(where, allowance_uses.c.requester_id == member_id, allowance_uses.c.at >= since)
+            .where(
+                same_place(guild_id),
+                allowance_uses.c.requester_id == member_id,
+                allowance_uses.c.at >= since,
+            )
             .group_by(allowance_uses.c.category)
         )
         async with self._engine.connect() as conn:

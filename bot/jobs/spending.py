@@ -102,20 +102,6 @@ def resolve(rows: list[LimitRow], default: Allowance) -> Allowance:
 
 
 UNLIMITED = Rules(imagines=None, upscales=None)
-# Above this a limit is a typo, not a plan (the settings' own bound).
-LIMIT_MAX = 1_000_000
-
-
-def parse_limit(name: str, value: str) -> int | None:
-    """A limit as an admin types it: a whole number, or "unlimited" (None)."""
-    text = value.strip().lower()
-    if text == "unlimited":
-        return None
-    if not (text.isascii() and text.isdecimal()) or int(text) > LIMIT_MAX:
-        raise ValueError(
-            f"{name} must be a whole number from 0 to {LIMIT_MAX} or unlimited, not {value[:40]!r}"
-        )
-    return int(text)
 
 
 class Spending:
@@ -132,9 +118,6 @@ class Spending:
 
     def today(self) -> Day:
         return day_of(self._timezone, self._now())
-
-    def now(self) -> float:
-        return self._now()
 
     async def allowance(
         self, guild_id: int | None, member_id: int, role_ids: tuple[int, ...]
