@@ -49,6 +49,8 @@ class Settings:
     max_jobs_per_user: int = 3
     upscale_allowed: str = "anyone"
     submit_rate: int = 20
+    # generateVary's imageIndex base (0: V1 is 0, 1: V1 is 1); None learns it (bot.jobs.vary_index).
+    vary_index_base: int | None = None
     queue_limit: int = 100
     metrics_enabled: bool = False
     admin_channel_id: int | None = None
@@ -279,6 +281,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             f"UPSCALE_ALLOWED must be {' or '.join(UPSCALE_ALLOWED)}, got {allowed!r}"
         )
 
+    vary_base = (_text(env, "MJ_VARY_INDEX_BASE") or "auto").lower()
+    if vary_base not in ("auto", "0", "1"):
+        raise SettingsError(
+            "MJ_VARY_INDEX_BASE must be auto, 0 (V1 is imageIndex 0) or 1 (V1 is imageIndex 1), "
+            f"got {vary_base!r}"
+        )
+
     hmac_key = _text(env, "MJ_WEBHOOK_HMAC_KEY")
     secrets = tuple(s for s in (token, api_key, hmac_key) if s)
     return Settings(
@@ -299,6 +308,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_jobs_per_user=_int(env, "MAX_JOBS_PER_USER", 3, 1, 1000),
         upscale_allowed=allowed,
         submit_rate=_int(env, "MJ_SUBMIT_RATE", 20, 1, 1000),
+        vary_index_base=None if vary_base == "auto" else int(vary_base),
         queue_limit=_int(env, "QUEUE_LIMIT", 100, 0, 100_000),
         metrics_enabled=_flag(env, "METRICS_ENABLED"),
         admin_channel_id=_snowflake(env, "ADMIN_CHANNEL_ID", "channel"),

@@ -125,7 +125,17 @@ class Services:
             callbacks=self.callbacks_summary(),
             low_credit_threshold=self.settings.low_credit_threshold,
             spending=self.spending.summary(),
+            vary_index=await self.vary_index_summary(),
         )
+
+    async def vary_index_summary(self) -> str:
+        """How V1–V4 are numbered for generateVary, and who said so."""
+        base = await self.tracker.vary_index.base()
+        if self.settings.vary_index_base is not None:
+            return f"V1 is imageIndex {base} (MJ_VARY_INDEX_BASE)"
+        if base is None:
+            return "not learned yet: V1 and V4 work and teach it, V2 and V3 wait until then"
+        return f"V1 is imageIndex {base} (learned from the API's answers)"
 
 
 async def open_services(
@@ -210,6 +220,7 @@ async def open_services(
             callback_base=callback_base,
             deadline_seconds=settings.job_timeout_seconds,
             watermark=settings.watermark,
+            vary_index_base=settings.vary_index_base,
             poll=poll,
             throttle=SubmitThrottle(
                 settings.submit_rate, SUBMIT_WINDOW_SECONDS, max_waiting=settings.queue_limit

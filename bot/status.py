@@ -27,11 +27,12 @@ async def status_report(
     callbacks: str,
     low_credit_threshold: int = 0,
     spending: str | None = None,
+    vary_index: str | None = None,
     now: float | None = None,
 ) -> str:
     """The report, in Discord markdown; ``callbacks`` says how results reach the bot,
     ``low_credit_threshold`` (0: none) when the admins are warned of low credits, ``spending``
-    the daily limits in force."""
+    the daily limits in force, ``vary_index`` how V1–V4 are numbered for the API."""
     now = time.time() if now is None else now
     counts = await store.states_since(now - DAY)
     jobs = ", ".join(
@@ -51,6 +52,8 @@ async def status_report(
     ]
     if spending is not None:
         lines.append(f"Daily limits: {spending}")
+    if vary_index is not None:
+        lines.append(f"Variations: {vary_index}")
     failures = await store.recent_failures(FAILURES_SHOWN)
     if failures:
         lines.append("Last failures:")

@@ -10,6 +10,7 @@ from cogs.admin import AdminCog
 from cogs.imagine import ImagineCog
 from cogs.interactions import on_command_error
 from cogs.upscale import UpscaleCog
+from cogs.variations import VariationCog
 
 
 async def add_cogs(bot: commands.Bot, services: Services) -> None:
@@ -18,6 +19,11 @@ async def add_cogs(bot: commands.Bot, services: Services) -> None:
     bot.tree.error(on_command_error)
     await bot.add_cog(
         UpscaleCog(
+            bot, services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics
+        )
+    )
+    await bot.add_cog(
+        VariationCog(
             bot, services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics
         )
     )

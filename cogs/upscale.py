@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -12,50 +10,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery.texts import jump_url
-from bot.grid import UPSCALE_TEMPLATE, grid_owner, may_upscale, number_to_index, upscale_button
-from bot.jobs.store import JobState
+from bot.grid import number_to_index
+from bot.jobs.store import JobKind, JobState
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
 from bot.midjourney.models import GRID_SIZE, is_task_id
-from cogs.interactions import acked, cannot_post, report_error, role_ids, tell, whisper_for
-
-# What a click on U<n> calls: the interaction, the grid's task id and the image's index.
-OnClick = Callable[[discord.Interaction[Any], str, int], Awaitable[None]]
-
-
-class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPSCALE_TEMPLATE):
-    """U1–U4 on any grid, also ones posted before a restart. discord.py builds one per click
-    from the custom_id, so what a click calls comes with the class: see upscale_button_type."""
-
-    def __init__(self, task_id: str, image_index: int) -> None:
-        super().__init__(upscale_button(task_id, image_index + 1))
-        self.task_id = task_id
-        self.image_index = image_index
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> UpscaleButton:
-        return cls(match["task"], number_to_index(int(match["n"])))
-
-
-def upscale_button_type(on_click: OnClick) -> type[UpscaleButton]:
-    """The button class to register: a click calls ``on_click``."""
-
-    class Button(UpscaleButton, template=UPSCALE_TEMPLATE):
-        async def callback(self, interaction: discord.Interaction[Any]) -> None:
-            # discord.py has no error hook for dynamic items: it would log and say nothing.
-            try:
-                await on_click(interaction, self.task_id, self.image_index)
-            except Exception as exc:
-                await report_error(interaction, exc)
-
-    return Button
+from cogs.grid_buttons import UpscaleButton, clickable, may_click
+from cogs.interactions import acked, cannot_post, role_ids, tell, whisper_for
 
 
 class UpscaleCog(commands.Cog):
@@ -67,7 +29,7 @@ class UpscaleCog(commands.Cog):
         # UPSCALE_ALLOWED: "anyone", or "requester" (the grid's owner and message managers).
         self._allowed = allowed
         self._metrics = metrics
-        self._button = upscale_button_type(self.clicked)
+        self._button = clickable(UpscaleButton, self.clicked)
 
     async def cog_load(self) -> None:
         self._bot.add_dynamic_items(self._button)
@@ -76,22 +38,16 @@ class UpscaleCog(commands.Cog):
         self._bot.remove_dynamic_items(self._button)
 
     async def clicked(
-        self, interaction: discord.Interaction[Any], task_id: str, image_index: int
+        self, interaction: discord.Interaction[Any], task_id: str, image_index: int | None
     ) -> None:
         started = time.monotonic()
         # Acknowledge before anything slow: Discord gives 3 seconds, the API may take longer.
         await interaction.response.defer()
         acked(self._metrics, interaction, "button", started)
-        message = interaction.message
-        owner = grid_owner(message.content) if message else None
-        manages = interaction.permissions.manage_messages
-        if not may_upscale(self._allowed, interaction.user.id, owner, manages=manages):
-            whose = f"<@{owner}>, who asked for it," if owner else "the person who asked for it"
-            await tell(
-                interaction,
-                f"❌ Only {whose} or members who can manage messages may upscale this grid.",
-            )
+        assert image_index is not None, "a U-button names its image"
+        if not await may_click(interaction, self._allowed, "upscale"):
             return
+        message = interaction.message
         await self._start(interaction, task_id, image_index, message.id if message else None)
 
     @app_commands.command(name="upscale", description="Upscale one image of a Midjourney grid")
@@ -148,7 +104,8 @@ class UpscaleCog(commands.Cog):
             await tell(interaction, refusal)
             return
         try:
-            outcome = await self._tracker.request_upscale(
+            outcome = await self._tracker.request_on_grid(
+                JobKind.UPSCALE,
                 parent_task_id=task_id,
                 image_index=image_index,
                 requester_id=interaction.user.id,

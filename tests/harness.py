@@ -21,6 +21,8 @@ from tests.fakes.discord_double import DiscordDouble, StoredMessage
 
 TOKEN = "fake-discord-token-for-the-double"
 SUCCESS, SECONDARY = 3, 2
+# Both rows under every grid the bot posts, in Discord's order.
+GRID_LABELS = ["U1", "U2", "U3", "U4", "🔄", "V1", "V2", "V3", "V4"]
 FAST_POLL = PollPolicy(first_with_callback=0.5, interval=0.05, steady_for=1.0, max_interval=0.2)
 
 

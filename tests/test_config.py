@@ -40,6 +40,7 @@ SETTING_NAMES = (
     "MAX_JOBS_PER_USER",
     "UPSCALE_ALLOWED",
     "MJ_SUBMIT_RATE",
+    "MJ_VARY_INDEX_BASE",
     "QUEUE_LIMIT",
     "METRICS_ENABLED",
     "ADMIN_CHANNEL_ID",
@@ -82,6 +83,7 @@ def test_defaults() -> None:
     assert settings.max_jobs_per_user == 3
     assert settings.upscale_allowed == "anyone"
     assert (settings.submit_rate, settings.queue_limit) == (20, 100)
+    assert settings.vary_index_base is None
     assert settings.metrics_enabled is False
     assert settings.admin_channel_id is None
     assert settings.low_credit_threshold == 100
@@ -108,6 +110,7 @@ def test_every_setting_is_read() -> None:
             "MAX_JOBS_PER_USER": "5",
             "UPSCALE_ALLOWED": "Requester",
             "MJ_SUBMIT_RATE": "10",
+            "MJ_VARY_INDEX_BASE": "1",
             "QUEUE_LIMIT": "0",
             "METRICS_ENABLED": "true",
             "ADMIN_CHANNEL_ID": "1234567890123456789",
@@ -132,6 +135,7 @@ def test_every_setting_is_read() -> None:
     assert settings.max_jobs_per_user == 5
     assert settings.upscale_allowed == "requester"
     assert (settings.submit_rate, settings.queue_limit) == (10, 0)
+    assert settings.vary_index_base == 1
     assert settings.metrics_enabled is True
     assert settings.admin_channel_id == 1234567890123456789
     assert settings.low_credit_threshold == 0
@@ -278,6 +282,8 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("MJ_SUBMIT_RATE", {"MJ_SUBMIT_RATE": "0"}),
         ("MJ_SUBMIT_RATE", {"MJ_SUBMIT_RATE": "2.5"}),
         ("QUEUE_LIMIT", {"QUEUE_LIMIT": "-1"}),
+        ("MJ_VARY_INDEX_BASE", {"MJ_VARY_INDEX_BASE": "2"}),
+        ("MJ_VARY_INDEX_BASE", {"MJ_VARY_INDEX_BASE": "one"}),
         ("METRICS_ENABLED", {"METRICS_ENABLED": "maybe"}),
         ("METRICS_ENABLED", {"METRICS_ENABLED": "2"}),
         ("METRICS_ENABLED", {"METRICS_ENABLED": "enabled"}),

@@ -28,6 +28,7 @@ from bot.jobs.store import Job, JobKind, JobState, JobStore
 from bot.jobs.types import DeliveryError
 from bot.net import NonPublicAddressError, PublicOnlyResolver, is_public
 from tests.fakes.discord_double import DiscordDouble
+from tests.harness import GRID_LABELS
 
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff\xe0"
@@ -746,7 +747,7 @@ async def test_a_grid_shares_the_limit_and_keeps_its_order(posting: Posting) -> 
     assert names == ["up-task_0.jpg", "up-task_1.png", "up-task_2.jpg", "up-task_3.jpg"]
     assert message.attachments[1][1] == small
     assert sum(len(data) for _, data in message.attachments) <= limit
-    assert [b.label for b in message.buttons()] == ["U1", "U2", "U3", "U4"]
+    assert [b.label for b in message.buttons()] == GRID_LABELS
 
 
 # discord.py itself retries 500, 502, 504 and 524 with sleeps of seconds; 503 reaches the bot.

@@ -9,6 +9,7 @@ from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import JobState
 from tests.fakes.discord_double import StoredMessage
 from tests.harness import (
+    GRID_LABELS,
     SECONDARY,
     SUCCESS,
     TOKEN,
@@ -31,7 +32,7 @@ async def test_imagine_then_upscale_posts_the_right_bytes(harness: Harness) -> N
         task = grid_task(grid)
         assert attachments_match(grid, [sandbox.image_bytes(task, i) for i in range(4)])
         assert f"<@{alice}>" in grid.content
-        assert [b.label for b in grid.buttons()] == ["U1", "U2", "U3", "U4"]
+        assert [b.label for b in grid.buttons()] == GRID_LABELS
 
         await click(double, grid, 2, bob)
         status = await double.wait_for_message(lambda m: "Upscaling image #2" in m.content)
@@ -57,7 +58,7 @@ async def test_imagine_then_upscale_posts_the_right_bytes(harness: Harness) -> N
         )
 
         await double.wait_for(lambda: grid.button(label="U2").style == SUCCESS or None)
-        assert [b.style for b in grid.buttons()] == [SECONDARY, SUCCESS, SECONDARY, SECONDARY]
+        assert [b.style for b in grid.buttons()] == [SECONDARY, SUCCESS] + [SECONDARY] * 7
         assert status_lines(double) == []
 
 
@@ -168,7 +169,8 @@ async def test_upscale_command(harness: Harness) -> None:
             lambda m: len(m.attachments) == 4 and "made elsewhere" in m.content
         )
         assert grid_task(grid) == foreign
-        assert [b.style for b in grid.buttons()] == [SECONDARY, SECONDARY, SECONDARY, SUCCESS]
+        assert [b.label for b in grid.buttons()] == GRID_LABELS
+        assert [b.style for b in grid.buttons()][:5] == [SECONDARY] * 3 + [SUCCESS, SECONDARY]
 
 
 async def test_api_refusal_is_told_to_the_clicker_and_can_be_retried(harness: Harness) -> None:

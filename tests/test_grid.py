@@ -1,24 +1,30 @@
-"""bot/grid.py: the U1–U4 custom_ids and the view that carries them."""
+"""bot/grid.py: the custom_ids of a grid's buttons and the view that carries them."""
 
 from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 
 import discord
 import pytest
 
 from bot.grid import (
+    REROLL_TEMPLATE,
     UPSCALE_TEMPLATE,
+    VARY_TEMPLATE,
     GridButtons,
     grid_owner,
     may_upscale,
     number_to_index,
     owner_mention,
     parse_upscale_custom_id,
+    reroll_custom_id,
     upscale_button,
     upscale_custom_id,
+    vary_custom_id,
 )
+from bot.jobs.store import GridUse
 
 TASK = "4edb3c5d9e0f4a1b8c2d3e4f5a6b7c8d"
 ID_ALPHABET = string.ascii_letters + string.digits + "_-"
@@ -116,22 +122,47 @@ def test_parse_agrees_with_the_template_discord_py_fullmatches() -> None:
         )
 
 
-async def test_grid_buttons_show_done_images_green() -> None:
-    view = GridButtons(TASK, done=frozenset({1}))
+async def test_grid_buttons_are_two_rows_with_used_ones_green() -> None:
+    view = GridButtons(TASK, GridUse(upscaled=frozenset({1}), varied=frozenset({3})))
     buttons = view.children
-    assert len(buttons) == 4
     assert all(isinstance(button, discord.ui.Button) for button in buttons)
-    assert [button.label for button in buttons] == ["U1", "U2", "U3", "U4"]
-    assert [button.style for button in buttons] == [
-        discord.ButtonStyle.secondary,
-        discord.ButtonStyle.success,
-        discord.ButtonStyle.secondary,
-        discord.ButtonStyle.secondary,
-    ]
-    assert [parse_upscale_custom_id(button.custom_id) for button in buttons] == [
+    rows = [[b.label for b in buttons if b.row == row] for row in (0, 1)]
+    assert rows == [["U1", "U2", "U3", "U4", "🔄"], ["V1", "V2", "V3", "V4"]]
+    green = [b.label for b in buttons if b.style is discord.ButtonStyle.success]
+    assert green == ["U2", "V4"]
+    assert [parse_upscale_custom_id(button.custom_id) for button in buttons[:4]] == [
         (TASK, index) for index in range(4)
     ]
+    custom_ids = [button.custom_id for button in buttons[4:]]
+    assert custom_ids == [reroll_custom_id(TASK), *(vary_custom_id(TASK, n) for n in range(1, 5))]
     assert view.timeout is None
+
+
+async def test_a_rerolled_grid_shows_its_reroll_button_green() -> None:
+    view = GridButtons(TASK, GridUse(rerolled=True))
+    green = [b.label for b in view.children if b.style is discord.ButtonStyle.success]
+    assert green == ["🔄"]
+
+
+@pytest.mark.parametrize(
+    ("make", "template"),
+    [
+        (lambda n: vary_custom_id(TASK, n), VARY_TEMPLATE),
+        (lambda n: upscale_custom_id(TASK, n), UPSCALE_TEMPLATE),
+    ],
+)
+def test_numbered_custom_ids_match_their_own_template_only(
+    make: Callable[[int], str], template: str
+) -> None:
+    templates = (UPSCALE_TEMPLATE, VARY_TEMPLATE, REROLL_TEMPLATE)
+    for number in range(1, 5):
+        matching = [t for t in templates if re.fullmatch(t, make(number))]
+        assert matching == [template]
+    assert [t for t in templates if re.fullmatch(t, reroll_custom_id(TASK))] == [REROLL_TEMPLATE]
+    with pytest.raises(ValueError):
+        make(5)
+    with pytest.raises(ValueError):
+        vary_custom_id("bad id", 1)
 
 
 async def test_grid_buttons_default_to_all_grey() -> None:
@@ -140,7 +171,7 @@ async def test_grid_buttons_default_to_all_grey() -> None:
 
 
 async def test_grid_buttons_are_not_dispatchable() -> None:
-    view = GridButtons(TASK, done=frozenset({1}))
+    view = GridButtons(TASK, GridUse(upscaled=frozenset({1})))
     # Why this matters: Messageable.send and Message.edit hand a dispatchable view to
     # ConnectionState.store_view. Stored, each grid's view would stay in the view store for good
     # (timeout=None), and its plain buttons, whose callbacks do nothing, would be registered
@@ -173,6 +204,8 @@ OWNER = 123456789012345678
         f"**a fox - <@987654321098765432> in snow** - <@{OWNER}>",
         f"**a fox**{owner_mention(OWNER)}",
         f"**a fox**{owner_mention(OWNER)}\nhttps://tempfile.aiquickdraw.com/x_0_3.png",
+        f"**a fox** - Variations (image #2) <@{OWNER}>",
+        f"**a fox** - <@{OWNER}> (re-roll)",
     ],
 )
 def test_grid_owner_is_the_mention_closing_the_first_line(content: str) -> None:

@@ -26,7 +26,8 @@ from bot.delivery.texts import (
     status_text,
 )
 from bot.grid import GridButtons
-from bot.jobs.store import Job, JobKind, JobStore
+from bot.jobs.store import Job, JobStore
+from bot.jobs.tables import GRID_KINDS
 from bot.jobs.types import DeliveryError, Whisper
 from bot.midjourney.models import GRID_SIZE, Task
 
@@ -74,21 +75,21 @@ class DiscordPublisher:
         return message.id
 
     async def mark_grid(self, job: Job) -> None:
-        """Show the grid's U-buttons green for every image with a live or done upscale."""
+        """Show green the grid's buttons with a job that did not fail (U<n>, V<n>, 🔄)."""
         if job.grid_message_id is None or job.parent_task_id is None:
             return
         lock = self._grid_locks.setdefault(job.grid_message_id, asyncio.Lock())
         async with lock:
-            done = await self._store.upscaled_indexes(job.parent_task_id)
+            use = await self._store.grid_use(job.parent_task_id)
             message = self._channel(job).get_partial_message(job.grid_message_id)
             try:
-                await message.edit(view=GridButtons(job.parent_task_id, frozenset(done)))
+                await message.edit(view=GridButtons(job.parent_task_id, use))
             except discord.HTTPException as exc:
                 log.info("grid buttons not updated %s: %s", job.label, exc.status)
 
     async def deliver(self, job: Job) -> int:
         urls, view = job.result_urls[:1], None
-        if job.kind is JobKind.IMAGINE:
+        if job.kind in GRID_KINDS:
             if job.upstream_task_id is None:
                 # The buttons name the grid's task: a grid without them would look broken.
                 raise DeliveryError("the API gave no task id for the images", retry=False)
@@ -108,15 +109,15 @@ class DiscordPublisher:
     async def post_grid(
         self, task: Task, *, requester_id: int, guild_id: int | None, channel_id: int
     ) -> int:
-        """Show a generation the bot did not start, with its U1–U4 row."""
-        done = await self._store.upscaled_indexes(task.task_id)
+        """Show a generation the bot did not start, with both rows of buttons."""
+        use = await self._store.grid_use(task.task_id)
         return await self._post_images(
             channel_id,
             guild_id,
             task.result_urls[:GRID_SIZE],
             stem=task.task_id,
             content=grid_text(task.prompt, requester_id),
-            view=GridButtons(task.task_id, frozenset(done)),
+            view=GridButtons(task.task_id, use),
             requester_id=requester_id,
             # Each /upscale without an image posts a grid of its own: a nonce of its own too.
             nonce=secrets.randbits(64),

@@ -22,9 +22,17 @@ def prompt_text(prompt: str | None) -> str:
 
 def status_text(job: Job) -> str:
     started = f"<t:{int(job.created_at)}:R>"
+    number = (job.image_index or 0) + 1
     if job.kind is JobKind.UPSCALE:
-        number = (job.image_index or 0) + 1
         return f"⏳ Upscaling image #{number} for <@{job.requester_id}> (started {started})"
+    if job.kind is JobKind.VARY:
+        return (
+            f"⏳ Making variations of image #{number} for <@{job.requester_id}> (started {started})"
+        )
+    if job.kind is JobKind.REROLL:
+        return (
+            f"⏳ Re-rolling {prompt_text(job.prompt)} for <@{job.requester_id}> (started {started})"
+        )
     return imagine_status_text(job.prompt or "", job.requester_id, job.created_at)
 
 
@@ -34,9 +42,14 @@ def imagine_status_text(prompt: str, requester_id: int, started_at: float) -> st
 
 
 def result_text(job: Job) -> str:
+    number = (job.image_index or 0) + 1
     if job.kind is JobKind.UPSCALE:
-        number = (job.image_index or 0) + 1
         return f"{prompt_text(job.prompt)} - Image #{number} <@{job.requester_id}>"
+    if job.kind is JobKind.VARY:
+        # bot.grid.grid_owner reads the owner back from these lines: keep them in step.
+        return f"{prompt_text(job.prompt)} - Variations (image #{number}) <@{job.requester_id}>"
+    if job.kind is JobKind.REROLL:
+        return f"{grid_text(job.prompt, job.requester_id)} (re-roll)"
     return grid_text(job.prompt, job.requester_id)
 
 
@@ -48,6 +61,10 @@ def grid_text(prompt: str | None, requester_id: int) -> str:
 def failure_text(job: Job, reason: str) -> str:
     if job.kind is JobKind.UPSCALE:
         what = f"Upscale of image #{(job.image_index or 0) + 1}"
+    elif job.kind is JobKind.VARY:
+        what = f"Variations of image #{(job.image_index or 0) + 1}"
+    elif job.kind is JobKind.REROLL:
+        what = f"Re-roll of {prompt_text(job.prompt)}"
     else:
         what = f"Generation of {prompt_text(job.prompt)}"
     # The prompt may take 1500 of Discord's 2000 characters; the reason gets what is left.

@@ -24,9 +24,13 @@ from bot.jobs.admission import OverQuota, Quota, TooManyJobs, admission, lock_ke
 from bot.jobs.ledger import Ledger
 from bot.jobs.tables import (
     FINAL_STATES,
+    GRID_BUTTON_KINDS,
     LIVE_UPSCALE,
+    RUNNING_REROLL,
+    RUNNING_VARY,
     UNFINISHED_STATES,
     allowance_uses,
+    api_facts,
     jobs,
     metadata,
     notices,
@@ -81,10 +85,36 @@ class Job:
         return cls(**values)
 
 
-class DuplicateUpscale(Exception):
+class DuplicateJob(Exception):
+    """The same button's job is live already (an upscale) or still running (V<n>, 🔄)."""
+
     def __init__(self, job: Job) -> None:
         self.job = job
-        super().__init__(f"a live upscale exists: {job.label}")
+        super().__init__(f"a live {job.kind} of that grid exists: {job.label}")
+
+
+@dataclass(frozen=True)
+class GridUse:
+    """What has been asked of one grid's buttons (failed jobs aside): shown green."""
+
+    upscaled: frozenset[int] = frozenset()
+    varied: frozenset[int] = frozenset()
+    rerolled: bool = False
+
+
+def _twin(kind: JobKind, parent_task_id: str, image_index: int | None) -> sa.ColumnElement[bool]:
+    """The condition of the unique index that lets one such job of a grid's button live."""
+    if kind is JobKind.UPSCALE:
+        return sa.and_(
+            LIVE_UPSCALE, jobs.c.parent_task_id == parent_task_id, jobs.c.image_index == image_index
+        )
+    if kind is JobKind.VARY:
+        return sa.and_(
+            RUNNING_VARY, jobs.c.parent_task_id == parent_task_id, jobs.c.image_index == image_index
+        )
+    if kind is JobKind.REROLL:
+        return sa.and_(RUNNING_REROLL, jobs.c.parent_task_id == parent_task_id)
+    raise ValueError(f"{kind} jobs are not deduplicated")
 
 
 def async_database_url(url: str) -> str:
@@ -124,7 +154,7 @@ class JobStore:
         if url.startswith("sqlite"):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_create_schema)
         return cls(engine)
 
     async def close(self) -> None:
@@ -154,7 +184,8 @@ class JobStore:
     ) -> Job:
         """Insert a job in state ``requested``, with a random callback secret unless given.
 
-        A second live upscale of the same image raises DuplicateUpscale; with
+        A second live upscale of the same image, or a second running variation of it (re-roll
+        of the grid), raises DuplicateJob; with
         ``max_unfinished``, a requester who has that many unfinished jobs gets TooManyJobs; with
         ``quota``, a job that would pass a daily limit gets OverQuota, and one that is stored
         counts against it in the same transaction.
@@ -217,12 +248,12 @@ class JobStore:
                         )
                 return await self._require(job_id)
             except IntegrityError:
-                if kind is not JobKind.UPSCALE:
+                if kind not in GRID_BUTTON_KINDS:
                     raise
-                existing = await self.live_upscale(parent_task_id or "", image_index or 0)
+                existing = await self.live_twin(kind, parent_task_id or "", image_index)
                 if existing is not None:
-                    raise DuplicateUpscale(existing) from None
-                # The live one failed between our insert and the look-up: try again.
+                    raise DuplicateJob(existing) from None
+                # The live one finished between our insert and the look-up: try again.
         raise RuntimeError("could not insert the job after repeated conflicts")
 
     async def refusal(
@@ -249,17 +280,50 @@ class JobStore:
         return await self._one(jobs.c.upstream_task_id == task_id)
 
     async def live_upscale(self, parent_task_id: str, image_index: int) -> Job | None:
-        return await self._one(
-            LIVE_UPSCALE, jobs.c.parent_task_id == parent_task_id, jobs.c.image_index == image_index
-        )
+        return await self.live_twin(JobKind.UPSCALE, parent_task_id, image_index)
 
-    async def upscaled_indexes(self, parent_task_id: str) -> set[int]:
-        """Images of a grid with a live or delivered upscale."""
-        query = sa.select(jobs.c.image_index).where(
-            LIVE_UPSCALE, jobs.c.parent_task_id == parent_task_id
+    async def live_twin(
+        self, kind: JobKind, parent_task_id: str, image_index: int | None
+    ) -> Job | None:
+        """The job that makes a new ``kind`` job of that grid (and image) a duplicate."""
+        return await self._one(_twin(kind, parent_task_id, image_index))
+
+    async def grid_use(self, parent_task_id: str) -> GridUse:
+        """Which buttons of a grid have a job that did not fail."""
+        query = sa.select(jobs.c.kind, jobs.c.image_index).where(
+            jobs.c.parent_task_id == parent_task_id,
+            jobs.c.kind.in_([k.value for k in GRID_BUTTON_KINDS]),
+            jobs.c.state != JobState.FAILED.value,
         )
         async with self._engine.connect() as conn:
-            return {row[0] for row in (await conn.execute(query)).fetchall()}
+            rows = (await conn.execute(query)).fetchall()
+        used: dict[str, set[int]] = {kind.value: set() for kind in GRID_BUTTON_KINDS}
+        for kind, index in rows:
+            used[str(kind)].add(-1 if index is None else int(index))
+        return GridUse(
+            upscaled=frozenset(used[JobKind.UPSCALE.value]),
+            varied=frozenset(used[JobKind.VARY.value]),
+            rerolled=bool(used[JobKind.REROLL.value]),
+        )
+
+    async def api_fact(self, name: str) -> str | None:
+        async with self._engine.connect() as conn:
+            query = sa.select(api_facts.c.value).where(api_facts.c.name == name)
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def learn_api_fact(self, name: str, value: str) -> str:
+        """Record ``value`` unless a fact of that name is known already; the fact as stored
+        (the first process to learn it wins, so every process goes by one value)."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    api_facts.insert().values(name=name, value=value, learned_at=time.time())
+                )
+        except IntegrityError:
+            pass
+        known = await self.api_fact(name)
+        assert known is not None
+        return known
 
     async def unfinished(self) -> list[Job]:
         query = (
@@ -410,9 +474,20 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
     values = dict(fields)
     if "result_urls" in values:
         values["result_urls"] = json.dumps(list(values["result_urls"]))
+    if "options" in values:
+        values["options"] = json.dumps(values["options"])
     if "state" in values:
         raise ValueError("change the state through transition()")
     return values
+
+
+def _create_schema(conn: sa.Connection) -> None:
+    metadata.create_all(conn)
+    # create_all leaves a table that exists as it is: an index added by a newer version (the
+    # dedupe of variations) is created here on a database an older version made.
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -11,6 +11,16 @@ import sqlalchemy as sa
 class JobKind(StrEnum):
     IMAGINE = "imagine"
     UPSCALE = "upscale"
+    # V1–V4: four variations of one image of a grid (generateVary).
+    VARY = "vary"
+    # 🔄: the grid's prompt and options generated again.
+    REROLL = "reroll"
+
+
+# Kinds whose result is a grid of four, posted with the grid's buttons.
+GRID_KINDS = frozenset((JobKind.IMAGINE, JobKind.VARY, JobKind.REROLL))
+# Kinds started from a button (or /upscale) under an existing grid.
+GRID_BUTTON_KINDS = frozenset((JobKind.UPSCALE, JobKind.VARY, JobKind.REROLL))
 
 
 class JobState(StrEnum):
@@ -68,6 +78,26 @@ sa.Index(
     sqlite_where=LIVE_UPSCALE,
     postgresql_where=LIVE_UPSCALE,
 )
+# One running V<n> per (grid, image) and one running 🔄 per grid: a click while it runs gets the
+# running job back; once it is finished a new click makes another set (a new paid job).
+RUNNING = jobs.c.state.in_([s.value for s in UNFINISHED_STATES])
+RUNNING_VARY = sa.and_(jobs.c.kind == JobKind.VARY.value, RUNNING)
+RUNNING_REROLL = sa.and_(jobs.c.kind == JobKind.REROLL.value, RUNNING)
+sa.Index(
+    "uq_running_vary",
+    jobs.c.parent_task_id,
+    jobs.c.image_index,
+    unique=True,
+    sqlite_where=RUNNING_VARY,
+    postgresql_where=RUNNING_VARY,
+)
+sa.Index(
+    "uq_running_reroll",
+    jobs.c.parent_task_id,
+    unique=True,
+    sqlite_where=RUNNING_REROLL,
+    postgresql_where=RUNNING_REROLL,
+)
 sa.Index("ix_jobs_state", jobs.c.state)
 
 # When each operator notice (the low-credit warning, …) was last sent, by whichever process: a
@@ -78,6 +108,16 @@ notices = sa.Table(
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("sent_at", sa.Float, nullable=False),
+)
+
+# What the bot learned about the vendor's API and every process must agree on (the index base of
+# generateVary): the first process to learn a fact writes it, the others read it.
+api_facts = sa.Table(
+    "api_facts",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(64), nullable=False),
+    sa.Column("learned_at", sa.Float, nullable=False),
 )
 
 

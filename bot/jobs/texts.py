@@ -44,3 +44,12 @@ def expired(state: JobState, deadline_seconds: float) -> str:
     if state is JobState.SUCCEEDED:
         return "the result could not be posted to Discord in time"
     return f"no result from Midjourney within {round(deadline_seconds / 60)} minutes"
+
+
+def vary_base_unknown(number: int) -> str:
+    return (
+        f"V{number} cannot start yet: the bot has not learned how the Midjourney API numbers "
+        "the images of a variation (0–3 or 1–4, its docs say both), and a wrong guess would vary "
+        "another picture. A click on V1 or V4 teaches it once, or an admin sets "
+        "MJ_VARY_INDEX_BASE; nothing was charged"
+    )

@@ -20,7 +20,8 @@ from bot.jobs import grids, texts
 from bot.jobs.admission import OverQuota, TooManyJobs
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.spending import UNLIMITED, Spending
-from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore
+from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
+from bot.jobs.tables import GRID_BUTTON_KINDS
 from bot.jobs.throttle import QueueFull, SubmitThrottle
 from bot.jobs.types import (
     CALLBACK_PATH,
@@ -32,11 +33,12 @@ from bot.jobs.types import (
     Refused,
     Whisper,
 )
+from bot.jobs.vary_index import BaseUnknown, VaryIndex
 from bot.jobs.whispers import Whispers
 from bot.metrics import Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
-from bot.midjourney.models import Task, TaskStatus
+from bot.midjourney.models import GRID_SIZE, Task, TaskStatus
 from bot.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Tracker:
         callback_base: str | None,
         deadline_seconds: float,
         watermark: str | None = None,
+        vary_index_base: int | None = None,
         poll: PollPolicy | None = None,
         delivery_retries: int = 3,
         throttle: SubmitThrottle | None = None,
@@ -82,6 +85,7 @@ class Tracker:
         self._secrets = callback_secrets or CallbackSecrets(secrets.token_bytes(32))
         self._deadline = deadline_seconds
         self._watermark = watermark
+        self._vary_index = VaryIndex(store, vary_index_base)
         self._poll = poll or PollPolicy()
         self._delivery_retries = delivery_retries
         self._throttle = throttle or SubmitThrottle(
@@ -105,6 +109,10 @@ class Tracker:
         return self._store
 
     @property
+    def vary_index(self) -> VaryIndex:
+        return self._vary_index
+
+    @property
     def callbacks_enabled(self) -> bool:
         return self._callback_base is not None
 
@@ -115,11 +123,12 @@ class Tracker:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def request_upscale(
+    async def request_on_grid(
         self,
+        kind: JobKind,
         *,
         parent_task_id: str,
-        image_index: int,
+        image_index: int | None,
         requester_id: int,
         guild_id: int | None,
         channel_id: int,
@@ -128,17 +137,28 @@ class Tracker:
         whisper: Whisper | None = None,
         whisper_until: float = 0.0,
     ) -> Outcome:
-        """Start one upscale, or return the live one for the same (grid, image).
+        """Start what a grid's button asks for (an upscale, V<n>, 🔄) of ``parent_task_id``, or
+        return the job that makes it a duplicate: the live upscale of that image, the running
+        variation of that image, the running re-roll of that grid.
 
         Raises Refused when the bot cannot take it (shutting down, queue full, user limit, a
-        daily allowance or the credit budget); ``role_ids`` are the requester's roles there.
+        daily allowance or the credit budget, V2/V3 before the index base of variations is
+        known); ``role_ids`` are the requester's roles there.
         """
+        if kind not in GRID_BUTTON_KINDS:
+            raise ValueError(f"{kind} is not started from a grid")
         self._check_open()
+        if (
+            kind is JobKind.VARY
+            and image_index is not None
+            and not await self._vary_index.can_send(image_index)
+        ):
+            raise Refused(texts.vary_base_unknown(image_index + 1), whole=True)
         grid = await self._store.by_upstream(parent_task_id)
         try:
             job = await self._create(
                 role_ids,
-                kind=JobKind.UPSCALE,
+                kind=kind,
                 parent_task_id=parent_task_id,
                 image_index=image_index,
                 requester_id=requester_id,
@@ -146,21 +166,23 @@ class Tracker:
                 channel_id=channel_id,
                 grid_message_id=grid_message_id,
                 prompt=grid.prompt if grid is not None else None,
+                options=grid.options if grid is not None else None,
             )
-        except DuplicateUpscale as dup:
-            log.info("upscale click deduplicated %s image=%s", dup.job.label, image_index + 1)
+        except DuplicateJob as dup:
+            log.info("%s click deduplicated %s image=%s", kind, dup.job.label, _number(image_index))
             return Outcome(dup.job, created=False)
         except Refused:
-            # Clicking an image already being upscaled is a duplicate, whatever the limit says.
-            live = await self._store.live_upscale(parent_task_id, image_index)
+            # Clicking a button whose job runs is a duplicate, whatever the limit says.
+            live = await self._store.live_twin(kind, parent_task_id, image_index)
             if live is not None:
                 return Outcome(live, created=False)
             raise
         log.info(
-            "upscale requested %s parent=%s image=%s user=%s",
+            "%s requested %s parent=%s image=%s user=%s",
+            kind,
             job.label,
             parent_task_id,
-            image_index + 1,
+            _number(image_index),
             requester_id,
         )
         self._whispers.remember(job.id, whisper, whisper_until)
@@ -183,7 +205,7 @@ class Tracker:
         whisper: Whisper | None = None,
         whisper_until: float = 0.0,
     ) -> Outcome:
-        """Start one generation; raises Refused like request_upscale."""
+        """Start one generation; raises Refused like request_on_grid."""
         self._check_open()
         job = await self._create(
             role_ids,
@@ -324,15 +346,20 @@ class Tracker:
         )
 
     async def _check_foreign_grid(self, job: Job) -> Job:
-        """An /upscale of a task this bot never saw: make sure it exists before paying."""
+        """A grid this bot never saw (``/upscale`` of a task made elsewhere, its buttons): make
+        sure it exists, and learn its prompt and options, before paying."""
         assert job.parent_task_id is not None
         task = await grids.finished_grid(self._client, job.parent_task_id)
         if isinstance(task, str):
             return await self._fail(job, task)
+        if job.kind is not JobKind.UPSCALE and len(task.result_urls) < GRID_SIZE:
+            return await self._fail(job, "that task is not a grid of four images")
         if job.image_index is not None and job.image_index >= len(task.result_urls):
             return await self._fail(job, "that task has no such image")
+        if job.kind is JobKind.REROLL and not task.prompt:
+            return await self._fail(job, "the API does not say what that grid's prompt was")
         if task.prompt:
-            job = await self._store.update(job.id, prompt=task.prompt)
+            job = await self._store.update(job.id, prompt=task.prompt, options=task.options)
         return job
 
     async def _submit(self, job: Job, *, queue_bound: bool = True) -> Job:
@@ -367,6 +394,14 @@ class Tracker:
             async with self._busy():
                 try:
                     task_id = await self._send(job)
+                except BaseUnknown:
+                    # Only a job stored before the base was forgotten (a changed setting) gets
+                    # here: nothing was sent.
+                    return await self._fail(
+                        job,
+                        texts.vary_base_unknown((job.image_index or 0) + 1),
+                        from_states=(JobState.SUBMITTING,),
+                    )
                 except (ApiError, ApiUnreachable) as exc:
                     pause = next(retries, None) if exc.retryable else None
                     if pause is not None:
@@ -396,6 +431,15 @@ class Tracker:
                 watermark=self._watermark,
                 callback_url=self.callback_url(job),
             )
+        if job.kind is JobKind.VARY:
+            assert job.parent_task_id is not None and job.image_index is not None
+            vary = functools.partial(
+                self._client.vary,
+                job.parent_task_id,
+                watermark=self._watermark,
+                callback_url=self.callback_url(job),
+            )
+            return await self._vary_index.send(job.image_index, vary, job.label)
         return await self._client.generate(
             job.prompt or "",
             speed=job.options.get("speed", "fast"),
@@ -428,7 +472,7 @@ class Tracker:
         log.info("submitted %s kind=%s", job.label, job.kind)
         if self._on_submitted is not None:
             self._on_submitted()
-        if job.kind is JobKind.UPSCALE:
+        if job.kind in GRID_BUTTON_KINDS:
             self._background.spawn(self._publisher.mark_grid(job))
         self._watch(job)
         return job
@@ -596,3 +640,8 @@ class Tracker:
 
     async def _tell(self, job: Job, text: str) -> None:
         await self._whispers.tell(job.id, job.label, text)
+
+
+def _number(image_index: int | None) -> str:
+    """The button's number (U2, V2) of an image index, for log lines; "-" for 🔄."""
+    return "-" if image_index is None else str(image_index + 1)

@@ -70,18 +70,36 @@ class MidjourneyClient:
         watermark: str | None = None,
         callback_url: str | None = None,
     ) -> str:
-        if (
-            not is_task_id(task_id)
-            or type(image_index) is not int
-            or not 0 <= image_index < GRID_SIZE
-        ):
-            raise ValueError("upscale needs a valid task id and an image index from 0 to 3")
-        body: dict[str, Any] = {"taskId": task_id, "imageIndex": image_index}
-        if watermark:
-            body["waterMark"] = watermark
-        if callback_url:
-            body["callBackUrl"] = callback_url
-        return self._task_id(await self._call("POST", "/api/v1/mj/generateUpscale", body=body))
+        return await self._from_grid(
+            "/api/v1/mj/generateUpscale",
+            task_id,
+            image_index,
+            range(GRID_SIZE),
+            watermark,
+            callback_url,
+        )
+
+    async def vary(
+        self,
+        task_id: str,
+        image_index: int,
+        *,
+        watermark: str | None = None,
+        callback_url: str | None = None,
+    ) -> str:
+        """Four variations of one image of a grid; ``image_index`` is sent exactly as given.
+
+        The vendors document vary's imageIndex both as 0-3 and as 1-4, so the caller picks the
+        base and this accepts the union of both ranges.
+        """
+        return await self._from_grid(
+            "/api/v1/mj/generateVary",
+            task_id,
+            image_index,
+            range(GRID_SIZE + 1),
+            watermark,
+            callback_url,
+        )
 
     async def record_info(self, task_id: str) -> Task:
         data = await self._call("GET", "/api/v1/mj/record-info", params={"taskId": task_id})
@@ -100,6 +118,28 @@ class MidjourneyClient:
         if isinstance(data, bool) or not isinstance(data, int | float):
             raise ApiUnreachable("credit answer is not a number", maybe_done=True)
         return int(data)
+
+    async def _from_grid(
+        self,
+        path: str,
+        task_id: str,
+        image_index: int,
+        indexes: range,
+        watermark: str | None,
+        callback_url: str | None,
+    ) -> str:
+        # bool is an int subclass, but True is no image index.
+        if not is_task_id(task_id) or type(image_index) is not int or image_index not in indexes:
+            raise ValueError(
+                f"{path.rsplit('/', 1)[-1]} needs a valid task id and an image index from "
+                f"{indexes.start} to {indexes.stop - 1}"
+            )
+        body: dict[str, Any] = {"taskId": task_id, "imageIndex": image_index}
+        if watermark:
+            body["waterMark"] = watermark
+        if callback_url:
+            body["callBackUrl"] = callback_url
+        return self._task_id(await self._call("POST", path, body=body))
 
     @staticmethod
     def _task_id(data: object) -> str:

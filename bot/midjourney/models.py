@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeGuard
@@ -49,6 +49,8 @@ class Task:
     error: str | None = None
     prompt: str | None = None
     completed_at: datetime | None = None
+    # What a re-roll needs besides the prompt: "speed", "aspect_ratio", "version", when known.
+    options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,39 @@ def parse_time(value: object) -> datetime | None:
     return None
 
 
-def _prompt(param_json: object) -> str | None:
+def _prompt_and_options(param_json: object) -> tuple[str | None, dict[str, str]]:
+    """The prompt and the known options of a paramJson; odd values are left out, never raised."""
     params = _maybe_json(param_json)
-    prompt = params.get("prompt") if isinstance(params, dict) else None
-    return prompt if isinstance(prompt, str) else None
+    if not isinstance(params, dict):
+        return None, {}
+    prompt = params.get("prompt")
+    options: dict[str, str] = {}
+    speed = params.get("speed")
+    if isinstance(speed, str):
+        speed = speed.lower()
+        # The vendor's own record-info example says "Relax" for what generate calls "relaxed".
+        speed = "relaxed" if speed == "relax" else speed
+        if speed in SPEEDS:
+            options["speed"] = speed
+    aspect_ratio = params.get("aspectRatio")
+    if isinstance(aspect_ratio, str) and aspect_ratio in ASPECT_RATIOS:
+        options["aspect_ratio"] = aspect_ratio
+    version = _version(params.get("version"))
+    if version is not None:
+        options["version"] = version
+    return (prompt if isinstance(prompt, str) else None), options
+
+
+def _version(value: object) -> str | None:
+    # A version may come as a JSON number (7, 6.1) rather than the string generate sends.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    try:
+        text = str(value)
+    except ValueError:
+        # An int longer than the interpreter will convert; no version either way.
+        return None
+    return text if text in VERSIONS else None
 
 
 def _text(value: object) -> str | None:
@@ -152,13 +183,15 @@ def parse_record_info(data: object) -> Task:
     elif flag in (2, 3):
         status = TaskStatus.FAILED
         error = error or ("the generation failed" if flag == 3 else "the task failed")
+    prompt, options = _prompt_and_options(record.get("paramJson"))
     return Task(
         task_id=task_id,
         status=status,
         result_urls=urls,
         error=error,
-        prompt=_prompt(record.get("paramJson")),
+        prompt=prompt,
         completed_at=parse_time(record.get("completeTime")),
+        options=options,
     )
 
 

@@ -10,9 +10,15 @@ Error codes chosen where the vendor is silent:
 - body that is not a JSON object: 400;
 - missing or wrong ``Authorization: Bearer``: 401;
 - not enough credits for the call: 402;
-- unknown task id (upscale parent, record-info, result file): 404;
-- any parameter that is missing or invalid, and an upscale of a generation that has not succeeded
-  (still running, failed, or not a generation at all): 422, ``msg`` naming the problem.
+- unknown task id (upscale or variation parent, record-info, result file): 404;
+- any parameter that is missing or invalid, and an upscale or variation of a task that has not
+  succeeded (still running or failed) or is no grid of four (an upscale): 422, ``msg`` naming the
+  problem.
+
+A variation (generateVary) is a new grid of four, charged ``vary_cost``, that can be upscaled or
+varied in turn. The vendors' docs give its ``imageIndex`` as 0–3 and as 1–4, so ``vary_index_base``
+chooses which range is accepted (a value outside it is a 422, nothing charged); the task records
+the 0-based image that was varied, and its paramJson carries the parent's prompt and options.
 
 With ``errors_as_http_status`` (the default) the HTTP status equals ``code``; without it every
 answer is HTTP 200 and only the body's ``code`` tells an error, the other reading of the docs.
@@ -45,9 +51,19 @@ from bot.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
-Endpoint = Literal["generate", "generateUpscale", "record-info", "credit", "download-url", "files"]
+Endpoint = Literal[
+    "generate", "generateUpscale", "generateVary", "record-info", "credit", "download-url", "files"
+]
 ENDPOINTS: frozenset[str] = frozenset(
-    ("generate", "generateUpscale", "record-info", "credit", "download-url", "files")
+    (
+        "generate",
+        "generateUpscale",
+        "generateVary",
+        "record-info",
+        "credit",
+        "download-url",
+        "files",
+    )
 )
 
 TASK_TYPES = frozenset(
@@ -73,6 +89,11 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 MAX_PROMPT_CHARS = 2000
 # The vendor leaves the taskType of an upscale undocumented; the bot must not rely on it anyway.
 UPSCALE_TASK_TYPE = "mj_upscale"
+# Undocumented as well; the bot keys variations off its own records too.
+VARY_TASK_TYPE = "mj_vary"
+# What a variation's paramJson takes over from its parent, so its prompt can be read back.
+VARY_INHERITED_PARAMS = ("prompt", "speed", "aspectRatio", "version")
+GRID_SIZE = 4
 FAIL_MARKER = "--fail"
 
 DEFAULT_MESSAGES: dict[int, str] = {
@@ -138,7 +159,7 @@ class SandboxTask:
 
     @property
     def result_count(self) -> int:
-        return 1 if self.parent_task_id is not None else 4
+        return 1 if self.task_type == UPSCALE_TASK_TYPE else GRID_SIZE
 
 
 class SandboxHold:
@@ -180,6 +201,7 @@ class SandboxAPI:
     running until ``complete()`` or ``fail()``. ``answer_delay``: seconds each POST waits before
     answering. ``api_key``: the only bearer accepted; ``None`` accepts any non-empty one.
     ``image_size``: side of each generated image; an upscale is ``upscale_factor`` times larger.
+    ``vary_index_base``: 0 or 1, the first ``imageIndex`` generateVary accepts.
     ``callback_retry_delays``: pauses before each retry of a callback not answered with 200.
     ``webhook_hmac_key``: when set, callbacks are signed the way kie.ai signs them.
     """
@@ -193,6 +215,8 @@ class SandboxAPI:
         credits: int = 1000,
         generation_cost: int = 8,
         upscale_cost: int = 2,
+        vary_cost: int = 8,
+        vary_index_base: int = 0,
         image_size: int = 256,
         upscale_factor: int = 2,
         errors_as_http_status: bool = True,
@@ -202,12 +226,16 @@ class SandboxAPI:
     ) -> None:
         if image_size < 1 or upscale_factor < 1:
             raise ValueError("image_size and upscale_factor must be positive")
+        if isinstance(vary_index_base, bool) or vary_index_base not in (0, 1):
+            raise ValueError("vary_index_base must be 0 or 1")
         self.task_seconds = task_seconds
         self.answer_delay = answer_delay
         self.api_key = api_key
         self.credits = credits
         self.generation_cost = generation_cost
         self.upscale_cost = upscale_cost
+        self.vary_cost = vary_cost
+        self.vary_index_base = vary_index_base
         self.image_size = image_size
         self.upscale_factor = upscale_factor
         self.errors_as_http_status = errors_as_http_status
@@ -228,6 +256,7 @@ class SandboxAPI:
         self.app = web.Application()
         self.app.router.add_post("/api/v1/mj/generate", self._generate)
         self.app.router.add_post("/api/v1/mj/generateUpscale", self._generate_upscale)
+        self.app.router.add_post("/api/v1/mj/generateVary", self._generate_vary)
         self.app.router.add_get("/api/v1/mj/record-info", self._record_info)
         self.app.router.add_get("/api/v1/chat/credit", self._credit)
         self.app.router.add_post("/api/v1/common/download-url", self._download_url)
@@ -346,18 +375,26 @@ class SandboxAPI:
         return attempts()
 
     def image_bytes(self, task_id: str, index: int) -> bytes:
-        """The PNG a task's result ``index`` is served as; an upscale scales its parent's image."""
+        """The PNG a task's result ``index`` is served as; an upscale scales its parent's image.
+
+        A variation has four images of its own, named after the parent's image it varies.
+        """
         task = self.task(task_id)
         if not 0 <= index < task.result_count:
             raise IndexError(f"task {task_id} has {task.result_count} result(s), not {index + 1}")
         key = (task_id, index)
         if key not in self._png_cache:
-            if task.parent_task_id is not None and task.image_index is not None:
+            if task.task_type == UPSCALE_TASK_TYPE:
+                # Only _from_grid makes upscales, always from one image of a parent.
+                assert task.parent_task_id is not None and task.image_index is not None
                 rows = _scale(
                     _render(task.parent_task_id, task.image_index, self.image_size),
                     self.upscale_factor,
                 )
                 source = f"upscale {task_id} of {task.parent_task_id} image {task.image_index}"
+            elif task.task_type == VARY_TASK_TYPE:
+                rows = _render(task_id, index, self.image_size)
+                source = f"variation {task_id} of {task.parent_task_id} image {task.image_index}"
             else:
                 rows = _render(task_id, index, self.image_size)
                 source = f"generation {task_id} image {index}"
@@ -383,6 +420,9 @@ class SandboxAPI:
 
     async def _generate_upscale(self, request: web.Request) -> web.Response:
         return await self._handle(request, "generateUpscale", self._do_upscale)
+
+    async def _generate_vary(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "generateVary", self._do_vary)
 
     async def _record_info(self, request: web.Request) -> web.Response:
         return await self._handle(request, "record-info", self._do_record_info)
@@ -475,33 +515,66 @@ class SandboxAPI:
         return {"taskId": task.task_id}
 
     async def _do_upscale(self, request: web.Request, body: Any) -> dict[str, str]:
+        return self._from_grid(
+            request, body, UPSCALE_TASK_TYPE, first_index=0, cost=self.upscale_cost, inherit=()
+        )
+
+    async def _do_vary(self, request: web.Request, body: Any) -> dict[str, str]:
+        return self._from_grid(
+            request,
+            body,
+            VARY_TASK_TYPE,
+            first_index=self.vary_index_base,
+            cost=self.vary_cost,
+            inherit=VARY_INHERITED_PARAMS,
+        )
+
+    def _from_grid(
+        self,
+        request: web.Request,
+        body: Any,
+        task_type: str,
+        *,
+        first_index: int,
+        cost: int,
+        inherit: Sequence[str],
+    ) -> dict[str, str]:
+        """A task made from one image of a finished grid: an upscale or a variation."""
         params = _require_object(body)
         parent_id = params.get("taskId")
         if not isinstance(parent_id, str) or not parent_id:
             raise _ApiError(422, "taskId is required")
         index = params.get("imageIndex")
-        if not _is_int_in(index, 0, 3):
-            raise _ApiError(422, "imageIndex must be an integer from 0 to 3")
+        last_index = first_index + GRID_SIZE - 1
+        if not _is_int_in(index, first_index, last_index):
+            raise _ApiError(
+                422, f"imageIndex must be an integer from {first_index} to {last_index}"
+            )
         _check_optional_string(params, "waterMark")
         callback_url = _check_callback_url(params)
         parent = self._tasks.get(parent_id)
         if parent is None:
             raise _ApiError(404, f"task {parent_id} not found")
-        if parent.parent_task_id is not None:
+        if parent.task_type == UPSCALE_TASK_TYPE:
             raise _ApiError(422, f"task {parent_id} is not a generation task")
         if parent.success_flag == RUNNING:
             raise _ApiError(422, f"task {parent_id} is still generating")
         if parent.success_flag != SUCCESS:
             raise _ApiError(422, f"task {parent_id} did not succeed")
-        self._charge(self.upscale_cost)
+        self._charge(cost)
+        # A new dict: the body is also what self.calls recorded as received.
+        params = {
+            **params,
+            **{name: parent.params[name] for name in inherit if name in parent.params},
+        }
         task = self._new_task(
             uuid.uuid4().hex,
-            UPSCALE_TASK_TYPE,
+            task_type,
             params,
             origin=request.url.origin(),
             callback_url=callback_url,
             parent_task_id=parent_id,
-            image_index=index,
+            image_index=index - first_index,
         )
         self._start(task)
         return {"taskId": task.task_id}
@@ -838,7 +911,7 @@ def _is_one_of(value: object, allowed: frozenset[str]) -> TypeGuard[str]:
     return isinstance(value, str) and value in allowed
 
 
-def _is_int_in(value: Any, low: int, high: int) -> bool:
+def _is_int_in(value: object, low: int, high: int) -> TypeGuard[int]:
     # bool is an int subclass in Python, but JSON true is not a valid index.
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 

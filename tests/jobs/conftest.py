@@ -93,6 +93,7 @@ class Rig:
         submit_retry_delays: tuple[float, ...] = (0.01, 0.02, 0.05),
         max_jobs_per_user: int | None = None,
         api_base: str | None = None,
+        vary_index_base: int | None = None,
     ) -> Tracker:
         """A tracker wired to the listener (one at a time: a new one is a 'restarted bot').
 
@@ -112,6 +113,7 @@ class Rig:
             throttle=throttle or SubmitThrottle(1000, 1.0, max_waiting=1000),
             submit_retry_delays=submit_retry_delays,
             max_jobs_per_user=max_jobs_per_user,
+            vary_index_base=vary_index_base,
         )
         self.listener.tracker = tracker
         self.trackers.append(tracker)

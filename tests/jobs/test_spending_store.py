@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
 from bot.jobs.ledger import KEEP, LimitRow
 from bot.jobs.spending import Allowance, resolve
-from bot.jobs.store import DuplicateUpscale, Job, JobKind, JobState, JobStore
+from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
 from bot.jobs.tables import UNLIMITED_ROW, allowance_uses
 from tests.jobs.conftest import postgres_schema
 
@@ -162,7 +162,7 @@ async def test_counts_are_per_kind_per_place_and_per_day(stores: list[JobStore])
 async def test_a_dedupe_or_a_refusal_costs_nothing(stores: list[JobStore]) -> None:
     store = stores[0]
     first = await upscale(store, 0, quota=quota(member_limit=2))
-    with pytest.raises(DuplicateUpscale) as dup:
+    with pytest.raises(DuplicateJob) as dup:
         await upscale(store, 0, user=2, quota=quota(member_limit=2))
     assert dup.value.job.id == first.id
     await upscale(store, 1, quota=quota(member_limit=2))

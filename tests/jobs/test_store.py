@@ -15,7 +15,8 @@ import pytest
 
 from bot.jobs.admission import TooManyJobs
 from bot.jobs.store import (
-    DuplicateUpscale,
+    DuplicateJob,
+    GridUse,
     Job,
     JobKind,
     JobState,
@@ -136,8 +137,8 @@ async def test_fifty_concurrent_upscales_of_one_image_make_one_job(store: JobSto
         *(new_job(store, index=1, requester_id=n) for n in range(50)), return_exceptions=True
     )
     made = [r for r in results if isinstance(r, Job)]
-    dupes = [r for r in results if isinstance(r, DuplicateUpscale)]
-    assert len(made) == 1, [r for r in results if not isinstance(r, Job | DuplicateUpscale)]
+    dupes = [r for r in results if isinstance(r, DuplicateJob)]
+    assert len(made) == 1, [r for r in results if not isinstance(r, Job | DuplicateJob)]
     assert len(dupes) == 49
     assert all(d.job.id == made[0].id for d in dupes)
     assert all(d.job.state is JobState.REQUESTED for d in dupes)
@@ -152,7 +153,7 @@ async def test_duplicate_carries_the_live_job(store: JobStore) -> None:
         first.id, (JobState.REQUESTED,), JobState.SUBMITTED, upstream_task_id="up-123456"
     )
     assert submitted is not None
-    with pytest.raises(DuplicateUpscale) as caught:
+    with pytest.raises(DuplicateJob) as caught:
         await new_job(store, index=3, requester_id=99)
     assert caught.value.job == submitted
     assert first.id in str(caught.value)
@@ -175,7 +176,7 @@ async def test_a_failed_upscale_no_longer_blocks_a_new_one(store: JobStore) -> N
 async def test_a_delivered_upscale_still_blocks(store: JobStore) -> None:
     first = await walk_to_delivered(store, await new_job(store))
     assert first.finished
-    with pytest.raises(DuplicateUpscale) as caught:
+    with pytest.raises(DuplicateJob) as caught:
         await new_job(store)
     assert caught.value.job.id == first.id
     assert caught.value.job.state is JobState.DELIVERED
@@ -185,7 +186,7 @@ async def test_other_indexes_and_parents_are_independent(store: JobStore) -> Non
     made = [await new_job(store, index=i) for i in range(4)]
     made.append(await new_job(store, parent="grid-task-0002", index=0))
     assert len({j.id for j in made}) == 5
-    with pytest.raises(DuplicateUpscale):
+    with pytest.raises(DuplicateJob):
         await new_job(store, parent="grid-task-0002", index=0)
 
 
@@ -193,6 +194,67 @@ async def test_imagine_jobs_are_never_deduplicated(store: JobStore) -> None:
     made = await asyncio.gather(*(new_job(store, JobKind.IMAGINE, prompt="same") for _ in range(5)))
     assert len({j.id for j in made}) == 5
     assert all(j.parent_task_id is None and j.image_index is None for j in made)
+
+
+async def check_variation_dedupe(store: JobStore) -> None:
+    """V<n> and 🔄 of one grid: one running job each, whoever clicks; another set once done."""
+    results = await asyncio.gather(
+        *(new_job(store, JobKind.VARY, index=2, requester_id=n) for n in range(20)),
+        *(new_job(store, JobKind.REROLL, index=None, requester_id=n) for n in range(20)),
+        return_exceptions=True,
+    )
+    made = [r for r in results if isinstance(r, Job)]
+    dupes = [r for r in results if isinstance(r, DuplicateJob)]
+    assert sorted(j.kind for j in made) == [JobKind.REROLL, JobKind.VARY], results
+    assert len(dupes) == 38
+    vary = next(j for j in made if j.kind is JobKind.VARY)
+    reroll = next(j for j in made if j.kind is JobKind.REROLL)
+    assert {d.job.id for d in dupes} == {vary.id, reroll.id}
+    # Other images of the grid, and an upscale of the same image, are other buttons.
+    assert (await new_job(store, JobKind.VARY, index=1)).id != vary.id
+    await new_job(store, index=2)
+    use = await store.grid_use(PARENT)
+    assert (use.varied, use.upscaled, use.rerolled) == ({1, 2}, {2}, True)
+    # Done (or failed), it no longer blocks: a new click makes another set, as on Midjourney.
+    await walk_to_delivered(store, vary)
+    again = await new_job(store, JobKind.VARY, index=2)
+    assert again.id != vary.id
+    live = await store.live_twin(JobKind.VARY, PARENT, 2)
+    assert live is not None and live.id == again.id
+    await fail(store, reroll)
+    assert await store.live_twin(JobKind.REROLL, PARENT, None) is None
+    assert (await new_job(store, JobKind.REROLL, index=None)).id != reroll.id
+    assert (await store.grid_use(PARENT)).varied == {1, 2}
+
+
+async def test_one_running_variation_per_image_and_reroll_per_grid(store: JobStore) -> None:
+    await check_variation_dedupe(store)
+
+
+async def check_api_facts(first: JobStore, second: JobStore) -> None:
+    assert await first.api_fact("vary_index_base") is None
+    learned = await asyncio.gather(
+        first.learn_api_fact("vary_index_base", "1"), second.learn_api_fact("vary_index_base", "0")
+    )
+    assert learned[0] == learned[1] and learned[0] in ("0", "1")
+    # The first value learned stays: a later answer does not overwrite it.
+    assert await first.learn_api_fact("vary_index_base", "2") == learned[0]
+    assert await second.api_fact("vary_index_base") == learned[0]
+
+
+async def test_api_facts_keep_the_first_value_learned(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/facts.sqlite3"
+    first, second = await JobStore.open(url), await JobStore.open(url)
+    try:
+        await check_api_facts(first, second)
+    finally:
+        await first.close()
+        await second.close()
+    reopened = await JobStore.open(url)
+    try:
+        assert await reopened.api_fact("vary_index_base") in ("0", "1")
+    finally:
+        await reopened.close()
 
 
 # -- transitions and updates ----------------------------------------------------------------------
@@ -268,16 +330,16 @@ async def test_by_secret_and_by_upstream(store: JobStore) -> None:
     assert (await store.by_secret(other.callback_secret)) == other
 
 
-async def test_live_upscale_and_upscaled_indexes(store: JobStore) -> None:
-    assert await store.upscaled_indexes(PARENT) == set()
+async def test_live_upscale_and_grid_use(store: JobStore) -> None:
+    assert await store.grid_use(PARENT) == GridUse()
     a = await new_job(store, index=0)
     b = await new_job(store, index=1)
     c = await new_job(store, index=2)
     await new_job(store, parent="grid-task-0002", index=3)
     await walk_to_delivered(store, b)
     await fail(store, c)
-    assert await store.upscaled_indexes(PARENT) == {0, 1}
-    assert await store.upscaled_indexes("grid-task-0002") == {3}
+    assert (await store.grid_use(PARENT)).upscaled == {0, 1}
+    assert (await store.grid_use("grid-task-0002")).upscaled == {3}
     live_a = await store.live_upscale(PARENT, 0)
     assert live_a is not None and live_a.id == a.id
     live_b = await store.live_upscale(PARENT, 1)
@@ -319,7 +381,7 @@ async def test_reopening_the_file_keeps_the_jobs(tmp_path: Path) -> None:
         assert await second.by_secret(job.callback_secret) == job
         assert [j.id for j in await second.unfinished()] == [job.id]
         # Dedupe survives the restart too.
-        with pytest.raises(DuplicateUpscale) as caught:
+        with pytest.raises(DuplicateJob) as caught:
             await new_job(second, index=1)
         assert caught.value.job == done
         await second.ping()
@@ -421,6 +483,26 @@ async def test_a_database_from_before_notices_gains_the_table(tmp_path: Path) ->
         await store.close()
 
 
+async def test_a_database_from_before_variations_gains_their_dedupe(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.sqlite3"
+    old = await JobStore.open(url)
+    job = await new_job(old)
+    await old.close()
+    with sqlite3.connect(tmp_path / "old.sqlite3") as conn:
+        conn.execute("DROP INDEX uq_running_vary")
+        conn.execute("DROP INDEX uq_running_reroll")
+        conn.execute("DROP TABLE api_facts")
+    store = await JobStore.open(url)
+    try:
+        assert await store.get(job.id) == job
+        await new_job(store, JobKind.VARY, index=0)
+        with pytest.raises(DuplicateJob):
+            await new_job(store, JobKind.VARY, index=0)
+        assert await store.learn_api_fact("vary_index_base", "0") == "0"
+    finally:
+        await store.close()
+
+
 # -- PostgreSQL (only where one answers) ----------------------------------------------------------
 
 
@@ -432,7 +514,7 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
             *(new_job(store, index=1, requester_id=n) for n in range(50)), return_exceptions=True
         )
         made = [r for r in results if isinstance(r, Job)]
-        dupes = [r for r in results if isinstance(r, DuplicateUpscale)]
+        dupes = [r for r in results if isinstance(r, DuplicateJob)]
         assert len(made) == 1 and len(dupes) == 49, results
         assert all(d.job.id == made[0].id for d in dupes)
 
@@ -440,10 +522,10 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
         retry = await new_job(store, index=1)
         assert retry.id != made[0].id
         await walk_to_delivered(store, retry)
-        with pytest.raises(DuplicateUpscale):
+        with pytest.raises(DuplicateJob):
             await new_job(store, index=1)
         other = await new_job(store, index=2)
-        assert await store.upscaled_indexes(PARENT) == {1, 2}
+        assert (await store.grid_use(PARENT)).upscaled == {1, 2}
 
         assert await store.transition(other.id, (JobState.SUBMITTED,), JobState.FAILED) is None
         assert await store.get(other.id) == other
@@ -459,6 +541,12 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
         assert [j.id for j in await store.unfinished()] == [other.id]
         await check_per_requester_limit(store)
         await check_notice_claims(store, JobStore(engine()))
+        await check_api_facts(store, JobStore(engine()))
+
+
+async def test_variation_dedupe_on_postgresql() -> None:
+    async with postgres_schema("jobstore_test") as engine:
+        await check_variation_dedupe(JobStore(engine()))
 
 
 async def test_states_since_and_recent_failures(store: JobStore) -> None:

@@ -17,7 +17,8 @@ USER = 42
 
 
 async def upscale(tracker: Tracker, parent: str, index: int, user: int = USER, **kw: object):
-    return await tracker.request_upscale(
+    return await tracker.request_on_grid(
+        JobKind.UPSCALE,
         parent_task_id=parent,
         image_index=index,
         requester_id=user,

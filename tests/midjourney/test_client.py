@@ -20,6 +20,7 @@ from tests.conftest import RunningSandbox, Serve, StartSandbox
 CODES = (400, 401, 402, 404, 422, 429, 455, 500, 501, 505)
 GENERATE = "/api/v1/mj/generate"
 UPSCALE = "/api/v1/mj/generateUpscale"
+VARY = "/api/v1/mj/generateVary"
 RECORD_INFO = "/api/v1/mj/record-info"
 CREDIT = "/api/v1/chat/credit"
 OTHER_TASK = "0123456789abcdef0123456789abcdef"
@@ -28,6 +29,7 @@ OTHER_TASK = "0123456789abcdef0123456789abcdef"
 CALLS: dict[str, Callable[[MidjourneyClient], Awaitable[object]]] = {
     "generate": lambda client: client.generate("p"),
     "upscale": lambda client: client.upscale(OTHER_TASK, 0),
+    "vary": lambda client: client.vary(OTHER_TASK, 1),
     "record-info": lambda client: client.record_info(OTHER_TASK),
     "credits": lambda client: client.credits(),
 }
@@ -132,6 +134,76 @@ async def test_upscale_refuses_a_bool_index(
     assert sandbox.api.count("generateUpscale") == 0
 
 
+@pytest.mark.parametrize(("base", "index"), [(0, 0), (0, 3), (1, 1), (1, 4)])
+async def test_vary_sends_the_index_as_given(
+    http: aiohttp.ClientSession, start_sandbox: StartSandbox, base: int, index: int
+) -> None:
+    running = await start_sandbox(vary_index_base=base)
+    client = client_for(http, running)
+    parent = running.api.add_generation()
+    vary_id = await client.vary(parent, index)
+    assert last_body(running, "generateVary") == {"taskId": parent, "imageIndex": index}
+    assert vary_id != parent
+    varied = running.api.task(vary_id)
+    assert (varied.task_type, varied.parent_task_id) == ("mj_vary", parent)
+    assert varied.image_index == index - base
+
+
+async def test_vary_sends_watermark_and_callback_when_given(
+    client: MidjourneyClient, sandbox: RunningSandbox
+) -> None:
+    parent = sandbox.api.add_generation()
+    hook = "https://bot.example.com/callbacks/midjourney/s3cret"
+    await client.vary(parent, 2, watermark="my-server", callback_url=hook)
+    assert last_body(sandbox, "generateVary") == {
+        "taskId": parent,
+        "imageIndex": 2,
+        "waterMark": "my-server",
+        "callBackUrl": hook,
+    }
+
+
+@pytest.mark.parametrize(
+    ("task_id", "index"),
+    [(OTHER_TASK, 5), (OTHER_TASK, -1), (OTHER_TASK, True), (OTHER_TASK, 1.0), ("bad id!", 1)],
+)
+async def test_vary_refuses_bad_arguments_before_calling(
+    client: MidjourneyClient, sandbox: RunningSandbox, task_id: str, index: Any
+) -> None:
+    with pytest.raises(ValueError):
+        await client.vary(task_id, index)
+    assert sandbox.api.count("generateVary") == 0
+
+
+async def test_vary_index_outside_the_sandbox_base_is_api_error_422(
+    http: aiohttp.ClientSession, start_sandbox: StartSandbox
+) -> None:
+    running = await start_sandbox(vary_index_base=1)
+    client = client_for(http, running)
+    parent = running.api.add_generation()
+    with pytest.raises(ApiError) as caught:
+        await client.vary(parent, 0)
+    assert caught.value.code == 422
+    assert "from 1 to 4" in caught.value.user_message
+    assert running.api.credits == 1000
+
+
+async def test_record_info_of_a_variation_has_four_urls_and_the_options(
+    client: MidjourneyClient, sandbox: RunningSandbox
+) -> None:
+    parent = await client.generate("a red fox", speed="turbo", aspect_ratio="2:3", version="7")
+    sandbox.api.complete(parent)
+    vary_id = await client.vary(parent, 1)
+    sandbox.api.complete(vary_id)
+    task = await client.record_info(vary_id)
+    assert task.status is TaskStatus.SUCCEEDED
+    assert task.result_urls == tuple(
+        f"{sandbox.base_url}/files/{vary_id}_0_{index}.png" for index in range(4)
+    )
+    assert task.prompt == "a red fox"
+    assert task.options == {"speed": "turbo", "aspect_ratio": "2:3", "version": "7"}
+
+
 async def test_requests_carry_the_bearer_key_and_json(serve: Serve, http: Any) -> None:
     seen: list[tuple[str, str, dict[str, str], str | None, str | None, str]] = []
 
@@ -158,11 +230,13 @@ async def test_requests_carry_the_bearer_key_and_json(serve: Serve, http: Any) -
     assert client.base_url == base
     await client.generate("p")
     await client.upscale(OTHER_TASK, 1)
+    await client.vary(OTHER_TASK, 4)
     await client.record_info(OTHER_TASK)
     assert await client.credits() == 7
     assert [(method, path, query) for method, path, query, *_ in seen] == [
         ("POST", GENERATE, {}),
         ("POST", UPSCALE, {}),
+        ("POST", VARY, {}),
         ("GET", RECORD_INFO, {"taskId": OTHER_TASK}),
         ("GET", CREDIT, {}),
     ]
@@ -253,10 +327,11 @@ async def test_every_error_code_is_an_api_error(
     ("endpoint", "call"),
     [
         ("generateUpscale", lambda client, parent: client.upscale(parent, 1)),
+        ("generateVary", lambda client, parent: client.vary(parent, 1)),
         ("record-info", lambda client, parent: client.record_info(parent)),
         ("credit", lambda client, parent: client.credits()),
     ],
-    ids=["upscale", "record-info", "credit"],
+    ids=["upscale", "vary", "record-info", "credit"],
 )
 async def test_errors_on_every_endpoint(
     http: aiohttp.ClientSession,
@@ -435,7 +510,7 @@ async def test_odd_answers_are_unreachable_not_a_crash(
         await client.credits()
 
 
-@pytest.mark.parametrize("call", ["generate", "upscale"])
+@pytest.mark.parametrize("call", ["generate", "upscale", "vary"])
 @pytest.mark.parametrize(
     "data", [None, {}, {"taskId": None}, {"taskId": "bad id!"}, {"taskId": 12345678}, "abcdef"]
 )

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from bot.midjourney.models import (
+    ASPECT_RATIOS,
+    SPEEDS,
+    VERSIONS,
     CallbackNotice,
     MalformedAnswer,
     Task,
@@ -71,6 +74,7 @@ def test_record_info_success() -> None:
         error=None,
         prompt="a red fox",
         completed_at=COMPLETED,
+        options={"speed": "relaxed"},
     )
 
 
@@ -123,6 +127,83 @@ def test_record_info_param_json_forms() -> None:
     del_param = record()
     del del_param["paramJson"]
     assert parse_record_info(del_param).prompt is None
+
+
+def test_record_info_options_next_to_the_prompt() -> None:
+    params = {"prompt": "a fox", "speed": "turbo", "aspectRatio": "16:9", "version": "niji6"}
+    task = parse_record_info(record(paramJson=json.dumps(params)))
+    assert task.prompt == "a fox"
+    assert task.options == {"speed": "turbo", "aspect_ratio": "16:9", "version": "niji6"}
+    as_object = parse_record_info(record(paramJson={"speed": "fast", "version": "6.1"}))
+    assert as_object.options == {"speed": "fast", "version": "6.1"}
+    assert as_object.prompt is None
+
+
+@pytest.mark.parametrize(
+    ("speed", "expected"),
+    [("Relax", "relaxed"), ("relax", "relaxed"), ("RELAXED", "relaxed"), ("Fast", "fast")],
+)
+def test_record_info_speed_is_matched_case_insensitively(speed: str, expected: str) -> None:
+    task = parse_record_info(record(paramJson=json.dumps({"prompt": "p", "speed": speed})))
+    assert task.options == {"speed": expected}
+
+
+@pytest.mark.parametrize(("version", "expected"), [(7, "7"), (6.1, "6.1"), ("5.2", "5.2")])
+def test_record_info_version_may_be_a_number(version: object, expected: str) -> None:
+    task = parse_record_info(record(paramJson={"prompt": "p", "version": version}))
+    assert task.options == {"version": expected}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"speed": "slow"},
+        {"speed": "relaxing"},
+        {"speed": 5},
+        {"speed": None},
+        {"speed": ["fast"]},
+        {"speed": {"fast": True}},
+        {"aspectRatio": "5:4"},
+        {"aspectRatio": "16:9 "},
+        {"aspectRatio": 1.5},
+        {"aspectRatio": ["16:9"]},
+        {"version": "8"},
+        {"version": 8},
+        {"version": 6.0},
+        {"version": True},
+        {"version": float("nan")},
+        {"version": 10**5000},
+        {"version": [7]},
+        {"version": {"v": "7"}},
+        {"stylization": 100, "chaos": 5, "waterMark": "w", "taskType": "mj_txt2img"},
+    ],
+)
+def test_record_info_junk_options_are_ignored(params: dict[str, Any]) -> None:
+    # Passed as an object: json.dumps itself refuses some of these values.
+    task = parse_record_info(record(paramJson={"prompt": "a fox", **params}))
+    assert task.options == {}
+    assert task.prompt == "a fox"
+
+
+@pytest.mark.parametrize("param_json", ["not json", '{"speed": "fast"', "[1, 2]", 7, None])
+def test_record_info_without_a_param_object_has_no_options(param_json: object) -> None:
+    assert parse_record_info(record(paramJson=param_json)).options == {}
+
+
+def test_fuzz_options_are_only_known_values() -> None:
+    rng = random.Random(7)
+    seen: set[str] = set()
+    for _ in range(2000):
+        names = rng.sample(("prompt", "speed", "aspectRatio", "version"), rng.randrange(5))
+        params = {name: rng.choice((*OPTION_VALUES, junk(rng))) for name in names}
+        task = parse_record_info(record(paramJson=json.dumps(params)))
+        assert task.options.get("speed", "fast") in SPEEDS
+        assert task.options.get("aspect_ratio", "1:1") in ASPECT_RATIOS
+        assert task.options.get("version", "7") in VERSIONS
+        assert set(task.options) <= {"speed", "aspect_ratio", "version"}
+        seen.update(task.options)
+    # The valid values came up often enough for every option to be parsed at least once.
+    assert seen == {"speed", "aspect_ratio", "version"}
 
 
 def test_record_info_times_as_iso_and_epoch_millis() -> None:
@@ -317,6 +398,7 @@ STRINGS = (
     "bad id!",
     "ü" * 8,
 )
+OPTION_VALUES = ("Relax", "fast", "TURBO", "16:9", "2:1", "niji6", "6.1", 7, 5.2)
 
 
 def junk(rng: random.Random, depth: int = 0) -> Any:

@@ -26,6 +26,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 IMAGE_SIZE = 32
 GENERATE = "api/v1/mj/generate"
 UPSCALE = "api/v1/mj/generateUpscale"
+VARY = "api/v1/mj/generateVary"
 RECORD_INFO = "api/v1/mj/record-info"
 CREDIT = "api/v1/chat/credit"
 DOWNLOAD_URL = "api/v1/common/download-url"
@@ -127,6 +128,12 @@ class Harness:
     async def upscale(self, task_id: str, index: int, **extra: Any) -> str:
         body = {"taskId": task_id, "imageIndex": index, **extra}
         status, envelope = await self.call("POST", UPSCALE, body=body)
+        assert (status, envelope["code"]) == (200, 200), envelope
+        return envelope["data"]["taskId"]
+
+    async def vary(self, task_id: str, index: int, **extra: Any) -> str:
+        body = {"taskId": task_id, "imageIndex": index, **extra}
+        status, envelope = await self.call("POST", VARY, body=body)
         assert (status, envelope["code"]) == (200, 200), envelope
         return envelope["data"]["taskId"]
 
@@ -629,6 +636,188 @@ async def test_unknown_files_are_404(start: Start) -> None:
             assert response.status == 404, name
 
 
+# ----- variations ------------------------------------------------------------------------------
+
+
+def result_urls(record: dict[str, Any]) -> list[str]:
+    return [entry["resultUrl"] for entry in record["resultInfoJson"]["resultUrls"]]
+
+
+async def test_vary_serves_a_new_grid_of_four(start: Start) -> None:
+    api = await start(vary_cost=5)
+    parent = await api.generate("a red fox", aspectRatio="16:9", version="7")
+    api.sandbox.complete(parent)
+    parent_images = [await api.download(url) for url in result_urls(await api.record(parent))]
+    credits = api.sandbox.credits
+
+    vary_id = await api.vary(parent, 2)
+    assert api.sandbox.credits == credits - 5
+    task = api.sandbox.task(vary_id)
+    assert (task.task_type, task.parent_task_id, task.image_index) == ("mj_vary", parent, 2)
+    assert (await api.record(vary_id))["successFlag"] == 0
+    api.sandbox.complete(vary_id)
+    record = await api.record(vary_id)
+    assert record["successFlag"] == 1
+    assert json.loads(record["paramJson"]) == {
+        "taskId": parent,
+        "imageIndex": 2,
+        "prompt": "a red fox",
+        "speed": "fast",
+        "aspectRatio": "16:9",
+        "version": "7",
+    }
+    urls = result_urls(record)
+    assert urls == [f"{api.base}files/{vary_id}_0_{index}.png" for index in range(4)]
+    images = [await api.download(url) for url in urls]
+    assert len(set(images)) == 4 and not set(images) & set(parent_images)
+    for index, data in enumerate(images):
+        assert data == api.sandbox.image_bytes(vary_id, index)
+        png = decode_png(data)
+        assert (png.width, png.height) == (IMAGE_SIZE, IMAGE_SIZE)
+        assert png.text["Source"] == f"mj sandbox variation {vary_id} of {parent} image 2"
+    with pytest.raises(IndexError):
+        api.sandbox.image_bytes(vary_id, 4)
+    # The body as received is kept as it came, without the parent's parameters.
+    [call] = [call for call in api.sandbox.calls if call.endpoint == "generateVary"]
+    assert call.body == {"taskId": parent, "imageIndex": 2}
+
+
+@pytest.mark.parametrize("base", [0, 1])
+async def test_vary_index_range_follows_the_base(start: Start, base: int) -> None:
+    api = await start(vary_index_base=base, vary_cost=3)
+    parent = api.sandbox.add_generation()
+    for index in range(base, base + 4):
+        vary_id = await api.vary(parent, index)
+        assert api.sandbox.task(vary_id).image_index == index - base
+    assert api.sandbox.credits == 1000 - 4 * 3
+    for index in (base - 1, base + 4):
+        status, envelope = await api.call(
+            "POST", VARY, body={"taskId": parent, "imageIndex": index}
+        )
+        assert (status, envelope["code"], envelope["data"]) == (422, 422, None)
+        assert envelope["msg"] == f"imageIndex must be an integer from {base} to {base + 3}"
+    assert api.sandbox.credits == 1000 - 4 * 3
+    assert len(api.sandbox.tasks()) == 5
+
+
+@pytest.mark.parametrize("base", [-1, 2, True])
+def test_vary_index_base_is_0_or_1(base: int) -> None:
+    with pytest.raises(ValueError, match="vary_index_base"):
+        SandboxAPI(vary_index_base=base)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"imageIndex": True},
+        {"imageIndex": "1"},
+        {"imageIndex": 1.0},
+        {"imageIndex": None},
+        {"taskId": None},
+        {"taskId": ""},
+        {"taskId": 12},
+        {"waterMark": 1},
+        {"callBackUrl": "ftp://example.com/hook"},
+    ],
+)
+async def test_vary_rejects_bad_parameters_with_422(start: Start, change: dict[str, Any]) -> None:
+    api = await start()
+    body = {"taskId": api.sandbox.add_generation(), "imageIndex": 1, **change}
+    body = {key: value for key, value in body.items() if value is not None}
+    status, envelope = await api.call("POST", VARY, body=body)
+    assert (status, envelope["code"], envelope["data"]) == (422, 422, None)
+    assert envelope["msg"]
+    assert api.sandbox.credits == 1000
+    assert len(api.sandbox.tasks()) == 1
+
+
+async def test_vary_of_an_unknown_unfinished_or_upscaled_task(start: Start) -> None:
+    api = await start()
+    status, envelope = await api.call("POST", VARY, body={"taskId": "0" * 32, "imageIndex": 0})
+    assert (status, envelope["code"]) == (404, 404)
+    running = await api.generate()
+    status, envelope = await api.call("POST", VARY, body={"taskId": running, "imageIndex": 0})
+    assert (status, envelope["code"]) == (422, 422)
+    assert "generating" in envelope["msg"]
+    failed = await api.generate("a fox --fail")
+    api.sandbox.complete(failed)
+    status, envelope = await api.call("POST", VARY, body={"taskId": failed, "imageIndex": 0})
+    assert (status, envelope["code"]) == (422, 422)
+    assert "did not succeed" in envelope["msg"]
+    api.sandbox.complete(running)
+    upscale_id = await api.upscale(running, 0)
+    api.sandbox.complete(upscale_id)
+    credits = api.sandbox.credits
+    status, envelope = await api.call("POST", VARY, body={"taskId": upscale_id, "imageIndex": 0})
+    assert (status, envelope["code"]) == (422, 422)
+    assert envelope["msg"] == f"task {upscale_id} is not a generation task"
+    assert api.sandbox.credits == credits
+
+
+async def test_a_variation_grid_can_be_upscaled_and_varied_again(start: Start) -> None:
+    api = await start(upscale_factor=2)
+    parent = api.sandbox.add_generation(prompt="made elsewhere", version="6.1")
+    vary_id = await api.vary(parent, 0)
+    status, envelope = await api.call("POST", UPSCALE, body={"taskId": vary_id, "imageIndex": 1})
+    assert (status, envelope["code"]) == (422, 422)
+    assert "generating" in envelope["msg"]
+    api.sandbox.complete(vary_id)
+
+    upscale_id = await api.upscale(vary_id, 3)
+    api.sandbox.complete(upscale_id)
+    [url] = result_urls(await api.record(upscale_id))
+    upscaled = decode_png(await api.download(url))
+    assert upscaled.text["Source"] == f"mj sandbox upscale {upscale_id} of {vary_id} image 3"
+    varied = decode_png(api.sandbox.image_bytes(vary_id, 3))
+    assert downsample(upscaled.rows, 2) == varied.rows
+    assert downsample(upscaled.rows, 2) != decode_png(api.sandbox.image_bytes(parent, 3)).rows
+
+    again = await api.vary(vary_id, 1)
+    api.sandbox.complete(again)
+    record = await api.record(again)
+    assert len(result_urls(record)) == 4
+    params = json.loads(record["paramJson"])
+    assert (params["prompt"], params["version"], params["speed"]) == (
+        "made elsewhere",
+        "6.1",
+        "fast",
+    )
+    assert "aspectRatio" not in params
+
+
+async def test_vary_answers_faults_and_holds_like_upscale(start: Start) -> None:
+    api = await start()
+    parent = api.sandbox.add_generation()
+    status, envelope = await api.call(
+        "POST", VARY, body={"taskId": parent, "imageIndex": 0}, headers={}
+    )
+    assert (status, envelope["code"]) == (401, 401)
+    api.sandbox.fail_next("generateVary", 429, "slow down")
+    status, envelope = await api.call("POST", VARY, body={"taskId": parent, "imageIndex": 0})
+    assert (status, envelope["code"], envelope["msg"]) == (429, 429, "slow down")
+    assert api.sandbox.credits == 1000
+
+    answer = api.sandbox.hold("generateVary")
+    pending = asyncio.create_task(api.vary(parent, 3))
+    await api.sandbox.wait_held(answer)
+    (held,) = [t for t in api.sandbox.tasks() if t.parent_task_id == parent]
+    assert api.sandbox.credits == 1000 - api.sandbox.vary_cost
+    assert not pending.done()
+    answer.release()
+    assert await pending == held.task_id
+    assert api.sandbox.count("generateVary") == 3
+
+
+async def test_vary_credits_402_when_exhausted(start: Start) -> None:
+    api = await start(credits=10, vary_cost=8)
+    parent = api.sandbox.add_generation()
+    await api.vary(parent, 0)
+    assert api.sandbox.credits == 2
+    status, envelope = await api.call("POST", VARY, body={"taskId": parent, "imageIndex": 1})
+    assert (status, envelope["code"]) == (402, 402)
+    assert api.sandbox.credits == 2 and len(api.sandbox.tasks()) == 2
+
+
 # ----- callbacks -------------------------------------------------------------------------------
 
 
@@ -657,6 +846,15 @@ async def test_success_callbacks_carry_the_result_urls(
     [attempt] = await api.sandbox.wait_for_callback(upscale_id)
     assert attempt.payload["data"]["resultUrls"] == [f"{api.base}files/{upscale_id}_0_0.png"]
     await api.download(attempt.payload["data"]["resultUrls"][0])
+
+    vary_id = await api.vary(task_id, 3, callBackUrl=hook)
+    api.sandbox.complete(vary_id)
+    [attempt] = await api.sandbox.wait_for_callback(vary_id)
+    assert attempt.status == 200 and receiver.received[-1][0] == attempt.payload
+    assert attempt.payload["data"]["resultUrls"] == [
+        f"{api.base}files/{vary_id}_0_{index}.png" for index in range(4)
+    ]
+    assert json.loads(attempt.payload["data"]["promptJson"])["prompt"] == "a red fox"
 
 
 async def test_failure_callback_shape(start: Start, stack: contextlib.AsyncExitStack) -> None:

@@ -1,0 +1,117 @@
+"""The buttons under a grid as discord.py DynamicItems (U1–U4, V1–V4, 🔄), and who may click.
+
+discord.py builds one item per click from the custom_id, so buttons on grids posted before a
+restart work; what a click calls comes with the class a cog registers: see ``clickable``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import discord
+
+from bot.grid import (
+    REROLL_TEMPLATE,
+    UPSCALE_TEMPLATE,
+    VARY_TEMPLATE,
+    grid_owner,
+    may_upscale,
+    number_to_index,
+    reroll_button,
+    upscale_button,
+    vary_button,
+)
+from cogs.interactions import report_error, tell
+
+# What a click calls: the interaction, the grid's task id and the image's index (None for 🔄).
+OnClick = Callable[[discord.Interaction[Any], str, int | None], Awaitable[None]]
+
+
+class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPSCALE_TEMPLATE):
+    def __init__(self, task_id: str, image_index: int) -> None:
+        super().__init__(upscale_button(task_id, image_index + 1))
+        self.task_id = task_id
+        self.image_index: int | None = image_index
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> UpscaleButton:
+        return cls(match["task"], number_to_index(int(match["n"])))
+
+
+class VaryButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=VARY_TEMPLATE):
+    def __init__(self, task_id: str, image_index: int) -> None:
+        super().__init__(vary_button(task_id, image_index + 1))
+        self.task_id = task_id
+        self.image_index: int | None = image_index
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> VaryButton:
+        return cls(match["task"], number_to_index(int(match["n"])))
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REROLL_TEMPLATE):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(reroll_button(task_id))
+        self.task_id = task_id
+        self.image_index: int | None = None
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> RerollButton:
+        return cls(match["task"])
+
+
+ButtonT = TypeVar("ButtonT", UpscaleButton, VaryButton, RerollButton)
+
+
+def clickable(button: type[ButtonT], on_click: OnClick) -> type[ButtonT]:
+    """The class to register for ``button``: a click calls ``on_click``."""
+
+    async def callback(self: ButtonT, interaction: discord.Interaction[Any]) -> None:
+        # discord.py has no error hook for dynamic items: it would log and say nothing.
+        try:
+            await on_click(interaction, self.task_id, self.image_index)
+        except Exception as exc:
+            await report_error(interaction, exc)
+
+    # The template is a class keyword of DynamicItem, so the subclass is made with type().
+    made = type(
+        f"Clickable{button.__name__}",
+        (button,),
+        {"callback": callback},
+        template=button.__discord_ui_compiled_template__,
+    )
+    return cast(type[ButtonT], made)
+
+
+async def may_click(interaction: discord.Interaction[Any], allowed: str, verb: str) -> bool:
+    """UPSCALE_ALLOWED for every button of a grid; the clicker is told when they may not."""
+    message = interaction.message
+    owner = grid_owner(message.content) if message else None
+    manages = interaction.permissions.manage_messages
+    if may_upscale(allowed, interaction.user.id, owner, manages=manages):
+        return True
+    whose = f"<@{owner}>, who asked for it," if owner else "the person who asked for it"
+    await tell(
+        interaction, f"❌ Only {whose} or members who can manage messages may {verb} this grid."
+    )
+    return False

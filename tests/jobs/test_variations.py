@@ -1,0 +1,207 @@
+"""V1–V4 and 🔄 through the tracker, over loopback HTTP, against a sandbox that numbers the images
+of generateVary from 0 and one that numbers them from 1 (the vendors' docs say both)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bot.jobs.store import JobKind, JobState, JobStore
+from bot.jobs.tracker import Tracker
+from bot.jobs.types import Outcome, Refused
+from bot.jobs.vary_index import FACT
+from tests.conftest import RunningSandbox, StartSandbox
+from tests.jobs.conftest import Rig
+
+CHANNEL = 555
+USER = 42
+
+
+@pytest.fixture(params=[0, 1], ids=["vary-from-0", "vary-from-1"])
+async def sandbox(request: pytest.FixtureRequest, start_sandbox: StartSandbox) -> RunningSandbox:
+    """The rig's sandbox, once for each numbering of generateVary's imageIndex."""
+    return await start_sandbox(vary_index_base=request.param)
+
+
+async def on_grid(
+    tracker: Tracker, kind: JobKind, parent: str, index: int | None, user: int = USER
+) -> Outcome:
+    return await tracker.request_on_grid(
+        kind,
+        parent_task_id=parent,
+        image_index=index,
+        requester_id=user,
+        guild_id=1,
+        channel_id=CHANNEL,
+        grid_message_id=777,
+    )
+
+
+def vary_calls(rig: Rig) -> list[int]:
+    """The imageIndex of every generateVary the API received, in order."""
+    return [c.body["imageIndex"] for c in rig.sandbox.calls if c.endpoint == "generateVary"]
+
+
+async def finish(rig: Rig, outcome: Outcome, delivered: int) -> None:
+    assert outcome.job.upstream_task_id is not None
+    rig.sandbox.complete(outcome.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == delivered)
+
+
+@pytest.mark.parametrize("number", [1, 4])
+async def test_v1_or_v4_varies_the_clicked_image_and_teaches_the_base(
+    rig: Rig, number: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = rig.sandbox.vary_index_base
+    tracker = rig.tracker()
+    parent = rig.grid("a red fox")
+    credits = rig.sandbox.credits
+    caplog.set_level(logging.INFO, logger="bot.jobs.vary_index")
+    outcome = await on_grid(tracker, JobKind.VARY, parent, number - 1)
+    assert outcome.created and outcome.job.state is JobState.SUBMITTED
+    task = rig.sandbox.task(outcome.job.upstream_task_id or "")
+    # The picture varied is the one clicked, whichever way the API numbers them.
+    assert (task.parent_task_id, task.image_index) == (parent, number - 1)
+    # The safe value first: right under one base, refused (nothing taken) under the other.
+    safe = 0 if number == 1 else 4
+    assert vary_calls(rig) == ([safe] if safe - (number - 1) == base else [safe, number - 1 + base])
+    assert rig.sandbox.credits == credits - rig.sandbox.vary_cost
+    assert await rig.store.api_fact(FACT) == str(base)
+    assert f"vary index base learned: {base}" in caplog.text
+    await finish(rig, outcome, 1)
+    job = rig.publisher.delivered[0]
+    assert job.kind is JobKind.VARY and len(job.result_urls) == 4
+    assert job.prompt == "a red fox"
+    assert rig.publisher.marked == [job.id]
+
+
+async def test_v2_and_v3_wait_until_the_base_is_known_and_cost_nothing(rig: Rig) -> None:
+    base = rig.sandbox.vary_index_base
+    tracker = rig.tracker()
+    parent = rig.grid()
+    credits = rig.sandbox.credits
+    for index in (1, 2):
+        with pytest.raises(Refused, match="V1 or V4 teaches it"):
+            await on_grid(tracker, JobKind.VARY, parent, index)
+    assert vary_calls(rig) == [] and rig.sandbox.credits == credits
+    assert await rig.store.unfinished() == []
+
+    await finish(rig, await on_grid(tracker, JobKind.VARY, parent, 0), 1)
+    # Learned once, it holds for every button, and for a tracker started later on the store.
+    restarted = rig.tracker()
+    v2 = await on_grid(restarted, JobKind.VARY, parent, 1)
+    assert vary_calls(rig)[-1] == 1 + base
+    assert rig.sandbox.task(v2.job.upstream_task_id or "").image_index == 1
+
+
+async def test_a_configured_base_is_used_without_learning(rig: Rig) -> None:
+    base = rig.sandbox.vary_index_base
+    tracker = rig.tracker(vary_index_base=base)
+    outcome = await on_grid(tracker, JobKind.VARY, rig.grid(), 2)
+    assert vary_calls(rig) == [2 + base]
+    assert rig.sandbox.task(outcome.job.upstream_task_id or "").image_index == 2
+    assert await rig.store.api_fact(FACT) is None
+
+
+async def test_the_other_process_learned_base_is_used(rig: Rig) -> None:
+    base = rig.sandbox.vary_index_base
+    other = await JobStore.open(rig.database_url)
+    try:
+        assert await other.learn_api_fact(FACT, str(base)) == str(base)
+    finally:
+        await other.close()
+    outcome = await on_grid(rig.tracker(), JobKind.VARY, rig.grid(), 3)
+    assert vary_calls(rig) == [3 + base]
+    assert rig.sandbox.task(outcome.job.upstream_task_id or "").image_index == 3
+
+
+async def test_a_grid_that_cannot_be_varied_fails_and_teaches_nothing(rig: Rig) -> None:
+    tracker = rig.tracker()
+    running = await on_grid(tracker, JobKind.REROLL, rig.grid(), None)
+    # The re-roll's own grid is still running: every index of it is refused alike.
+    assert running.job.upstream_task_id is not None
+    credits = rig.sandbox.credits
+    outcome = await on_grid(tracker, JobKind.VARY, running.job.upstream_task_id, 0)
+    assert outcome.failed
+    assert "still" in (outcome.job.error or "")
+    assert len(vary_calls(rig)) == 2 and rig.sandbox.credits == credits
+    assert await rig.store.api_fact(FACT) is None
+
+
+async def test_concurrent_clicks_on_one_variation_make_one_job(rig: Rig) -> None:
+    tracker = rig.tracker()
+    parent = rig.grid()
+    outcomes = await asyncio.gather(
+        *(on_grid(tracker, JobKind.VARY, parent, 0, user=n) for n in range(20)),
+        *(on_grid(tracker, JobKind.REROLL, parent, None, user=n) for n in range(20)),
+    )
+    created = [o for o in outcomes if o.created]
+    assert sorted(o.job.kind for o in created) == [JobKind.REROLL, JobKind.VARY]
+    assert {o.job.id for o in outcomes} == {o.job.id for o in created}
+    assert rig.sandbox.count("generate") == 1
+    # One V1 job: one call under base 0, the refused safe value and the right one under base 1.
+    assert vary_calls(rig) == ([0] if rig.sandbox.vary_index_base == 0 else [0, 1])
+    for outcome in created:
+        assert outcome.job.upstream_task_id is not None
+        rig.sandbox.complete(outcome.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 2)
+    # Done, the same buttons make another set: a new paid job each.
+    again = await on_grid(tracker, JobKind.VARY, parent, 0)
+    assert again.created and again.job.id not in {o.job.id for o in created}
+    assert (await on_grid(tracker, JobKind.REROLL, parent, None)).created
+
+
+async def test_reroll_generates_the_grids_prompt_and_options_again(rig: Rig) -> None:
+    tracker = rig.tracker()
+    imagined = await tracker.request_imagine(
+        prompt="a blue whale",
+        options={"speed": "turbo", "aspect_ratio": "16:9", "version": "6.1"},
+        requester_id=USER,
+        guild_id=1,
+        channel_id=CHANNEL,
+        status_message_id=None,
+    )
+    await finish(rig, imagined, 1)
+    grid = imagined.job.upstream_task_id or ""
+    outcome = await on_grid(tracker, JobKind.REROLL, grid, None, user=7)
+    bodies = [c.body for c in rig.sandbox.calls if c.endpoint == "generate"]
+    assert len(bodies) == 2
+    assert {k: v for k, v in bodies[1].items() if k != "callBackUrl"} == {
+        "taskType": "mj_txt2img",
+        "prompt": "a blue whale",
+        "speed": "turbo",
+        "aspectRatio": "16:9",
+        "version": "6.1",
+    }
+    await finish(rig, outcome, 2)
+    job = rig.publisher.delivered[1]
+    assert (job.kind, job.requester_id, len(job.result_urls)) == (JobKind.REROLL, 7, 4)
+
+
+async def test_reroll_of_a_grid_made_elsewhere_reads_its_prompt(rig: Rig) -> None:
+    tracker = rig.tracker()
+    parent = rig.sandbox.add_generation(prompt="a green owl", speed="relaxed", aspectRatio="2:3")
+    outcome = await on_grid(tracker, JobKind.REROLL, parent, None)
+    body = next(c.body for c in rig.sandbox.calls if c.endpoint == "generate")
+    assert (body["prompt"], body["speed"], body["aspectRatio"]) == ("a green owl", "relaxed", "2:3")
+    assert outcome.job.prompt == "a green owl"
+
+
+async def test_reroll_of_an_unknown_grid_fails_before_paying(rig: Rig) -> None:
+    credits = rig.sandbox.credits
+    outcome = await on_grid(rig.tracker(), JobKind.REROLL, "no-such-task-1234", None)
+    assert outcome.failed and rig.sandbox.count("generate") == 0
+    assert rig.sandbox.credits == credits
+
+
+async def test_a_variation_counts_as_a_generation_and_is_refused_past_the_limit(
+    rig: Rig,
+) -> None:
+    tracker = rig.tracker(max_jobs_per_user=1)
+    parent = rig.grid()
+    await on_grid(tracker, JobKind.REROLL, parent, None)
+    with pytest.raises(Refused, match="job running"):
+        await on_grid(tracker, JobKind.VARY, parent, 0)
+    assert vary_calls(rig) == []

@@ -1,0 +1,225 @@
+"""V1–V4 and 🔄: the real bot (discord.py, cogs, tracker, store, listener) against the Discord
+double and the API sandbox, numbering generateVary's images from 0 or from 1."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.grid import reroll_custom_id, vary_custom_id
+from bot.jobs.store import JobKind, JobState
+from bot.jobs.vary_index import FACT
+from bot.midjourney.sandbox import SandboxAPI
+from tests.fakes.discord_double import DiscordDouble, InteractionHandle, StoredMessage
+from tests.harness import (
+    GRID_LABELS,
+    SUCCESS,
+    Harness,
+    click,
+    grid_task,
+    imagine,
+    result_for,
+    status_lines,
+)
+
+
+def numbered_from(harness: Harness, base: int, *, configured: bool = True) -> None:
+    """The sandbox numbers generateVary's images from ``base``; the bot is told so or not."""
+    harness.sandbox = SandboxAPI(task_seconds=0, image_size=16, vary_index_base=base)
+    if configured:
+        harness.env["MJ_VARY_INDEX_BASE"] = str(base)
+
+
+async def press(double: DiscordDouble, grid: StoredMessage, custom_id: str, user: int):
+    handle = await double.click(grid.id, custom_id, user)
+    ack = await handle.wait_ack()
+    assert ack.type == 6 and ack.accepted
+    return handle
+
+
+async def variations_of(double: DiscordDouble, number: int, user: int) -> StoredMessage:
+    return await double.wait_for_message(
+        lambda m: (
+            f"- Variations (image #{number}) <@{user}>" in m.content and len(m.attachments) == 4
+        )
+    )
+
+
+def vary_indexes(sandbox: SandboxAPI) -> list[int]:
+    return [c.body["imageIndex"] for c in sandbox.calls if c.endpoint == "generateVary"]
+
+
+async def followup_text(handle: InteractionHandle) -> str:
+    message = await handle.wait_followup()
+    assert message.ephemeral
+    return message.content
+
+
+@pytest.mark.parametrize("base", [0, 1])
+async def test_v2_makes_a_new_grid_of_the_clicked_image_with_both_rows(
+    harness: Harness, base: int
+) -> None:
+    numbered_from(harness, base)
+    double, sandbox = harness.double, harness.sandbox
+    alice, bob = double.add_user("alice"), double.add_user("bob")
+    async with harness.running() as app:
+        grid = await imagine(double, alice, "a red fox")
+        task = grid_task(grid)
+        sandbox.task_seconds = None
+        await press(double, grid, vary_custom_id(task, 2), bob)
+        status = await double.wait_for_message(
+            lambda m: "Making variations of image #2" in m.content
+        )
+        assert f"<@{bob}>" in status.content and not status.ephemeral
+        await double.wait_for(lambda: grid.button(label="V2").style == SUCCESS or None)
+        assert [c.body["taskId"] for c in sandbox.calls if c.endpoint == "generateVary"] == [task]
+        assert vary_indexes(sandbox) == [1 + base]
+        job = await app.services.tracker.store.live_twin(JobKind.VARY, task, 1)
+        assert job is not None and job.upstream_task_id
+        assert sandbox.task(job.upstream_task_id).image_index == 1
+        sandbox.complete(job.upstream_task_id)
+
+        varied = await variations_of(double, 2, bob)
+        assert varied.content.startswith("**a red fox** - Variations (image #2)")
+        assert [data for _, data in varied.attachments] == [
+            sandbox.image_bytes(job.upstream_task_id, i) for i in range(4)
+        ]
+        assert [b.label for b in varied.buttons()] == GRID_LABELS
+        assert grid_task(varied) == job.upstream_task_id
+        await double.wait_for(lambda: status.deleted or None)
+        assert [b.label for b in grid.buttons() if b.style == SUCCESS] == ["V2"]
+
+        # U3 under the variations upscales an image of the new grid, as on any grid.
+        sandbox.task_seconds = 0
+        await click(double, varied, 3, alice)
+        upscaled = await result_for(double, 3, alice)
+        assert "a red fox" in upscaled.content
+        upscale = next(c.body for c in sandbox.calls if c.endpoint == "generateUpscale")
+        assert (upscale["taskId"], upscale["imageIndex"]) == (job.upstream_task_id, 2)
+        await double.wait_for(lambda: not status_lines(double) or None)
+
+
+async def test_reroll_generates_the_same_prompt_and_options_again(harness: Harness) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice, bob = double.add_user("alice"), double.add_user("bob")
+    async with harness.running():
+        handle = await double.slash(
+            "imagine", {"prompt": "a blue whale", "speed": "turbo", "aspect_ratio": "2:3"}, alice
+        )
+        await handle.wait_ack()
+        grid = await double.wait_for_message(
+            lambda m: len(m.attachments) == 4 and "a blue whale" in m.content
+        )
+        await press(double, grid, reroll_custom_id(grid_task(grid)), bob)
+        rerolled = await double.wait_for_message(
+            lambda m: (
+                m.content.startswith(f"**a blue whale** - <@{bob}> (re-roll)")
+                and len(m.attachments) == 4
+            )
+        )
+        assert [b.label for b in rerolled.buttons()] == GRID_LABELS
+        bodies = [c.body for c in sandbox.calls if c.endpoint == "generate"]
+        assert len(bodies) == 2
+        same = ("prompt", "speed", "aspectRatio", "taskType")
+        assert {k: bodies[1].get(k) for k in same} == {k: bodies[0].get(k) for k in same}
+        assert (bodies[1]["speed"], bodies[1]["aspectRatio"]) == ("turbo", "2:3")
+        assert grid_task(rerolled) not in (grid_task(grid), None)
+        await double.wait_for(lambda: grid.button(label="🔄").style == SUCCESS or None)
+        await double.wait_for(lambda: not status_lines(double) or None)
+
+
+async def test_concurrent_clicks_make_one_job_and_a_later_click_another_set(
+    harness: Harness,
+) -> None:
+    numbered_from(harness, 1)
+    double, sandbox = harness.double, harness.sandbox
+    users = [double.add_user(f"user{n}") for n in range(5)]
+    async with harness.running() as app:
+        grid = await imagine(double, users[0], "storm of clicks")
+        task = grid_task(grid)
+        sandbox.task_seconds = None
+        handles = await asyncio.gather(
+            *(press(double, grid, vary_custom_id(task, 4), user) for user in users),
+            *(press(double, grid, reroll_custom_id(task), user) for user in users),
+        )
+        await double.wait_for(
+            lambda: sum(1 for h in handles if h.followup_ids) == len(handles) - 2 or None
+        )
+        texts = [await followup_text(h) for h in handles if h.followup_ids]
+        assert all("already being made" in text for text in texts), texts
+        assert vary_indexes(sandbox) == [4]
+        assert sandbox.count("generate") == 2  # the /imagine and one re-roll
+        store = app.services.tracker.store
+        vary = await store.live_twin(JobKind.VARY, task, 3)
+        reroll = await store.live_twin(JobKind.REROLL, task, None)
+        assert vary is not None and reroll is not None
+        for job in (vary, reroll):
+            assert job.upstream_task_id
+            sandbox.complete(job.upstream_task_id)
+        await variations_of(double, 4, vary.requester_id)
+        await double.wait_for(lambda: not status_lines(double) or None)
+
+        # Done, the same button makes another set: a new job, paid again.
+        sandbox.task_seconds = 0
+        await press(double, grid, vary_custom_id(task, 4), users[1])
+        await double.wait_for(lambda: len(vary_indexes(sandbox)) == 2 or None)
+        await double.wait_for(
+            lambda: (
+                len([m for m in double.messages() if "Variations (image #4)" in m.content]) == 2
+                or None
+            )
+        )
+
+
+async def test_v2_waits_until_v1_taught_the_base(harness: Harness) -> None:
+    numbered_from(harness, 1, configured=False)
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    await harness.standalone()
+    async with harness.running() as app:
+        grid = await imagine(double, alice, "learning")
+        task = grid_task(grid)
+        refused = await followup_text(await press(double, grid, vary_custom_id(task, 2), alice))
+        assert "V1 or V4" in refused and "nothing was charged" in refused
+        assert vary_indexes(sandbox) == []
+
+        await press(double, grid, vary_custom_id(task, 1), alice)
+        await variations_of(double, 1, alice)
+        # 0 was refused (422, nothing taken), 1 was taken: the API numbers from 1.
+        assert vary_indexes(sandbox) == [0, 1]
+        assert await app.services.tracker.store.api_fact(FACT) == "1"
+
+        await press(double, grid, vary_custom_id(task, 2), alice)
+        await variations_of(double, 2, alice)
+        assert vary_indexes(sandbox) == [0, 1, 2]
+        status = await app.services.status_report()
+        assert "V1 is imageIndex 1 (learned" in status
+    # What was learned outlives the process.
+    async with harness.running() as app:
+        assert await app.services.tracker.vary_index.base() == 1
+
+
+async def test_variation_running_across_a_restart_is_posted_once(harness: Harness) -> None:
+    numbered_from(harness, 0)
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    await harness.standalone()
+    async with harness.running() as app:
+        grid = await imagine(double, alice, "across restarts")
+        task = grid_task(grid)
+        sandbox.task_seconds = None
+        handle = await press(double, grid, vary_custom_id(task, 3), alice)
+        await double.wait_for(lambda: grid.button(label="V3").style == SUCCESS or None)
+        job = await app.services.tracker.store.live_twin(JobKind.VARY, task, 2)
+        assert job is not None and job.upstream_task_id
+    # The bot is down when the task finishes, and the click's token is long dead by then.
+    sandbox.complete(job.upstream_task_id)
+    double.expire_interaction(handle)
+    async with harness.running() as app:
+        await variations_of(double, 3, alice)
+        await double.wait_for(lambda: not status_lines(double) or None)
+        done = await app.services.tracker.store.get(job.id)
+        assert done is not None and done.state is JobState.DELIVERED
+    assert len([m for m in double.messages() if "Variations (image #3)" in m.content]) == 1
+    assert vary_indexes(sandbox) == [2]
