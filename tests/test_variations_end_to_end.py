@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import discord
 import pytest
 
-from bot.grid import reroll_custom_id, vary_custom_id
+from bot.grid import reroll_custom_id, upscale_button, vary_custom_id
 from bot.jobs.store import JobKind, JobState
 from bot.jobs.vary_index import FACT
 from bot.midjourney.sandbox import SandboxAPI
@@ -148,8 +149,11 @@ async def test_concurrent_clicks_make_one_job_and_a_later_click_another_set(
         )
         texts = [await followup_text(h) for h in handles if h.followup_ids]
         assert all("already being made" in text for text in texts), texts
+        # The two clicks taken reach the API after their duplicates may have been told.
+        await double.wait_for(
+            lambda: (len(vary_indexes(sandbox)), sandbox.count("generate")) == (1, 2) or None
+        )
         assert vary_indexes(sandbox) == [4]
-        assert sandbox.count("generate") == 2  # the /imagine and one re-roll
         store = app.services.tracker.store
         vary = await store.live_twin(JobKind.VARY, task, 3)
         reroll = await store.live_twin(JobKind.REROLL, task, None)
@@ -223,3 +227,51 @@ async def test_variation_running_across_a_restart_is_posted_once(harness: Harnes
         assert done is not None and done.state is JobState.DELIVERED
     assert len([m for m in double.messages() if "Variations (image #3)" in m.content]) == 1
     assert vary_indexes(sandbox) == [2]
+
+
+async def test_variations_and_rerolls_count_as_generations_and_never_pass_the_allowance(
+    harness: Harness,
+) -> None:
+    numbered_from(harness, 0)
+    harness.env["DAILY_IMAGINES_PER_USER"] = "3"
+    harness.env["MAX_JOBS_PER_USER"] = "10"
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    async with harness.running():
+        grid = await imagine(double, alice, "counted")
+        task = grid_task(grid)
+        sandbox.task_seconds = None  # running jobs keep their use: nothing is given back
+        handles = await asyncio.gather(
+            *(press(double, grid, vary_custom_id(task, n), alice) for n in range(1, 5)),
+            press(double, grid, reroll_custom_id(task), alice),
+        )
+        await double.wait_for(lambda: sum(1 for h in handles if h.followup_ids) == 3 or None)
+        refusals = [await followup_text(h) for h in handles if h.followup_ids]
+        assert all("used your 3 generations for today" in text for text in refusals), refusals
+        # The /imagine and the two clicks not refused: three generations. Every click is
+        # accounted for then (refused or sent), so none can add a fourth.
+        await double.wait_for(
+            lambda: len(vary_indexes(sandbox)) + sandbox.count("generate") == 3 or None
+        )
+
+
+async def test_a_grid_posted_before_variations_keeps_working(harness: Harness) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    async with harness.running() as app:
+        grid = await imagine(double, alice, "an old grid")
+        task = grid_task(grid)
+        # As the version before V1–V4 posted it: the U-row only.
+        old_row = discord.ui.View(timeout=None)
+        for number in range(1, 5):
+            old_row.add_item(upscale_button(task, number))
+        channel = app.bot.get_partial_messageable(grid.channel_id, guild_id=double.guild_id)
+        await channel.get_partial_message(grid.id).edit(view=old_row)
+        assert [b.label for b in grid.buttons()] == ["U1", "U2", "U3", "U4"]
+
+        await click(double, grid, 2, alice)
+        await result_for(double, 2, alice)
+        assert sandbox.count("generateUpscale") == 1
+        # Marking U2 done gives the old grid the whole set of buttons.
+        await double.wait_for(lambda: [b.label for b in grid.buttons()] == GRID_LABELS or None)
+        assert [b.label for b in grid.buttons() if b.style == SUCCESS] == ["U2"]

@@ -439,7 +439,12 @@ class Tracker:
                 watermark=self._watermark,
                 callback_url=self.callback_url(job),
             )
-            return await self._vary_index.send(job.image_index, vary, job.label)
+            return await self._vary_index.send(
+                job.image_index,
+                vary,
+                job.label,
+                pace=functools.partial(self._throttle.acquire, bounded=False),
+            )
         return await self._client.generate(
             job.prompt or "",
             speed=job.options.get("speed", "fast"),

@@ -61,11 +61,17 @@ class VaryIndex:
         return image_index in (0, GRID_SIZE - 1) or await self.base() is not None
 
     async def send(
-        self, image_index: int, call: Callable[[int], Awaitable[str]], label: str
+        self,
+        image_index: int,
+        call: Callable[[int], Awaitable[str]],
+        label: str,
+        *,
+        pace: Callable[[], Awaitable[None]],
     ) -> str:
         """``call`` (the API request, given the imageIndex to send) for image ``image_index``
         (0–3), learning the base on the way while it is unknown; raises BaseUnknown for V2/V3
-        then, and the API's error when it refuses."""
+        then, and the API's error when it refuses. A second request waits for ``pace`` (the
+        vendor's rate counts requests, whatever became of them)."""
         base = await self.base()
         if base is not None:
             return await call(image_index + base)
@@ -87,6 +93,7 @@ class VaryIndex:
                 exc,
                 other_base,
             )
+            await pace()
             task_id = await call(image_index + other_base)
             await self._learn(other_base, label)
             return task_id

@@ -46,7 +46,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from bot.midjourney.models import webhook_signature
+from bot.midjourney.models import GRID_SIZE, webhook_signature
 from bot.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,6 @@ UPSCALE_TASK_TYPE = "mj_upscale"
 VARY_TASK_TYPE = "mj_vary"
 # What a variation's paramJson takes over from its parent, so its prompt can be read back.
 VARY_INHERITED_PARAMS = ("prompt", "speed", "aspectRatio", "version")
-GRID_SIZE = 4
 FAIL_MARKER = "--fail"
 
 DEFAULT_MESSAGES: dict[int, str] = {

@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from bot.jobs.store import JobKind, JobState, JobStore
+from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, Refused
 from bot.jobs.vary_index import FACT
@@ -205,3 +206,17 @@ async def test_a_variation_counts_as_a_generation_and_is_refused_past_the_limit(
     with pytest.raises(Refused, match="job running"):
         await on_grid(tracker, JobKind.VARY, parent, 0)
     assert vary_calls(rig) == []
+
+
+async def test_the_second_try_of_v1_waits_its_turn_at_the_vendors_pace(rig: Rig) -> None:
+    now, slept = [0.0], []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    throttle = SubmitThrottle(1, 10.0, max_waiting=10, clock=lambda: now[0], sleep=sleep)
+    outcome = await on_grid(rig.tracker(throttle=throttle), JobKind.VARY, rig.grid(), 0)
+    assert outcome.job.state is JobState.SUBMITTED
+    # Under base 1 the refused 0 was a request too: the 1 that follows waits for the pace.
+    assert slept == ([] if rig.sandbox.vary_index_base == 0 else [10.0])
