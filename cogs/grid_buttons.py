@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 import discord
 
@@ -29,11 +29,18 @@ from cogs.interactions import report_error, tell
 OnClick = Callable[[discord.Interaction[Any], str, int | None], Awaitable[None]]
 
 
-class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPSCALE_TEMPLATE):
-    def __init__(self, task_id: str, image_index: int) -> None:
-        super().__init__(upscale_button(task_id, image_index + 1))
+class _GridItem(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(?!)"):
+    """What the three kinds of button share; its template matches nothing, so only the kinds
+    below are ever registered and dispatched to."""
+
+    def __init__(self, task_id: str, image_index: int | None) -> None:
+        super().__init__(self.button(task_id, image_index))
         self.task_id = task_id
-        self.image_index: int | None = image_index
+        self.image_index = image_index
+
+    @staticmethod
+    def button(task_id: str, image_index: int | None) -> discord.ui.Button[Any]:
+        raise NotImplementedError
 
     @classmethod
     async def from_custom_id(
@@ -42,45 +49,30 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=UPS
         item: discord.ui.Item[Any],
         match: re.Match[str],
         /,
-    ) -> UpscaleButton:
-        return cls(match["task"], number_to_index(int(match["n"])))
+    ) -> Self:
+        number = match.groupdict().get("n")
+        return cls(match["task"], None if number is None else number_to_index(int(number)))
 
 
-class VaryButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=VARY_TEMPLATE):
-    def __init__(self, task_id: str, image_index: int) -> None:
-        super().__init__(vary_button(task_id, image_index + 1))
-        self.task_id = task_id
-        self.image_index: int | None = image_index
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> VaryButton:
-        return cls(match["task"], number_to_index(int(match["n"])))
+class UpscaleButton(_GridItem, template=UPSCALE_TEMPLATE):
+    @staticmethod
+    def button(task_id: str, image_index: int | None) -> discord.ui.Button[Any]:
+        return upscale_button(task_id, (image_index or 0) + 1)
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REROLL_TEMPLATE):
-    def __init__(self, task_id: str) -> None:
-        super().__init__(reroll_button(task_id))
-        self.task_id = task_id
-        self.image_index: int | None = None
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> RerollButton:
-        return cls(match["task"])
+class VaryButton(_GridItem, template=VARY_TEMPLATE):
+    @staticmethod
+    def button(task_id: str, image_index: int | None) -> discord.ui.Button[Any]:
+        return vary_button(task_id, (image_index or 0) + 1)
 
 
-ButtonT = TypeVar("ButtonT", UpscaleButton, VaryButton, RerollButton)
+class RerollButton(_GridItem, template=REROLL_TEMPLATE):
+    @staticmethod
+    def button(task_id: str, image_index: int | None) -> discord.ui.Button[Any]:
+        return reroll_button(task_id)
+
+
+ButtonT = TypeVar("ButtonT", bound=_GridItem)
 
 
 def clickable(button: type[ButtonT], on_click: OnClick) -> type[ButtonT]:
