@@ -23,7 +23,10 @@ from bot.grid import (
     upscale_button,
     vary_button,
 )
-from cogs.interactions import report_error, tell
+from bot.jobs.store import JobKind
+from bot.jobs.tracker import Tracker
+from bot.jobs.types import Outcome, Refused
+from cogs.interactions import cannot_post, report_error, role_ids, tell, whisper_for
 
 # What a click calls: the interaction, the grid's task id and the image's index (None for 🔄).
 OnClick = Callable[[discord.Interaction[Any], str, int | None], Awaitable[None]]
@@ -107,3 +110,41 @@ async def may_click(interaction: discord.Interaction[Any], allowed: str, verb: s
         interaction, f"❌ Only {whose} or members who can manage messages may {verb} this grid."
     )
     return False
+
+
+async def start_on_grid(
+    interaction: discord.Interaction[Any],
+    tracker: Tracker,
+    kind: JobKind,
+    task_id: str,
+    image_index: int | None,
+    *,
+    grid_message_id: int | None,
+    lead: str,
+) -> Outcome | None:
+    """The one path for a grid's button (and /upscale) once acknowledged: the checks of where
+    the result would go, then the tracker. None when refused, the clicker told why (``lead``:
+    what was not done)."""
+    if interaction.channel_id is None:
+        await tell(interaction, f"❌ {lead}: the bot works in a channel only.")
+        return None
+    refusal = cannot_post(interaction)
+    if refusal is not None:
+        await tell(interaction, refusal)
+        return None
+    try:
+        return await tracker.request_on_grid(
+            kind,
+            parent_task_id=task_id,
+            image_index=image_index,
+            requester_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            grid_message_id=grid_message_id,
+            role_ids=role_ids(interaction),
+            whisper=whisper_for(interaction),
+            whisper_until=interaction.expires_at.timestamp(),
+        )
+    except Refused as refused:
+        await tell(interaction, refused.sentence(lead))
+        return None

@@ -13,11 +13,10 @@ from bot.delivery.texts import jump_url
 from bot.grid import number_to_index
 from bot.jobs.store import JobKind, JobState
 from bot.jobs.tracker import Tracker
-from bot.jobs.types import Refused
 from bot.metrics import Recorder
 from bot.midjourney.models import GRID_SIZE, is_task_id
-from cogs.grid_buttons import UpscaleButton, clickable, may_click
-from cogs.interactions import acked, cannot_post, role_ids, tell, whisper_for
+from cogs.grid_buttons import UpscaleButton, clickable, may_click, start_on_grid
+from cogs.interactions import acked, cannot_post, tell
 
 
 class UpscaleCog(commands.Cog):
@@ -96,28 +95,16 @@ class UpscaleCog(commands.Cog):
     ) -> None:
         """The one path for a U-button click and /upscale, once acknowledged."""
         number = image_index + 1
-        if interaction.channel_id is None:
-            await tell(interaction, "❌ Upscales can only be asked for in a channel.")
-            return
-        refusal = cannot_post(interaction)
-        if refusal is not None:
-            await tell(interaction, refusal)
-            return
-        try:
-            outcome = await self._tracker.request_on_grid(
-                JobKind.UPSCALE,
-                parent_task_id=task_id,
-                image_index=image_index,
-                requester_id=interaction.user.id,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id,
-                grid_message_id=grid_message_id,
-                role_ids=role_ids(interaction),
-                whisper=whisper_for(interaction),
-                whisper_until=interaction.expires_at.timestamp(),
-            )
-        except Refused as refused:
-            await tell(interaction, refused.sentence(f"Image #{number} was not upscaled"))
+        outcome = await start_on_grid(
+            interaction,
+            self._tracker,
+            JobKind.UPSCALE,
+            task_id,
+            image_index,
+            grid_message_id=grid_message_id,
+            lead=f"Image #{number} was not upscaled",
+        )
+        if outcome is None:
             return
         job = outcome.job
         if outcome.created:

@@ -10,10 +10,9 @@ from discord.ext import commands
 
 from bot.jobs.store import JobKind
 from bot.jobs.tracker import Tracker
-from bot.jobs.types import Refused
 from bot.metrics import Recorder
-from cogs.grid_buttons import RerollButton, VaryButton, clickable, may_click
-from cogs.interactions import acked, cannot_post, role_ids, tell, whisper_for
+from cogs.grid_buttons import RerollButton, VaryButton, clickable, may_click, start_on_grid
+from cogs.interactions import acked, tell
 
 
 class VariationCog(commands.Cog):
@@ -57,41 +56,30 @@ class VariationCog(commands.Cog):
         # Acknowledge before anything slow: Discord gives 3 seconds, the API may take longer.
         await interaction.response.defer()
         acked(self._metrics, interaction, "button", started)
-        what = (
-            f"Variations of image #{(image_index or 0) + 1}"
-            if kind is JobKind.VARY
-            else "The re-roll"
-        )
-        verb = "vary" if kind is JobKind.VARY else "re-roll"
+        if kind is JobKind.VARY:
+            number = (image_index or 0) + 1
+            verb, lead = "vary", f"Variations of image #{number} were not started"
+            running = f"Variations of image #{number} are already being made"
+        else:
+            verb, lead = "re-roll", "The re-roll was not started"
+            running = "This grid is already being re-rolled"
         if not await may_click(interaction, self._allowed, verb):
             return
-        if interaction.channel_id is None:
-            await tell(interaction, "❌ Grids can only be varied in a channel.")
-            return
-        refusal = cannot_post(interaction)
-        if refusal is not None:
-            await tell(interaction, refusal)
-            return
         message = interaction.message
-        try:
-            outcome = await self._tracker.request_on_grid(
-                kind,
-                parent_task_id=task_id,
-                image_index=image_index,
-                requester_id=interaction.user.id,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id,
-                grid_message_id=message.id if message else None,
-                role_ids=role_ids(interaction),
-                whisper=whisper_for(interaction),
-                whisper_until=interaction.expires_at.timestamp(),
-            )
-        except Refused as refused:
-            await tell(interaction, refused.sentence(f"{what} not started"))
+        outcome = await start_on_grid(
+            interaction,
+            self._tracker,
+            kind,
+            task_id,
+            image_index,
+            grid_message_id=message.id if message else None,
+            lead=lead,
+        )
+        if outcome is None:
             return
         if not outcome.created:
             await tell(
                 interaction,
-                f"⏳ {what} is already being made (asked by <@{outcome.job.requester_id}>); "
-                "it will be posted in the channel. Once it is done, a new click makes another.",
+                f"⏳ {running} (asked by <@{outcome.job.requester_id}>); the new grid will be "
+                "posted in the channel. Once it is done, a new click makes another.",
             )

@@ -148,7 +148,8 @@ async def test_concurrent_clicks_make_one_job_and_a_later_click_another_set(
             lambda: sum(1 for h in handles if h.followup_ids) == len(handles) - 2 or None
         )
         texts = [await followup_text(h) for h in handles if h.followup_ids]
-        assert all("already being made" in text for text in texts), texts
+        assert sum("Variations of image #4 are already being made" in t for t in texts) == 4, texts
+        assert sum("This grid is already being re-rolled" in t for t in texts) == 4, texts
         # The two clicks taken reach the API after their duplicates may have been told.
         await double.wait_for(
             lambda: (len(vary_indexes(sandbox)), sandbox.count("generate")) == (1, 2) or None
