@@ -44,6 +44,7 @@ async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
             "budget unlimited credits; the day turns at midnight UTC"
         ) in report.content
         assert "out of credits" in report.content
+        assert "Variations: not learned yet: V1 and V4 work and teach it" in report.content
 
 
 async def test_status_says_when_public_url_does_not_reach_the_bot(harness: Harness) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from bot.config import RedactingFilter
+from bot.grid import reroll_custom_id
 from bot.jobs.store import JobState
 from bot.logs import JsonFormatter, make_formatter
 from tests.harness import Harness, click, grid_task, imagine, result_for
@@ -253,6 +254,9 @@ async def test_every_line_about_a_job_carries_its_ids(
         await result_for(double, 3, alice)
         job = await app.services.tracker.store.live_upscale(grid_task(grid), 2)
         assert job is not None
+        reroll = await double.click(grid.id, reroll_custom_id(grid_task(grid)), alice)
+        await reroll.wait_ack()
+        await double.wait_for_message(lambda m: m.content.endswith("(re-roll)"))
         await app.services.tracker.wait_idle()
         done = await app.services.tracker.store.get(job.id)
         assert done is not None and done.state is JobState.DELIVERED
@@ -267,4 +271,7 @@ async def test_every_line_about_a_job_carries_its_ids(
     # Once the API has named the task, every line about the job carries its id too.
     named = [e for e in upscale if not e["message"].startswith("upscale requested")]
     assert named and all(e["task"] == job.upstream_task_id for e in named)
+    # The re-roll's lines name its kind.
+    rerolled = " | ".join(e["message"] for e in about_jobs if e["job"] != job.id)
+    assert "reroll requested" in rerolled and "kind=reroll" in rerolled
     assert TOKEN not in json_log.getvalue()

@@ -15,13 +15,14 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot.grid import vary_custom_id
 from bot.jobs.store import JobKind, JobState, JobStore
 from bot.jobs.types import CALLBACK_PATH
 from bot.metrics import CALLBACK_OUTCOMES, NO_METRICS, Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
 from tests.conftest import RunningSandbox, Serve
-from tests.harness import Harness, click, imagine, result_for
+from tests.harness import Harness, click, grid_task, imagine, result_for
 from tests.listener_rig import HMAC_KEY, ListenerRig, callback_body, listener_rig, signed
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -339,6 +340,9 @@ async def test_end_to_end_metrics_after_imagine_and_upscale(harness: Harness) ->
         grid = await imagine(double, user, "a lighthouse at dawn")
         await click(double, grid, 1, user)
         await result_for(double, 1, user)
+        handle = await double.click(grid.id, vary_custom_id(grid_task(grid), 1), user)
+        await handle.wait_ack()
+        await double.wait_for_message(lambda m: "Variations (image #1)" in m.content)
         # The result is posted just before its job is marked delivered (and observed): wait.
         deadline = time.monotonic() + 10
         while True:
@@ -348,13 +352,16 @@ async def test_end_to_end_metrics_after_imagine_and_upscale(harness: Harness) ->
             if (
                 sample(samples, "mjbot_jobs", kind="upscale", state="delivered") >= 1
                 and sample(samples, "mjbot_result_post_delay_seconds_count", kind="upscale") >= 1
+                and sample(samples, "mjbot_jobs", kind="vary", state="delivered") == 1
+                and sample(samples, "mjbot_result_post_delay_seconds_count", kind="vary") == 1
             ):
                 break
             assert time.monotonic() < deadline, text
             await asyncio.sleep(0.05)
 
     requests = "mjbot_upstream_requests_total"
-    for endpoint in ("generate", "generateUpscale", "record-info"):
+    assert sample(samples, "mjbot_jobs", kind="reroll", state="delivered") == 0
+    for endpoint in ("generate", "generateUpscale", "generateVary", "record-info"):
         assert sample(samples, requests, endpoint=endpoint, code="200") >= 1, endpoint
         latency = "mjbot_upstream_request_duration_seconds_count"
         assert sample(samples, latency, endpoint=endpoint) >= 1, endpoint
