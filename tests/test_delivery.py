@@ -24,6 +24,7 @@ from bot.delivery.fetch import MAX_IMAGE_BYTES, ImageFetcher, image_kind
 from bot.delivery.fit import MIN_REENCODED_BYTES, reencode
 from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, DiscordPublisher
 from bot.delivery.texts import PROMPT_LIMIT, failure_text, jump_url, result_text, status_text
+from bot.grid import grid_owner
 from bot.jobs.store import Job, JobKind, JobState, JobStore
 from bot.jobs.types import DeliveryError
 from bot.net import NonPublicAddressError, PublicOnlyResolver, is_public
@@ -442,8 +443,8 @@ def make_job(
     return Job(
         id="0123456789abcdef01234567",
         kind=kind,
-        parent_task_id="grid-task" if kind is JobKind.UPSCALE else None,
-        image_index=index if kind is JobKind.UPSCALE else None,
+        parent_task_id="grid-task" if kind is not JobKind.IMAGINE else None,
+        image_index=index if kind in (JobKind.UPSCALE, JobKind.VARY) else None,
         upstream_task_id="up-task",
         requester_id=requester,
         guild_id=1,
@@ -515,6 +516,20 @@ def test_failure_text() -> None:
     assert upscale == "❌ Upscale of image #1 for <@4242> failed: the task expired"
     imagine = failure_text(make_job(JobKind.IMAGINE, prompt="a _fox_"), "out of credits")
     assert imagine == "❌ Generation of **a \\_fox\\_** for <@4242> failed: out of credits"
+
+
+def test_texts_of_a_variation_and_a_reroll_and_whose_grid_they_are() -> None:
+    vary, reroll = make_job(JobKind.VARY, index=1), make_job(JobKind.REROLL)
+    assert status_text(vary).startswith("⏳ Making variations of image #2 for <@4242> (started")
+    assert status_text(reroll).startswith("⏳ Re-rolling **a red fox in snow** for <@4242>")
+    assert result_text(vary) == "**a red fox in snow** - Variations (image #2) <@4242>"
+    assert result_text(reroll) == "**a red fox in snow** - <@4242> (re-roll)"
+    assert failure_text(vary, "x") == "❌ Variations of image #2 for <@4242> failed: x"
+    assert failure_text(reroll, "x") == "❌ Re-roll of **a red fox in snow** for <@4242> failed: x"
+    # UPSCALE_ALLOWED=requester reads the owner back from these lines.
+    member = 123456789012345678
+    for kind in (JobKind.VARY, JobKind.REROLL, JobKind.IMAGINE):
+        assert grid_owner(result_text(make_job(kind, requester=member))) == member
 
 
 def test_jump_url() -> None:

@@ -276,3 +276,22 @@ async def test_a_grid_posted_before_variations_keeps_working(harness: Harness) -
         # Marking U2 done gives the old grid the whole set of buttons.
         await double.wait_for(lambda: [b.label for b in grid.buttons()] == GRID_LABELS or None)
         assert [b.label for b in grid.buttons() if b.style == SUCCESS] == ["U2"]
+
+
+async def test_a_refused_variation_is_told_and_can_be_clicked_again(harness: Harness) -> None:
+    numbered_from(harness, 0)
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    async with harness.running():
+        grid = await imagine(double, alice, "no credits")
+        task = grid_task(grid)
+        sandbox.fail_next("generateVary", 402)
+        told = await followup_text(await press(double, grid, vary_custom_id(task, 3), alice))
+        assert "out of credits" in told
+        await double.wait_for_message(lambda m: "❌ Variations of image #3" in m.content)
+        assert not [m for m in double.messages() if "Making variations of image #3" in m.content]
+        assert grid.button(label="V3").style != SUCCESS
+
+        await press(double, grid, vary_custom_id(task, 3), alice)
+        await variations_of(double, 3, alice)
+        assert vary_indexes(sandbox) == [2, 2]
