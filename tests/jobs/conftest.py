@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs.callback_secrets import CallbackSecrets
-from bot.jobs.store import JobStore, async_database_url
+from bot.jobs.store import Job, JobKind, JobStore, async_database_url
 from bot.jobs.tables import metadata
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import Tracker
@@ -118,6 +118,25 @@ class Rig:
         self.listener.tracker = tracker
         self.trackers.append(tracker)
         return tracker
+
+    async def recorded(
+        self, kind: JobKind, parent: str, index: int | None, *, user: int = 42
+    ) -> Job:
+        """A click as the store holds it right after it was recorded (state requested), as if
+        the bot had died before the API call."""
+        return await self.store.create(
+            kind=kind,
+            parent_task_id=parent,
+            image_index=index,
+            requester_id=user,
+            guild_id=1,
+            channel_id=555,
+            grid_message_id=777,
+            prompt="a red fox in snow",
+            options={"speed": "fast"},
+            deadline_seconds=60,
+            callback_secret=self.callback_secrets.new(),
+        )
 
     def grid(self, prompt: str = "a red fox in snow") -> str:
         """A finished generation, as if /imagine had run earlier."""

@@ -30,19 +30,7 @@ async def upscale(tracker: Tracker, parent: str, index: int, user: int = USER, *
 
 
 async def recorded_click(rig: Rig, parent: str, index: int) -> Job:
-    """A click as the store holds it right after it was recorded (state requested)."""
-    return await rig.store.create(
-        kind=JobKind.UPSCALE,
-        parent_task_id=parent,
-        image_index=index,
-        requester_id=USER,
-        guild_id=1,
-        channel_id=CHANNEL,
-        grid_message_id=777,
-        prompt="p",
-        deadline_seconds=60,
-        callback_secret=rig.callback_secrets.new(),
-    )
+    return await rig.recorded(JobKind.UPSCALE, parent, index, user=USER)
 
 
 async def job_state(rig: Rig, job_id: str) -> JobState:

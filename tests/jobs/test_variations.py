@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiohttp
 import pytest
 
 from bot.jobs.store import JobKind, JobState, JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import Tracker
-from bot.jobs.types import Outcome, Refused
+from bot.jobs.types import Outcome, PollPolicy, Refused
 from bot.jobs.vary_index import FACT
 from tests.conftest import RunningSandbox, StartSandbox
 from tests.jobs.conftest import Rig
@@ -220,3 +221,52 @@ async def test_the_second_try_of_v1_waits_its_turn_at_the_vendors_pace(rig: Rig)
     assert outcome.job.state is JobState.SUBMITTED
     # Under base 1 the refused 0 was a request too: the 1 that follows waits for the pace.
     assert slept == ([] if rig.sandbox.vary_index_base == 0 else [10.0])
+
+
+async def test_recovery_submits_recorded_variations_and_rerolls_once(rig: Rig) -> None:
+    base = rig.sandbox.vary_index_base
+    parent = rig.grid()
+    # Recorded, then the bot died before the API calls; V3 waits for the base, so it is known.
+    await rig.store.learn_api_fact(FACT, str(base))
+    jobs = [
+        await rig.recorded(JobKind.VARY, parent, 2),
+        await rig.recorded(JobKind.REROLL, parent, None),
+    ]
+    tracker = rig.tracker()
+    assert await tracker.recover() == 2
+    await rig.publisher.wait_for(lambda: len(rig.publisher.marked) == 2)
+    assert vary_calls(rig) == [2 + base] and rig.sandbox.count("generate") == 1
+    for job in jobs:
+        current = await rig.store.get(job.id)
+        assert current is not None and current.upstream_task_id
+        rig.sandbox.complete(current.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 2)
+    assert sorted(j.kind for j in rig.publisher.delivered) == [JobKind.REROLL, JobKind.VARY]
+
+
+async def test_a_variation_sent_before_a_crash_is_never_sent_again(rig: Rig) -> None:
+    """The API took V1 but the bot died before saving the task id: the callback, which
+    carries the job's secret, still finds the job, and nothing is submitted again."""
+    tracker = rig.tracker(poll=PollPolicy(first_with_callback=60.0))
+    parent = rig.grid()
+    job = await rig.recorded(JobKind.VARY, parent, 0)
+    assert await rig.store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
+    # What the dead bot had sent (the right value for this sandbox's numbering):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{rig.api_base}/api/v1/mj/generateVary",
+            json={
+                "taskId": parent,
+                "imageIndex": rig.sandbox.vary_index_base,
+                "callBackUrl": tracker.callback_url(job),
+            },
+            headers={"Authorization": "Bearer test-key"},
+        ) as response:
+            task_id = (await response.json())["data"]["taskId"]
+    assert await tracker.recover() == 1
+    rig.sandbox.complete(task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    current = await rig.store.get(job.id)
+    assert current is not None and current.state is JobState.DELIVERED
+    assert current.upstream_task_id == task_id
+    assert len(vary_calls(rig)) == 1
