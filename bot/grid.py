@@ -128,6 +128,6 @@ class GridButtons(discord.ui.View):
             self.add_item(vary_button(task_id, number, done=number - 1 in use.varied))
 
     def is_dispatchable(self) -> bool:
-        # Clicks are dispatched to the DynamicItem of cogs/upscale.py, which survives restarts;
+        # Clicks are dispatched to the DynamicItems of cogs/grid_buttons.py, which survive restarts;
         # if discord.py stored this view, its inert buttons would swallow the clicks instead.
         return False

@@ -132,6 +132,12 @@ class Services:
         """How V1–V4 are numbered for generateVary, and who said so."""
         base = await self.tracker.vary_index.base()
         if self.settings.vary_index_base is not None:
+            learned = await self.tracker.vary_index.learned()
+            if learned not in (None, base):
+                return (
+                    f"V1 is imageIndex {base} (MJ_VARY_INDEX_BASE), but the API was seen to "
+                    f"count from {learned}: check the setting"
+                )
             return f"V1 is imageIndex {base} (MJ_VARY_INDEX_BASE)"
         if base is None:
             return "not learned yet: V1 and V4 work and teach it, V2 and V3 wait until then"

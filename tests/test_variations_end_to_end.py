@@ -203,6 +203,11 @@ async def test_v2_waits_until_v1_taught_the_base(harness: Harness) -> None:
     # What was learned outlives the process.
     async with harness.running() as app:
         assert await app.services.tracker.vary_index.base() == 1
+    # A setting that contradicts it wins, and /mj status says they disagree.
+    harness.env["MJ_VARY_INDEX_BASE"] = "0"
+    async with harness.running() as app:
+        assert await app.services.tracker.vary_index.base() == 0
+        assert "seen to count from 1: check the setting" in await app.services.status_report()
 
 
 async def test_variation_running_across_a_restart_is_posted_once(harness: Harness) -> None:

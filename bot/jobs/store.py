@@ -40,6 +40,10 @@ from bot.jobs.tables import JobState as JobState
 
 log = logging.getLogger(__name__)
 
+# The advisory lock key under which the schema is made or upgraded. The admission locks use
+# Discord ids, which stay below it until about 2074; meeting one would only make a start wait.
+SCHEMA_LOCK = 0x6D6A_5343_4845_4D41
+
 
 @dataclass(frozen=True)
 class Job:
@@ -153,8 +157,12 @@ class JobStore:
         engine = create_async_engine(url, connect_args=connect_args, hide_parameters=True)
         if url.startswith("sqlite"):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        async with engine.begin() as conn:
-            await conn.run_sync(_create_schema)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_create_schema)
+        except BaseException:
+            await engine.dispose()
+            raise
         return cls(engine)
 
     async def close(self) -> None:
@@ -482,6 +490,11 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _create_schema(conn: sa.Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        # Processes started together would each create the same table or index at once, and
+        # all but one fail on PostgreSQL's catalogue (checkfirst looks before the others
+        # commit): they take turns, each finding what the first made. SQLite has one writer.
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))
     metadata.create_all(conn)
     # create_all leaves a table that exists as it is: an index added by a newer version (the
     # dedupe of variations) is created here on a database an older version made.

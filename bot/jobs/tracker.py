@@ -46,8 +46,14 @@ log = logging.getLogger(__name__)
 # The vendor's documented pace: about 20 new tasks per 10 s per account.
 SUBMIT_WINDOW_SECONDS = 10.0
 VENDOR_RATE = 20
+# Task types whose grid a re-roll (a text-to-image generate of its prompt) makes again.
+REROLLABLE = ("mj_txt2img",)
 # Pauses before resending a submission the API refused without taking it (429, no connection).
 SUBMIT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0)
+
+
+class _NotClaimed(Exception):
+    """The job was no longer this coroutine's to submit when its turn came."""
 
 
 class Tracker:
@@ -312,6 +318,12 @@ class Tracker:
             await asyncio.gather(*list(self._watchers.values()), return_exceptions=True)
 
     async def _start(self, job: Job, *, queue_bound: bool = True) -> Job:
+        if job.kind is JobKind.REROLL and not job.prompt:
+            # A re-roll stored before record-info told its grid's prompt (a crash in between,
+            # or a grid whose own job never learned it): a generation of nothing is not sent.
+            job = await self._check_foreign_grid(job)
+            if job.finished:
+                return job
         if job.status_message_id is None:
             try:
                 message_id = await self._publisher.post_status(job)
@@ -358,6 +370,11 @@ class Tracker:
             return await self._fail(job, "that task has no such image")
         if job.kind is JobKind.REROLL and not task.prompt:
             return await self._fail(job, "the API does not say what that grid's prompt was")
+        if job.kind is JobKind.REROLL and task.task_type not in (None, *REROLLABLE):
+            # Its input images would be lost: a re-roll would be another, paid, picture.
+            return await self._fail(
+                job, "only grids generated from a text prompt can be re-rolled here"
+            )
         if task.prompt:
             job = await self._store.update(job.id, prompt=task.prompt, options=task.options)
         return job
@@ -394,6 +411,17 @@ class Tracker:
             async with self._busy():
                 try:
                     task_id = await self._send(job)
+                except _NotClaimed:
+                    # Left as requested (shutting down), or taken on by someone else.
+                    return await self._store.get(job.id) or job
+                except ValueError as exc:
+                    # The client refused the job's own values before sending anything.
+                    log.error("submit impossible %s: %s", job.label, exc)
+                    return await self._fail(
+                        job,
+                        "the bot could not make that request",
+                        from_states=(JobState.SUBMITTING,),
+                    )
                 except BaseUnknown:
                     # Only a job stored before the base was forgotten (a changed setting) gets
                     # here: nothing was sent.
@@ -440,10 +468,7 @@ class Tracker:
                 callback_url=self.callback_url(job),
             )
             return await self._vary_index.send(
-                job.image_index,
-                vary,
-                job.label,
-                pace=functools.partial(self._throttle.acquire, bounded=False),
+                job.image_index, vary, job.label, pace=functools.partial(self._second_try, job)
             )
         return await self._client.generate(
             job.prompt or "",
@@ -452,6 +477,18 @@ class Tracker:
             version=job.options.get("version"),
             callback_url=self.callback_url(job),
         )
+
+    async def _second_try(self, job: Job) -> None:
+        """Between a V1/V4 refused as out of range and its second value: the refusal took
+        nothing, so while the second waits its turn at the pace the job is ``requested`` again;
+        a crash meanwhile resubmits it rather than waiting for a task that does not exist."""
+        await self._store.transition(job.id, (JobState.SUBMITTING,), JobState.REQUESTED)
+        await self._throttle.acquire(bounded=False)
+        if self._closing:
+            raise _NotClaimed
+        claimed = await self._store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
+        if claimed is None:
+            raise _NotClaimed
 
     async def _await_unknown(self, job: Job, exc: ApiError | ApiUnreachable) -> Job:
         # The request may have been taken (and paid for): resending could charge twice, so the

@@ -8,10 +8,13 @@ and refused under base 1; V4 sent as 4 is image 4 under base 1 and refused under
 the base is unknown, V1 and V4 go out that way, and what the API answers teaches the base:
 
 - the safe value accepted proves its base;
-- the safe value refused, then the other base's value for the same grid accepted at once, proves
-  the other base: whatever else makes the API refuse a variation (the grid unknown, still
-  running, failed, not a generation) refuses every index of that grid alike;
-- both refused proves nothing; the click fails with the API's reason, nothing taken.
+- the safe value refused as out of range (a 422 whose message names the index or a range), then
+  the other base's value for the same grid accepted, proves the other base: whatever else makes
+  the API refuse a variation (the grid unknown, still running, failed, not a generation)
+  refuses every index of that grid alike;
+- a 422 that does not say it is about the index (a flagged image, a proxy's bare 422), or both
+  values refused, proves nothing: the click fails with the API's reason, nothing taken, nothing
+  learned.
 
 V2 and V3 (1 and 2, 2 and 3: in range under both) are refused before anything is stored or paid
 until the base is known. What was learned is kept in the store (``api_facts``), so it survives
@@ -22,6 +25,7 @@ restarts and every process sharing the store goes by the first value learned. Th
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 from bot.jobs.store import JobStore
@@ -33,6 +37,14 @@ log = logging.getLogger(__name__)
 FACT = "vary_index_base"
 BASES = (0, 1)
 VALIDATION_REFUSED = 422
+# How a refusal says it is about the value of imageIndex (the sandbox: "imageIndex must be an
+# integer from 1 to 4"); the vendors do not document their wording, so any mention will do.
+_ABOUT_THE_INDEX = re.compile(r"index|range", re.IGNORECASE)
+
+
+def out_of_range(exc: ApiError) -> bool:
+    """Whether a refusal says the imageIndex sent is not one the API accepts."""
+    return exc.code == VALIDATION_REFUSED and _ABOUT_THE_INDEX.search(exc.msg) is not None
 
 
 class BaseUnknown(Exception):
@@ -52,9 +64,12 @@ class VaryIndex:
         if self._configured is not None:
             return self._configured
         if self._learned is None:
-            stored = await self._store.api_fact(FACT)
-            self._learned = int(stored) if stored in ("0", "1") else None
+            self._learned = _base(await self._store.api_fact(FACT))
         return self._learned
+
+    async def learned(self) -> int | None:
+        """What the store holds as learned, whatever the setting says."""
+        return _base(await self._store.api_fact(FACT))
 
     async def can_send(self, image_index: int) -> bool:
         """Whether a variation of image ``image_index`` (0–3) can be asked for now."""
@@ -71,10 +86,24 @@ class VaryIndex:
         """``call`` (the API request, given the imageIndex to send) for image ``image_index``
         (0–3), learning the base on the way while it is unknown; raises BaseUnknown for V2/V3
         then, and the API's error when it refuses. A second request waits for ``pace`` (the
-        vendor's rate counts requests, whatever became of them)."""
+        vendor's rate counts requests, whatever became of them); ``pace`` may raise to stop."""
         base = await self.base()
         if base is not None:
-            return await call(image_index + base)
+            try:
+                return await call(image_index + base)
+            except ApiError as exc:
+                if out_of_range(exc):
+                    # Every V-click after this is suspect: the operator has to look.
+                    log.error(
+                        "vary index %d refused as out of range %s although the base is %d (%s): "
+                        "check MJ_VARY_INDEX_BASE and the api_facts table: %s",
+                        image_index + base,
+                        label,
+                        base,
+                        "set" if self._configured is not None else "learned",
+                        exc,
+                    )
+                raise
         if image_index == 0:
             safe_base, other_base = 0, 1
         elif image_index == GRID_SIZE - 1:
@@ -84,7 +113,7 @@ class VaryIndex:
         try:
             task_id = await call(image_index + safe_base)
         except ApiError as exc:
-            if exc.code != VALIDATION_REFUSED:
+            if not out_of_range(exc):
                 raise
             log.info(
                 "vary index %d refused %s: %s; trying base %d",
@@ -102,8 +131,10 @@ class VaryIndex:
 
     async def _learn(self, base: int, label: str) -> None:
         stored = await self._store.learn_api_fact(FACT, str(base))
-        self._learned = int(stored)
-        if self._learned != base:
+        self._learned = _base(stored)
+        if self._learned is None:
+            log.error("api_facts holds %r for %s, neither 0 nor 1: it is not used", stored, FACT)
+        elif self._learned != base:
             log.warning(
                 "vary index base %d seen %s, but base %s was learned before and stays",
                 base,
@@ -112,3 +143,7 @@ class VaryIndex:
             )
         else:
             log.info("vary index base learned: %d %s", base, label)
+
+
+def _base(stored: str | None) -> int | None:
+    return int(stored) if stored in ("0", "1") else None

@@ -51,6 +51,8 @@ class Task:
     completed_at: datetime | None = None
     # What a re-roll needs besides the prompt: "speed", "aspect_ratio", "version", when known.
     options: dict[str, str] = field(default_factory=dict)
+    # mj_txt2img and the others of TASK_TYPES; upscales and variations are undocumented.
+    task_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,7 @@ def parse_record_info(data: object) -> Task:
         prompt=prompt,
         completed_at=parse_time(record.get("completeTime")),
         options=options,
+        task_type=_text(record.get("taskType")),
     )
 
 

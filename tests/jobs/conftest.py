@@ -120,7 +120,13 @@ class Rig:
         return tracker
 
     async def recorded(
-        self, kind: JobKind, parent: str, index: int | None, *, user: int = 42
+        self,
+        kind: JobKind,
+        parent: str,
+        index: int | None,
+        *,
+        user: int = 42,
+        prompt: str | None = "a red fox in snow",
     ) -> Job:
         """A click as the store holds it right after it was recorded (state requested), as if
         the bot had died before the API call."""
@@ -132,7 +138,7 @@ class Rig:
             guild_id=1,
             channel_id=555,
             grid_message_id=777,
-            prompt="a red fox in snow",
+            prompt=prompt,
             options={"speed": "fast"},
             deadline_seconds=60,
             callback_secret=self.callback_secrets.new(),

@@ -23,7 +23,7 @@ from bot.jobs.store import (
     JobStore,
     async_database_url,
 )
-from tests.jobs.conftest import postgres_schema
+from tests.jobs.conftest import POSTGRES_URL, postgres_schema
 
 PARENT = "grid-task-0001"
 CHANNEL = 555
@@ -560,3 +560,40 @@ async def test_states_since_and_recent_failures(store: JobStore) -> None:
     assert running.state is JobState.REQUESTED
     assert [j.id for j in await store.recent_failures(5)] == [second.id, first.id]
     assert [j.id for j in await store.recent_failures(1)] == [second.id]
+
+
+async def test_processes_starting_together_on_a_fresh_postgresql_database_all_open() -> None:
+    """Each creates the schema; without taking turns all but one failed on PostgreSQL's
+    catalogue (pg_type_typname_nsp_index)."""
+    try:
+        import asyncpg
+    except ImportError:
+        pytest.skip("asyncpg is not installed (pip install '.[postgres]')")
+    try:
+        admin = await asyncpg.connect(POSTGRES_URL, timeout=2)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {type(exc).__name__}: {exc}")
+    name = f"schema_race_{secrets.token_hex(6)}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        for _ in range(3):
+            url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+            opened = await asyncio.gather(
+                *(JobStore.open(url) for _ in range(4)), return_exceptions=True
+            )
+            failures = [o for o in opened if not isinstance(o, JobStore)]
+            for store in opened:
+                if isinstance(store, JobStore):
+                    await store.close()
+            assert failures == []
+        # And the schema they made works.
+        store = await JobStore.open(url)
+        try:
+            await new_job(store, JobKind.VARY, index=0)
+            with pytest.raises(DuplicateJob):
+                await new_job(store, JobKind.VARY, index=0)
+        finally:
+            await store.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()

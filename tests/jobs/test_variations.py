@@ -128,7 +128,10 @@ async def test_a_grid_that_cannot_be_varied_fails_and_teaches_nothing(rig: Rig) 
     outcome = await on_grid(tracker, JobKind.VARY, running.job.upstream_task_id, 0)
     assert outcome.failed
     assert "still" in (outcome.job.error or "")
-    assert len(vary_calls(rig)) == 2 and rig.sandbox.credits == credits
+    # Base 0: "still generating" does not say it is about the index, so nothing else is tried.
+    # Base 1: 0 is out of range, then 1 meets the same refusal as any index would.
+    assert len(vary_calls(rig)) == 1 + rig.sandbox.vary_index_base
+    assert rig.sandbox.credits == credits
     assert await rig.store.api_fact(FACT) is None
 
 
@@ -270,3 +273,83 @@ async def test_a_variation_sent_before_a_crash_is_never_sent_again(rig: Rig) -> 
     assert current is not None and current.state is JobState.DELIVERED
     assert current.upstream_task_id == task_id
     assert len(vary_calls(rig)) == 1
+
+
+async def test_a_refusal_that_does_not_name_the_index_teaches_nothing(rig: Rig) -> None:
+    rig.sandbox.fail_next("generateVary", 422, "the image was flagged")
+    credits = rig.sandbox.credits
+    outcome = await on_grid(rig.tracker(), JobKind.VARY, rig.grid(), 0)
+    assert outcome.failed and "flagged" in (outcome.job.error or "")
+    # Not proof of the numbering: the other value is not tried, nothing is learned.
+    assert vary_calls(rig) == [0] and rig.sandbox.credits == credits
+    assert await rig.store.api_fact(FACT) is None
+
+
+async def test_a_wrong_setting_is_told_in_the_log_at_the_first_out_of_range(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = rig.sandbox.vary_index_base
+    tracker = rig.tracker(vary_index_base=1 - base)
+    # The one button whose value the wrong base puts out of range: V4 (4) or V1 (0).
+    outcome = await on_grid(tracker, JobKind.VARY, rig.grid(), 3 if base == 0 else 0)
+    assert outcome.failed and len(vary_calls(rig)) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("check MJ_VARY_INDEX_BASE" in e and "(set)" in e for e in errors), errors
+
+
+async def test_a_crash_while_the_second_value_waits_its_turn_resubmits_it(rig: Rig) -> None:
+    base = rig.sandbox.vary_index_base
+    # The button that needs a second value under this sandbox's numbering.
+    index = 0 if base == 1 else 3
+    now, waiting = [0.0], asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        waiting.set()
+        await asyncio.Event().wait()  # the turn never comes: the bot dies meanwhile
+
+    throttle = SubmitThrottle(1, 10.0, max_waiting=10, clock=lambda: now[0], sleep=sleep)
+    first = rig.tracker(throttle=throttle)
+    parent = rig.grid()
+    click = asyncio.create_task(on_grid(first, JobKind.VARY, parent, index))
+    await asyncio.wait_for(waiting.wait(), timeout=5)
+    [job] = await rig.store.unfinished()
+    # The refusal took nothing: the job is not left looking as if it may have been paid.
+    assert job.state is JobState.REQUESTED and len(vary_calls(rig)) == 1
+    click.cancel()
+    await first.close()
+
+    second = rig.tracker()
+    assert await second.recover() == 1
+    await rig.publisher.wait_for(lambda: len(rig.publisher.marked) == 1)
+    varied = [t for t in rig.sandbox.tasks() if t.task_type == "mj_vary"]
+    assert [(t.parent_task_id, t.image_index) for t in varied] == [(parent, index)]
+    assert await rig.store.api_fact(FACT) == str(base)
+
+
+async def test_a_reroll_recorded_before_its_prompt_was_known_reads_it_first(rig: Rig) -> None:
+    parent = rig.sandbox.add_generation(prompt="a green owl", speed="turbo")
+    job = await rig.recorded(JobKind.REROLL, parent, None, prompt=None)
+    assert await rig.tracker().recover() == 1
+    await rig.publisher.wait_for(lambda: len(rig.publisher.marked) == 1)
+    body = next(c.body for c in rig.sandbox.calls if c.endpoint == "generate")
+    assert (body["prompt"], body["speed"]) == ("a green owl", "turbo")
+    current = await rig.store.get(job.id)
+    assert current is not None and current.prompt == "a green owl"
+
+
+async def test_a_grid_made_from_images_is_not_rerolled_as_text(rig: Rig) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{rig.api_base}/api/v1/mj/generate",
+            json={
+                "taskType": "mj_img2img",
+                "prompt": "in the style of this",
+                "fileUrls": ["https://example.com/a.png"],
+            },
+            headers={"Authorization": "Bearer test-key"},
+        ) as response:
+            parent = (await response.json())["data"]["taskId"]
+    rig.sandbox.complete(parent)
+    outcome = await on_grid(rig.tracker(), JobKind.REROLL, parent, None)
+    assert outcome.failed and "text prompt" in (outcome.job.error or "")
+    assert rig.sandbox.count("generate") == 1

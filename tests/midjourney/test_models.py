@@ -75,6 +75,7 @@ def test_record_info_success() -> None:
         prompt="a red fox",
         completed_at=COMPLETED,
         options={"speed": "relaxed"},
+        task_type="mj_txt2img",
     )
 
 
