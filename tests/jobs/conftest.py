@@ -8,6 +8,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,19 +29,24 @@ from tests.fakes.publisher import RecordingPublisher
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@contextlib.asynccontextmanager
-async def postgres_schema(prefix: str) -> AsyncIterator[Callable[[], AsyncEngine]]:
-    """A schema of its own on the local PostgreSQL, with the store's tables, so a test cannot
-    touch anything else in the database; yields a maker of engines bound to it (one per
-    "process"), all disposed and the schema dropped afterwards. Skips where none answers."""
+async def postgres_admin() -> Any:
+    """A plain asyncpg connection to the local PostgreSQL; skips the test where none answers."""
     try:
         import asyncpg
     except ImportError:
         pytest.skip("asyncpg is not installed (pip install '.[postgres]')")
     try:
-        admin = await asyncpg.connect(POSTGRES_URL, timeout=2)
+        return await asyncpg.connect(POSTGRES_URL, timeout=2)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema(prefix: str) -> AsyncIterator[Callable[[], AsyncEngine]]:
+    """A schema of its own on the local PostgreSQL, with the store's tables, so a test cannot
+    touch anything else in the database; yields a maker of engines bound to it (one per
+    "process"), all disposed and the schema dropped afterwards. Skips where none answers."""
+    admin = await postgres_admin()
     schema = f"{prefix}_{secrets.token_hex(6)}"
     await admin.execute(f'CREATE SCHEMA "{schema}"')
     engines: list[AsyncEngine] = []
@@ -143,6 +149,16 @@ class Rig:
             deadline_seconds=60,
             callback_secret=self.callback_secrets.new(),
         )
+
+    async def post_to_api(self, endpoint: str, body: dict[str, Any]) -> str:
+        """POST ``body`` to the API as another client, or a bot that died since; the task id."""
+        async with self.session.post(
+            f"{self.api_base}/api/v1/mj/{endpoint}",
+            json=body,
+            headers={"Authorization": "Bearer test-key"},
+        ) as response:
+            task_id: str = (await response.json())["data"]["taskId"]
+        return task_id
 
     def grid(self, prompt: str = "a red fox in snow") -> str:
         """A finished generation, as if /imagine had run earlier."""

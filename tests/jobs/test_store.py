@@ -23,7 +23,7 @@ from bot.jobs.store import (
     JobStore,
     async_database_url,
 )
-from tests.jobs.conftest import POSTGRES_URL, postgres_schema
+from tests.jobs.conftest import POSTGRES_URL, postgres_admin, postgres_schema
 
 PARENT = "grid-task-0001"
 CHANNEL = 555
@@ -565,14 +565,7 @@ async def test_states_since_and_recent_failures(store: JobStore) -> None:
 async def test_processes_starting_together_on_a_fresh_postgresql_database_all_open() -> None:
     """Each creates the schema; without taking turns all but one failed on PostgreSQL's
     catalogue (pg_type_typname_nsp_index)."""
-    try:
-        import asyncpg
-    except ImportError:
-        pytest.skip("asyncpg is not installed (pip install '.[postgres]')")
-    try:
-        admin = await asyncpg.connect(POSTGRES_URL, timeout=2)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {type(exc).__name__}: {exc}")
+    admin = await postgres_admin()
     name = f"schema_race_{secrets.token_hex(6)}"
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:

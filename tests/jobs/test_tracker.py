@@ -258,13 +258,10 @@ async def test_crash_after_the_api_call_is_completed_by_its_callback(rig: Rig) -
     claimed = await rig.store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
     assert claimed is not None
     # What the dead bot had sent:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{rig.api_base}/api/v1/mj/generateUpscale",
-            json={"taskId": parent, "imageIndex": 0, "callBackUrl": tracker.callback_url(job)},
-            headers={"Authorization": "Bearer test-key"},
-        ) as response:
-            task_id = (await response.json())["data"]["taskId"]
+    task_id = await rig.post_to_api(
+        "generateUpscale",
+        {"taskId": parent, "imageIndex": 0, "callBackUrl": tracker.callback_url(job)},
+    )
     assert await tracker.recover() == 1
     rig.sandbox.complete(task_id)
     await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)

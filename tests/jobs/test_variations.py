@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
 import pytest
 
 from bot.jobs.store import JobKind, JobState, JobStore
@@ -255,17 +254,14 @@ async def test_a_variation_sent_before_a_crash_is_never_sent_again(rig: Rig) -> 
     job = await rig.recorded(JobKind.VARY, parent, 0)
     assert await rig.store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
     # What the dead bot had sent (the right value for this sandbox's numbering):
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{rig.api_base}/api/v1/mj/generateVary",
-            json={
-                "taskId": parent,
-                "imageIndex": rig.sandbox.vary_index_base,
-                "callBackUrl": tracker.callback_url(job),
-            },
-            headers={"Authorization": "Bearer test-key"},
-        ) as response:
-            task_id = (await response.json())["data"]["taskId"]
+    task_id = await rig.post_to_api(
+        "generateVary",
+        {
+            "taskId": parent,
+            "imageIndex": rig.sandbox.vary_index_base,
+            "callBackUrl": tracker.callback_url(job),
+        },
+    )
     assert await tracker.recover() == 1
     rig.sandbox.complete(task_id)
     await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
@@ -338,17 +334,14 @@ async def test_a_reroll_recorded_before_its_prompt_was_known_reads_it_first(rig:
 
 
 async def test_a_grid_made_from_images_is_not_rerolled_as_text(rig: Rig) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{rig.api_base}/api/v1/mj/generate",
-            json={
-                "taskType": "mj_img2img",
-                "prompt": "in the style of this",
-                "fileUrls": ["https://example.com/a.png"],
-            },
-            headers={"Authorization": "Bearer test-key"},
-        ) as response:
-            parent = (await response.json())["data"]["taskId"]
+    parent = await rig.post_to_api(
+        "generate",
+        {
+            "taskType": "mj_img2img",
+            "prompt": "in the style of this",
+            "fileUrls": ["https://example.com/a.png"],
+        },
+    )
     rig.sandbox.complete(parent)
     outcome = await on_grid(rig.tracker(), JobKind.REROLL, parent, None)
     assert outcome.failed and "text prompt" in (outcome.job.error or "")
