@@ -198,9 +198,11 @@ class MidjourneyClient:
         code, msg, data = envelope
         record(code if code != 200 or status < 400 else status)
         if code != 200 or status >= 400:
-            error_code = code if code != 200 else status
-            log.info("api %s %s refused: code=%s http=%s msg=%s", method, path, code, status, msg)
-            raise self._refused(ApiError(error_code, msg))
+            error = ApiError(code if code != 200 else status, msg)
+            log.info(
+                "api %s %s refused: code=%s http=%s msg=%s", method, path, code, status, error.msg
+            )
+            raise self._refused(error)
         return data
 
     def _refused(self, error: ApiError) -> ApiError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # The vendor's codes (docs/reference/midjourney-api.md) in words for the person who clicked.
 _USER_MESSAGES = {
     400: "the request was not valid",
@@ -21,12 +23,17 @@ _USER_MESSAGES = {
 _NOT_TAKEN = frozenset({400, 401, 402, 404, 422, 429, 501, 505})
 
 
+# A refusal may quote the request back, callBackUrl and its per-job secret included; the message
+# reaches log lines and the person who clicked.
+_CALLBACK_SECRET = re.compile(r"(callbacks/midjourney/)[A-Za-z0-9_-]+")
+
+
 class ApiError(Exception):
     """The API answered, and the answer is a refusal (``code`` is the vendor's code)."""
 
     def __init__(self, code: int, msg: str = "") -> None:
         self.code = code
-        self.msg = msg[:300]
+        self.msg = _CALLBACK_SECRET.sub(r"\1…", msg)[:300]
         super().__init__(f"API error {code}: {self.msg}")
 
     @property

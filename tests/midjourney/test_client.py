@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -680,3 +681,18 @@ async def test_a_failing_observer_leaves_the_refusal_as_it_was(
         await client.generate("p")
     assert caught.value.code == 402
     assert "the refusal observer failed" in caplog.text
+
+
+async def test_a_refusal_quoting_the_callback_url_shows_no_secret(
+    fake_api: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cr3t-per-job-Secret_0123456789"
+    url = f"https://bot.example.com/callbacks/midjourney/{secret}"
+    body = json.dumps({"code": 422, "msg": f"callBackUrl {url} is not reachable", "data": None})
+    client = await fake_api(fixed(body, 422))
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ApiError) as caught:
+        await client.upscale("task-123456", 0, callback_url=url)
+    assert secret not in caught.value.user_message and secret not in str(caught.value)
+    assert "callbacks/midjourney/…" in caught.value.msg
+    assert secret not in caplog.text and "refused: code=422" in caplog.text
