@@ -16,9 +16,28 @@ class QueueFull(Exception):
     """More submissions are waiting than the queue holds."""
 
 
-class SubmitThrottle:
-    """At most ``rate`` acquisitions per ``per`` seconds, first come first served.
+class Turn:
+    """One submission's place in the pace: it counts from when it was granted, as in flight,
+    until ``done()`` (its answer came back, or it was not sent), then for ``per`` seconds more."""
 
+    def __init__(self, throttle: SubmitThrottle) -> None:
+        self._throttle: SubmitThrottle | None = throttle
+
+    def done(self) -> None:
+        """The request's answer is in (or it was never sent); a second call does nothing."""
+        if self._throttle is not None:
+            self._throttle._done()
+            self._throttle = None
+
+
+class SubmitThrottle:
+    """At most ``rate`` submissions per ``per`` seconds at the vendor's side, first come first
+    served.
+
+    The vendor counts a request when it arrives, which is at the latest when its answer comes
+    back: a turn therefore counts from its grant until its answer, and for ``per`` seconds after
+    that. Counted from the grant alone, a request sent late (its job written first, a slow
+    connection) and one sent early a window later reached the vendor within less than ``per``.
     ``clock`` and ``sleep`` are injectable so the pacing can be checked without waiting.
     """
 
@@ -38,7 +57,10 @@ class SubmitThrottle:
         self._max_waiting = max_waiting
         self._clock = clock
         self._sleep = sleep
-        self._granted: deque[float] = deque()
+        # When each answer of the last ``per`` seconds came back, oldest first.
+        self._answered: deque[float] = deque()
+        self._in_flight = 0
+        self._landed = asyncio.Event()
         self._paused_until = 0.0
         self._waiting = 0
         # asyncio.Lock wakes its waiters in the order they came: the queue is fair.
@@ -53,19 +75,22 @@ class SubmitThrottle:
     def max_waiting(self) -> int:
         return self._max_waiting
 
-    def delay(self) -> float:
-        """Seconds a submission arriving now would wait, not counting those already queued."""
+    def delay(self) -> float | None:
+        """Seconds a submission arriving now would wait, not counting those already queued;
+        None while every slot is in flight (it waits for an answer, then knows)."""
         now = self._clock()
-        while self._granted and self._granted[0] <= now - self._per:
-            self._granted.popleft()
+        while self._answered and self._answered[0] <= now - self._per:
+            self._answered.popleft()
         wait = self._paused_until - now
-        if len(self._granted) >= self._rate:
-            wait = max(wait, self._granted[0] + self._per - now)
+        if len(self._answered) + self._in_flight >= self._rate:
+            if not self._answered:
+                return None
+            wait = max(wait, self._answered[0] + self._per - now)
         return max(wait, 0.0)
 
     def busy(self) -> bool:
         """True when a submission arriving now would have to wait."""
-        return self._waiting > 0 or self.delay() > 0
+        return self._waiting > 0 or self.delay() != 0
 
     def full(self) -> bool:
         """True when a submission arriving now would have to wait and the queue has no room."""
@@ -75,15 +100,26 @@ class SubmitThrottle:
         """Hold every submission for ``seconds`` (after the vendor said it is rate limited)."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    async def acquire(self, *, bounded: bool = True) -> None:
-        """Wait for this submission's turn; QueueFull when ``bounded`` and the queue is full."""
+    async def acquire(self, *, bounded: bool = True) -> Turn:
+        """Wait for this submission's turn; QueueFull when ``bounded`` and the queue is full.
+        The caller sends, then calls ``done()`` on the turn once the answer is in."""
         if bounded and self.full():
             raise QueueFull(f"{self._waiting} submissions are already waiting")
         self._waiting += 1
         try:
             async with self._turn:
-                while (wait := self.delay()) > 0:
-                    await self._sleep(wait)
-                self._granted.append(self._clock())
+                while (wait := self.delay()) != 0:
+                    if wait is None:
+                        self._landed.clear()
+                        await self._landed.wait()
+                    else:
+                        await self._sleep(wait)
+                self._in_flight += 1
         finally:
             self._waiting -= 1
+        return Turn(self)
+
+    def _done(self) -> None:
+        self._in_flight -= 1
+        self._answered.append(self._clock())
+        self._landed.set()

@@ -33,7 +33,7 @@ from bot.jobs.types import (
     Refused,
     Whisper,
 )
-from bot.jobs.vary_index import BaseUnknown, VaryIndex
+from bot.jobs.vary_index import BaseUnknown, TryOther, VaryIndex
 from bot.jobs.whispers import Whispers
 from bot.metrics import Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
@@ -50,10 +50,6 @@ VENDOR_RATE = 20
 REROLLABLE = ("mj_txt2img",)
 # Pauses before resending a submission the API refused without taking it (429, no connection).
 SUBMIT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0)
-
-
-class _NotClaimed(Exception):
-    """The job was no longer this coroutine's to submit when its turn came."""
 
 
 class Tracker:
@@ -387,6 +383,8 @@ class Tracker:
         which the task may exist anyway is never resent: the job waits for its callback or poll.
         """
         retries = iter(self._submit_retry_delays)
+        # V1/V4's other value, once its safe one was refused as out of range (vary_index).
+        second: int | None = None
         while True:
             if self._throttle.busy():
                 if queue_bound and self._throttle.full():
@@ -396,24 +394,36 @@ class Tracker:
                 # Not awaited: the place in the queue is taken in this same step, below.
                 self._background.spawn(self._tell(job, texts.queued(ahead)))
             try:
-                await self._throttle.acquire(bounded=queue_bound)
+                turn = await self._throttle.acquire(bounded=queue_bound)
             except QueueFull:
                 return await self._fail(job, texts.queue_full(self._throttle.waiting))
-            if self._closing:
-                # Left as requested: the next start submits it.
-                return job
-            claimed = await self._store.transition(
-                job.id, (JobState.REQUESTED,), JobState.SUBMITTING
-            )
-            if claimed is None:
-                return await self._store.get(job.id) or job
-            job = claimed
             async with self._busy():
                 try:
-                    task_id = await self._send(job)
-                except _NotClaimed:
-                    # Left as requested (shutting down), or taken on by someone else.
-                    return await self._store.get(job.id) or job
+                    if self._closing:
+                        # Left as requested: the next start submits it.
+                        return job
+                    claimed = await self._store.transition(
+                        job.id, (JobState.REQUESTED,), JobState.SUBMITTING
+                    )
+                    if claimed is None:
+                        return await self._store.get(job.id) or job
+                    job = claimed
+                    try:
+                        task_id = await self._send(job, second)
+                    finally:
+                        turn.done()
+                    return await self._submitted(job, task_id)
+                except TryOther as other:
+                    # The refusal took nothing: ``requested`` again while it waits its turn, so a
+                    # crash meanwhile resubmits it rather than waiting for a task that never was.
+                    second = other.value
+                    job = (
+                        await self._store.transition(
+                            job.id, (JobState.SUBMITTING,), JobState.REQUESTED
+                        )
+                        or job
+                    )
+                    continue
                 except ValueError as exc:
                     # The client refused the job's own values before sending anything.
                     log.error("submit impossible %s: %s", job.label, exc)
@@ -448,9 +458,10 @@ class Tracker:
                     return await self._fail(
                         job, exc.user_message, from_states=(JobState.SUBMITTING,)
                     )
-                return await self._submitted(job, task_id)
+                finally:
+                    turn.done()
 
-    async def _send(self, job: Job) -> str:
+    async def _send(self, job: Job, second: int | None) -> str:
         if job.kind is JobKind.UPSCALE:
             assert job.parent_task_id is not None and job.image_index is not None
             return await self._client.upscale(
@@ -467,9 +478,7 @@ class Tracker:
                 watermark=self._watermark,
                 callback_url=self.callback_url(job),
             )
-            return await self._vary_index.send(
-                job.image_index, vary, job.label, pace=functools.partial(self._second_try, job)
-            )
+            return await self._vary_index.send(job.image_index, vary, job.label, second=second)
         return await self._client.generate(
             job.prompt or "",
             speed=job.options.get("speed", "fast"),
@@ -477,18 +486,6 @@ class Tracker:
             version=job.options.get("version"),
             callback_url=self.callback_url(job),
         )
-
-    async def _second_try(self, job: Job) -> None:
-        """Between a V1/V4 refused as out of range and its second value: the refusal took
-        nothing, so while the second waits its turn at the pace the job is ``requested`` again;
-        a crash meanwhile resubmits it rather than waiting for a task that does not exist."""
-        await self._store.transition(job.id, (JobState.SUBMITTING,), JobState.REQUESTED)
-        await self._throttle.acquire(bounded=False)
-        if self._closing:
-            raise _NotClaimed
-        claimed = await self._store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
-        if claimed is None:
-            raise _NotClaimed
 
     async def _await_unknown(self, job: Job, exc: ApiError | ApiUnreachable) -> Job:
         # The request may have been taken (and paid for): resending could charge twice, so the

@@ -51,6 +51,14 @@ class BaseUnknown(Exception):
     """V2 or V3 asked for while the index base is not known yet."""
 
 
+class TryOther(Exception):
+    """The safe value was refused as out of range (nothing taken): send ``value`` next."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        super().__init__(f"imageIndex {value} next")
+
+
 class VaryIndex:
     def __init__(self, store: JobStore, configured: int | None = None) -> None:
         if configured is not None and configured not in BASES:
@@ -81,12 +89,12 @@ class VaryIndex:
         call: Callable[[int], Awaitable[str]],
         label: str,
         *,
-        pace: Callable[[], Awaitable[None]],
+        second: int | None = None,
     ) -> str:
         """``call`` (the API request, given the imageIndex to send) for image ``image_index``
-        (0–3), learning the base on the way while it is unknown; raises BaseUnknown for V2/V3
-        then, and the API's error when it refuses. A second request waits for ``pace`` (the
-        vendor's rate counts requests, whatever became of them); ``pace`` may raise to stop."""
+        (0–3), learning the base on the way while it is unknown. Raises BaseUnknown for V2/V3
+        then; TryOther when the safe value was refused as out of range, to be sent again (at
+        its turn) with ``second`` = its value; and the API's error when it refuses."""
         base = await self.base()
         if base is not None:
             try:
@@ -110,22 +118,23 @@ class VaryIndex:
             safe_base, other_base = 1, 0
         else:
             raise BaseUnknown(image_index)
+        if second == image_index + other_base:
+            task_id = await call(second)
+            await self._learn(other_base, label)
+            return task_id
         try:
             task_id = await call(image_index + safe_base)
         except ApiError as exc:
             if not out_of_range(exc):
                 raise
             log.info(
-                "vary index %d refused %s: %s; trying base %d",
+                "vary index %d refused %s: %s; base %d next",
                 image_index + safe_base,
                 label,
                 exc,
                 other_base,
             )
-            await pace()
-            task_id = await call(image_index + other_base)
-            await self._learn(other_base, label)
-            return task_id
+            raise TryOther(image_index + other_base) from exc
         await self._learn(safe_base, label)
         return task_id
 

@@ -117,10 +117,13 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class SandboxCall(NamedTuple):
-    """One request as received: parsed JSON body (raw text if not JSON) or the GET query."""
+    """One request as received: parsed JSON body (raw text if not JSON) or the GET query, and
+    when it arrived (``time.time()``: the vendor's side of the pace, comparable across the
+    processes of one machine)."""
 
     endpoint: str
     body: Any
+    at: float = 0.0
 
 
 class CallbackAttempt(NamedTuple):
@@ -613,7 +616,7 @@ class SandboxAPI:
     # ----- internals ---------------------------------------------------------------------------
 
     def _record(self, endpoint: str, body: Any) -> None:
-        self.calls.append(SandboxCall(endpoint, body))
+        self.calls.append(SandboxCall(endpoint, body, time.time()))
         log.debug("sandbox: %s called", endpoint)
         self._notify()
 
