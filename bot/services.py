@@ -26,9 +26,10 @@ from bot.delivery.fetch import ImageFetcher
 from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.pace import SharedPace
 from bot.jobs.spending import Rules, Spending
 from bot.jobs.store import JobStore
-from bot.jobs.throttle import SubmitThrottle
+from bot.jobs.throttle import Pace, SubmitThrottle
 from bot.jobs.tracker import SUBMIT_WINDOW_SECONDS, Tracker
 from bot.jobs.types import CALLBACK_PATH, PollPolicy
 from bot.metrics import Metrics
@@ -218,6 +219,15 @@ async def open_services(
         # Before the session and the store it reads and writes are closed.
         cleanup.push_async_callback(credit_watch.close)
         mj.on_refusal = credit_watch.api_refused
+        local_pace = SubmitThrottle(
+            settings.submit_rate, SUBMIT_WINDOW_SECONDS, max_waiting=settings.queue_limit
+        )
+        # On PostgreSQL several processes may share the API key: the pace is counted for all.
+        pace: Pace = (
+            SharedPace(store.engine, local_pace, settings.submit_rate, SUBMIT_WINDOW_SECONDS)
+            if store.shared
+            else local_pace
+        )
         tracker = Tracker(
             store,
             mj,
@@ -228,9 +238,7 @@ async def open_services(
             watermark=settings.watermark,
             vary_index_base=settings.vary_index_base,
             poll=poll,
-            throttle=SubmitThrottle(
-                settings.submit_rate, SUBMIT_WINDOW_SECONDS, max_waiting=settings.queue_limit
-            ),
+            throttle=pace,
             max_jobs_per_user=settings.max_jobs_per_user,
             metrics=metrics,
             on_submitted=credit_watch.submitted,

@@ -144,6 +144,15 @@ class JobStore:
         self._engine = engine
         self.ledger = Ledger(engine)
 
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def shared(self) -> bool:
+        """Whether several processes may share this store (PostgreSQL; SQLite is one's own)."""
+        return self._engine.dialect.name == "postgresql"
+
     @classmethod
     async def open(cls, database_url: str) -> JobStore:
         url = async_database_url(database_url)

@@ -121,6 +121,17 @@ api_facts = sa.Table(
 )
 
 
+# The vendor's pace shared by every process on one PostgreSQL store (bot.jobs.pace): a row per
+# paid request awaiting its answer (answered_at NULL) or answered within the last window.
+submit_turns = sa.Table(
+    "submit_turns",
+    metadata,
+    sa.Column("id", sa.String(24), primary_key=True),
+    sa.Column("granted_at", sa.Float, nullable=False),
+    sa.Column("answered_at", sa.Float),
+)
+
+
 # One row per request that counts against a daily allowance or the credit budget, written in
 # the same transaction as its job; deleted when the job fails and its use is given back.
 allowance_uses = sa.Table(

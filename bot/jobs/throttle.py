@@ -10,21 +10,44 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 
 class QueueFull(Exception):
     """More submissions are waiting than the queue holds."""
 
 
-class Turn:
+class PaceTurn(Protocol):
     """One submission's place in the pace: it counts from when it was granted, as in flight,
-    until ``done()`` (its answer came back, or it was not sent), then for ``per`` seconds more."""
+    until ``done()`` (its answer came back, or it was not sent), then for ``per`` seconds more.
+    A second ``done()`` does nothing."""
+
+    async def done(self) -> None: ...
+
+
+class Pace(Protocol):
+    """What the tracker needs of a pacer: this process' one (SubmitThrottle) or the one shared
+    by every process on a PostgreSQL store (bot.jobs.pace.SharedPace)."""
+
+    @property
+    def waiting(self) -> int: ...
+
+    def busy(self) -> bool: ...
+
+    def full(self) -> bool: ...
+
+    def pause(self, seconds: float) -> None: ...
+
+    async def acquire(self, *, bounded: bool = True) -> PaceTurn: ...
+
+
+class Turn:
+    """A turn of this process' SubmitThrottle."""
 
     def __init__(self, throttle: SubmitThrottle) -> None:
         self._throttle: SubmitThrottle | None = throttle
 
-    def done(self) -> None:
-        """The request's answer is in (or it was never sent); a second call does nothing."""
+    async def done(self) -> None:
         if self._throttle is not None:
             self._throttle._done()
             self._throttle = None

@@ -22,7 +22,7 @@ from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.spending import UNLIMITED, Spending
 from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
 from bot.jobs.tables import GRID_BUTTON_KINDS
-from bot.jobs.throttle import QueueFull, SubmitThrottle
+from bot.jobs.throttle import Pace, QueueFull, SubmitThrottle
 from bot.jobs.types import (
     CALLBACK_PATH,
     CallbackVerdict,
@@ -66,7 +66,7 @@ class Tracker:
         vary_index_base: int | None = None,
         poll: PollPolicy | None = None,
         delivery_retries: int = 3,
-        throttle: SubmitThrottle | None = None,
+        throttle: Pace | None = None,
         submit_retry_delays: tuple[float, ...] = SUBMIT_RETRY_DELAYS,
         max_jobs_per_user: int | None = None,
         metrics: Metrics | None = None,
@@ -411,7 +411,7 @@ class Tracker:
                     try:
                         task_id = await self._send(job, second)
                     finally:
-                        turn.done()
+                        await turn.done()
                     return await self._submitted(job, task_id)
                 except TryOther as other:
                     # The refusal took nothing: ``requested`` again while it waits its turn, so a
@@ -459,7 +459,7 @@ class Tracker:
                         job, exc.user_message, from_states=(JobState.SUBMITTING,)
                     )
                 finally:
-                    turn.done()
+                    await turn.done()
 
     async def _send(self, job: Job, second: int | None) -> str:
         if job.kind is JobKind.UPSCALE:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import Job, JobKind, JobStore, async_database_url
 from bot.jobs.tables import metadata
-from bot.jobs.throttle import SubmitThrottle
+from bot.jobs.throttle import Pace, SubmitThrottle
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import PollPolicy
 from bot.midjourney.client import MidjourneyClient
@@ -95,7 +95,7 @@ class Rig:
         publisher: RecordingPublisher | None = None,
         store: JobStore | None = None,
         watermark: str | None = None,
-        throttle: SubmitThrottle | None = None,
+        throttle: Pace | None = None,
         submit_retry_delays: tuple[float, ...] = (0.01, 0.02, 0.05),
         max_jobs_per_user: int | None = None,
         api_base: str | None = None,

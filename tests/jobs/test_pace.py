@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.jobs.pace import SharedPace
+from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.midjourney.sandbox import SandboxAPI
-from tests.jobs.conftest import Rig
+from tests.jobs.conftest import Rig, postgres_schema
 
 RATE, PER = 5, 1.0
 
@@ -41,3 +43,42 @@ async def test_no_window_at_the_api_holds_more_than_the_pace(rig: Rig) -> None:
     assert all(o.job.upstream_task_id for o in outcomes)
     assert rig.sandbox.count("generate") == 30
     assert crowded_windows(rig.sandbox, "generate", RATE, PER) == []
+
+
+async def test_three_processes_on_postgresql_keep_the_pace_together(rig: Rig) -> None:
+    """Three trackers, each with its own store engine (as three processes would have), share
+    one API key: every one paces to 5 a second alone, and together they still send 5."""
+    rig.sandbox.answer_delay = 0.02
+    async with postgres_schema("pace_test") as engine:
+        trackers = []
+        for _ in range(3):
+            made = engine()
+            pace = SharedPace(made, SubmitThrottle(RATE, PER, max_waiting=100), RATE, PER)
+            trackers.append(rig.tracker(store=JobStore(made), throttle=pace))
+        outcomes = await asyncio.gather(
+            *(
+                trackers[n % 3].request_imagine(
+                    prompt=f"harbour {n}",
+                    options={"speed": "fast"},
+                    requester_id=n,
+                    guild_id=1,
+                    channel_id=555,
+                    status_message_id=None,
+                )
+                for n in range(30)
+            )
+        )
+        assert all(o.job.upstream_task_id for o in outcomes)
+        assert rig.sandbox.count("generate") == 30
+        assert crowded_windows(rig.sandbox, "generate", RATE, PER) == []
+        for tracker in trackers:
+            await tracker.close()
+
+
+async def test_a_turn_left_in_flight_by_a_dead_process_stops_counting_once_stale() -> None:
+    async with postgres_schema("pace_test") as engine:
+        dead = SharedPace(engine(), SubmitThrottle(1, 60.0, max_waiting=1), 1, 60.0, stale=0.3)
+        await dead.acquire()  # and never answered: the process died
+        alive = SharedPace(engine(), SubmitThrottle(1, 60.0, max_waiting=1), 1, 60.0, stale=0.3)
+        turn = await asyncio.wait_for(alive.acquire(), timeout=10)
+        await turn.done()

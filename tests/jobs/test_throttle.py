@@ -26,7 +26,7 @@ class SleepyClock:
 
 
 async def done_at_once(pacer: SubmitThrottle) -> None:
-    (await pacer.acquire()).done()
+    await (await pacer.acquire()).done()
 
 
 def throttle(clock: SleepyClock, rate: int = 20, per: float = 10.0, waiting: int = 100):
@@ -38,7 +38,7 @@ async def test_twenty_in_ten_seconds_then_each_waits_for_a_slot() -> None:
     pacer = throttle(clock)
     granted: list[float] = []
     for _ in range(45):
-        (await pacer.acquire(bounded=False)).done()
+        await (await pacer.acquire(bounded=False)).done()
         granted.append(clock.now)
     assert granted[:20] == [0.0] * 20
     # No window of 10 s ever holds more than 20 grants.
@@ -54,7 +54,7 @@ async def test_waiters_are_served_in_the_order_they_came() -> None:
     order: list[int] = []
 
     async def submit(n: int) -> None:
-        (await pacer.acquire()).done()
+        await (await pacer.acquire()).done()
         order.append(n)
 
     await asyncio.gather(*(submit(n) for n in range(8)))
@@ -64,7 +64,7 @@ async def test_waiters_are_served_in_the_order_they_came() -> None:
 async def test_the_queue_is_bounded_and_says_so_before_anyone_waits() -> None:
     clock = SleepyClock()
     pacer = throttle(clock, rate=1, per=60.0, waiting=2)
-    (await pacer.acquire()).done()
+    await (await pacer.acquire()).done()
     assert pacer.busy() and not pacer.full()
     # Blocked forever unless the clock moves: this clock moves only inside sleep().
     first = asyncio.create_task(done_at_once(pacer))
@@ -80,20 +80,20 @@ async def test_the_queue_is_bounded_and_says_so_before_anyone_waits() -> None:
 async def test_work_accepted_earlier_may_queue_beyond_the_bound() -> None:
     clock = SleepyClock()
     pacer = throttle(clock, rate=1, per=5.0, waiting=0)
-    (await pacer.acquire()).done()
+    await (await pacer.acquire()).done()
     with pytest.raises(QueueFull):
         await pacer.acquire()
-    (await pacer.acquire(bounded=False)).done()
+    await (await pacer.acquire(bounded=False)).done()
     assert clock.now == pytest.approx(5.0)
 
 
 async def test_a_pause_after_rate_limiting_holds_everyone() -> None:
     clock = SleepyClock()
     pacer = throttle(clock)
-    (await pacer.acquire()).done()
+    await (await pacer.acquire()).done()
     pacer.pause(7.0)
     assert pacer.delay() == pytest.approx(7.0)
-    (await pacer.acquire()).done()
+    await (await pacer.acquire()).done()
     assert clock.now == pytest.approx(7.0)
     # A shorter pause does not cut a longer one short.
     pacer.pause(3.0)
@@ -113,13 +113,13 @@ async def test_a_turn_counts_until_its_answer_and_for_the_window_after() -> None
     clock = SleepyClock()
     pacer = throttle(clock, rate=2, per=10.0)
     slow, quick = await pacer.acquire(), await pacer.acquire()
-    quick.done()
+    await quick.done()
     clock.now = 3.0  # the slow one's answer takes 3 s
-    slow.done()
-    slow.done()  # a second done() changes nothing
+    await slow.done()
+    await slow.done()  # a second done() changes nothing
     granted = []
     for _ in range(2):
-        (await pacer.acquire()).done()
+        await (await pacer.acquire()).done()
         granted.append(clock.now)
     # The quick one's slot frees at 10 s, the slow one's at 13 s, not at 10.
     assert granted == [pytest.approx(10.0), pytest.approx(13.0)]
@@ -134,6 +134,6 @@ async def test_with_every_slot_in_flight_the_next_waits_for_an_answer() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
     assert not waiter.done() and clock.slept == []
-    flying.done()
+    await flying.done()
     await waiter
     assert clock.now == pytest.approx(10.0)
