@@ -170,7 +170,7 @@ async def open_services(
         health.watch_store(store.count_unfinished)
         listener = Listener(hmac_key=settings.webhook_hmac_key, metrics=metrics)
         listener.health = health
-        selfcheck = SelfCheck(listener.app)
+        selfcheck = SelfCheck(listener.app, CallbackSecrets.from_token(settings.discord_token))
 
         if settings.sandbox:
             sandbox = sandbox or SandboxAPI()
