@@ -26,6 +26,7 @@ from bot.delivery.fetch import ImageFetcher
 from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.leases import LEASE_SECONDS
 from bot.jobs.pace import SharedPace
 from bot.jobs.spending import Rules, Spending
 from bot.jobs.store import JobStore
@@ -243,6 +244,7 @@ async def open_services(
             metrics=metrics,
             on_submitted=credit_watch.submitted,
             spending=spending,
+            lease_seconds=LEASE_SECONDS if store.shared else None,
         )
         # Watchers still running when the shutdown gives up waiting stop before anything closes.
         cleanup.push_async_callback(tracker.close)

@@ -8,10 +8,12 @@ coroutines racing for the same job cannot both win.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from bot.jobs.tables import (
     UNFINISHED_STATES,
     allowance_uses,
     api_facts,
+    job_leases,
     jobs,
     metadata,
     notices,
@@ -40,6 +43,8 @@ from bot.jobs.tables import JobState as JobState
 
 log = logging.getLogger(__name__)
 
+# The NOTIFY channel on which a process that took a callback rings the job's owner.
+JOB_CHANNEL = "mjbot_jobs"
 # The advisory lock key under which the schema is made or upgraded. The admission locks use
 # Discord ids, which stay below it until about 2074; meeting one would only make a start wait.
 SCHEMA_LOCK = 0x6D6A_5343_4845_4D41
@@ -441,6 +446,91 @@ class JobStore:
         async with self._engine.begin() as conn:
             await conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
         return await self._require(job_id)
+
+    async def claim_job(self, job_id: str, owner: str, *, now: float, ttl: float) -> bool:
+        """Lease ``job_id`` to ``owner`` until ``now + ttl``: True unless another owner holds a
+        lease on it that has not run out. Conditional UPDATE, else an INSERT the primary key
+        lets only one racer make."""
+        take = (
+            job_leases.update()
+            .where(
+                job_leases.c.job_id == job_id,
+                sa.or_(job_leases.c.owner == owner, job_leases.c.until < now),
+            )
+            .values(owner=owner, until=now + ttl)
+        )
+        async with self._engine.begin() as conn:
+            if (await conn.execute(take)).rowcount == 1:
+                return True
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    job_leases.insert().values(job_id=job_id, owner=owner, until=now + ttl)
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def renew_jobs(
+        self, owner: str, job_ids: Collection[str], *, now: float, ttl: float
+    ) -> set[str]:
+        """Extend ``owner``'s leases on ``job_ids``; the ones it still holds."""
+        if not job_ids:
+            return set()
+        mine = sa.and_(job_leases.c.owner == owner, job_leases.c.job_id.in_(list(job_ids)))
+        async with self._engine.begin() as conn:
+            await conn.execute(job_leases.update().where(mine).values(until=now + ttl))
+            held = await conn.execute(sa.select(job_leases.c.job_id).where(mine))
+            return {str(row[0]) for row in held.fetchall()}
+
+    async def release_jobs(self, owner: str, job_ids: Collection[str]) -> None:
+        if not job_ids:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                job_leases.delete().where(
+                    job_leases.c.owner == owner, job_leases.c.job_id.in_(list(job_ids))
+                )
+            )
+
+    async def orphans(self, *, now: float) -> list[Job]:
+        """Unfinished jobs no process holds a live lease on, oldest first."""
+        query = (
+            jobs.select()
+            .select_from(jobs.outerjoin(job_leases, job_leases.c.job_id == jobs.c.id))
+            .where(
+                jobs.c.state.in_([s.value for s in UNFINISHED_STATES]),
+                sa.or_(job_leases.c.job_id.is_(None), job_leases.c.until < now),
+            )
+            .order_by(jobs.c.created_at)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).fetchall()
+        return [Job.from_row(row) for row in rows]
+
+    async def listen_jobs(self, on_job: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``on_job(job_id)`` for every notify_job of any process (PostgreSQL's LISTEN, on
+        a connection of its own); returns what stops it."""
+        conn = await self._engine.connect()
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+
+        def heard(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+            on_job(payload)
+
+        await driver.add_listener(JOB_CHANNEL, heard)
+
+        async def stop() -> None:
+            with contextlib.suppress(Exception):
+                await driver.remove_listener(JOB_CHANNEL, heard)
+            await conn.close()
+
+        return stop
+
+    async def notify_job(self, job_id: str) -> None:
+        """Tell every process listening (PostgreSQL's NOTIFY) that ``job_id`` has news."""
+        async with self._engine.begin() as conn:
+            await conn.execute(sa.select(sa.func.pg_notify(JOB_CHANNEL, job_id)))
 
     async def claim_notice(self, name: str, *, now: float, every: float) -> bool:
         """True for the one caller that may send notice ``name`` at ``now``: the first ever, or

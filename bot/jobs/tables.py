@@ -132,6 +132,18 @@ submit_turns = sa.Table(
 )
 
 
+# Which process works on an unfinished job, until when (PostgreSQL, several processes): the one
+# holding a live lease submits, polls, waits out and posts it; a lease not renewed (its process
+# died or hangs) lets another process take the job over.
+job_leases = sa.Table(
+    "job_leases",
+    metadata,
+    sa.Column("job_id", sa.String(24), primary_key=True),
+    sa.Column("owner", sa.String(32), nullable=False),
+    sa.Column("until", sa.Float, nullable=False),
+)
+
+
 # One row per request that counts against a daily allowance or the credit budget, written in
 # the same transaction as its job; deleted when the job fails and its use is given back.
 allowance_uses = sa.Table(

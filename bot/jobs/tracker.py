@@ -19,6 +19,7 @@ from typing import Any
 from bot.jobs import grids, texts
 from bot.jobs.admission import OverQuota, TooManyJobs
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.leases import JobLeases
 from bot.jobs.spending import UNLIMITED, Spending
 from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
 from bot.jobs.tables import GRID_BUTTON_KINDS
@@ -72,8 +73,11 @@ class Tracker:
         metrics: Metrics | None = None,
         on_submitted: Callable[[], None] | None = None,
         spending: Spending | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
         self._store = store
+        # Several processes on one store (PostgreSQL) each work on the jobs they lease.
+        self._leases = JobLeases(store, lease_seconds)
         # Daily allowances and the credit budget; without, uses are counted but not limited.
         self._spending = spending or Spending(store.ledger, UNLIMITED)
         self._metrics = recorder(metrics)
@@ -109,6 +113,11 @@ class Tracker:
     @property
     def store(self) -> JobStore:
         return self._store
+
+    @property
+    def lease_owner(self) -> str:
+        """Who this process is in ``job_leases`` (its log lines and task names say so too)."""
+        return self._leases.owner
 
     @property
     def vary_index(self) -> VaryIndex:
@@ -245,22 +254,58 @@ class Tracker:
             # The API call may have succeeded right before a crash: the callback tells us the id.
             job = await self._store.update(job.id, upstream_task_id=task_id)
         log.info("callback received %s state=%s", job.label, job.state)
+        if not self._leases.holds(job.id):
+            # Another process may be working on it: its doorbell rings through the store. If
+            # that process is gone, the watcher started below takes the job over.
+            await self._store.notify_job(job.id)
         self._ring(job)
         return CallbackVerdict.ACCEPTED
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Resume every job that is neither delivered nor failed; returns how many."""
-        jobs = await self._store.unfinished()
+        """Resume every job that is neither delivered nor failed (with leases: that no live
+        process works on, and from then on every third of a lease); returns how many."""
+        if not self._leases.enabled:
+            return await self._resume(await self._store.unfinished())
+        await self._leases.listen(self._rung)
+        taken = await self._resume(await self._store.orphans(now=time.time()))
+        self._background.spawn(self._keep_leases(), name=f"leases-{self._leases.owner}")
+        return taken
+
+    async def _resume(self, jobs: list[Job]) -> int:
+        taken = 0
         for job in jobs:
+            if self._closing or job.id in self._watchers or not await self._leases.claim(job.id):
+                continue
+            taken += 1
             log.info("recovering %s state=%s", job.label, job.state)
             if job.state is JobState.REQUESTED:
                 # Recovered work was accepted before: it queues whatever the queue's bound.
                 self._background.spawn(self._start(job, queue_bound=False))
             else:
                 self._watch(job)
-        return len(jobs)
+        return taken
+
+    async def _keep_leases(self) -> None:
+        assert self._leases.ttl is not None
+        while not self._closing:
+            await asyncio.sleep(self._leases.ttl / 3)
+            try:
+                for job_id in await self._leases.renew():
+                    # Taken over while this process did not renew in time (it hung).
+                    log.warning("lease lost job=%s; another process has it", job_id)
+                    watcher = self._watchers.get(job_id)
+                    if watcher is not None:
+                        watcher.cancel()
+                await self._resume(await self._store.orphans(now=time.time()))
+            except Exception:
+                log.exception("renewing job leases failed; trying again")
+
+    def _rung(self, job_id: str) -> None:
+        doorbell = self._doorbells.get(job_id)
+        if doorbell is not None:
+            doorbell.set()
 
     async def preview(
         self, kind: JobKind, *, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
@@ -282,7 +327,7 @@ class Tracker:
     async def _create(self, role_ids: tuple[int, ...], **fields: Any) -> Job:
         kind, requester_id = fields["kind"], fields["requester_id"]
         try:
-            return await self._store.create(
+            job = await self._store.create(
                 deadline_seconds=self._deadline,
                 max_unfinished=self._max_jobs_per_user,
                 quota=await self._spending.quota(kind, requester_id, fields["guild_id"], role_ids),
@@ -291,6 +336,9 @@ class Tracker:
             )
         except (TooManyJobs, OverQuota) as exc:
             raise self._spending.refusal(exc, kind, requester_id) from None
+        # Before any other process could see it as nobody's.
+        await self._leases.claim(job.id)
+        return job
 
     def _check_open(self) -> None:
         if self._closing:
@@ -307,6 +355,7 @@ class Tracker:
                 await asyncio.wait_for(self._quiet.wait(), timeout=grace)
         await self._background.close(*self._watchers.values())
         self._watchers.clear()
+        await self._leases.close()
 
     async def wait_idle(self) -> None:
         """Until no job of this process is being watched (tests and shutdown use it)."""
@@ -520,7 +569,9 @@ class Tracker:
         if self._closing or job.id in self._watchers:
             return
         self._doorbells.setdefault(job.id, asyncio.Event())
-        task = asyncio.create_task(self._watch_loop(job.id), name=f"watch-{job.id}")
+        task = asyncio.create_task(
+            self._watch_loop(job.id), name=f"watch-{self._leases.owner}-{job.id}"
+        )
         self._watchers[job.id] = task
         task.add_done_callback(functools.partial(self._forget, job.id))
 
@@ -542,9 +593,12 @@ class Tracker:
         delay: float | None = None
         started = time.monotonic()
         try:
+            if not await self._leases.claim(job_id):
+                return
             while True:
                 job = await self._store.get(job_id)
                 if job is None or job.finished:
+                    await self._leases.release(job_id)
                     return
                 if job.state is JobState.SUCCEEDED:
                     if await self._deliver(job):
@@ -640,6 +694,7 @@ class Tracker:
                     delivered_at=time.time(),
                 )
                 if delivered is not None:
+                    await self._leases.release(job.id)
                     log.info("delivered %s message=%s", delivered.label, message_id)
                     self._metrics.delivered(job.kind, job.completed_at, delivered.delivered_at)
                     await self._publisher.tidy_up(delivered)
@@ -669,6 +724,7 @@ class Tracker:
         )
         if failed is None:
             return await self._store.get(job.id) or job
+        await self._leases.release(job.id)
         log.warning("failed %s: %s", failed.label, reason)
         whisper = self._whispers.take(failed.id)
         try:

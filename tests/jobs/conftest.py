@@ -100,6 +100,7 @@ class Rig:
         max_jobs_per_user: int | None = None,
         api_base: str | None = None,
         vary_index_base: int | None = None,
+        lease_seconds: float | None = None,
     ) -> Tracker:
         """A tracker wired to the listener (one at a time: a new one is a 'restarted bot').
 
@@ -120,6 +121,7 @@ class Rig:
             submit_retry_delays=submit_retry_delays,
             max_jobs_per_user=max_jobs_per_user,
             vary_index_base=vary_index_base,
+            lease_seconds=lease_seconds,
         )
         self.listener.tracker = tracker
         self.trackers.append(tracker)

@@ -1,0 +1,136 @@
+"""Several processes on one PostgreSQL store: each job is worked on by the one process holding
+its lease, a stopped or dead process's jobs are taken over, a callback taken by any process
+reaches the job. Each "process" is a tracker with store engines of its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.jobs.store import JobState, JobStore
+from bot.jobs.tracker import Tracker
+from bot.jobs.types import Outcome, PollPolicy
+from tests.fakes.publisher import RecordingPublisher
+from tests.jobs.conftest import Rig, postgres_schema
+
+LEASE = 0.6
+# Polling soon enough that a job is seen to finish within the test's patience.
+POLL = PollPolicy(first_with_callback=0.3, interval=0.05, steady_for=1.0, max_interval=0.2)
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Callable[[], AsyncEngine]]:
+    async with postgres_schema("leases_test") as make:
+        yield make
+
+
+async def process(
+    rig: Rig,
+    engine: Callable[[], AsyncEngine],
+    *,
+    callbacks: bool = False,
+    poll: PollPolicy = POLL,
+    publisher: RecordingPublisher | None = None,
+) -> tuple[Tracker, RecordingPublisher]:
+    """A started "process": its own store (and publisher unless given), leases on, recovery
+    run."""
+    publisher = publisher or RecordingPublisher()
+    tracker = rig.tracker(
+        store=JobStore(engine()),
+        publisher=publisher,
+        lease_seconds=LEASE,
+        callbacks=callbacks,
+        poll=poll,
+    )
+    await tracker.recover()
+    return tracker, publisher
+
+
+async def imagine(tracker: Tracker, prompt: str) -> Outcome:
+    outcome = await tracker.request_imagine(
+        prompt=prompt,
+        options={"speed": "fast"},
+        requester_id=1,
+        guild_id=1,
+        channel_id=555,
+        status_message_id=None,
+    )
+    assert outcome.job.state is JobState.SUBMITTED and outcome.job.upstream_task_id
+    return outcome
+
+
+def killed(tracker: Tracker) -> None:
+    """Every coroutine of ``tracker`` stops where it stands, nothing given back: as when its
+    process is killed."""
+    owner = tracker.lease_owner
+    for task in asyncio.all_tasks():
+        name = task.get_name()
+        if name == f"leases-{owner}" or name.startswith(f"watch-{owner}-"):
+            task.cancel()
+
+
+async def test_only_the_process_that_took_a_job_works_on_it(
+    rig: Rig, engine: Callable[[], AsyncEngine]
+) -> None:
+    first, first_posts = await process(rig, engine)
+    _second, second_posts = await process(rig, engine)
+    outcome = await imagine(first, "one owner")
+    # Several renewals pass; the second process never takes the job up.
+    await asyncio.sleep(LEASE * 2)
+    rig.sandbox.complete(outcome.job.upstream_task_id or "")
+    await first_posts.wait_for(lambda: len(first_posts.delivered) == 1)
+    await first.wait_idle()
+    assert second_posts.delivered == [] and second_posts.marked == []
+
+
+async def test_a_stopped_process_gives_its_jobs_to_another_at_once(
+    rig: Rig, engine: Callable[[], AsyncEngine]
+) -> None:
+    first, first_posts = await process(rig, engine)
+    _second, second_posts = await process(rig, engine)
+    outcome = await imagine(first, "handed over")
+    await first.close()
+    rig.sandbox.complete(outcome.job.upstream_task_id or "")
+    await second_posts.wait_for(lambda: len(second_posts.delivered) == 1, timeout=10)
+    assert first_posts.delivered == []
+    assert [j.id for j in second_posts.delivered] == [outcome.job.id]
+    assert rig.sandbox.count("generate") == 1
+
+
+async def test_a_dead_processs_jobs_are_taken_over_once_its_leases_run_out(
+    rig: Rig, engine: Callable[[], AsyncEngine]
+) -> None:
+    first, first_posts = await process(rig, engine)
+    # The two survivors post through one publisher, to count their posts together.
+    second, survivors_posts = await process(rig, engine)
+    third, _ = await process(rig, engine, publisher=survivors_posts)
+    outcomes = [await imagine(first, f"orphan {n}") for n in range(4)]
+    killed(first)
+    for outcome in outcomes:
+        rig.sandbox.complete(outcome.job.upstream_task_id or "")
+    await survivors_posts.wait_for(lambda: len(survivors_posts.delivered) == 4, timeout=15)
+    await second.wait_idle()
+    await third.wait_idle()
+    delivered = [j.id for j in survivors_posts.delivered]
+    # Each posted once, by one of the survivors, none submitted again.
+    assert sorted(delivered) == sorted(o.job.id for o in outcomes)
+    assert first_posts.delivered == []
+    assert rig.sandbox.count("generate") == 4
+
+
+async def test_a_callback_taken_by_another_process_rings_the_owner(
+    rig: Rig, engine: Callable[[], AsyncEngine]
+) -> None:
+    # The owner would not poll for a minute: only the callback can tell it in time.
+    owner, owner_posts = await process(
+        rig, engine, callbacks=True, poll=PollPolicy(first_with_callback=60.0)
+    )
+    other, other_posts = await process(rig, engine, callbacks=True)
+    outcome = await imagine(owner, "rung from afar")
+    rig.listener.tracker = other  # the load balancer sent the vendor's callback elsewhere
+    rig.sandbox.complete(outcome.job.upstream_task_id or "")
+    await owner_posts.wait_for(lambda: len(owner_posts.delivered) == 1, timeout=10)
+    assert other_posts.delivered == []
