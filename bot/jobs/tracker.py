@@ -455,7 +455,12 @@ class Tracker:
                         job.id, (JobState.REQUESTED,), JobState.SUBMITTING
                     )
                     if claimed is None:
-                        return await self._store.get(job.id) or job
+                        # Moved on meanwhile (a callback told its task): still this process's
+                        # to see through, so it is watched rather than left leased and idle.
+                        current = await self._store.get(job.id) or job
+                        if not current.finished:
+                            self._watch(current)
+                        return current
                     job = claimed
                     try:
                         task_id = await self._send(job, second)
@@ -621,7 +626,13 @@ class Tracker:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("watcher for job=%s crashed; it resumes at the next start", job_id)
+            log.exception(
+                "watcher for job=%s crashed; it resumes at the next start or look for orphans",
+                job_id,
+            )
+            # A lease kept alive for a job nobody watches would hide it from every process.
+            with contextlib.suppress(Exception):
+                await self._leases.release(job_id)
 
     async def _check(self, job: Job) -> bool:
         """Ask record-info; True when the job moved on (succeeded or failed)."""
