@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from bot.jobs.store import JobStore
+from bot.jobs.store import JobListener, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ class JobLeases:
         self.ttl = ttl
         self.owner = secrets.token_hex(8)
         self._held: set[str] = set()
-        self._stop_listening: Callable[[], Awaitable[None]] | None = None
+        self._listener: JobListener | None = None
 
     @property
     def enabled(self) -> bool:
@@ -42,28 +41,49 @@ class JobLeases:
         """Take (or keep) the lease on ``job_id``; False while another live process holds it."""
         if self.ttl is None:
             return True
-        if await self._store.claim_job(job_id, self.owner, now=time.time(), ttl=self.ttl):
+        if await self._store.claim_job(job_id, self.owner, ttl=self.ttl):
             self._held.add(job_id)
             return True
         return False
 
+    def terms(self) -> tuple[str, float] | None:
+        """What JobStore.create leases a new job with (None: leases are off)."""
+        return None if self.ttl is None else (self.owner, self.ttl)
+
+    def created(self, job_id: str) -> None:
+        """``job_id`` was stored with this process's lease (see terms)."""
+        if self.ttl is not None:
+            self._held.add(job_id)
+
     async def release(self, job_id: str) -> None:
+        """Give the lease back; if the store cannot be told, it runs out by itself."""
         if self.ttl is not None and job_id in self._held:
             self._held.discard(job_id)
-            await self._store.release_jobs(self.owner, [job_id])
+            try:
+                await self._store.release_jobs(self.owner, [job_id])
+            except Exception:
+                log.warning("could not give back the lease of job=%s; it runs out", job_id)
 
     async def renew(self) -> set[str]:
         """Extend every lease held; the job ids whose lease was lost (taken over meanwhile)."""
         if self.ttl is None or not self._held:
             return set()
-        held = await self._store.renew_jobs(self.owner, self._held, now=time.time(), ttl=self.ttl)
+        held = await self._store.renew_jobs(self.owner, self._held, ttl=self.ttl)
         lost = self._held - held
         self._held -= lost
         return lost
 
-    async def listen(self, on_job: Callable[[str], None]) -> None:
-        if self.ttl is not None and self._stop_listening is None:
-            self._stop_listening = await self._store.listen_jobs(on_job)
+    async def listen(self, on_job: Callable[[str], None], on_gap: Callable[[], None]) -> None:
+        """Hear other processes' rings; again after the connection was lost, when ``on_gap``
+        is called first (what was rung meanwhile was not heard)."""
+        if self.ttl is None or (self._listener is not None and not self._listener.lost):
+            return
+        if self._listener is not None:
+            log.warning("lost the connection that hears callbacks taken elsewhere; listening again")
+            await self._listener.stop()
+            self._listener = None
+            on_gap()
+        self._listener = await self._store.listen_jobs(on_job)
 
     async def close(self) -> None:
         """Give every lease back (a standby takes the jobs at once) and stop listening."""
@@ -74,6 +94,6 @@ class JobLeases:
             await self._store.release_jobs(self.owner, held)
         except Exception:
             log.warning("could not give back %d job leases; they run out by themselves", len(held))
-        if self._stop_listening is not None:
-            await self._stop_listening()
-            self._stop_listening = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None

@@ -13,14 +13,14 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.jobs.admission import OverQuota, Quota, TooManyJobs, admission, lock_keys, refusal
 from bot.jobs.ledger import Ledger
@@ -168,7 +168,14 @@ class JobStore:
             connect_args["timeout"] = 30
         # hide_parameters: a failed statement's error names its values, callback secrets among
         # them, and such errors reach the log.
-        engine = create_async_engine(url, connect_args=connect_args, hide_parameters=True)
+        engine = create_async_engine(
+            url,
+            connect_args=connect_args,
+            hide_parameters=True,
+            # A PostgreSQL server restarted (or a proxy that dropped idle connections) leaves
+            # dead connections in the pool: each is tried before it is handed out.
+            pool_pre_ping=not url.startswith("sqlite"),
+        )
         if url.startswith("sqlite"):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
@@ -203,6 +210,7 @@ class JobStore:
         max_unfinished: int | None = None,
         quota: Quota | None = None,
         callback_secret: str | None = None,
+        lease: tuple[str, float] | None = None,
     ) -> Job:
         """Insert a job in state ``requested``, with a random callback secret unless given.
 
@@ -258,6 +266,10 @@ class JobStore:
                     if (await conn.execute(insert)).rowcount != 1:
                         refused = await refusal(conn, values, max_unfinished, quota)
                         raise refused or RuntimeError("the insert was refused by no limit")
+                    if lease is not None:
+                        # Leased in the same step: no other process ever sees it as nobody's.
+                        owner, ttl = lease
+                        await conn.execute(_lease_row(job_id, owner, self._clock() + ttl))
                     if quota is not None:
                         await conn.execute(
                             allowance_uses.insert().values(
@@ -447,10 +459,18 @@ class JobStore:
             await conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
         return await self._require(job_id)
 
-    async def claim_job(self, job_id: str, owner: str, *, now: float, ttl: float) -> bool:
-        """Lease ``job_id`` to ``owner`` until ``now + ttl``: True unless another owner holds a
+    def _clock(self) -> sa.ColumnElement[float]:
+        """Now, in Unix seconds, by the clock every process agrees on: the database's on
+        PostgreSQL (hosts' clocks drift apart), this process's on SQLite (one process)."""
+        if self.shared:
+            return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+        return sa.literal(time.time(), type_=sa.Float)
+
+    async def claim_job(self, job_id: str, owner: str, *, ttl: float) -> bool:
+        """Lease ``job_id`` to ``owner`` for ``ttl`` seconds: True unless another owner holds a
         lease on it that has not run out. Conditional UPDATE, else an INSERT the primary key
         lets only one racer make."""
+        now = self._clock()
         take = (
             job_leases.update()
             .where(
@@ -464,22 +484,18 @@ class JobStore:
                 return True
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(
-                    job_leases.insert().values(job_id=job_id, owner=owner, until=now + ttl)
-                )
+                await conn.execute(_lease_row(job_id, owner, now + ttl))
         except IntegrityError:
             return False
         return True
 
-    async def renew_jobs(
-        self, owner: str, job_ids: Collection[str], *, now: float, ttl: float
-    ) -> set[str]:
+    async def renew_jobs(self, owner: str, job_ids: Collection[str], *, ttl: float) -> set[str]:
         """Extend ``owner``'s leases on ``job_ids``; the ones it still holds."""
         if not job_ids:
             return set()
         mine = sa.and_(job_leases.c.owner == owner, job_leases.c.job_id.in_(list(job_ids)))
         async with self._engine.begin() as conn:
-            await conn.execute(job_leases.update().where(mine).values(until=now + ttl))
+            await conn.execute(job_leases.update().where(mine).values(until=self._clock() + ttl))
             held = await conn.execute(sa.select(job_leases.c.job_id).where(mine))
             return {str(row[0]) for row in held.fetchall()}
 
@@ -493,14 +509,14 @@ class JobStore:
                 )
             )
 
-    async def orphans(self, *, now: float) -> list[Job]:
+    async def orphans(self) -> list[Job]:
         """Unfinished jobs no process holds a live lease on, oldest first."""
         query = (
             jobs.select()
             .select_from(jobs.outerjoin(job_leases, job_leases.c.job_id == jobs.c.id))
             .where(
                 jobs.c.state.in_([s.value for s in UNFINISHED_STATES]),
-                sa.or_(job_leases.c.job_id.is_(None), job_leases.c.until < now),
+                sa.or_(job_leases.c.job_id.is_(None), job_leases.c.until < self._clock()),
             )
             .order_by(jobs.c.created_at)
         )
@@ -508,24 +524,22 @@ class JobStore:
             rows = (await conn.execute(query)).fetchall()
         return [Job.from_row(row) for row in rows]
 
-    async def listen_jobs(self, on_job: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+    async def listen_jobs(self, on_job: Callable[[str], None]) -> JobListener:
         """Call ``on_job(job_id)`` for every notify_job of any process (PostgreSQL's LISTEN, on
-        a connection of its own); returns what stops it."""
+        a connection of its own, out of the pool)."""
         conn = await self._engine.connect()
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
+        try:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
 
-        def heard(_connection: object, _pid: int, _channel: str, payload: str) -> None:
-            on_job(payload)
+            def heard(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+                on_job(payload)
 
-        await driver.add_listener(JOB_CHANNEL, heard)
-
-        async def stop() -> None:
-            with contextlib.suppress(Exception):
-                await driver.remove_listener(JOB_CHANNEL, heard)
+            await driver.add_listener(JOB_CHANNEL, heard)
+        except BaseException:
             await conn.close()
-
-        return stop
+            raise
+        return JobListener(conn, driver)
 
     async def notify_job(self, job_id: str) -> None:
         """Tell every process listening (PostgreSQL's NOTIFY) that ``job_id`` has news."""
@@ -586,6 +600,32 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
     if "state" in values:
         raise ValueError("change the state through transition()")
     return values
+
+
+class JobListener:
+    """A LISTEN of listen_jobs: whether its connection still stands, and how to end it."""
+
+    def __init__(self, conn: AsyncConnection, driver: Any) -> None:
+        self._conn = conn
+        self._driver = driver
+
+    @property
+    def lost(self) -> bool:
+        return bool(self._driver.is_closed())
+
+    async def stop(self) -> None:
+        # Never back to the pool: it may be dead, and a live one would still be listening.
+        with contextlib.suppress(Exception):
+            await self._conn.invalidate()
+        with contextlib.suppress(Exception):
+            await self._conn.close()
+
+
+def _lease_row(job_id: str, owner: str, until: sa.ColumnElement[float]) -> sa.Insert:
+    return job_leases.insert().from_select(
+        ["job_id", "owner", "until"],
+        sa.select(sa.literal(job_id), sa.literal(owner), until),
+    )
 
 
 def _create_schema(conn: sa.Connection) -> None:

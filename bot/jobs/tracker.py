@@ -268,8 +268,8 @@ class Tracker:
         process works on, and from then on every third of a lease); returns how many."""
         if not self._leases.enabled:
             return await self._resume(await self._store.unfinished())
-        await self._leases.listen(self._rung)
-        taken = await self._resume(await self._store.orphans(now=time.time()))
+        await self._leases.listen(self._rung, self._ring_all)
+        taken = await self._resume(await self._store.orphans())
         self._background.spawn(self._keep_leases(), name=f"leases-{self._leases.owner}")
         return taken
 
@@ -292,15 +292,20 @@ class Tracker:
         while not self._closing:
             await asyncio.sleep(self._leases.ttl / 3)
             try:
+                await self._leases.listen(self._rung, self._ring_all)
                 for job_id in await self._leases.renew():
                     # Taken over while this process did not renew in time (it hung).
                     log.warning("lease lost job=%s; another process has it", job_id)
                     watcher = self._watchers.get(job_id)
                     if watcher is not None:
                         watcher.cancel()
-                await self._resume(await self._store.orphans(now=time.time()))
+                await self._resume(await self._store.orphans())
             except Exception:
                 log.exception("renewing job leases failed; trying again")
+
+    def _ring_all(self) -> None:
+        for doorbell in self._doorbells.values():
+            doorbell.set()
 
     def _rung(self, job_id: str) -> None:
         doorbell = self._doorbells.get(job_id)
@@ -332,12 +337,12 @@ class Tracker:
                 max_unfinished=self._max_jobs_per_user,
                 quota=await self._spending.quota(kind, requester_id, fields["guild_id"], role_ids),
                 callback_secret=self._secrets.new(),
+                lease=self._leases.terms(),
                 **fields,
             )
         except (TooManyJobs, OverQuota) as exc:
             raise self._spending.refusal(exc, kind, requester_id) from None
-        # Before any other process could see it as nobody's.
-        await self._leases.claim(job.id)
+        self._leases.created(job.id)
         return job
 
     def _check_open(self) -> None:
@@ -363,6 +368,16 @@ class Tracker:
             await asyncio.gather(*list(self._watchers.values()), return_exceptions=True)
 
     async def _start(self, job: Job, *, queue_bound: bool = True) -> Job:
+        try:
+            return await self._begin(job, queue_bound=queue_bound)
+        except BaseException:
+            # Whatever stopped it, a lease kept alive for a job nobody works on would hide it
+            # from every process: given back, the next look for orphans takes it up.
+            if job.id not in self._watchers:
+                await self._leases.release(job.id)
+            raise
+
+    async def _begin(self, job: Job, *, queue_bound: bool) -> Job:
         if job.kind is JobKind.REROLL and not job.prompt:
             # A re-roll stored before record-info told its grid's prompt (a crash in between,
             # or a grid whose own job never learned it): a generation of nothing is not sent.
@@ -471,6 +486,8 @@ class Tracker:
                     # The refusal took nothing: ``requested`` again while it waits its turn, so a
                     # crash meanwhile resubmits it rather than waiting for a task that never was.
                     second = other.value
+                    # An accepted click: its second value queues whatever the queue's bound.
+                    queue_bound = False
                     job = (
                         await self._store.transition(
                             job.id, (JobState.SUBMITTING,), JobState.REQUESTED
@@ -688,6 +705,9 @@ class Tracker:
                 return True
             job = current
             for attempt in range(1, self._delivery_retries + 1):
+                if not await self._leases.claim(job.id):
+                    # Taken over while this process did not renew in time: the holder posts.
+                    return True
                 try:
                     message_id = await self._publisher.deliver(job)
                 except DeliveryError as exc:

@@ -8,15 +8,20 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.jobs.store import JobState, JobStore
+from bot.jobs.tables import job_leases
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, PollPolicy
 from tests.fakes.publisher import RecordingPublisher
 from tests.jobs.conftest import Rig, postgres_schema
 
 LEASE = 0.6
+# The lease of a process whose jobs must stay its own in the test: renewed every second, it
+# cannot run out by a busy machine's delay.
+STEADY = 3.0
 # Polling soon enough that a job is seen to finish within the test's patience.
 POLL = PollPolicy(first_with_callback=0.3, interval=0.05, steady_for=1.0, max_interval=0.2)
 
@@ -34,6 +39,7 @@ async def process(
     callbacks: bool = False,
     poll: PollPolicy = POLL,
     publisher: RecordingPublisher | None = None,
+    lease: float = LEASE,
 ) -> tuple[Tracker, RecordingPublisher]:
     """A started "process": its own store (and publisher unless given), leases on, recovery
     run."""
@@ -41,7 +47,7 @@ async def process(
     tracker = rig.tracker(
         store=JobStore(engine()),
         publisher=publisher,
-        lease_seconds=LEASE,
+        lease_seconds=lease,
         callbacks=callbacks,
         poll=poll,
     )
@@ -62,20 +68,27 @@ async def imagine(tracker: Tracker, prompt: str) -> Outcome:
     return outcome
 
 
-def killed(tracker: Tracker) -> None:
+def killed(tracker: Tracker, *, watchers: bool = True) -> None:
     """Every coroutine of ``tracker`` stops where it stands, nothing given back: as when its
-    process is killed."""
+    process is killed (without ``watchers``: only its renewals stop, as when it hangs on the
+    way to the database and its watchers come back to life later)."""
     owner = tracker.lease_owner
     for task in asyncio.all_tasks():
         name = task.get_name()
-        if name == f"leases-{owner}" or name.startswith(f"watch-{owner}-"):
+        if name == f"leases-{owner}" or (watchers and name.startswith(f"watch-{owner}-")):
             task.cancel()
+
+
+async def lease_owner(engine: Callable[[], AsyncEngine], job_id: str) -> str | None:
+    async with engine().connect() as conn:
+        query = sa.select(job_leases.c.owner).where(job_leases.c.job_id == job_id)
+        return (await conn.execute(query)).scalar_one_or_none()
 
 
 async def test_only_the_process_that_took_a_job_works_on_it(
     rig: Rig, engine: Callable[[], AsyncEngine]
 ) -> None:
-    first, first_posts = await process(rig, engine)
+    first, first_posts = await process(rig, engine, lease=STEADY)
     _second, second_posts = await process(rig, engine)
     outcome = await imagine(first, "one owner")
     # Several renewals pass; the second process never takes the job up.
@@ -89,7 +102,8 @@ async def test_only_the_process_that_took_a_job_works_on_it(
 async def test_a_stopped_process_gives_its_jobs_to_another_at_once(
     rig: Rig, engine: Callable[[], AsyncEngine]
 ) -> None:
-    first, first_posts = await process(rig, engine)
+    # The first one's lease would last a minute: only giving it back hands the job over soon.
+    first, first_posts = await process(rig, engine, lease=60.0)
     _second, second_posts = await process(rig, engine)
     outcome = await imagine(first, "handed over")
     await first.close()
@@ -126,11 +140,57 @@ async def test_a_callback_taken_by_another_process_rings_the_owner(
 ) -> None:
     # The owner would not poll for a minute: only the callback can tell it in time.
     owner, owner_posts = await process(
-        rig, engine, callbacks=True, poll=PollPolicy(first_with_callback=60.0)
+        rig, engine, callbacks=True, poll=PollPolicy(first_with_callback=60.0), lease=STEADY
     )
     other, other_posts = await process(rig, engine, callbacks=True)
     outcome = await imagine(owner, "rung from afar")
+    # The owner asked once, found it running, and sleeps now.
+    await rig.sandbox.wait_for_call("record-info", 1)
     rig.listener.tracker = other  # the load balancer sent the vendor's callback elsewhere
     rig.sandbox.complete(outcome.job.upstream_task_id or "")
+    await owner_posts.wait_for(lambda: len(owner_posts.delivered) == 1, timeout=10)
+    assert other_posts.delivered == []
+
+
+async def test_a_process_that_lost_a_lease_does_not_post_what_the_new_holder_posts(
+    rig: Rig, engine: Callable[[], AsyncEngine]
+) -> None:
+    hung, hung_posts = await process(rig, engine)
+    taker, taker_posts = await process(rig, engine, lease=STEADY)
+    outcome = await imagine(hung, "who posts")
+    killed(hung, watchers=False)
+    # The lease runs out and the other process takes the job (it then watches it too).
+    async with asyncio.timeout(10):
+        # The database has no event to wait on: look at each renewal's pace.
+        while await lease_owner(engine, outcome.job.id) != taker.lease_owner:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    rig.sandbox.complete(outcome.job.upstream_task_id or "")
+    await taker_posts.wait_for(lambda: len(taker_posts.delivered) == 1, timeout=10)
+    await hung.wait_idle()
+    await taker.wait_idle()
+    assert hung_posts.delivered == []
+
+
+async def test_a_lost_listening_connection_is_made_again(
+    rig: Rig, engine: Callable[[], AsyncEngine]
+) -> None:
+    owner, owner_posts = await process(
+        rig, engine, callbacks=True, poll=PollPolicy(first_with_callback=60.0), lease=STEADY
+    )
+    other, other_posts = await process(rig, engine, callbacks=True)
+    outcome = await imagine(owner, "heard again")
+    await rig.sandbox.wait_for_call("record-info", 1)
+    # The database drops the connections that LISTEN (a restart, a proxy's idle timeout).
+    async with engine().connect() as conn:
+        dropped = await conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+            )
+        )
+        assert len(dropped.fetchall()) >= 2  # this test's two, and any a test left
+    rig.listener.tracker = other
+    rig.sandbox.complete(outcome.job.upstream_task_id or "")
+    # Within a renewal the owner listens again, and rings its jobs for what it missed.
     await owner_posts.wait_for(lambda: len(owner_posts.delivered) == 1, timeout=10)
     assert other_posts.delivered == []

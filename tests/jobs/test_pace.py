@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bot.jobs.pace import SharedPace
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
@@ -77,8 +79,13 @@ async def test_three_processes_on_postgresql_keep_the_pace_together(rig: Rig) ->
 
 async def test_a_turn_left_in_flight_by_a_dead_process_stops_counting_once_stale() -> None:
     async with postgres_schema("pace_test") as engine:
-        dead = SharedPace(engine(), SubmitThrottle(1, 60.0, max_waiting=1), 1, 60.0, stale=0.3)
+        # Local throttles that never hold anyone back: the shared turns are under test.
+        dead = SharedPace(engine(), SubmitThrottle(9, 60.0, max_waiting=9), 1, 60.0, stale=2.0)
         await dead.acquire()  # and never answered: the process died
-        alive = SharedPace(engine(), SubmitThrottle(1, 60.0, max_waiting=1), 1, 60.0, stale=0.3)
+        alive = SharedPace(engine(), SubmitThrottle(9, 60.0, max_waiting=9), 1, 60.0, stale=2.0)
+        # In flight, the dead one's turn counts (by the database's clock, for 2 s at least)...
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(alive.acquire(), timeout=0.5)
+        # ...then no more.
         turn = await asyncio.wait_for(alive.acquire(), timeout=10)
         await turn.done()

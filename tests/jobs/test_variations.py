@@ -218,7 +218,8 @@ async def test_the_second_try_of_v1_waits_its_turn_at_the_vendors_pace(rig: Rig)
         slept.append(seconds)
         now[0] += seconds
 
-    throttle = SubmitThrottle(1, 10.0, max_waiting=10, clock=lambda: now[0], sleep=sleep)
+    # No room to queue: an accepted click's second value must wait its turn all the same.
+    throttle = SubmitThrottle(1, 10.0, max_waiting=0, clock=lambda: now[0], sleep=sleep)
     outcome = await on_grid(rig.tracker(throttle=throttle), JobKind.VARY, rig.grid(), 0)
     assert outcome.job.state is JobState.SUBMITTED
     # Under base 1 the refused 0 was a request too: the 1 that follows waits for the pace.
