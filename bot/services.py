@@ -171,7 +171,9 @@ async def open_services(
         health.watch_store(store.count_unfinished)
         listener = Listener(hmac_key=settings.webhook_hmac_key, metrics=metrics)
         listener.health = health
-        selfcheck = SelfCheck(listener.app, CallbackSecrets.from_token(settings.discord_token))
+        # One key for every process of this bot: callback secrets and the self-check's answer.
+        keys = CallbackSecrets.from_token(settings.discord_token)
+        selfcheck = SelfCheck(listener.app, keys)
 
         if settings.sandbox:
             sandbox = sandbox or SandboxAPI()
@@ -233,7 +235,7 @@ async def open_services(
             store,
             mj,
             publisher,
-            callback_secrets=CallbackSecrets.from_token(settings.discord_token),
+            callback_secrets=keys,
             callback_base=callback_base,
             deadline_seconds=settings.job_timeout_seconds,
             watermark=settings.watermark,

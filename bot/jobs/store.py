@@ -331,13 +331,14 @@ class JobStore:
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).fetchall()
-        used: dict[str, set[int]] = {kind.value: set() for kind in GRID_BUTTON_KINDS}
-        for kind, index in rows:
-            used[str(kind)].add(-1 if index is None else int(index))
+
+        def images(kind: JobKind) -> frozenset[int]:
+            return frozenset(int(index) for k, index in rows if k == kind.value)
+
         return GridUse(
-            upscaled=frozenset(used[JobKind.UPSCALE.value]),
-            varied=frozenset(used[JobKind.VARY.value]),
-            rerolled=bool(used[JobKind.REROLL.value]),
+            upscaled=images(JobKind.UPSCALE),
+            varied=images(JobKind.VARY),
+            rerolled=any(k == JobKind.REROLL.value for k, _ in rows),
         )
 
     async def api_fact(self, name: str) -> str | None:

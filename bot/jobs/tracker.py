@@ -488,12 +488,7 @@ class Tracker:
                     second = other.value
                     # An accepted click: its second value queues whatever the queue's bound.
                     queue_bound = False
-                    job = (
-                        await self._store.transition(
-                            job.id, (JobState.SUBMITTING,), JobState.REQUESTED
-                        )
-                        or job
-                    )
+                    job = await self._unclaim(job)
                     continue
                 except ValueError as exc:
                     # The client refused the job's own values before sending anything.
@@ -516,12 +511,7 @@ class Tracker:
                     if pause is not None:
                         log.warning("submit refused %s: %s; again in %.0f s", job.label, exc, pause)
                         self._throttle.pause(pause)
-                        job = (
-                            await self._store.transition(
-                                job.id, (JobState.SUBMITTING,), JobState.REQUESTED
-                            )
-                            or job
-                        )
+                        job = await self._unclaim(job)
                         continue
                     if exc.maybe_done:
                         return await self._await_unknown(job, exc)
@@ -531,6 +521,12 @@ class Tracker:
                     )
                 finally:
                     await turn.done()
+
+    async def _unclaim(self, job: Job) -> Job:
+        """Back to ``requested`` after an answer that proves nothing was taken."""
+        return (
+            await self._store.transition(job.id, (JobState.SUBMITTING,), JobState.REQUESTED) or job
+        )
 
     async def _send(self, job: Job, second: int | None) -> str:
         if job.kind is JobKind.UPSCALE:
