@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import discord
+import yarl
 from discord.ext import commands
 
 from bot.config import Settings
@@ -14,14 +17,19 @@ from bot.health import HealthMonitor
 from bot.jobs.types import PollPolicy
 from bot.midjourney.sandbox import SandboxAPI
 from bot.services import Services, open_services
+from bot.shards import SHARD_LEASE_SECONDS, ShardLeases
 from cogs import add_cogs
 
 log = logging.getLogger(__name__)
 
 
-class UpscaleBot(commands.Bot):
+class UpscaleBot(commands.AutoShardedBot):
     """The Discord side: the gateway, REST and the slash-command sync. It builds nothing and
-    holds no service; the cogs it is given hold what they use."""
+    holds no service; the cogs it is given hold what they use.
+
+    Its gateway runs the shards ``shards`` (bot.shards) gives it, started and stopped as their
+    leases come and go; a click read on a shard this process no longer holds is left alone.
+    """
 
     def __init__(
         self, *, guild_id: int | None, health: HealthMonitor, guild_ready_timeout: float = 2.0
@@ -37,6 +45,25 @@ class UpscaleBot(commands.Bot):
         )
         self._guild_id = guild_id
         self._health = health
+        # Set before connect: (shard count or None for Discord's advice) → this process's leases.
+        self.plan_shards: Callable[[int], ShardLeases] | None = None
+        self._shard_leases: ShardLeases | None = None
+        self._running: list[int] = []
+        self._keeper: asyncio.Task[None] | None = None
+        parse = self._connection.parsers["INTERACTION_CREATE"]
+
+        def interaction_create(data: Any) -> None:
+            leases = self._shard_leases
+            guild = data.get("guild_id")
+            if leases is None or leases.holds_guild(int(guild) if guild else None):
+                parse(data)
+            else:
+                log.warning(
+                    "left interaction %s alone: its shard is no longer this process's",
+                    data.get("id"),
+                )
+
+        self._connection.parsers["INTERACTION_CREATE"] = interaction_create
 
     async def sync_commands(self) -> None:
         """Tell Discord the slash commands of the cogs added so far."""
@@ -49,21 +76,82 @@ class UpscaleBot(commands.Bot):
             synced = await self.tree.sync()
             log.info("synced %d slash command(s) globally (may take up to an hour)", len(synced))
 
-    async def on_connect(self) -> None:
-        self._health.gateway_up()
+    async def launch_shards(self) -> None:
+        """Instead of every shard at once: the shards this process wins, as it wins them."""
+        if self.is_closed() or self.plan_shards is None:
+            return
+        recommended, url, _limits = await self.http.get_bot_gateway()
+        leases = self.plan_shards(recommended)
+        self.shard_count = leases.count
+        self._connection.shard_count = leases.count
+        # discord.py counts the shards ready against this list; it grows as shards are won.
+        self._connection.shard_ids = self._running
+        self._shard_leases = leases
+        self._keeper = asyncio.create_task(self._keep_shards(yarl.URL(url), leases), name="shards")
 
-    async def on_resumed(self) -> None:
-        self._health.gateway_up()
+    async def _keep_shards(self, gateway: yarl.URL, leases: ShardLeases) -> None:
+        launches: dict[int, asyncio.Task[None]] = {}
+        while not self.is_closed():
+            won, lost = await leases.step()
+            for shard in lost:
+                log.warning(
+                    "lost the lease of shard %d of %d: closing its session", shard, leases.count
+                )
+                await self._stop_shard(shard, launches)
+            for shard in won:
+                log.info("took shard %d of %d: connecting", shard, leases.count)
+                self._running.append(shard)
+                launches[shard] = asyncio.create_task(
+                    self.launch_shard(gateway, shard, initial=len(launches) == 0),
+                    name=f"shard-{shard}",
+                )
+            if not leases.held:
+                self._health.gateway_standby()
+            await asyncio.sleep(leases.period)
 
-    async def on_disconnect(self) -> None:
-        self._health.gateway_down()
+    async def _stop_shard(self, shard: int, launches: dict[int, asyncio.Task[None]]) -> None:
+        self._health.gateway_left(shard)
+        launch = launches.pop(shard, None)
+        if launch is not None and not launch.done():
+            launch.cancel()
+        if shard in self._running:
+            self._running.remove(shard)
+        info = self.get_shard(shard)
+        if info is not None:
+            await info.disconnect()
 
-    async def on_ready(self) -> None:
+    async def leave_gateway(self) -> None:
+        """Close every session this process runs and give its shards back, so another process
+        takes them at once (REST stays usable for the posts still to drain)."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+        leases = self._shard_leases
+        for shard in list(self._running):
+            self._health.gateway_left(shard)
+            info = self.get_shard(shard)
+            if info is not None:
+                await info.disconnect()
+        if leases is not None:
+            await leases.release(list(self._running))
+        self._running.clear()
+
+    async def on_shard_connect(self, shard_id: int) -> None:
+        self._health.gateway_up(shard_id)
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        self._health.gateway_up(shard_id)
+
+    async def on_shard_disconnect(self, shard_id: int) -> None:
+        self._health.gateway_down(shard_id)
+
+    async def on_shard_ready(self, shard_id: int) -> None:
         user = self.user
         log.info(
-            "connected to Discord as %s (%s) in %d server(s)",
+            "connected to Discord as %s (%s) on shard %d of %s, %d server(s) in all",
             user,
             user.id if user else "?",
+            shard_id,
+            self.shard_count,
             len(self.guilds),
         )
 
@@ -118,6 +206,7 @@ class App:
                     health=self.health,
                 )
                 await add_cogs(self.bot, self._services)
+                self.bot.plan_shards = self._plan_shards
                 await self.bot.sync_commands()
                 # A stop asked for meanwhile is not undone by going on.
                 if self._closing is None:
@@ -138,7 +227,19 @@ class App:
             self._closing = asyncio.create_task(self._close(), name="shutdown")
         await asyncio.shield(self._closing)
 
+    def _plan_shards(self, recommended: int) -> ShardLeases:
+        settings, services = self.settings, self.services
+        return ShardLeases(
+            services.store,
+            owner=services.tracker.lease_owner,
+            count=settings.shard_count or recommended,
+            allowed=settings.shard_ids,
+            most=settings.shards_per_process,
+            ttl=SHARD_LEASE_SECONDS if services.store.shared else None,
+        )
+
     async def _close(self) -> None:
         if self._services is not None:
+            await self.bot.leave_gateway()
             await self._services.close()
         await self.bot.close()

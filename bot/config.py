@@ -26,6 +26,10 @@ UNLIMITED = "unlimited"
 ALLOWANCE_MAX = 1_000_000
 
 
+# Far above what any bot needs (Discord asks for one shard per 1,000 to 2,500 servers).
+MAX_SHARDS = 4096
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it and what is expected."""
 
@@ -61,6 +65,11 @@ class Settings:
     daily_jobs_per_server: int | None = None
     quota_timezone: str = "UTC"
     daily_credit_budget: int | None = None
+    # Gateway shards (bot.shards): None asks Discord how many; which ones this process may run
+    # (None: any), and how many of them at once (None: all it may).
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None
+    shards_per_process: int | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -288,6 +297,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             f"got {vary_base!r}"
         )
 
+    shard_count = _optional_int(env, "SHARD_COUNT", 1, MAX_SHARDS)
+    shard_ids = _shard_ids(env, shard_count)
+    shards_per_process = _optional_int(env, "SHARDS_PER_PROCESS", 1, MAX_SHARDS)
+
     hmac_key = _text(env, "MJ_WEBHOOK_HMAC_KEY")
     secrets = tuple(s for s in (token, api_key, hmac_key) if s)
     return Settings(
@@ -318,8 +331,41 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         daily_jobs_per_server=_allowance(env, "DAILY_JOBS_PER_SERVER", None),
         quota_timezone=_timezone(env, "QUOTA_TIMEZONE"),
         daily_credit_budget=_allowance(env, "DAILY_CREDIT_BUDGET", None),
+        shard_count=shard_count,
+        shard_ids=shard_ids,
+        shards_per_process=shards_per_process,
         secrets=secrets,
     )
+
+
+def _optional_int(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    if _text(env, name) is None:
+        return None
+    return _int(env, name, low, low, high)
+
+
+def _shard_ids(env: Mapping[str, str], shard_count: int | None) -> tuple[int, ...] | None:
+    """SHARD_IDS: shard numbers and ranges, ``0,2,4-7``; they need SHARD_COUNT to mean anything."""
+    raw = _text(env, "SHARD_IDS")
+    if raw is None:
+        return None
+    if shard_count is None:
+        raise SettingsError("SHARD_IDS needs SHARD_COUNT: set how many shards there are in all")
+    ids: list[int] = []
+    for part in raw.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first = int(low)
+            last = int(high) if dash else first
+        except ValueError:
+            first, last = -1, -1
+        if not 0 <= first <= last < shard_count:
+            raise SettingsError(
+                f"SHARD_IDS must be shard numbers or ranges from 0 to {shard_count - 1} "
+                f"(SHARD_COUNT={shard_count}), such as 0,2-3; got {raw!r}"
+            )
+        ids.extend(range(first, last + 1))
+    return tuple(sorted(set(ids)))
 
 
 class RedactingFilter(logging.Filter):

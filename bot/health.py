@@ -9,7 +9,8 @@ Healthy (200) unless the gateway has been down longer than ``gateway_grace`` sec
 outage is ridden out by discord.py's resume, and callbacks and deliveries go on meanwhile) or the
 store does not answer within ``store_timeout`` seconds. Before the first connection the answer is
 503 "starting": a bot that cannot see clicks yet is not ready for traffic, and container health
-checks allow a start period for that.
+checks allow a start period for that. A process that runs no shard because others run them all
+is healthy ("standby"): it serves callbacks and takes shards over when their process dies.
 """
 
 from __future__ import annotations
@@ -98,21 +99,36 @@ class HealthMonitor:
         self._store_timeout = store_timeout
         self._cache_seconds = cache_seconds
         self._ever_connected = False
-        # Down since the monitor was made (the process started) until the first connection.
-        self._down_since: float | None = clock()
+        self._started = clock()
+        # Shard → since when its session is down; shards let go on purpose (their lease went
+        # to another process) are no outage, nor is a standby that runs no shard at all.
+        self._down: dict[int, float] = {}
+        self._left: set[int] = set()
+        self._standby = False
         self._count_jobs: CountJobs | None = None
         self._probe: _StoreProbe | None = None
         self._probing = asyncio.Lock()
 
     # -- what the bot reports -------------------------------------------------------------
 
-    def gateway_up(self) -> None:
+    def gateway_up(self, shard: int = 0) -> None:
         self._ever_connected = True
-        self._down_since = None
+        self._standby = False
+        self._left.discard(shard)
+        self._down.pop(shard, None)
 
-    def gateway_down(self) -> None:
-        if self._down_since is None:
-            self._down_since = self._clock()
+    def gateway_down(self, shard: int = 0) -> None:
+        if shard not in self._left:
+            self._down.setdefault(shard, self._clock())
+
+    def gateway_left(self, shard: int) -> None:
+        """``shard``'s session was closed on purpose: another process runs it now."""
+        self._left.add(shard)
+        self._down.pop(shard, None)
+
+    def gateway_standby(self) -> None:
+        """This process runs no shard (another process runs them all): healthy, waiting."""
+        self._standby = True
 
     def watch_store(self, count_jobs: CountJobs) -> None:
         """The store's count of unfinished jobs; a count answered is the store reachable."""
@@ -124,11 +140,13 @@ class HealthMonitor:
     async def check(self) -> HealthReport:
         store = await self._store()
         down_for = None
-        if self._down_since is not None:
-            down_for = max(0.0, self._clock() - self._down_since)
+        if self._down:
+            down_for = max(0.0, self._clock() - min(self._down.values()))
+        elif not self._ever_connected and not self._standby:
+            down_for = max(0.0, self._clock() - self._started)
         problems: list[str] = []
         if down_for is not None:
-            if not self._ever_connected:
+            if not self._ever_connected and not self._standby:
                 problems.append("starting" if down_for <= self._grace else "gateway down")
             elif down_for > self._grace:
                 problems.append("gateway down")
@@ -136,8 +154,10 @@ class HealthMonitor:
             problems.append("store unreachable")
         if problems:
             status = "; ".join(problems)
+        elif down_for is not None:
+            status = "reconnecting"
         else:
-            status = "ok" if down_for is None else "reconnecting"
+            status = "standby" if self._standby else "ok"
         return HealthReport(
             healthy=not problems,
             status=status,

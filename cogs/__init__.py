@@ -13,7 +13,7 @@ from cogs.upscale import UpscaleCog
 from cogs.variations import VariationCog
 
 
-async def add_cogs(bot: commands.Bot, services: Services) -> None:
+async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Services) -> None:
     """Add every cog to ``bot`` and route every command's error to the one error path."""
     metrics = recorder(services.metrics)
     bot.tree.error(on_command_error)

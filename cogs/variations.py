@@ -17,7 +17,12 @@ from cogs.interactions import acked, tell
 
 class VariationCog(commands.Cog):
     def __init__(
-        self, bot: commands.Bot, tracker: Tracker, *, allowed: str, metrics: Recorder
+        self,
+        bot: commands.Bot | commands.AutoShardedBot,
+        tracker: Tracker,
+        *,
+        allowed: str,
+        metrics: Recorder,
     ) -> None:
         self._bot = bot
         self._tracker = tracker

@@ -1,7 +1,7 @@
 """Which process works on which job, when several share one PostgreSQL store.
 
 Every unfinished job is worked on (submitted, polled, waited out, posted) by the one process
-that holds its lease in ``job_leases``. A process renews its leases every third of their
+that holds its lease in ``leases``. A process renews its leases every third of their
 length; one that dies or hangs stops renewing, and once a lease has run out any other process
 takes the job over where it stood. A process that takes a callback for a job another one holds
 rings that one's doorbell through PostgreSQL's NOTIFY. On SQLite (one process) there are no
@@ -41,7 +41,7 @@ class JobLeases:
         """Take (or keep) the lease on ``job_id``; False while another live process holds it."""
         if self.ttl is None:
             return True
-        if await self._store.claim_job(job_id, self.owner, ttl=self.ttl):
+        if await self._store.claim_lease(job_id, self.owner, ttl=self.ttl):
             self._held.add(job_id)
             return True
         return False
@@ -60,7 +60,7 @@ class JobLeases:
         if self.ttl is not None and job_id in self._held:
             self._held.discard(job_id)
             try:
-                await self._store.release_jobs(self.owner, [job_id])
+                await self._store.release_leases(self.owner, [job_id])
             except Exception:
                 log.warning("could not give back the lease of job=%s; it runs out", job_id)
 
@@ -68,7 +68,7 @@ class JobLeases:
         """Extend every lease held; the job ids whose lease was lost (taken over meanwhile)."""
         if self.ttl is None or not self._held:
             return set()
-        held = await self._store.renew_jobs(self.owner, self._held, ttl=self.ttl)
+        held = await self._store.renew_leases(self.owner, self._held, ttl=self.ttl)
         lost = self._held - held
         self._held -= lost
         return lost
@@ -91,7 +91,7 @@ class JobLeases:
             return
         held, self._held = self._held, set()
         try:
-            await self._store.release_jobs(self.owner, held)
+            await self._store.release_leases(self.owner, held)
         except Exception:
             log.warning("could not give back %d job leases; they run out by themselves", len(held))
         if self._listener is not None:

@@ -33,8 +33,8 @@ from bot.jobs.tables import (
     UNFINISHED_STATES,
     allowance_uses,
     api_facts,
-    job_leases,
     jobs,
+    leases,
     metadata,
     notices,
 )
@@ -467,16 +467,16 @@ class JobStore:
             return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()), sa.Float)
         return sa.literal(time.time(), type_=sa.Float)
 
-    async def claim_job(self, job_id: str, owner: str, *, ttl: float) -> bool:
-        """Lease ``job_id`` to ``owner`` for ``ttl`` seconds: True unless another owner holds a
-        lease on it that has not run out. Conditional UPDATE, else an INSERT the primary key
-        lets only one racer make."""
+    async def claim_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        """Lease ``name`` (a job id, a shard) to ``owner`` for ``ttl`` seconds: True unless
+        another owner holds a lease on it that has not run out. Conditional UPDATE, else an
+        INSERT the primary key lets only one racer make."""
         now = self._clock()
         take = (
-            job_leases.update()
+            leases.update()
             .where(
-                job_leases.c.job_id == job_id,
-                sa.or_(job_leases.c.owner == owner, job_leases.c.until < now),
+                leases.c.name == name,
+                sa.or_(leases.c.owner == owner, leases.c.until < now),
             )
             .values(owner=owner, until=now + ttl)
         )
@@ -485,39 +485,46 @@ class JobStore:
                 return True
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(_lease_row(job_id, owner, now + ttl))
+                await conn.execute(_lease_row(name, owner, now + ttl))
         except IntegrityError:
             return False
         return True
 
-    async def renew_jobs(self, owner: str, job_ids: Collection[str], *, ttl: float) -> set[str]:
-        """Extend ``owner``'s leases on ``job_ids``; the ones it still holds."""
-        if not job_ids:
+    async def renew_leases(self, owner: str, names: Collection[str], *, ttl: float) -> set[str]:
+        """Extend ``owner``'s leases on ``names``; the ones it still holds."""
+        if not names:
             return set()
-        mine = sa.and_(job_leases.c.owner == owner, job_leases.c.job_id.in_(list(job_ids)))
+        mine = sa.and_(leases.c.owner == owner, leases.c.name.in_(list(names)))
         async with self._engine.begin() as conn:
-            await conn.execute(job_leases.update().where(mine).values(until=self._clock() + ttl))
-            held = await conn.execute(sa.select(job_leases.c.job_id).where(mine))
+            await conn.execute(leases.update().where(mine).values(until=self._clock() + ttl))
+            held = await conn.execute(sa.select(leases.c.name).where(mine))
             return {str(row[0]) for row in held.fetchall()}
 
-    async def release_jobs(self, owner: str, job_ids: Collection[str]) -> None:
-        if not job_ids:
+    async def release_leases(self, owner: str, names: Collection[str]) -> None:
+        if not names:
             return
         async with self._engine.begin() as conn:
             await conn.execute(
-                job_leases.delete().where(
-                    job_leases.c.owner == owner, job_leases.c.job_id.in_(list(job_ids))
-                )
+                leases.delete().where(leases.c.owner == owner, leases.c.name.in_(list(names)))
             )
+
+    async def live_leases(self, prefix: str) -> dict[str, str]:
+        """Every lease whose name starts with ``prefix`` and has not run out: name → owner."""
+        query = sa.select(leases.c.name, leases.c.owner).where(
+            leases.c.name.startswith(prefix, autoescape=True), leases.c.until >= self._clock()
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).fetchall()
+        return {str(row[0]): str(row[1]) for row in rows}
 
     async def orphans(self) -> list[Job]:
         """Unfinished jobs no process holds a live lease on, oldest first."""
         query = (
             jobs.select()
-            .select_from(jobs.outerjoin(job_leases, job_leases.c.job_id == jobs.c.id))
+            .select_from(jobs.outerjoin(leases, leases.c.name == jobs.c.id))
             .where(
                 jobs.c.state.in_([s.value for s in UNFINISHED_STATES]),
-                sa.or_(job_leases.c.job_id.is_(None), job_leases.c.until < self._clock()),
+                sa.or_(leases.c.name.is_(None), leases.c.until < self._clock()),
             )
             .order_by(jobs.c.created_at)
         )
@@ -622,10 +629,10 @@ class JobListener:
             await self._conn.close()
 
 
-def _lease_row(job_id: str, owner: str, until: sa.ColumnElement[float]) -> sa.Insert:
-    return job_leases.insert().from_select(
-        ["job_id", "owner", "until"],
-        sa.select(sa.literal(job_id), sa.literal(owner), until),
+def _lease_row(name: str, owner: str, until: sa.ColumnElement[float]) -> sa.Insert:
+    return leases.insert().from_select(
+        ["name", "owner", "until"],
+        sa.select(sa.literal(name), sa.literal(owner), until),
     )
 
 

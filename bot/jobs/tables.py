@@ -132,13 +132,14 @@ submit_turns = sa.Table(
 )
 
 
-# Which process works on an unfinished job, until when (PostgreSQL, several processes): the one
-# holding a live lease submits, polls, waits out and posts it; a lease not renewed (its process
-# died or hangs) lets another process take the job over.
-job_leases = sa.Table(
-    "job_leases",
+# Which process holds what, until when (PostgreSQL, several processes): an unfinished job (the
+# name is its id: the holder submits, polls, waits out and posts it) or a Discord shard (named
+# by bot.shards: the holder runs its gateway session). A lease not renewed (its process died or
+# hangs) lets another process take over.
+leases = sa.Table(
+    "leases",
     metadata,
-    sa.Column("job_id", sa.String(24), primary_key=True),
+    sa.Column("name", sa.String(40), primary_key=True),
     sa.Column("owner", sa.String(32), nullable=False),
     sa.Column("until", sa.Float, nullable=False),
 )

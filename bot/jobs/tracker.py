@@ -116,7 +116,7 @@ class Tracker:
 
     @property
     def lease_owner(self) -> str:
-        """Who this process is in ``job_leases`` (its log lines and task names say so too)."""
+        """Who this process is in ``leases`` (its log lines and task names say so too)."""
         return self._leases.owner
 
     @property

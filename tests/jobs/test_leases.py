@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.jobs.store import JobState, JobStore
-from bot.jobs.tables import job_leases
+from bot.jobs.tables import leases
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, PollPolicy
 from tests.fakes.publisher import RecordingPublisher
@@ -81,7 +81,7 @@ def killed(tracker: Tracker, *, watchers: bool = True) -> None:
 
 async def lease_owner(engine: Callable[[], AsyncEngine], job_id: str) -> str | None:
     async with engine().connect() as conn:
-        query = sa.select(job_leases.c.owner).where(job_leases.c.job_id == job_id)
+        query = sa.select(leases.c.owner).where(leases.c.name == job_id)
         return (await conn.execute(query)).scalar_one_or_none()
 
 
