@@ -91,6 +91,7 @@ class UpscaleBot(commands.AutoShardedBot):
 
     async def _keep_shards(self, gateway: yarl.URL, leases: ShardLeases) -> None:
         launches: dict[int, asyncio.Task[None]] = {}
+        standing_by = False
         while not self.is_closed():
             won, lost = await leases.step()
             for shard in lost:
@@ -105,8 +106,14 @@ class UpscaleBot(commands.AutoShardedBot):
                     self.launch_shard(gateway, shard, initial=len(launches) == 0),
                     name=f"shard-{shard}",
                 )
-            if not leases.held:
+            if not leases.held and not standing_by:
+                log.info(
+                    "standing by: other processes run every shard this one may run (%s of %d)",
+                    ",".join(map(str, leases.allowed)),
+                    leases.count,
+                )
                 self._health.gateway_standby()
+            standing_by = not leases.held
             await asyncio.sleep(leases.period)
 
     async def _stop_shard(self, shard: int, launches: dict[int, asyncio.Task[None]]) -> None:
@@ -240,6 +247,10 @@ class App:
 
     async def _close(self) -> None:
         if self._services is not None:
-            await self.bot.leave_gateway()
+            # With several processes, another one takes the shards over at once and answers
+            # the clicks this one would refuse while it drains; alone, it stays connected to
+            # tell clickers it is restarting.
+            if self._services.store.shared:
+                await self.bot.leave_gateway()
             await self._services.close()
         await self.bot.close()

@@ -50,6 +50,9 @@ SETTING_NAMES = (
     "DAILY_JOBS_PER_SERVER",
     "QUOTA_TIMEZONE",
     "DAILY_CREDIT_BUDGET",
+    "SHARD_COUNT",
+    "SHARD_IDS",
+    "SHARDS_PER_PROCESS",
 )
 # Written out here rather than imported, so a change to the defaults is noticed.
 VENDOR_HOSTS = ("tempfile.aiquickdraw.com", "tempfileb.aiquickdraw.com", "tempfile.redpandaai.co")
@@ -497,3 +500,36 @@ def test_spending_settings_take_numbers_zero_and_unlimited() -> None:
     assert settings.daily_jobs_per_server == 500
     assert settings.daily_credit_budget == 2000
     assert settings.quota_timezone == "Europe/Berlin"
+
+
+def test_shard_settings_default_to_discord_s_advice_and_every_shard() -> None:
+    settings = load_settings(env())
+    assert (settings.shard_count, settings.shard_ids, settings.shards_per_process) == (
+        None,
+        None,
+        None,
+    )
+
+
+def test_shard_ids_take_numbers_and_ranges() -> None:
+    settings = load_settings(env(SHARD_COUNT="8", SHARD_IDS="5, 0-2,2", SHARDS_PER_PROCESS="2"))
+    assert settings.shard_count == 8
+    assert settings.shard_ids == (0, 1, 2, 5)
+    assert settings.shards_per_process == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"SHARD_COUNT": "0"}, "SHARD_COUNT"),
+        ({"SHARD_COUNT": "two"}, "SHARD_COUNT"),
+        ({"SHARD_IDS": "0"}, "SHARD_IDS needs SHARD_COUNT"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "2"}, "SHARD_IDS"),
+        ({"SHARD_COUNT": "4", "SHARD_IDS": "3-1"}, "SHARD_IDS"),
+        ({"SHARD_COUNT": "4", "SHARD_IDS": "0,x"}, "SHARD_IDS"),
+        ({"SHARDS_PER_PROCESS": "0"}, "SHARDS_PER_PROCESS"),
+    ],
+)
+def test_bad_shard_settings_are_one_line_naming_them(changes: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings(env(**changes))

@@ -64,8 +64,13 @@ class BotProcess:
     def stderr(self) -> str:
         return "".join(self.log)
 
-    async def start(self, timeout: float = 20) -> None:
-        """Start the bot and wait until it is connected to the double's gateway.
+    def current_log(self) -> list[str]:
+        """The log lines of the latest start."""
+        return self.log[self._first_line :]
+
+    async def start(self, timeout: float = 20, *, standby: bool = False) -> None:
+        """Start the bot and wait until it is connected to the double's gateway (``standby``:
+        until it says it stands by, every shard being run by another process).
 
         The bot identifies only after its setup hook: the store is open, the listener bound and
         unfinished jobs are already resumed by then.
@@ -98,6 +103,9 @@ class BotProcess:
         self._reader = asyncio.create_task(self._read_log(process))
 
         async def connected() -> None:
+            if standby:
+                await self.wait_for_log("standing by", timeout)
+                return
             # A new identify, not the session of a process killed a moment ago.
             await self.double.wait_for(
                 lambda: len(self.double.identifies) > identified or None, timeout

@@ -391,6 +391,7 @@ class _Session:
     id: str
     intents: int
     shard: list[int] | None
+    ready: bool = False
     seq: int = 0
     history: list[Json] = field(default_factory=list)
     conn: _Connection | None = None
@@ -521,8 +522,14 @@ class DiscordDouble:
         self.application_id = self._snowflake()
         self.bot_user_id = self._snowflake()
         self.bot_name = bot_name
+        # How many shards GET /gateway/bot advises; a session covers the guilds of its shard.
+        self.shard_count = 1
         self.guild_id = self._snowflake()
         self.guild_name = guild_name
+        # Every guild the bot is in (the first one is ``guild_id``): id → name. Users and roles
+        # are the same in each; channels belong to one.
+        self._guilds: dict[int, str] = {self.guild_id: guild_name}
+        self._channel_guild: dict[int, int] = {}
         self.bot_role_id = self._snowflake()
         self._channels: dict[int, str] = {}
         self.channel_id = self.add_channel(channel_name)
@@ -548,11 +555,16 @@ class DiscordDouble:
 
         self._connections: list[_Connection] = []
         self._sessions: dict[str, _Session] = {}
+        # The session of each shard ([id, count], None for a bot without shards), and the
+        # last one identified.
+        self._live: dict[tuple[int, int] | None, _Session] = {}
         self._session: _Session | None = None
         self.identifies: list[Json] = []
+        # A shard identified while another session of it was still connected: Discord would
+        # send both every event, and the bot would answer each click twice.
+        self.shard_overlaps: list[tuple[int, int] | None] = []
         self.resumes = 0
         self._gateway_lock = asyncio.Lock()
-        self._connected = False
         self._changed = asyncio.Event()
 
         self._runner: web.AppRunner | None = None
@@ -671,10 +683,40 @@ class DiscordDouble:
         self._last_snowflake = max(candidate, self._last_snowflake + 1)
         return self._last_snowflake
 
-    def add_channel(self, name: str) -> int:
+    @property
+    def _connected(self) -> bool:
+        return any(s.ready and s.conn is not None for s in self._live.values())
+
+    def add_channel(self, name: str, guild_id: int | None = None) -> int:
         channel_id = self._snowflake()
         self._channels[channel_id] = name
+        self._channel_guild[channel_id] = guild_id or self.guild_id
         return channel_id
+
+    def add_guild(self, name: str, *, shard: int | None = None) -> tuple[int, int]:
+        """Another guild the bot is in, with a channel of its own: (guild id, channel id).
+        ``shard``: an id that lands on that shard of ``shard_count``. Add guilds before the
+        bot connects: a connected bot is not told of them."""
+        guild_id = self._snowflake()
+        while shard is not None and (guild_id >> 22) % self.shard_count != shard:
+            guild_id += 1 << 22
+        self._last_snowflake = max(self._last_snowflake, guild_id)
+        self._guilds[guild_id] = name
+        return guild_id, self.add_channel("general", guild_id)
+
+    def guild_of(self, channel_id: int) -> int:
+        return self._channel_guild[channel_id]
+
+    def shard_of(self, guild_id: int) -> int:
+        return (guild_id >> 22) % self.shard_count
+
+    def sessions(self) -> dict[tuple[int, int] | None, bool]:
+        """Each shard's session: whether it is connected now."""
+        return {key: s.conn is not None for key, s in self._live.items()}
+
+    def identified_shards(self) -> list[int | None]:
+        """The shard of every IDENTIFY so far, in order."""
+        return [d["shard"][0] if d.get("shard") else None for d in self.identifies]
 
     def add_user(self, name: str, *, permissions: int = DEFAULT_MEMBER_PERMISSIONS) -> int:
         """A new guild member; ``permissions`` is what interactions report for them."""
@@ -812,7 +854,7 @@ class DiscordDouble:
             raise RuntimeError("no bot is connected to the gateway")
         conn = session.conn
         conn.dropped = True
-        self._connected = False
+        session.ready = False
         await conn.ws.close(code=code, message=b"dropped by the test")
 
     async def slash(
@@ -960,7 +1002,8 @@ class DiscordDouble:
             raise LookupError(f"unknown user {user_id}: create users with add_user()")
         if channel_id not in self._channels:
             raise LookupError(f"unknown channel {channel_id}")
-        if self._session is None:
+        guild_id = self.guild_of(channel_id)
+        if not self._covering(guild_id):
             raise RuntimeError("no bot session: start the bot and await wait_until_connected()")
         interaction_id = self._snowflake()
         token = "itk." + secrets.token_urlsafe(32)
@@ -974,8 +1017,8 @@ class DiscordDouble:
             "type": interaction_type,
             "token": token,
             "version": 1,
-            "guild_id": str(self.guild_id),
-            "guild": {"id": str(self.guild_id), "locale": "en-US", "features": []},
+            "guild_id": str(guild_id),
+            "guild": {"id": str(guild_id), "locale": "en-US", "features": []},
             "channel_id": str(channel_id),
             "channel": channel,
             "member": member,
@@ -986,7 +1029,7 @@ class DiscordDouble:
             "guild_locale": "en-US",
             "entitlements": [],
             "entitlement_sku_ids": [],
-            "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "authorizing_integration_owners": {"0": str(guild_id)},
             "context": 0,
             "attachment_size_limit": self.attachment_size_limit,
             "data": data,
@@ -1105,7 +1148,7 @@ class DiscordDouble:
         return {
             "id": str(channel_id),
             "type": 0,
-            "guild_id": str(self.guild_id),
+            "guild_id": str(self.guild_of(channel_id)),
             "name": self._channels[channel_id],
             "position": list(self._channels).index(channel_id),
             "permission_overwrites": [],
@@ -1117,10 +1160,11 @@ class DiscordDouble:
             "flags": 0,
         }
 
-    def _guild_json(self, *, members: list[_User]) -> Json:
+    def _guild_json(self, *, members: list[_User], guild_id: int | None = None) -> Json:
+        guild_id = guild_id or self.guild_id
         return {
-            "id": str(self.guild_id),
-            "name": self.guild_name,
+            "id": str(guild_id),
+            "name": self._guilds[guild_id],
             "icon": None,
             "splash": None,
             "discovery_splash": None,
@@ -1155,7 +1199,9 @@ class DiscordDouble:
             ],
             "emojis": [],
             "stickers": [],
-            "channels": [self._channel_json(c) for c in self._channels],
+            "channels": [
+                self._channel_json(c) for c in self._channels if self.guild_of(c) == guild_id
+            ],
             "threads": [],
             "members": [self._member_json(u) for u in members],
             "presences": [],
@@ -1225,7 +1271,7 @@ class DiscordDouble:
                 metadata["original_response_message_id"] = str(handle.original_id)
             data["interaction_metadata"] = metadata
         if for_gateway:
-            data["guild_id"] = str(self.guild_id)
+            data["guild_id"] = str(self.guild_of(message.channel_id))
             data["member"] = self._member_json(self._users[message.author_id], with_user=False)
         return data
 
@@ -1375,7 +1421,7 @@ class DiscordDouble:
     async def _get_gateway(self, call: _Call) -> Json:
         return {
             "url": self.gateway_url,
-            "shards": 1,
+            "shards": self.shard_count,
             "session_start_limit": {
                 "total": 1000,
                 "remaining": 1000,
@@ -1390,7 +1436,7 @@ class DiscordDouble:
         guild = call.params.get("guild")
         if guild is None:
             return None
-        if int(guild) != self.guild_id:
+        if int(guild) not in self._guilds:
             raise DiscordError(403, 50001, "Missing Access")
         return int(guild)
 
@@ -1429,16 +1475,16 @@ class DiscordDouble:
         return list(stored.values())
 
     async def _get_guild(self, call: _Call) -> Json:
-        if int(call.params["guild"]) != self.guild_id:
+        if int(call.params["guild"]) not in self._guilds:
             raise DiscordError(404, 10004, "Unknown Guild")
-        guild = self._guild_json(members=[])
+        guild = self._guild_json(members=[], guild_id=int(call.params["guild"]))
         for key in ("channels", "members", "threads", "presences", "voice_states"):
             guild.pop(key)
         return guild
 
     async def _get_member(self, call: _Call) -> Json:
         user = self._users.get(int(call.params["user"]))
-        if int(call.params["guild"]) != self.guild_id or user is None:
+        if int(call.params["guild"]) not in self._guilds or user is None:
             raise DiscordError(404, 10007, "Unknown Member")
         return self._member_json(user)
 
@@ -1795,7 +1841,7 @@ class DiscordDouble:
                 {
                     "id": str(message.id),
                     "channel_id": str(message.channel_id),
-                    "guild_id": str(self.guild_id),
+                    "guild_id": str(self.guild_of(message.channel_id)),
                 },
             )
 
@@ -1804,9 +1850,10 @@ class DiscordDouble:
             await self._dispatch_if_subscribed(event, self._message_json(message, for_gateway=True))
 
     async def _dispatch_if_subscribed(self, event: str, data: Json) -> None:
-        session = self._session
-        if session is not None and session.intents & GUILD_MESSAGES_INTENT:
-            await self._dispatch(event, data)
+        guild_id = int(data["guild_id"])
+        for session in self._covering(guild_id):
+            if session.intents & GUILD_MESSAGES_INTENT:
+                await self._dispatch_to(session, event, data)
 
     async def _handle_gateway(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
@@ -1828,10 +1875,13 @@ class DiscordDouble:
             session = conn.session
             if session is not None and session.conn is conn:
                 session.conn = None
-                if session is self._session:
-                    self._connected = False
+                session.ready = False
+                key = _shard_key(session)
+                if self._live.get(key) is session:
                     if not conn.dropped and ws.close_code in _SESSION_ENDING_CLOSE_CODES:
-                        self._session = None
+                        del self._live[key]
+                        if session is self._session:
+                            self._session = None
             self._notify()
         return ws
 
@@ -1842,10 +1892,23 @@ class DiscordDouble:
         except (ConnectionResetError, RuntimeError) as exc:
             log.info("DiscordDouble: gateway send failed (%s); the client will resume", exc)
 
+    def _covering(self, guild_id: int) -> list[_Session]:
+        """The sessions that receive ``guild_id``'s events (its shard's, as on Discord)."""
+        return [
+            session
+            for key, session in self._live.items()
+            if key is None or self.shard_of(guild_id) == key[0]
+        ]
+
     async def _dispatch(self, event: str, data: Json) -> None:
-        session = self._session
-        if session is None:
-            raise RuntimeError(f"cannot dispatch {event}: no bot session")
+        guild_id = int(data["guild_id"])
+        sessions = self._covering(guild_id)
+        if not sessions:
+            raise RuntimeError(f"cannot dispatch {event}: no bot session for guild {guild_id}")
+        for session in sessions:
+            await self._dispatch_to(session, event, data)
+
+    async def _dispatch_to(self, session: _Session, event: str, data: Json) -> None:
         async with self._gateway_lock:
             session.seq += 1
             frame = {"op": 0, "t": event, "s": session.seq, "d": data}
@@ -1879,15 +1942,25 @@ class DiscordDouble:
         if intents & PRIVILEGED_INTENTS & ~self.enabled_privileged_intents:
             await conn.ws.close(code=4014, message=b"Disallowed intent(s).")
             return
-        session = _Session(id=secrets.token_hex(16), intents=intents, shard=data.get("shard"))
+        shard = data.get("shard")
+        if shard is not None and (len(shard) != 2 or shard[1] != self.shard_count):
+            await conn.ws.close(code=4011, message=b"Sharding required.")
+            return
+        session = _Session(id=secrets.token_hex(16), intents=intents, shard=shard)
         session.conn = conn
         conn.session = session
+        key = _shard_key(session)
+        previous = self._live.get(key)
+        if previous is not None and previous.conn is not None and not previous.conn.ws.closed:
+            self.shard_overlaps.append(key)
         self._sessions[session.id] = session
+        self._live[key] = session
         self._session = session
+        guilds = [g for g in self._guilds if key is None or self.shard_of(g) == key[0]]
         ready: Json = {
             "v": 10,
             "user": self._bot_user_json(),
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -1901,20 +1974,23 @@ class DiscordDouble:
         }
         if session.shard is not None:
             ready["shard"] = session.shard
-        await self._dispatch("READY", ready)
+        await self._dispatch_to(session, "READY", ready)
         members = [
             u
             for u in self._users.values()
             if intents & GUILD_MEMBERS_INTENT or u.id == self.bot_user_id
         ]
-        await self._dispatch("GUILD_CREATE", self._guild_json(members=members))
-        self._connected = True
+        for guild_id in guilds:
+            await self._dispatch_to(
+                session, "GUILD_CREATE", self._guild_json(members=members, guild_id=guild_id)
+            )
+        session.ready = True
         self._notify()
 
     async def _resume(self, conn: _Connection, data: Json) -> None:
         session = self._sessions.get(str(data.get("session_id")))
         live = session is not None and session.conn is not None and not session.conn.ws.closed
-        if session is None or session is not self._session or live:
+        if session is None or self._live.get(_shard_key(session)) is not session or live:
             await self._send(conn, {"op": 9, "d": False})
             return
         self.resumes += 1
@@ -1925,8 +2001,8 @@ class DiscordDouble:
             for frame in session.history:
                 if frame["s"] > seen:
                     await self._send(conn, frame)
-        await self._dispatch("RESUMED", {})
-        self._connected = True
+        await self._dispatch_to(session, "RESUMED", {})
+        session.ready = True
         self._notify()
 
     async def _request_members(self, conn: _Connection, data: Json) -> None:
@@ -1940,7 +2016,10 @@ class DiscordDouble:
         limit = int(data.get("limit") or 0)
         if limit:
             members = members[:limit]
-        await self._dispatch(
+        if conn.session is None:
+            return
+        await self._dispatch_to(
+            conn.session,
             "GUILD_MEMBERS_CHUNK",
             {
                 "guild_id": str(self.guild_id),
@@ -1951,6 +2030,10 @@ class DiscordDouble:
                 "nonce": data.get("nonce"),
             },
         )
+
+
+def _shard_key(session: _Session) -> tuple[int, int] | None:
+    return (session.shard[0], session.shard[1]) if session.shard else None
 
 
 def _int_or_none(value: object) -> int | None:
