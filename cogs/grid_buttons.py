@@ -26,7 +26,7 @@ from bot.grid import (
 from bot.jobs.store import JobKind
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, Refused
-from cogs.interactions import cannot_post, report_error, role_ids, tell, whisper_for
+from cogs.interactions import cannot_post, follow_up_for, report_error, role_ids, tell
 
 # What a click calls: the interaction, the grid's task id and the image's index (None for 🔄).
 OnClick = Callable[[discord.Interaction[Any], str, int | None], Awaitable[None]]
@@ -142,8 +142,7 @@ async def start_on_grid(
             channel_id=interaction.channel_id,
             grid_message_id=grid_message_id,
             role_ids=role_ids(interaction),
-            whisper=whisper_for(interaction),
-            whisper_until=interaction.expires_at.timestamp(),
+            follow_up=follow_up_for(interaction),
         )
     except Refused as refused:
         await tell(interaction, refused.sentence(lead))

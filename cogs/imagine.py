@@ -16,7 +16,7 @@ from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
 from bot.midjourney.models import ASPECT_RATIOS, SPEEDS, VERSIONS
-from cogs.interactions import acked, cannot_post, role_ids, tell, whisper_for
+from cogs.interactions import acked, cannot_post, follow_up_for, role_ids, tell
 
 PROMPT_MAX = 2000
 
@@ -103,8 +103,7 @@ class ImagineCog(commands.Cog):
                 channel_id=interaction.channel_id or 0,
                 status_message_id=response.message_id,
                 role_ids=role_ids(interaction),
-                whisper=whisper_for(interaction),
-                whisper_until=interaction.expires_at.timestamp(),
+                follow_up=follow_up_for(interaction),
             )
         except Refused as refused:
             # The visible "generating" line would be a lie: take it back, say why privately.

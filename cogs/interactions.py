@@ -9,7 +9,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.jobs.types import Whisper
+from bot.jobs.types import FollowUp
 from bot.metrics import Recorder
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,16 @@ def acked(
     metrics.acked(command, started, interaction.created_at.timestamp())
 
 
-def whisper_for(interaction: discord.Interaction[Any]) -> Whisper:
+def follow_up_for(interaction: discord.Interaction[Any]) -> FollowUp:
     """Ephemeral follow-ups for an acknowledged interaction, for as long as its token lives.
 
-    A job keeps its whisper for up to 15 minutes, so it holds only the follow-up webhook (the
-    application id and the token), not the interaction with the clicked message and its view:
-    that cut what a job in flight keeps in memory and what every full garbage collection walks.
+    Only the application id and the token: a job keeps them for up to 15 minutes (in memory
+    and in the store, for whichever process finishes it), not the interaction with the clicked
+    message and its view, which every full garbage collection would walk.
     """
-    followup, interaction_id = interaction.followup, interaction.id
-
-    async def whisper(text: str) -> None:
-        await _follow_up(followup, interaction_id, text)
-
-    return whisper
+    return FollowUp(
+        interaction.application_id, interaction.token, interaction.expires_at.timestamp()
+    )
 
 
 # What the bot needs where it posts a result, in the words of Discord's settings.

@@ -28,7 +28,7 @@ from bot.delivery.texts import (
 from bot.grid import GridButtons
 from bot.jobs.store import Job, JobStore
 from bot.jobs.tables import GRID_KINDS
-from bot.jobs.types import DeliveryError, Whisper
+from bot.jobs.types import DeliveryError, FollowUp
 from bot.midjourney.models import GRID_SIZE, Task
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,18 @@ class DiscordPublisher:
                 log.info("status message not removed %s: %s", job.label, exc.status)
         await self.mark_grid(job)
 
-    async def announce_failure(self, job: Job, reason: str, whisper: Whisper | None) -> None:
+    async def whisper(self, follow_up: FollowUp, text: str) -> None:
+        # What Interaction.followup is: the interaction's webhook, reachable by any process.
+        webhook = discord.Webhook.from_state(
+            {"id": follow_up.application_id, "type": 3, "token": follow_up.token},
+            state=self._client._connection,
+        )
+        try:
+            await webhook.send(text, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.warning("could not tell the requester privately: %s", exc.status)
+
+    async def announce_failure(self, job: Job, reason: str, follow_up: FollowUp | None) -> None:
         text = failure_text(job, reason)
         if job.status_message_id is not None:
             message = self._channel(job).get_partial_message(job.status_message_id)
@@ -210,12 +221,12 @@ class DiscordPublisher:
                 await message.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
             except discord.HTTPException as exc:
                 log.info("status message not edited %s: %s", job.label, exc.status)
-                if whisper is None:
+                if follow_up is None:
                     await self._post_failure(job, text)
-        elif whisper is None:
+        elif follow_up is None:
             await self._post_failure(job, text)
-        if whisper is not None:
-            await whisper(f"❌ {reason}")
+        if follow_up is not None:
+            await self.whisper(follow_up, f"❌ {reason}")
         await self.mark_grid(job)
 
     async def post_notice(self, channel_id: int, text: str) -> None:

@@ -33,6 +33,7 @@ from bot.jobs.tables import (
     UNFINISHED_STATES,
     allowance_uses,
     api_facts,
+    follow_ups,
     jobs,
     leases,
     metadata,
@@ -48,6 +49,21 @@ JOB_CHANNEL = "mjbot_jobs"
 # The advisory lock key under which the schema is made or upgraded. The admission locks use
 # Discord ids, which stay below it until about 2074; meeting one would only make a start wait.
 SCHEMA_LOCK = 0x6D6A_5343_4845_4D41
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """How to tell a job's requester something only they see: their interaction's follow-up
+    webhook (the application id and the interaction token), alive until ``until`` (Unix
+    seconds). The token is a credential while it lives: never in a log line, nor a repr."""
+
+    application_id: int
+    token: str = field(repr=False)
+    until: float
+
+    @property
+    def alive(self) -> bool:
+        return self.until > time.time()
 
 
 @dataclass(frozen=True)
@@ -211,6 +227,7 @@ class JobStore:
         quota: Quota | None = None,
         callback_secret: str | None = None,
         lease: tuple[str, float] | None = None,
+        follow_up: FollowUp | None = None,
     ) -> Job:
         """Insert a job in state ``requested``, with a random callback secret unless given.
 
@@ -270,6 +287,15 @@ class JobStore:
                         # Leased in the same step: no other process ever sees it as nobody's.
                         owner, ttl = lease
                         await conn.execute(_lease_row(job_id, owner, self._clock() + ttl))
+                    if follow_up is not None:
+                        await conn.execute(
+                            follow_ups.insert().values(
+                                job_id=job_id,
+                                application_id=follow_up.application_id,
+                                token=follow_up.token,
+                                until=follow_up.until,
+                            )
+                        )
                     if quota is not None:
                         await conn.execute(
                             allowance_uses.insert().values(
@@ -448,6 +474,8 @@ class JobStore:
             elif result.rowcount == 1 and paid:
                 stamp = allowance_uses.update().where(use, allowance_uses.c.paid_at.is_(None))
                 await conn.execute(stamp.values(paid_at=values["updated_at"]))
+            if result.rowcount == 1 and to_state in FINAL_STATES:
+                await conn.execute(follow_ups.delete().where(follow_ups.c.job_id == job_id))
         if result.rowcount != 1:
             return None
         return await self._require(job_id)
@@ -459,6 +487,15 @@ class JobStore:
         async with self._engine.begin() as conn:
             await conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
         return await self._require(job_id)
+
+    async def follow_up(self, job_id: str) -> FollowUp | None:
+        """The job's way back to its requester, while it lives (the job is unfinished)."""
+        query = sa.select(follow_ups).where(
+            follow_ups.c.job_id == job_id, follow_ups.c.until > time.time()
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else FollowUp(row.application_id, row.token, row.until)
 
     def _clock(self) -> sa.ColumnElement[float]:
         """Now, in Unix seconds, by the clock every process agrees on: the database's on

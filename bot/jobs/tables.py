@@ -145,6 +145,19 @@ leases = sa.Table(
 )
 
 
+# The way back to a job's requester privately: their interaction's follow-up webhook, alive
+# until ``until`` (15 minutes). Kept here so that whichever process finishes the job can tell
+# them; the token is a credential for that long, so the row goes when the job ends.
+follow_ups = sa.Table(
+    "follow_ups",
+    metadata,
+    sa.Column("job_id", sa.String(24), primary_key=True),
+    sa.Column("application_id", sa.BigInteger, nullable=False),
+    sa.Column("token", sa.Text, nullable=False),
+    sa.Column("until", sa.Float, nullable=False),
+)
+
+
 # One row per request that counts against a daily allowance or the credit budget, written in
 # the same transaction as its job; deleted when the job fails and its use is given back.
 allowance_uses = sa.Table(

@@ -28,11 +28,11 @@ from bot.jobs.types import (
     CALLBACK_PATH,
     CallbackVerdict,
     DeliveryError,
+    FollowUp,
     Outcome,
     PollPolicy,
     Publisher,
     Refused,
-    Whisper,
 )
 from bot.jobs.vary_index import BaseUnknown, TryOther, VaryIndex
 from bot.jobs.whispers import Whispers
@@ -102,7 +102,7 @@ class Tracker:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._doorbells: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._whispers = Whispers()
+        self._whispers = Whispers(store, publisher.whisper)
         self._closing = False
         self._background = BackgroundTasks(log)
         # Steps that must not be cut off by a shutdown: a paid call awaiting its answer, a post.
@@ -145,8 +145,7 @@ class Tracker:
         channel_id: int,
         grid_message_id: int | None,
         role_ids: tuple[int, ...] = (),
-        whisper: Whisper | None = None,
-        whisper_until: float = 0.0,
+        follow_up: FollowUp | None = None,
     ) -> Outcome:
         """Start what a grid's button asks for (an upscale, V<n>, 🔄) of ``parent_task_id``, or
         return the job that makes it a duplicate: the live upscale of that image, the running
@@ -178,6 +177,7 @@ class Tracker:
                 grid_message_id=grid_message_id,
                 prompt=grid.prompt if grid is not None else None,
                 options=grid.options if grid is not None else None,
+                follow_up=follow_up,
             )
         except DuplicateJob as dup:
             log.info("%s click deduplicated %s image=%s", kind, dup.job.label, _number(image_index))
@@ -196,7 +196,7 @@ class Tracker:
             _number(image_index),
             requester_id,
         )
-        self._whispers.remember(job.id, whisper, whisper_until)
+        self._whispers.remember(job.id, follow_up)
         if grid is None:
             job = await self._check_foreign_grid(job)
             if job.finished:
@@ -213,8 +213,7 @@ class Tracker:
         channel_id: int,
         status_message_id: int | None,
         role_ids: tuple[int, ...] = (),
-        whisper: Whisper | None = None,
-        whisper_until: float = 0.0,
+        follow_up: FollowUp | None = None,
     ) -> Outcome:
         """Start one generation; raises Refused like request_on_grid."""
         self._check_open()
@@ -227,9 +226,10 @@ class Tracker:
             guild_id=guild_id,
             channel_id=channel_id,
             status_message_id=status_message_id,
+            follow_up=follow_up,
         )
         log.info("imagine requested %s user=%s", job.label, requester_id)
-        self._whispers.remember(job.id, whisper, whisper_until)
+        self._whispers.remember(job.id, follow_up)
         return Outcome(await self._start(job), created=True)
 
     # -- callbacks --------------------------------------------------------------------------
@@ -746,6 +746,8 @@ class Tracker:
         states = from_states or tuple(
             s for s in JobState if s not in (JobState.DELIVERED, JobState.FAILED)
         )
+        # Read before the failure is stored: the store forgets it with the job's end.
+        follow_up = await self._whispers.take(job.id, job.label)
         failed = await self._store.transition(
             job.id, states, JobState.FAILED, give_back=give_back, paid=not give_back, error=reason
         )
@@ -753,9 +755,8 @@ class Tracker:
             return await self._store.get(job.id) or job
         await self._leases.release(job.id)
         log.warning("failed %s: %s", failed.label, reason)
-        whisper = self._whispers.take(failed.id)
         try:
-            await self._publisher.announce_failure(failed, reason, whisper)
+            await self._publisher.announce_failure(failed, reason, follow_up)
         except Exception:
             log.exception("could not announce the failure of %s", failed.label)
         return failed

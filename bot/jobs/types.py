@@ -3,16 +3,13 @@ what it needs from the Discord side (Publisher), and how often it polls."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from bot.jobs.store import FollowUp as FollowUp
 from bot.jobs.store import Job, JobState
 from bot.midjourney.models import Task
-
-# Tells the requester something only they see, while their interaction is still alive.
-Whisper = Callable[[str], Awaitable[None]]
 
 CALLBACK_PATH = "/callbacks/midjourney/"
 
@@ -62,7 +59,11 @@ class Publisher(Protocol):
 
     async def tidy_up(self, job: Job) -> None: ...
 
-    async def announce_failure(self, job: Job, reason: str, whisper: Whisper | None) -> None: ...
+    async def announce_failure(self, job: Job, reason: str, follow_up: FollowUp | None) -> None: ...
+
+    async def whisper(self, follow_up: FollowUp, text: str) -> None:
+        """Tell the requester ``text`` privately, through their interaction's follow-up."""
+        ...
 
     async def post_grid(
         self, task: Task, *, requester_id: int, guild_id: int | None, channel_id: int

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.jobs.store import Job
-from bot.jobs.types import DeliveryError, Whisper
+from bot.jobs.types import DeliveryError, FollowUp
 from bot.midjourney.models import Task
 
 
@@ -25,6 +25,8 @@ class RecordingPublisher:
     tidied: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     whispered: list[str] = field(default_factory=list)
+    # The token of the follow-up each whisper went to.
+    whispered_to: list[str] = field(default_factory=list)
     grids: list[Task] = field(default_factory=list)
     # Errors the next deliver() calls raise, in order.
     delivery_errors: list[DeliveryError] = field(default_factory=list)
@@ -58,10 +60,15 @@ class RecordingPublisher:
         self.tidied.append(job.id)
         await self._notify()
 
-    async def announce_failure(self, job: Job, reason: str, whisper: Whisper | None) -> None:
+    async def announce_failure(self, job: Job, reason: str, follow_up: FollowUp | None) -> None:
         self.failures.append((job.id, reason))
-        if whisper is not None:
-            await whisper(reason)
+        if follow_up is not None:
+            await self.whisper(follow_up, reason)
+        await self._notify()
+
+    async def whisper(self, follow_up: FollowUp, text: str) -> None:
+        self.whispered.append(text)
+        self.whispered_to.append(follow_up.token)
         await self._notify()
 
     async def post_grid(
@@ -70,14 +77,9 @@ class RecordingPublisher:
         self.grids.append(task)
         return next(self._ids)
 
-    def whisper(self) -> tuple[Whisper, float]:
-        """A whisper that records what it is told, alive for a minute."""
-
-        async def whisper(text: str) -> None:
-            self.whispered.append(text)
-            await self._notify()
-
-        return whisper, time.time() + 60
+    def follow_up(self) -> FollowUp:
+        """A follow-up alive for a minute; what it is told lands in ``whispered``."""
+        return FollowUp(1, f"token-{next(self._ids)}", time.time() + 60)
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -31,10 +32,6 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 
 async def postgres_admin() -> Any:
     """A plain asyncpg connection to the local PostgreSQL; skips the test where none answers."""
-    try:
-        import asyncpg
-    except ImportError:
-        pytest.skip("asyncpg is not installed (pip install '.[postgres]')")
     try:
         return await asyncpg.connect(POSTGRES_URL, timeout=2)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.jobs.store import JobState, JobStore
+from bot.jobs.store import FollowUp, JobState, JobStore
 from bot.jobs.tables import leases
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, PollPolicy
@@ -55,7 +55,7 @@ async def process(
     return tracker, publisher
 
 
-async def imagine(tracker: Tracker, prompt: str) -> Outcome:
+async def imagine(tracker: Tracker, prompt: str, follow_up: FollowUp | None = None) -> Outcome:
     outcome = await tracker.request_imagine(
         prompt=prompt,
         options={"speed": "fast"},
@@ -63,6 +63,7 @@ async def imagine(tracker: Tracker, prompt: str) -> Outcome:
         guild_id=1,
         channel_id=555,
         status_message_id=None,
+        follow_up=follow_up,
     )
     assert outcome.job.state is JobState.SUBMITTED and outcome.job.upstream_task_id
     return outcome
@@ -133,6 +134,24 @@ async def test_a_dead_processs_jobs_are_taken_over_once_its_leases_run_out(
     assert sorted(delivered) == sorted(o.job.id for o in outcomes)
     assert first_posts.delivered == []
     assert rig.sandbox.count("generate") == 4
+
+
+async def test_the_requester_hears_of_a_failure_from_the_process_that_took_the_job_over(
+    rig: Rig, engine: Callable[[], AsyncEngine]
+) -> None:
+    first, first_posts = await process(rig, engine)
+    _second, second_posts = await process(rig, engine)
+    clicker = first_posts.follow_up()
+    outcome = await imagine(first, "told from afar", follow_up=clicker)
+    killed(first)
+    rig.sandbox.fail(outcome.job.upstream_task_id or "", "Banned prompt")
+    await second_posts.wait_for(lambda: len(second_posts.failures) == 1, timeout=15)
+    # The follow-up came with the job, through the store: the clicker's own interaction.
+    assert second_posts.whispered_to == [clicker.token]
+    assert "Banned prompt" in second_posts.whispered[0]
+    assert first_posts.whispered == []
+    # The job ended: the token is not kept any longer than it is needed.
+    assert await JobStore(engine()).follow_up(outcome.job.id) is None
 
 
 async def test_a_callback_taken_by_another_process_rings_the_owner(

@@ -103,9 +103,9 @@ async def test_refused_connection_is_retried_once_the_api_is_back(rig: Rig) -> N
 @pytest.mark.parametrize("code", [500, 455])
 async def test_answer_that_may_hide_a_created_task_is_never_resent(rig: Rig, code: int) -> None:
     tracker = rig.tracker(deadline=0.6)
-    whisper, until = rig.publisher.whisper()
+    follow_up = rig.publisher.follow_up()
     rig.sandbox.fail_next("generateUpscale", code)
-    outcome = await upscale(tracker, rig.grid(), 3, whisper=whisper, whisper_until=until)
+    outcome = await upscale(tracker, rig.grid(), 3, follow_up=follow_up)
     assert outcome.job.state is JobState.SUBMITTING
     assert any("may have started" in text for text in rig.publisher.whispered)
 
@@ -163,12 +163,10 @@ async def test_submissions_are_paced_queued_in_order_and_refused_when_the_queue_
 ) -> None:
     clock = FrozenClock()
     tracker = rig.tracker(throttle=frozen_throttle(clock, rate=2, max_waiting=2))
-    whisper, until = rig.publisher.whisper()
+    follow_up = rig.publisher.follow_up()
     grids = [rig.grid(f"grid {n}") for n in range(5)]
     clicks = [
-        asyncio.create_task(
-            upscale(tracker, grid, 0, user=100 + n, whisper=whisper, whisper_until=until)
-        )
+        asyncio.create_task(upscale(tracker, grid, 0, user=100 + n, follow_up=follow_up))
         for n, grid in enumerate(grids)
     ]
     # Two go at once, two wait their turn, the fifth is told the queue is full.

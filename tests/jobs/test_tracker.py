@@ -159,8 +159,8 @@ async def test_api_refusal_fails_the_job_tells_the_user_and_allows_a_retry(rig: 
     tracker = rig.tracker(callbacks=True)
     parent = rig.grid()
     rig.sandbox.fail_next("generateUpscale", 402)
-    whisper, until = rig.publisher.whisper()
-    outcome = await upscale(tracker, parent, 0, whisper=whisper, whisper_until=until)
+    follow_up = rig.publisher.follow_up()
+    outcome = await upscale(tracker, parent, 0, follow_up=follow_up)
     assert outcome.failed
     assert "out of credits" in (outcome.job.error or "")
     assert rig.publisher.whispered == [outcome.job.error]
