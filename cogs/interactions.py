@@ -15,6 +15,8 @@ from bot.metrics import Recorder
 log = logging.getLogger(__name__)
 
 SORRY = "❌ Something went wrong on the bot's side; the server admin can find details in its log."
+# Discord's answer to a first response later than 3 s.
+UNKNOWN_INTERACTION = 10062
 # Option values in a log line: a prompt may be 2000 characters.
 OPTION_CHARS = 200
 
@@ -127,6 +129,12 @@ async def report_error(interaction: discord.Interaction[Any], error: Exception) 
         # convert): nothing of the bot's failed, so no traceback.
         log.warning("refused %s: %s", context(interaction), error)
         await tell(interaction, f"❌ That could not be done: {error}")
+        return
+    if isinstance(error, discord.NotFound) and error.code == UNKNOWN_INTERACTION:
+        # The acknowledgement came after Discord's 3 s (an overloaded bot, a lagging gateway):
+        # the clicker was told "This interaction failed", and nothing can reach them now. A
+        # storm of these must not bury the log in tracebacks.
+        log.warning("too late to answer %s: Discord had given up on it", context(interaction))
         return
     log.error("failed %s", context(interaction), exc_info=error)
     await tell(interaction, SORRY)

@@ -126,12 +126,12 @@ def ignored(path: str) -> bool:
     return result
 
 
-def compose() -> dict:
-    """compose.yaml, read as the YAML subset it is written in: nested mappings, lists of plain
-    scalars, comments. No YAML library is a dependency of the project."""
+def compose(name: str = "compose.yaml") -> dict:
+    """A compose file, read as the YAML subset it is written in: nested mappings, lists of
+    plain scalars, comments. No YAML library is a dependency of the project."""
     root: dict = {}
     stack: list[tuple[int, dict | list]] = [(-1, root)]
-    lines = (ROOT / "compose.yaml").read_text().splitlines()
+    lines = (ROOT / name).read_text().splitlines()
     for number, raw in enumerate(lines, 1):
         text = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
         if not text.strip():
@@ -333,6 +333,25 @@ def test_compose_gives_the_shutdown_its_grace() -> None:
     grace = seconds(the_service()["stop_grace_period"])
     assert grace >= 10
     assert grace > SHUTDOWN_GRACE_SECONDS + 1  # the drain, then the store and listener close
+
+
+def test_the_scaling_compose_runs_three_replicas_on_postgresql_behind_a_proxy() -> None:
+    services = compose("compose.scaling.yaml")["services"]
+    bot = services["bot"]
+    assert bot["build"] == "." and bot["env_file"] == ".env"
+    assert bot["deploy"]["replicas"] == "3"
+    assert bot["environment"]["DATABASE_URL"].startswith("postgresql://")
+    assert "@postgres/" in bot["environment"]["DATABASE_URL"]
+    assert "postgres" in bot["depends_on"]
+    assert seconds(bot["stop_grace_period"]) > SHUTDOWN_GRACE_SECONDS + 1
+    assert services["postgres"]["image"].startswith("postgres:")
+    # The proxy mounts the Caddyfile, which sends callbacks to every replica of the bot.
+    proxy = services["proxy"]
+    mount = next(v for v in proxy["volumes"] if "Caddyfile" in v).split(":")[0]
+    caddyfile = (ROOT / mount).read_text()
+    assert "/callbacks/*" in caddyfile and "/selfcheck/*" in caddyfile
+    assert f"dynamic a bot {default_settings().port}" in caddyfile
+    assert "lb_policy round_robin" in caddyfile
 
 
 def test_readme_shows_the_container_commands() -> None:

@@ -4,7 +4,11 @@ API sandbox served by the bot itself (MJ_API_BASE_URL=sandbox, callbacks to its 
 from __future__ import annotations
 
 import gc
+import logging
 
+import pytest
+
+from bot.grid import upscale_custom_id
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import JobState
 from tests.fakes.discord_double import StoredMessage
@@ -231,3 +235,25 @@ async def test_the_start_up_heap_is_frozen_while_the_bot_runs(harness: Harness) 
     async with harness.running():
         assert gc.get_freeze_count() > 50_000
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_click_acknowledged_too_late_is_one_warning_and_costs_nothing(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    alice = double.add_user("alice")
+    async with harness.running():
+        grid = await imagine(double, alice, "an overloaded evening")
+        # Every acknowledgement now arrives after Discord gave up (an overloaded bot, a lagging
+        # gateway): 404 Unknown interaction.
+        double.ack_deadline = 0.0
+        with caplog.at_level(logging.WARNING):
+            handle = await double.click(grid.id, upscale_custom_id(grid_task(grid), 1), alice)
+            await double.wait_for(lambda: handle.rejected_callbacks or None)
+            await double.wait_for(
+                lambda: any("too late" in r.getMessage() for r in caplog.records) or None
+            )
+    late = [r for r in caplog.records if "too late" in r.getMessage()]
+    assert len(late) == 1 and late[0].levelno == logging.WARNING and late[0].exc_info is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert sandbox.count("generateUpscale") == 0

@@ -161,8 +161,12 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 class JobStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, lease_engine: AsyncEngine | None = None) -> None:
         self._engine = engine
+        # Leases must not queue behind a burst of clicks for a pooled connection: one renewed
+        # late is lost (a shard's session closed, a job handed over) under exactly the load
+        # that needs it. On PostgreSQL they have connections of their own.
+        self._lease_engine = lease_engine or engine
         self.ledger = Ledger(engine)
 
     @property
@@ -192,18 +196,27 @@ class JobStore:
             # dead connections in the pool: each is tried before it is handed out.
             pool_pre_ping=not url.startswith("sqlite"),
         )
+        lease_engine = None
         if url.startswith("sqlite"):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            lease_engine = create_async_engine(
+                url, hide_parameters=True, pool_pre_ping=True, pool_size=2, max_overflow=2
+            )
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(_create_schema)
         except BaseException:
             await engine.dispose()
+            if lease_engine is not None:
+                await lease_engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, lease_engine=lease_engine)
 
     async def close(self) -> None:
         await self._engine.dispose()
+        if self._lease_engine is not self._engine:
+            await self._lease_engine.dispose()
 
     async def ping(self) -> None:
         async with self._engine.connect() as conn:
@@ -517,11 +530,11 @@ class JobStore:
             )
             .values(owner=owner, until=now + ttl)
         )
-        async with self._engine.begin() as conn:
+        async with self._lease_engine.begin() as conn:
             if (await conn.execute(take)).rowcount == 1:
                 return True
         try:
-            async with self._engine.begin() as conn:
+            async with self._lease_engine.begin() as conn:
                 await conn.execute(_lease_row(name, owner, now + ttl))
         except IntegrityError:
             return False
@@ -532,7 +545,7 @@ class JobStore:
         if not names:
             return set()
         mine = sa.and_(leases.c.owner == owner, leases.c.name.in_(list(names)))
-        async with self._engine.begin() as conn:
+        async with self._lease_engine.begin() as conn:
             await conn.execute(leases.update().where(mine).values(until=self._clock() + ttl))
             held = await conn.execute(sa.select(leases.c.name).where(mine))
             return {str(row[0]) for row in held.fetchall()}
@@ -540,7 +553,7 @@ class JobStore:
     async def release_leases(self, owner: str, names: Collection[str]) -> None:
         if not names:
             return
-        async with self._engine.begin() as conn:
+        async with self._lease_engine.begin() as conn:
             await conn.execute(
                 leases.delete().where(leases.c.owner == owner, leases.c.name.in_(list(names)))
             )
@@ -550,7 +563,7 @@ class JobStore:
         query = sa.select(leases.c.name, leases.c.owner).where(
             leases.c.name.startswith(prefix, autoescape=True), leases.c.until >= self._clock()
         )
-        async with self._engine.connect() as conn:
+        async with self._lease_engine.connect() as conn:
             rows = (await conn.execute(query)).fetchall()
         return {str(row[0]): str(row[1]) for row in rows}
 
