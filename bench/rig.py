@@ -19,7 +19,6 @@ import math
 import os
 import platform
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from bot.grid import parse_upscale_custom_id, upscale_custom_id
 from bot.jobs.store import Job, JobState, JobStore
 from bot.midjourney.sandbox import SandboxAPI, SandboxTask, encode_png
 from tests.fakes.bot_process import REPO_ROOT, BotProcess
+from tests.fakes.cluster import free_port
 from tests.fakes.discord_double import DiscordDouble, InteractionHandle, StoredMessage
 
 TOKEN = "bench-token-for-the-discord-double"
@@ -243,12 +243,6 @@ class BenchSandbox(SandboxAPI):
 
 
 # ----- the rig ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -50,6 +50,7 @@ class UpscaleBot(commands.AutoShardedBot):
         self._shard_leases: ShardLeases | None = None
         self._running: list[int] = []
         self._keeper: asyncio.Task[None] | None = None
+        self._launches: dict[int, asyncio.Task[None]] = {}
         parse = self._connection.parsers["INTERACTION_CREATE"]
 
         def interaction_create(data: Any) -> None:
@@ -90,22 +91,13 @@ class UpscaleBot(commands.AutoShardedBot):
         self._keeper = asyncio.create_task(self._keep_shards(yarl.URL(url), leases), name="shards")
 
     async def _keep_shards(self, gateway: yarl.URL, leases: ShardLeases) -> None:
-        launches: dict[int, asyncio.Task[None]] = {}
         standing_by = False
         while not self.is_closed():
-            won, lost = await leases.step()
-            for shard in lost:
-                log.warning(
-                    "lost the lease of shard %d of %d: closing its session", shard, leases.count
-                )
-                await self._stop_shard(shard, launches)
-            for shard in won:
-                log.info("took shard %d of %d: connecting", shard, leases.count)
-                self._running.append(shard)
-                launches[shard] = asyncio.create_task(
-                    self.launch_shard(gateway, shard, initial=len(launches) == 0),
-                    name=f"shard-{shard}",
-                )
+            try:
+                await self._shard_step(gateway, leases)
+            except Exception:
+                # The gate keeps this process off shards it can no longer vouch for meanwhile.
+                log.exception("keeping the shard leases failed; trying again")
             if not leases.held and not standing_by:
                 log.info(
                     "standing by: other processes run every shard this one may run (%s of %d)",
@@ -116,9 +108,24 @@ class UpscaleBot(commands.AutoShardedBot):
             standing_by = not leases.held
             await asyncio.sleep(leases.period)
 
-    async def _stop_shard(self, shard: int, launches: dict[int, asyncio.Task[None]]) -> None:
+    async def _shard_step(self, gateway: yarl.URL, leases: ShardLeases) -> None:
+        won, lost = await leases.step()
+        for shard in lost:
+            log.warning(
+                "lost the lease of shard %d of %d: closing its session", shard, leases.count
+            )
+            await self._stop_shard(shard)
+        for shard in won:
+            log.info("took shard %d of %d: connecting", shard, leases.count)
+            self._running.append(shard)
+            self._launches[shard] = asyncio.create_task(
+                self.launch_shard(gateway, shard, initial=not self._launches),
+                name=f"shard-{shard}",
+            )
+
+    async def _stop_shard(self, shard: int) -> None:
         self._health.gateway_left(shard)
-        launch = launches.pop(shard, None)
+        launch = self._launches.pop(shard, None)
         if launch is not None and not launch.done():
             launch.cancel()
         if shard in self._running:
@@ -127,11 +134,18 @@ class UpscaleBot(commands.AutoShardedBot):
         if info is not None:
             await info.disconnect()
 
+    def _stop_keeping(self) -> None:
+        # A launch still connecting would open a session after its lease is given back.
+        if self._keeper is not None:
+            self._keeper.cancel()
+        for launch in self._launches.values():
+            launch.cancel()
+        self._launches.clear()
+
     async def leave_gateway(self) -> None:
         """Close every session this process runs and give its shards back, so another process
         takes them at once (REST stays usable for the posts still to drain)."""
-        if self._keeper is not None:
-            self._keeper.cancel()
+        self._stop_keeping()
         leases = self._shard_leases
         for shard in list(self._running):
             self._health.gateway_left(shard)
@@ -141,6 +155,10 @@ class UpscaleBot(commands.AutoShardedBot):
         if leases is not None:
             await leases.release(list(self._running))
         self._running.clear()
+
+    async def close(self) -> None:
+        self._stop_keeping()
+        await super().close()
 
     async def on_shard_connect(self, shard_id: int) -> None:
         self._health.gateway_up(shard_id)

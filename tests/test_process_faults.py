@@ -9,7 +9,6 @@ and killed once the job's row in the SQLite file shows the step: no step depends
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from bot.midjourney.sandbox import SandboxAPI
 from bot.services import SHUTDOWN_GRACE_SECONDS
 from tests.conftest import StartSandbox
 from tests.fakes.bot_process import GRACE_VAR, BotProcess
+from tests.fakes.cluster import free_port
 from tests.fakes.discord_double import DiscordDouble, InteractionHandle, StoredMessage
 from tests.harness import status_lines
 
@@ -41,19 +41,13 @@ class Rig:
     store: JobStore
 
 
-def free_port() -> int:
-    # The listener port must stay the same across restarts: the callback URL names it.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def rig(
     double: DiscordDouble, start_sandbox: StartSandbox, tmp_path: Path
 ) -> AsyncIterator[Rig]:
     # Tasks finish as soon as they are created; a test that needs one running sets None.
     served = await start_sandbox(task_seconds=0)
+    # The listener port must stay the same across restarts: the callback URL names it.
     port = free_port()
     database_url = f"sqlite:///{tmp_path}/bot.sqlite3"
     env = {
