@@ -68,8 +68,11 @@ class JobLeases:
         """Extend every lease held; the job ids whose lease was lost (taken over meanwhile)."""
         if self.ttl is None or not self._held:
             return set()
-        held = await self._store.renew_leases(self.owner, self._held, ttl=self.ttl)
-        lost = self._held - held
+        asked = set(self._held)
+        held = await self._store.renew_leases(self.owner, asked, ttl=self.ttl)
+        # Jobs are taken and end while the renewal is under way: only one that was asked
+        # about, and is still held, was lost.
+        lost = (asked - held) & self._held
         self._held -= lost
         return lost
 

@@ -5,12 +5,13 @@ reaches the job. Each "process" is a tracker with store engines of its own."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.jobs.leases import JobLeases
 from bot.jobs.store import FollowUp, JobState, JobStore
 from bot.jobs.tables import leases
 from bot.jobs.tracker import Tracker
@@ -213,3 +214,35 @@ async def test_a_lost_listening_connection_is_made_again(
     # Within a renewal the owner listens again, and rings its jobs for what it missed.
     await owner_posts.wait_for(lambda: len(owner_posts.delivered) == 1, timeout=10)
     assert other_posts.delivered == []
+
+
+class RenewsSlowly(JobStore):
+    """A store whose renewal lets other work of the process run while it is under way, as any
+    database round trip does (a click storm makes new jobs meanwhile, jobs end meanwhile)."""
+
+    meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def renew_leases(self, owner: str, names: Collection[str], *, ttl: float) -> set[str]:
+        asked = list(names)
+        if self.meanwhile is not None:
+            await self.meanwhile()
+        return await super().renew_leases(owner, asked, ttl=ttl)
+
+
+async def test_jobs_taken_or_ended_during_a_renewal_are_not_lost(
+    engine: Callable[[], AsyncEngine],
+) -> None:
+    store = RenewsSlowly(engine())
+    leases = JobLeases(store, ttl=STEADY)
+    assert await leases.claim("ends-meanwhile")
+
+    async def meanwhile() -> None:
+        assert await leases.claim("new-meanwhile")
+        await leases.release("ends-meanwhile")
+
+    store.meanwhile = meanwhile
+    # Before: the new job was counted as lost (its watcher cancelled), and so was the one that
+    # ended (its last words cut off).
+    assert await leases.renew() == set()
+    assert leases.holds("new-meanwhile")
+    assert await lease_owner(engine, "new-meanwhile") == leases.owner
