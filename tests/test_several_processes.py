@@ -21,7 +21,7 @@ import pytest
 from bot.grid import parse_upscale_custom_id, upscale_custom_id
 from bot.midjourney.sandbox import SandboxAPI
 from tests.conftest import StartSandbox
-from tests.fakes.cluster import Cluster, fresh_database, running_cluster
+from tests.fakes.cluster import SHARDS, Cluster, fresh_database, running_cluster
 from tests.fakes.discord_double import DiscordDouble, StoredMessage
 from tests.jobs.conftest import POSTGRES_URL
 
@@ -184,6 +184,35 @@ async def test_a_standby_takes_over_the_shard_and_the_jobs_of_a_killed_process(
     for bot in rig.cluster.bots:
         if bot is not victim:
             assert "Traceback" not in bot.stderr()
+
+
+async def test_a_frozen_process_loses_its_shard_and_acts_on_nothing_it_read_late(
+    rig: Rig,
+) -> None:
+    double, sandbox = rig.double, rig.sandbox
+    await rig.cluster.start_all()
+    user = double.add_user("clicker")
+    grid, task = await imagine(rig, 0, user, "a frozen harbour")
+    running = await click(rig, grid, task, 1, user)
+    frozen = rig.cluster.shard_owner(0)
+    frozen.freeze()
+    await double.wait_for(
+        lambda: double.identified_shards().count(0) == 2 or None, timeout=TAKEOVER
+    )
+    # The frozen process's session stayed connected: Discord sends shard 0's events to both.
+    assert double.shard_overlaps == [(0, SHARDS)]
+    late = await click(rig, grid, task, 2, user)
+    sandbox.complete(running)
+    sandbox.complete(late)
+    frozen.thaw()
+    await frozen.wait_for_log("lost the lease of shard 0", timeout=30)
+    for number in (1, 2):
+        await posted_once(rig, grid, number, timeout=TAKEOVER)
+    # It acted on none of what it read late: every click was answered once, by one process.
+    assert [h.rejected_callbacks for h in double.interactions] == [[]] * len(double.interactions)
+    await double.wait_for(lambda: double.sessions()[(0, SHARDS)] == 1 or None)
+    assert all(len(results(double, grid, number)) == 1 for number in (1, 2))
+    assert sum(c.endpoint == "generateUpscale" for c in sandbox.calls) == 2
 
 
 async def test_all_three_restarted_resume_what_was_running(rig: Rig) -> None:

@@ -143,6 +143,14 @@ class BotProcess:
         """SIGKILL: the process gets no chance to finish anything."""
         self._signal(signal.SIGKILL)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process hangs, its connections stay open (as a machine that stalls)."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: a frozen process goes on where it stood, late for everything."""
+        self._signal(signal.SIGCONT)
+
     def terminate(self) -> None:
         """SIGTERM, what a Procfile host sends before it kills."""
         self._signal(signal.SIGTERM)

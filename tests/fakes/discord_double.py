@@ -555,9 +555,11 @@ class DiscordDouble:
 
         self._connections: list[_Connection] = []
         self._sessions: dict[str, _Session] = {}
-        # The session of each shard ([id, count], None for a bot without shards), and the
-        # last one identified.
-        self._live: dict[tuple[int, int] | None, _Session] = {}
+        # The sessions of each shard ([id, count], None for a bot without shards) that Discord
+        # still sends events to: usually one; two when a shard was identified again while its
+        # first session stayed connected (a frozen process): both get every event, as on
+        # Discord. And the last session identified.
+        self._live: dict[tuple[int, int] | None, list[_Session]] = {}
         self._session: _Session | None = None
         self.identifies: list[Json] = []
         # A shard identified while another session of it was still connected: Discord would
@@ -685,7 +687,7 @@ class DiscordDouble:
 
     @property
     def _connected(self) -> bool:
-        return any(s.ready and s.conn is not None for s in self._live.values())
+        return any(s.ready and s.conn is not None for ss in self._live.values() for s in ss)
 
     def add_channel(self, name: str, guild_id: int | None = None) -> int:
         channel_id = self._snowflake()
@@ -710,9 +712,9 @@ class DiscordDouble:
     def shard_of(self, guild_id: int) -> int:
         return (guild_id >> 22) % self.shard_count
 
-    def sessions(self) -> dict[tuple[int, int] | None, bool]:
-        """Each shard's session: whether it is connected now."""
-        return {key: s.conn is not None for key, s in self._live.items()}
+    def sessions(self) -> dict[tuple[int, int] | None, int]:
+        """How many sessions of each shard are connected now."""
+        return {key: sum(s.conn is not None for s in ss) for key, ss in self._live.items()}
 
     def identified_shards(self) -> list[int | None]:
         """The shard of every IDENTIFY so far, in order."""
@@ -1876,10 +1878,10 @@ class DiscordDouble:
             if session is not None and session.conn is conn:
                 session.conn = None
                 session.ready = False
-                key = _shard_key(session)
-                if self._live.get(key) is session:
+                live = self._live.get(_shard_key(session), [])
+                if session in live:
                     if not conn.dropped and ws.close_code in _SESSION_ENDING_CLOSE_CODES:
-                        del self._live[key]
+                        live.remove(session)
                         if session is self._session:
                             self._session = None
             self._notify()
@@ -1896,8 +1898,9 @@ class DiscordDouble:
         """The sessions that receive ``guild_id``'s events (its shard's, as on Discord)."""
         return [
             session
-            for key, session in self._live.items()
+            for key, sessions in self._live.items()
             if key is None or self.shard_of(guild_id) == key[0]
+            for session in sessions
         ]
 
     async def _dispatch(self, event: str, data: Json) -> None:
@@ -1950,11 +1953,13 @@ class DiscordDouble:
         session.conn = conn
         conn.session = session
         key = _shard_key(session)
-        previous = self._live.get(key)
-        if previous is not None and previous.conn is not None and not previous.conn.ws.closed:
+        live = self._live.setdefault(key, [])
+        if any(s.conn is not None and not s.conn.ws.closed for s in live):
             self.shard_overlaps.append(key)
+        # A session left without a connection (its process died) is dropped by the new one.
+        live[:] = [s for s in live if s.conn is not None]
+        live.append(session)
         self._sessions[session.id] = session
-        self._live[key] = session
         self._session = session
         guilds = [g for g in self._guilds if key is None or self.shard_of(g) == key[0]]
         ready: Json = {
@@ -1990,7 +1995,7 @@ class DiscordDouble:
     async def _resume(self, conn: _Connection, data: Json) -> None:
         session = self._sessions.get(str(data.get("session_id")))
         live = session is not None and session.conn is not None and not session.conn.ws.closed
-        if session is None or self._live.get(_shard_key(session)) is not session or live:
+        if session is None or session not in self._live.get(_shard_key(session), []) or live:
             await self._send(conn, {"op": 9, "d": False})
             return
         self.resumes += 1
