@@ -6,7 +6,9 @@ behind N" note); at its turn a submission also takes a turn in the table ``submi
 an advisory lock, and only while fewer than ``rate`` rows are in flight or were answered within
 the window. Times are the database's clock, the one clock every process shares. A row stays in
 flight until its answer is in; one left so by a process that died counts until ``stale``
-seconds after its grant (longer than a request can take), then no more.
+seconds after its grant (longer than a request can take), then no more. A 429 is about the API
+key, not the process that met it: its pause is written as ``rate`` turns that run until the
+pause ends, which hold back every process.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class SharedPace:
         self._per = per
         self._stale = stale
         self._sleep = sleep
+        self._pausing: set[asyncio.Task[None]] = set()
 
     @property
     def waiting(self) -> int:
@@ -65,6 +68,35 @@ class SharedPace:
 
     def pause(self, seconds: float) -> None:
         self._local.pause(seconds)
+        task = asyncio.ensure_future(self._pause_all(seconds))
+        self._pausing.add(task)
+        task.add_done_callback(self._pausing.discard)
+
+    async def paused(self) -> None:
+        """Until every pause asked for is written for the other processes to see."""
+        await asyncio.gather(*self._pausing)
+
+    async def _pause_all(self, seconds: float) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PACE_LOCK)))
+                now = float((await conn.execute(_NOW)).scalar_one())
+                # Answered a window before the pause ends, each holds its slot until then; the
+                # grant in the future keeps them from being taken as stale meanwhile.
+                until = now + seconds
+                await conn.execute(
+                    submit_turns.insert(),
+                    [
+                        {
+                            "id": secrets.token_hex(12),
+                            "granted_at": until,
+                            "answered_at": until - self._per,
+                        }
+                        for _ in range(self._rate)
+                    ],
+                )
+        except Exception:
+            log.warning("could not pause the other processes for %g s after a 429", seconds)
 
     async def acquire(self, *, bounded: bool = True) -> PaceTurn:
         local = await self._local.acquire(bounded=bounded)

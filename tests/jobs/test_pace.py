@@ -79,3 +79,25 @@ async def test_a_turn_left_in_flight_by_a_dead_process_stops_counting_once_stale
         # ...then no more.
         turn = await asyncio.wait_for(alive.acquire(), timeout=10)
         await turn.done()
+
+
+class Waited(Exception):
+    """What the recording sleep raises: the wait it was asked for is all the test needs."""
+
+
+async def test_a_429_met_by_one_process_pauses_every_process() -> None:
+    async with postgres_schema("pace_test") as engine:
+        met = SharedPace(engine(), SubmitThrottle(9, PER, max_waiting=9), RATE, PER)
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            raise Waited
+
+        other = SharedPace(engine(), SubmitThrottle(9, PER, max_waiting=9), RATE, PER, sleep=sleep)
+        met.pause(30.0)
+        await met.paused()
+        # Before: the other process knew nothing of the 429 and sent at once.
+        with pytest.raises(Waited):
+            await other.acquire()
+        assert len(waits) == 1 and 29.0 < waits[0] <= 30.0
