@@ -390,3 +390,31 @@ async def test_healthz_of_the_real_bot_follows_gateway_store_and_callbacks(
         await double.wait_until_connected()
         body = await until(get, lambda status, _: status == 200)
         assert (body["status"], body["gateway_connected"]) == ("ok", True)
+
+
+async def test_a_standby_is_healthy_and_says_so() -> None:
+    clock = FakeClock()
+    health = monitor(clock, FakeStore())
+    health.gateway_standby()
+    clock.advance(GATEWAY_GRACE_SECONDS * 3)
+    report = await health.check()
+    assert report.healthy and report.status == "standby"
+
+
+async def test_a_shard_let_go_is_no_outage_but_a_shard_down_is() -> None:
+    clock = FakeClock()
+    health = monitor(clock, FakeStore())
+    health.gateway_up(0)
+    health.gateway_up(1)
+    # Shard 1 went to another process: its session closed on purpose, its disconnect event after.
+    health.gateway_left(1)
+    health.gateway_down(1)
+    clock.advance(GATEWAY_GRACE_SECONDS + 1)
+    assert (await health.check()).status == "ok"
+    # Shard 0 drops and does not come back: that is an outage, whatever the other shards do.
+    health.gateway_down(0)
+    clock.advance(GATEWAY_GRACE_SECONDS + 1)
+    report = await health.check()
+    assert not report.healthy and report.status == "gateway down"
+    health.gateway_up(0)
+    assert (await health.check()).status == "ok"
