@@ -4,7 +4,9 @@ between them; started in order and stopped in the reverse one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +15,7 @@ import yarl
 from discord.ext import commands
 
 from bot.config import Settings
-from bot.health import HealthMonitor
+from bot.health import GATEWAY_GRACE_SECONDS, HealthMonitor
 from bot.jobs.types import PollPolicy
 from bot.midjourney.sandbox import SandboxAPI
 from bot.services import Services, open_services
@@ -21,6 +23,11 @@ from bot.shards import SHARD_LEASE_SECONDS, ShardLeases
 from cogs import add_cogs
 
 log = logging.getLogger(__name__)
+
+# A shard held this long without a session is given up (the health check's grace, too).
+CONNECT_GRACE = GATEWAY_GRACE_SECONDS
+# How long closing a session may hold up the keeper.
+CLOSE_SECONDS = 3.0
 
 
 class UpscaleBot(commands.AutoShardedBot):
@@ -51,6 +58,8 @@ class UpscaleBot(commands.AutoShardedBot):
         self._running: list[int] = []
         self._keeper: asyncio.Task[None] | None = None
         self._launches: dict[int, asyncio.Task[None]] = {}
+        # Shards held whose session is not up: since when (monotonic).
+        self._unconnected: dict[int, float] = {}
         parse = self._connection.parsers["INTERACTION_CREATE"]
 
         def interaction_create(data: Any) -> None:
@@ -115,9 +124,24 @@ class UpscaleBot(commands.AutoShardedBot):
                 "lost the lease of shard %d of %d: closing its session", shard, leases.count
             )
             await self._stop_shard(shard)
+        now = time.monotonic()
+        stuck = [s for s, since in self._unconnected.items() if now - since > CONNECT_GRACE]
+        for shard in stuck:
+            # Held but never (or no longer) connected: a host that reaches the database but
+            # not Discord must not keep the shard from a process that could run it.
+            log.warning(
+                "shard %d of %d has not connected for %g s: giving it to another process",
+                shard,
+                leases.count,
+                CONNECT_GRACE,
+            )
+            await self._stop_shard(shard)
+            await leases.release([shard])
         for shard in won:
             log.info("took shard %d of %d: connecting", shard, leases.count)
             self._running.append(shard)
+            self._unconnected[shard] = now
+            self._health.gateway_launching(shard)
             self._launches[shard] = asyncio.create_task(
                 self.launch_shard(gateway, shard, initial=not self._launches),
                 name=f"shard-{shard}",
@@ -125,48 +149,71 @@ class UpscaleBot(commands.AutoShardedBot):
 
     async def _stop_shard(self, shard: int) -> None:
         self._health.gateway_left(shard)
+        self._unconnected.pop(shard, None)
         launch = self._launches.pop(shard, None)
         if launch is not None and not launch.done():
             launch.cancel()
         if shard in self._running:
             self._running.remove(shard)
+        await self._close_session(shard)
+
+    async def _close_session(self, shard: int) -> None:
+        # A session reconnecting now is closed when it is back (on_shard_connect, _resumed).
         info = self.get_shard(shard)
         if info is not None:
-            await info.disconnect()
+            with contextlib.suppress(TimeoutError):
+                # discord.py waits up to 30 s for the close handshake; renewals cannot.
+                await asyncio.wait_for(info.disconnect(), CLOSE_SECONDS)
 
-    def _stop_keeping(self) -> None:
+    def _stop_keeping(self) -> asyncio.Task[None] | None:
         # A launch still connecting would open a session after its lease is given back.
-        if self._keeper is not None:
-            self._keeper.cancel()
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
         for launch in self._launches.values():
             launch.cancel()
         self._launches.clear()
+        return keeper
 
     async def leave_gateway(self) -> None:
         """Close every session this process runs and give its shards back, so another process
         takes them at once (REST stays usable for the posts still to drain)."""
-        self._stop_keeping()
-        leases = self._shard_leases
-        for shard in list(self._running):
+        keeper = self._stop_keeping()
+        if keeper is not None:
+            # Until it has stopped: a lease it was taking must be given back too.
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        running, self._running[:] = list(self._running), []
+        for shard in running:
             self._health.gateway_left(shard)
-            info = self.get_shard(shard)
-            if info is not None:
-                await info.disconnect()
+        await asyncio.gather(*(self._close_session(shard) for shard in running))
+        leases = self._shard_leases
         if leases is not None:
-            await leases.release(list(self._running))
-        self._running.clear()
+            await leases.release(leases.allowed)
 
     async def close(self) -> None:
         self._stop_keeping()
         await super().close()
 
-    async def on_shard_connect(self, shard_id: int) -> None:
+    async def _session_up(self, shard_id: int) -> None:
+        leases = self._shard_leases
+        if leases is not None and not leases.holds(shard_id):
+            # A reconnect that was under way when the lease went: not this process's any more.
+            log.warning("shard %d came back after its lease was lost: closing it", shard_id)
+            await self._close_session(shard_id)
+            return
+        self._unconnected.pop(shard_id, None)
         self._health.gateway_up(shard_id)
+
+    async def on_shard_connect(self, shard_id: int) -> None:
+        await self._session_up(shard_id)
 
     async def on_shard_resumed(self, shard_id: int) -> None:
-        self._health.gateway_up(shard_id)
+        await self._session_up(shard_id)
 
     async def on_shard_disconnect(self, shard_id: int) -> None:
+        if shard_id in self._running:
+            self._unconnected.setdefault(shard_id, time.monotonic())
         self._health.gateway_down(shard_id)
 
     async def on_shard_ready(self, shard_id: int) -> None:

@@ -121,6 +121,11 @@ class HealthMonitor:
         if shard not in self._left:
             self._down.setdefault(shard, self._clock())
 
+    def gateway_launching(self, shard: int) -> None:
+        """``shard`` was taken and is connecting: down until its session is up."""
+        self._left.discard(shard)
+        self._down.setdefault(shard, self._clock())
+
     def gateway_left(self, shard: int) -> None:
         """``shard``'s session was closed on purpose: another process runs it now."""
         self._left.add(shard)

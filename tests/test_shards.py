@@ -11,11 +11,15 @@ from collections.abc import AsyncIterator, Callable, Collection
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.app import UpscaleBot
+from bot.health import HealthMonitor
 from bot.jobs.store import JobStore
 from bot.shards import ShardLeases, shard_of
 from tests.jobs.conftest import postgres_schema
 
-TTL = 0.6
+# Long enough that a database round trip on a busy machine never eats the two thirds a
+# process may act on its lease without renewing.
+TTL = 3.0
 
 
 @pytest.fixture
@@ -130,5 +134,27 @@ async def test_without_leases_every_allowed_shard_is_run_at_once(tmp_path: objec
         assert await alone.step() == ([0, 1, 2], [])
         assert await alone.step() == ([], [])
         assert all(alone.holds(shard) for shard in range(3))
+    finally:
+        await store.close()
+
+
+async def test_a_session_back_after_its_lease_went_is_closed_not_counted_up(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reconnect under way when the lease was lost finishes later: the session that comes
+    back is not this process's any more (bot.app.UpscaleBot._session_up)."""
+    store = await JobStore.open(f"sqlite:///{tmp_path}/bot.sqlite3")
+    health = HealthMonitor()
+    try:
+        async with UpscaleBot(guild_id=None, health=health) as bot:
+            leases = ShardLeases(store, owner="a", count=2, allowed=[0], most=None, ttl=None)
+            await leases.step()
+            bot._shard_leases = leases
+            with caplog.at_level(logging.WARNING, logger="bot.app"):
+                await bot.on_shard_resumed(1)
+            assert "shard 1 came back after its lease was lost" in caplog.text
+            assert not (await health.check()).gateway_connected
+            await bot.on_shard_resumed(0)
+            assert (await health.check()).gateway_connected
     finally:
         await store.close()

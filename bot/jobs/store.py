@@ -44,6 +44,9 @@ from bot.jobs.tables import JobState as JobState
 
 log = logging.getLogger(__name__)
 
+# The longest a lease query may take before it counts as failed.
+LEASE_QUERY_SECONDS = 3.0
+
 # The NOTIFY channel on which a process that took a callback rings the job's owner.
 JOB_CHANNEL = "mjbot_jobs"
 # The advisory lock key under which the schema is made or upgraded. The admission locks use
@@ -201,7 +204,16 @@ class JobStore:
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             lease_engine = create_async_engine(
-                url, hide_parameters=True, pool_pre_ping=True, pool_size=2, max_overflow=2
+                url,
+                hide_parameters=True,
+                pool_pre_ping=True,
+                pool_size=2,
+                max_overflow=2,
+                # A renewal that hangs on a dead link must fail soon: the keeper tries again.
+                connect_args={
+                    "timeout": LEASE_QUERY_SECONDS,
+                    "command_timeout": LEASE_QUERY_SECONDS,
+                },
             )
         try:
             async with engine.begin() as conn:
