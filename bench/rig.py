@@ -281,10 +281,7 @@ class Rig:
 
     @property
     def proc(self) -> ProcStat:
-        # BotProcess keeps its subprocess private; the pid is all a bench needs of it.
-        process = self.bot._process
-        assert process is not None
-        return ProcStat(process.pid)
+        return ProcStat(self.bot.pid)
 
     async def show_grids(
         self, count: int, *, via: str = "imagine", concurrency: int = 8
@@ -303,11 +300,6 @@ class Rig:
         saved = self.sandbox.task_seconds
         self.sandbox.task_seconds = 0
 
-        async def imagine(n: int) -> None:
-            async with gate:
-                handle = await self.double.slash("imagine", {"prompt": f"bench grid {n}"}, user)
-                await handle.wait_ack(timeout=60)
-
         async def show(task_id: str) -> None:
             async with gate:
                 handle = await self.double.slash("upscale", {"task_id": task_id}, user)
@@ -315,7 +307,7 @@ class Rig:
                 await handle.wait_followup(timeout=60)
 
         if via == "imagine":
-            await asyncio.gather(*(imagine(n) for n in range(count)))
+            await imagine_all(self.double, user, [self.double.channel_id], count, concurrency)
         else:
             seeded = [self.sandbox.add_generation(prompt=f"bench grid {n}") for n in range(count)]
             await asyncio.gather(*(show(t) for t in seeded))
@@ -387,6 +379,23 @@ class Rig:
             await asyncio.sleep(quiet)
             if proc.cpu_seconds() - before <= 0.02 * quiet + 0.011:
                 return
+
+
+async def imagine_all(
+    double: DiscordDouble, user: int, channels: list[int], count: int, concurrency: int = 8
+) -> None:
+    """``/imagine`` ``count`` times in each of ``channels``, ``concurrency`` at a time, until
+    each is acknowledged (the grids follow once the sandbox has finished them)."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def imagine(channel: int, n: int) -> None:
+        async with gate:
+            handle = await double.slash(
+                "imagine", {"prompt": f"bench grid {n}"}, user, channel_id=channel
+            )
+            await handle.wait_ack(timeout=60)
+
+    await asyncio.gather(*(imagine(c, n) for c in channels for n in range(count)))
 
 
 def _status_lines(double: DiscordDouble) -> list[StoredMessage]:

@@ -31,8 +31,10 @@ from bench.rig import (
     API_KEY,
     UNTHROTTLED,
     BenchSandbox,
+    ProcStat,
     begin,
     grid_task,
+    imagine_all,
     percentile,
     running_bot,
     serve,
@@ -52,15 +54,13 @@ class Target:
     double: DiscordDouble
     sandbox: BenchSandbox
     channels: list[int]
-    pids: list[int]
+    procs: list[ProcStat]
 
 
 @contextlib.asynccontextmanager
 async def one_process(env: dict[str, str]) -> AsyncIterator[Target]:
     async with running_bot(env=env) as rig:
-        process = rig.bot._process
-        assert process is not None
-        yield Target(rig.double, rig.sandbox, [rig.double.channel_id], [process.pid])
+        yield Target(rig.double, rig.sandbox, [rig.double.channel_id], [rig.proc])
 
 
 @contextlib.asynccontextmanager
@@ -82,9 +82,9 @@ async def three_processes(env: dict[str, str]) -> AsyncIterator[Target]:
                     env={**UNTHROTTLED, **env},
                 ) as cluster:
                     await cluster.start_all()
-                    pids = [b._process.pid for b in cluster.bots if b._process is not None]
+                    procs = [ProcStat(bot.pid) for bot in cluster.bots]
                     try:
-                        yield Target(double, sandbox, sorted(cluster.channels.values()), pids)
+                        yield Target(double, sandbox, sorted(cluster.channels.values()), procs)
                     finally:
                         for number, bot in enumerate(cluster.bots):
                             print_warnings(f"process {number}", bot.log)
@@ -117,16 +117,7 @@ def print_warnings(name: str, log: list[str]) -> None:
 async def make_grids(target: Target, user: int) -> list[StoredMessage]:
     double, sandbox = target.double, target.sandbox
     sandbox.task_seconds = 0
-    gate = asyncio.Semaphore(8)
-
-    async def imagine(channel: int, n: int) -> None:
-        async with gate:
-            handle = await double.slash(
-                "imagine", {"prompt": f"bench grid {channel} {n}"}, user, channel_id=channel
-            )
-            await handle.wait_ack(timeout=60)
-
-    await asyncio.gather(*(imagine(c, n) for c in target.channels for n in range(GRIDS_PER_GUILD)))
+    await imagine_all(double, user, target.channels, GRIDS_PER_GUILD)
 
     def grids() -> list[StoredMessage]:
         return [
@@ -139,11 +130,6 @@ async def make_grids(target: Target, user: int) -> list[StoredMessage]:
     await wait_until(lambda: len(grids()) >= wanted, 180, f"{wanted} grids")
     sandbox.task_seconds = None
     return grids()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100
 
 
 async def step(
@@ -186,11 +172,11 @@ async def run(processes: int, rates: list[float], seconds: float, env: dict[str,
         print(f"{processes} process(es), {len(grids)} grids in {len(target.channels)} guild(s)")
         sustained = 0.0
         for rate in rates:
-            bots = [cpu_seconds(pid) for pid in target.pids]
+            bots = sum(proc.cpu_seconds() for proc in target.procs)
             own, began = time.process_time(), time.perf_counter()
             acks, missed = await step(target, grids, users, rate, seconds)
             took = time.perf_counter() - began
-            bot_cpu = sum(cpu_seconds(pid) for pid in target.pids) - sum(bots)
+            bot_cpu = sum(proc.cpu_seconds() for proc in target.procs) - bots
             ms = sorted(a * 1000 for a in acks)
             worst = ms[-1] if ms else float("nan")
             ok = not missed and worst < ACK_LIMIT * 1000

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,8 +57,6 @@ class UpscaleBot(commands.AutoShardedBot):
         self._running: list[int] = []
         self._keeper: asyncio.Task[None] | None = None
         self._launches: dict[int, asyncio.Task[None]] = {}
-        # Shards held whose session is not up: since when (monotonic).
-        self._unconnected: dict[int, float] = {}
         parse = self._connection.parsers["INTERACTION_CREATE"]
 
         def interaction_create(data: Any) -> None:
@@ -124,8 +121,7 @@ class UpscaleBot(commands.AutoShardedBot):
                 "lost the lease of shard %d of %d: closing its session", shard, leases.count
             )
             await self._stop_shard(shard)
-        now = time.monotonic()
-        stuck = [s for s, since in self._unconnected.items() if now - since > CONNECT_GRACE]
+        stuck = [s for s in self._running if (self._health.down_for(s) or 0) > CONNECT_GRACE]
         for shard in stuck:
             # Held but never (or no longer) connected: a host that reaches the database but
             # not Discord must not keep the shard from a process that could run it.
@@ -140,7 +136,6 @@ class UpscaleBot(commands.AutoShardedBot):
         for shard in won:
             log.info("took shard %d of %d: connecting", shard, leases.count)
             self._running.append(shard)
-            self._unconnected[shard] = now
             self._health.gateway_launching(shard)
             self._launches[shard] = asyncio.create_task(
                 self.launch_shard(gateway, shard, initial=not self._launches),
@@ -149,7 +144,6 @@ class UpscaleBot(commands.AutoShardedBot):
 
     async def _stop_shard(self, shard: int) -> None:
         self._health.gateway_left(shard)
-        self._unconnected.pop(shard, None)
         launch = self._launches.pop(shard, None)
         if launch is not None and not launch.done():
             launch.cancel()
@@ -202,7 +196,6 @@ class UpscaleBot(commands.AutoShardedBot):
             log.warning("shard %d came back after its lease was lost: closing it", shard_id)
             await self._close_session(shard_id)
             return
-        self._unconnected.pop(shard_id, None)
         self._health.gateway_up(shard_id)
 
     async def on_shard_connect(self, shard_id: int) -> None:
@@ -212,8 +205,6 @@ class UpscaleBot(commands.AutoShardedBot):
         await self._session_up(shard_id)
 
     async def on_shard_disconnect(self, shard_id: int) -> None:
-        if shard_id in self._running:
-            self._unconnected.setdefault(shard_id, time.monotonic())
         self._health.gateway_down(shard_id)
 
     async def on_shard_ready(self, shard_id: int) -> None:

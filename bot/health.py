@@ -126,6 +126,12 @@ class HealthMonitor:
         self._left.discard(shard)
         self._down.setdefault(shard, self._clock())
 
+    def down_for(self, shard: int) -> float | None:
+        """Seconds ``shard`` has been without its session (connecting or dropped); None when
+        it is up or was let go."""
+        since = self._down.get(shard)
+        return None if since is None else self._clock() - since
+
     def gateway_left(self, shard: int) -> None:
         """``shard``'s session was closed on purpose: another process runs it now."""
         self._left.add(shard)

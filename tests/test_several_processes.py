@@ -23,7 +23,7 @@ from bot.midjourney.sandbox import SandboxAPI
 from tests.conftest import StartSandbox
 from tests.fakes.cluster import SHARDS, Cluster, fresh_database, running_cluster
 from tests.fakes.discord_double import DiscordDouble, StoredMessage
-from tests.jobs.conftest import POSTGRES_URL
+from tests.jobs.conftest import POSTGRES_URL, crowded_windows
 
 RATE = 3
 PER = 10.0
@@ -122,14 +122,6 @@ async def posted_once(rig: Rig, grid: StoredMessage, number: int, timeout: float
     await rig.double.wait_for(lambda: results(rig.double, grid, number) or None, timeout)
 
 
-def crowded_windows(sandbox: SandboxAPI) -> list[float]:
-    """Arrival times of paid calls that open a window of PER seconds holding more than RATE."""
-    arrivals = sorted(c.at for c in sandbox.calls if c.endpoint in PAID)
-    return [
-        arrivals[i] for i in range(len(arrivals) - RATE) if arrivals[i + RATE] - arrivals[i] < PER
-    ]
-
-
 async def test_a_standby_takes_over_the_shard_and_the_jobs_of_a_killed_process(
     rig: Rig,
 ) -> None:
@@ -173,7 +165,7 @@ async def test_a_standby_takes_over_the_shard_and_the_jobs_of_a_killed_process(
             assert len(results(double, grid, number)) == 1
     assert len(results(double, grids[0][0], 3)) == 1
     assert double.shard_overlaps == []
-    assert crowded_windows(sandbox) == []
+    assert crowded_windows(sandbox, PAID, RATE, PER) == []
     # Round robin: callbacks reached every process that was up, not only the jobs' own.
     callbacks = [
         port for path, port in rig.cluster.proxy.forwarded if path.startswith("/callbacks/")

@@ -35,11 +35,9 @@ def process(
     count: int = 2,
     most: int | None = 1,
     allowed: list[int] | None = None,
-    clock: Callable[[], float] | None = None,
 ) -> ShardLeases:
-    extra = {} if clock is None else {"clock": clock}
     return ShardLeases(
-        JobStore(engine()), owner=owner, count=count, allowed=allowed, most=most, ttl=TTL, **extra
+        JobStore(engine()), owner=owner, count=count, allowed=allowed, most=most, ttl=TTL
     )
 
 

@@ -61,6 +61,12 @@ class BotProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the bot process was never started")
+        return self._process.pid
+
     def stderr(self) -> str:
         return "".join(self.log)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,18 @@ from bot.midjourney.sandbox import SandboxAPI
 from bot.web import Listener
 from tests.conftest import FAST_POLL, RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
+
+
+def crowded_windows(
+    sandbox: SandboxAPI, endpoints: Collection[str], rate: int, per: float
+) -> list[float]:
+    """Arrival times of calls to ``endpoints`` that open a window of ``per`` seconds holding
+    more than ``rate`` of them (the vendor's side of the pace)."""
+    arrivals = sorted(c.at for c in sandbox.calls if c.endpoint in endpoints)
+    return [
+        arrivals[i] for i in range(len(arrivals) - rate) if arrivals[i + rate] - arrivals[i] < per
+    ]
+
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -10,18 +10,9 @@ from bot.jobs.pace import SharedPace
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import Tracker
-from bot.midjourney.sandbox import SandboxAPI
-from tests.jobs.conftest import Rig, postgres_schema
+from tests.jobs.conftest import Rig, crowded_windows, postgres_schema
 
 RATE, PER = 5, 1.0
-
-
-def crowded_windows(sandbox: SandboxAPI, endpoint: str, rate: int, per: float) -> list[float]:
-    """Arrival times that open a window of ``per`` seconds holding more than ``rate`` calls."""
-    arrivals = sorted(c.at for c in sandbox.calls if c.endpoint == endpoint)
-    return [
-        arrivals[i] for i in range(len(arrivals) - rate) if arrivals[i + rate] - arrivals[i] < per
-    ]
 
 
 async def thirty_at_once(rig: Rig, trackers: list[Tracker]) -> None:
@@ -41,7 +32,7 @@ async def thirty_at_once(rig: Rig, trackers: list[Tracker]) -> None:
     )
     assert all(o.job.upstream_task_id for o in outcomes)
     assert rig.sandbox.count("generate") == 30
-    assert crowded_windows(rig.sandbox, "generate", RATE, PER) == []
+    assert crowded_windows(rig.sandbox, ("generate",), RATE, PER) == []
 
 
 async def test_no_window_at_the_api_holds_more_than_the_pace(rig: Rig) -> None:
