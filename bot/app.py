@@ -11,6 +11,7 @@ from typing import Any
 
 import discord
 import yarl
+from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
@@ -20,6 +21,7 @@ from bot.midjourney.sandbox import SandboxAPI
 from bot.services import Services, open_services
 from bot.shards import SHARD_LEASE_SECONDS, ShardLeases
 from cogs import add_cogs
+from cogs.interactions import ServersOnlyTree
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,13 @@ class UpscaleBot(commands.AutoShardedBot):
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=guild_ready_timeout,
+            # Servers only, installed by a server: a DM or a user's own install would spend
+            # outside every server's limits, where the bot may not even post.
+            tree_cls=ServersOnlyTree,
+            allowed_contexts=app_commands.AppCommandContext(
+                guild=True, dm_channel=False, private_channel=False
+            ),
+            allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
         )
         self._guild_id = guild_id
         self._health = health
@@ -71,6 +80,28 @@ class UpscaleBot(commands.AutoShardedBot):
                 )
 
         self._connection.parsers["INTERACTION_CREATE"] = interaction_create
+
+    async def learn_owners(self, extra: frozenset[int]) -> None:
+        """Who may change what the bot spends: the application's owner, or its team's admins
+        and developers (as discord.py counts them), and ``extra`` (OWNER_IDS)."""
+        try:
+            app = await self.application_info()
+        except discord.HTTPException as exc:
+            log.warning(
+                "could not read the application's owner (%s): only OWNER_IDS are owners", exc
+            )
+            self.owner_ids = set(extra)
+            return
+        if app.team is not None:
+            found = {
+                member.id
+                for member in app.team.members
+                if member.role in (discord.TeamMemberRole.admin, discord.TeamMemberRole.developer)
+            }
+        else:
+            found = {app.owner.id}
+        self.owner_ids = found | extra
+        log.info("owners of the bot: %s", ", ".join(map(str, sorted(self.owner_ids))))
 
     async def sync_commands(self) -> None:
         """Tell Discord the slash commands of the cogs added so far."""
@@ -261,6 +292,7 @@ class App:
                 # First, so that a refused token stops the start before anything is opened,
                 # and every post (a callback can arrive once the listener is up) can be made.
                 await self.bot.login(token)
+                await self.bot.learn_owners(self.settings.owner_ids)
                 self._services = await open_services(
                     self.settings,
                     self.bot,

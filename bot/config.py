@@ -65,6 +65,12 @@ class Settings:
     daily_jobs_per_server: int | None = None
     quota_timezone: str = "UTC"
     daily_credit_budget: int | None = None
+    # The owner's door (bot.jobs.servers): who else besides the application's owner or team may
+    # change what the bot spends, the servers served without /mj server allow, and the daily
+    # credits one server may spend unless an owner set otherwise (None: unlimited).
+    owner_ids: frozenset[int] = frozenset()
+    allowed_guild_ids: frozenset[int] = frozenset()
+    daily_credits_per_server: int | None = None
     # Gateway shards (bot.shards): None asks Discord how many; which ones this process may run
     # (None: any), and how many of them at once (None: all it may).
     shard_count: int | None = None
@@ -145,9 +151,26 @@ def _snowflake(env: Mapping[str, str], name: str, what: str = "server") -> int |
     raw = _text(env, name)
     if raw is None:
         return None
-    if not (raw.isdecimal() and raw.isascii()) or not 15 <= len(raw) <= 21:
+    if not _is_snowflake(raw):
         raise SettingsError(f"{name} must be a Discord {what} id (digits only), got {raw!r}")
     return int(raw)
+
+
+def _is_snowflake(raw: str) -> bool:
+    return raw.isdecimal() and raw.isascii() and 15 <= len(raw) <= 21
+
+
+def _snowflakes(env: Mapping[str, str], name: str, what: str) -> frozenset[int]:
+    raw = _text(env, name)
+    if raw is None:
+        return frozenset()
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    bad = [part for part in parts if not _is_snowflake(part)]
+    if bad:
+        raise SettingsError(
+            f"{name} must be Discord {what} ids (digits only) separated by commas, got {bad[0]!r}"
+        )
+    return frozenset(int(part) for part in parts)
 
 
 def parse_allowance(name: str, value: str) -> int | None:
@@ -331,6 +354,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         daily_jobs_per_server=_allowance(env, "DAILY_JOBS_PER_SERVER", None),
         quota_timezone=_timezone(env, "QUOTA_TIMEZONE"),
         daily_credit_budget=_allowance(env, "DAILY_CREDIT_BUDGET", None),
+        owner_ids=_snowflakes(env, "OWNER_IDS", "user"),
+        allowed_guild_ids=_snowflakes(env, "ALLOWED_GUILD_IDS", "server"),
+        daily_credits_per_server=_allowance(env, "DAILY_CREDITS_PER_SERVER", None),
         shard_count=shard_count,
         shard_ids=shard_ids,
         shards_per_process=shards_per_process,

@@ -28,6 +28,7 @@ from bot.health import HealthMonitor
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.leases import LEASE_SECONDS
 from bot.jobs.pace import SharedPace
+from bot.jobs.servers import Servers
 from bot.jobs.spending import Rules, Spending
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import Pace, SubmitThrottle
@@ -119,15 +120,29 @@ class Services:
             )
         return f"expected at {self.callback_base}; {heard}; late ones are covered by polling"
 
-    async def status_report(self) -> str:
-        """What /mj status shows."""
+    async def status_report(
+        self, guild_id: int | None, server_names: dict[int, str] | None = None
+    ) -> str:
+        """What /mj status shows: to a server's admin, that server (``guild_id``); to owners
+        (None), everything, with a line for each server in ``server_names`` (id → name)."""
+        if guild_id is not None:
+            return await status.status_report(
+                self.store,
+                self.mj,
+                guild_id=guild_id,
+                callbacks="",
+                spending=await self.spending.server_summary(guild_id),
+                vary_index=await self.vary_index_summary(),
+            )
         return await status.status_report(
             self.store,
             self.mj,
+            guild_id=None,
             callbacks=self.callbacks_summary(),
             low_credit_threshold=self.settings.low_credit_threshold,
             spending=self.spending.summary(),
             vary_index=await self.vary_index_summary(),
+            servers=await self.spending.server_lines(server_names or {}),
         )
 
     async def vary_index_summary(self) -> str:
@@ -144,6 +159,13 @@ class Services:
         if base is None:
             return "not learned yet: V1 and V4 work and teach it, V2 and V3 wait until then"
         return f"V1 is imageIndex {base} (learned from the API's answers)"
+
+
+def served_by_settings(settings: Settings) -> frozenset[int]:
+    """The servers the settings open the door to: ALLOWED_GUILD_IDS, and DISCORD_GUILD_ID (the
+    server the operator develops in)."""
+    extra = () if settings.guild_id is None else (settings.guild_id,)
+    return settings.allowed_guild_ids | frozenset(extra)
 
 
 async def open_services(
@@ -206,6 +228,12 @@ async def open_services(
                 server_jobs=settings.daily_jobs_per_server,
                 budget=settings.daily_credit_budget,
                 timezone=settings.quota_timezone,
+            ),
+            servers=Servers(
+                store.engine,
+                allowed=served_by_settings(settings),
+                jobs=settings.daily_jobs_per_server,
+                credits=settings.daily_credits_per_server,
             ),
         )
         credit_watch = CreditWatch(

@@ -1,4 +1,5 @@
-"""What /mj status tells a server admin: jobs of the last day, credits, callbacks, failures."""
+"""What /mj status tells: a server's admin, that server's jobs and failures of the last day; the
+bot's owners, every server's, the API account's credits and how results reach the bot."""
 
 from __future__ import annotations
 
@@ -24,37 +25,42 @@ async def status_report(
     store: JobStore,
     client: MidjourneyClient,
     *,
+    guild_id: int | None,
     callbacks: str,
     low_credit_threshold: int = 0,
     spending: str | None = None,
     vary_index: str | None = None,
+    servers: list[str] | None = None,
     now: float | None = None,
 ) -> str:
-    """The report, in Discord markdown; ``callbacks`` says how results reach the bot,
-    ``low_credit_threshold`` (0: none) when the admins are warned of low credits, ``spending``
-    the daily limits in force, ``vary_index`` how V1–V4 are numbered for the API."""
+    """The report, in Discord markdown. With ``guild_id``, that server's alone, for its admins:
+    no account, no callback URL, nothing of another server. Without, the owners' report:
+    ``callbacks`` says how results reach the bot, ``low_credit_threshold`` (0: none) when the
+    admins are warned of low credits, ``servers`` a line per server. ``spending`` is the
+    limits in force there, ``vary_index`` how V1–V4 are numbered for the API."""
     now = time.time() if now is None else now
-    counts = await store.states_since(now - DAY)
+    counts = await store.states_since(now - DAY, guild_id)
     jobs = ", ".join(
         f"{sum(counts.get(state, 0) for state in states)} {name}" for name, states in _GROUPS
     )
-    try:
-        credits = f"{await client.credits()} credits left"
-        if low_credit_threshold:
-            credits += f" (warning below {low_credit_threshold})"
-    except (ApiError, ApiUnreachable) as exc:
-        credits = f"unknown ({exc.user_message})"
-    lines = [
-        "**Midjourney upscale bot**",
-        f"Jobs in the last 24 h: {jobs}",
-        f"API account: {credits}",
-        f"Callbacks: {callbacks}",
-    ]
+    where = "every server" if guild_id is None else "this server"
+    lines = ["**Midjourney upscale bot**", f"Jobs in the last 24 h, {where}: {jobs}"]
+    if guild_id is None:
+        try:
+            credits = f"{await client.credits()} credits left"
+            if low_credit_threshold:
+                credits += f" (warning below {low_credit_threshold})"
+        except (ApiError, ApiUnreachable) as exc:
+            credits = f"unknown ({exc.user_message})"
+        lines += [f"API account: {credits}", f"Callbacks: {callbacks}"]
     if spending is not None:
         lines.append(f"Daily limits: {spending}")
     if vary_index is not None:
         lines.append(f"Variations: {vary_index}")
-    failures = await store.recent_failures(FAILURES_SHOWN)
+    if servers:
+        lines.append("Servers:")
+        lines += servers
+    failures = await store.recent_failures(FAILURES_SHOWN, guild_id)
     if failures:
         lines.append("Last failures:")
         for job in failures:

@@ -28,4 +28,19 @@ async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Servic
         )
     )
     await bot.add_cog(ImagineCog(services.tracker, metrics=metrics))
-    await bot.add_cog(AdminCog(services.status_report, services.spending))
+
+    def is_owner(user_id: int) -> bool:
+        # Filled in at login (bot.app: the application's owner or team, and OWNER_IDS).
+        return user_id in (bot.owner_ids or ())
+
+    async def server_names() -> dict[int, str]:
+        return {guild.id: guild.name async for guild in bot.fetch_guilds(limit=None)}
+
+    await bot.add_cog(
+        AdminCog(
+            services.status_report,
+            services.spending,
+            is_owner=is_owner,
+            server_names=server_names,
+        )
+    )

@@ -1,5 +1,5 @@
-"""/mj status, /mj usage and /mj limit: the bot's state, what members have used today, and the
-limits admins set (all answered privately)."""
+"""/mj status, /mj usage and /mj limit (what a server's admins see and set for their members), and
+/mj server (where the bot spends, under which caps: its owners only). All answered privately."""
 
 from __future__ import annotations
 
@@ -11,26 +11,51 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import parse_allowance
+from bot.jobs.servers import ServerRules
 from bot.jobs.spending import Spending
 from cogs.interactions import member_role_ids, role_ids, tell
 
 ONLY_ADMINS = "❌ Only members who can manage the server may {what}."
+ONLY_OWNERS = "❌ Only the bot's owners may {what}."
+
+# (server id or None for the owners' view, every server's name by id) → the report.
+StatusReport = Callable[[int | None, dict[int, str]], Awaitable[str]]
+# The servers the bot is in, id → name, asked of Discord (all shards, whichever process).
+ServerNames = Callable[[], Awaitable[dict[int, str]]]
 
 
 class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot"):
-    def __init__(self, status_report: Callable[[], Awaitable[str]], spending: Spending) -> None:
+    server = app_commands.Group(
+        name="server", description="Where the bot spends credits (the bot's owners only)"
+    )
+
+    def __init__(
+        self,
+        status_report: StatusReport,
+        spending: Spending,
+        *,
+        is_owner: Callable[[int], bool],
+        server_names: ServerNames,
+    ) -> None:
         self._status_report = status_report
         self._spending = spending
+        self._is_owner = is_owner
+        self._server_names = server_names
         super().__init__()
 
     @app_commands.command(name="status", description="Jobs, credits and callbacks (admins only)")
     async def status(self, interaction: discord.Interaction[Any]) -> None:
+        owner = self._is_owner(interaction.user.id)
         # The group is open to everyone for /mj usage: this check is what keeps status to admins.
-        if not interaction.permissions.manage_guild:
+        if not (owner or interaction.permissions.manage_guild):
             await tell(interaction, ONLY_ADMINS.format(what="see this"))
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await tell(interaction, await self._status_report())
+        if owner:
+            report = await self._status_report(None, await self._server_names())
+        else:
+            report = await self._status_report(interaction.guild_id, {})
+        await tell(interaction, report)
 
     @app_commands.command(name="usage", description="What you have used today, and what is left")
     @app_commands.describe(member="Someone else's usage, and the server's (admins only)")
@@ -54,6 +79,8 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
             )
         if admin and interaction.guild_id is not None:
             text += "\n" + await self._spending.server_usage(interaction.guild_id)
+        if self._is_owner(interaction.user.id):
+            text += "\n" + await self._spending.budget_usage()
         await tell(interaction, text)
 
     @app_commands.command(name="limit", description="Daily allowance of a role or member")
@@ -76,11 +103,7 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
             await tell(interaction, ONLY_ADMINS.format(what="change limits"))
             return
         try:
-            numbers = {
-                name: parse_allowance(name, value)
-                for name, value in (("imagines", imagines), ("upscales", upscales))
-                if value is not None
-            }
+            numbers = _numbers(imagines=imagines, upscales=upscales)
         except ValueError as exc:
             await tell(interaction, f"❌ {exc}.")
             return
@@ -98,3 +121,90 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
             by=interaction.user.id,
         )
         await tell(interaction, text)
+
+    # -- /mj server: the owners' door ----------------------------------------------------------
+
+    async def _owner_here(self, interaction: discord.Interaction[Any], what: str) -> int | None:
+        """The server an owner's command is about; None (the user told why) for anyone else."""
+        if not self._is_owner(interaction.user.id):
+            await tell(interaction, ONLY_OWNERS.format(what=what))
+            return None
+        if interaction.guild_id is None:
+            await tell(interaction, "❌ Run this in the server it is about.")
+            return None
+        return interaction.guild_id
+
+    @server.command(name="allow", description="Let the bot spend credits in this server")
+    async def allow(self, interaction: discord.Interaction[Any]) -> None:
+        guild_id = await self._owner_here(interaction, "allow a server")
+        if guild_id is None:
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        rules = await self._spending.decide(guild_id, by=interaction.user.id, served=True)
+        await tell(interaction, f"✅ The bot now works in this server. {_caps(rules)}")
+
+    @server.command(name="deny", description="Stop the bot spending credits in this server")
+    async def deny(self, interaction: discord.Interaction[Any]) -> None:
+        guild_id = await self._owner_here(interaction, "stop a server")
+        if guild_id is None:
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self._spending.decide(guild_id, by=interaction.user.id, served=False)
+        await tell(
+            interaction,
+            "✅ The bot starts nothing more in this server (jobs already running finish). "
+            "/mj server allow opens it again.",
+        )
+
+    @server.command(name="limit", description="This server's daily caps (owners only)")
+    @app_commands.describe(
+        jobs="Jobs per day in this server: a number, 0 to forbid, or unlimited",
+        credits="API credits per day in this server: a number, 0 to forbid, or unlimited",
+        reset="The settings' caps again (DAILY_JOBS_PER_SERVER, DAILY_CREDITS_PER_SERVER)",
+    )
+    async def server_limit(
+        self,
+        interaction: discord.Interaction[Any],
+        jobs: str | None = None,
+        credits: str | None = None,
+        reset: bool = False,
+    ) -> None:
+        guild_id = await self._owner_here(interaction, "set a server's caps")
+        if guild_id is None:
+            return
+        try:
+            numbers = _numbers(jobs=jobs, credits=credits)
+        except ValueError as exc:
+            await tell(interaction, f"❌ {exc}.")
+            return
+        if reset and numbers:
+            await tell(interaction, "❌ Give either reset or numbers, not both.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        rules = await self._spending.decide(
+            guild_id, by=interaction.user.id, caps=numbers, reset=reset
+        )
+        lead = "✅ " if numbers or reset else ""
+        await tell(interaction, f"{lead}{_caps(rules)} What was used today still counts.")
+
+    @server.command(name="list", description="Every server the bot is in (owners only)")
+    async def server_list(self, interaction: discord.Interaction[Any]) -> None:
+        if not self._is_owner(interaction.user.id):
+            await tell(interaction, ONLY_OWNERS.format(what="list the servers"))
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        lines = await self._spending.server_lines(await self._server_names())
+        await tell(interaction, "\n".join(["**Servers**", *lines]))
+
+
+def _numbers(**values: str | None) -> dict[str, int | None]:
+    """The allowances given, each a number or None for unlimited; ValueError names a bad one."""
+    return {
+        name: parse_allowance(name, value) for name, value in values.items() if value is not None
+    }
+
+
+def _caps(rules: ServerRules) -> str:
+    jobs = "unlimited" if rules.jobs is None else rules.jobs
+    credits = "unlimited" if rules.credits is None else rules.credits
+    return f"This server's daily caps: {jobs} jobs and {credits} credits."

@@ -26,7 +26,14 @@ from bot.grid import (
 from bot.jobs.store import JobKind
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, Refused
-from cogs.interactions import cannot_post, follow_up_for, report_error, role_ids, tell
+from cogs.interactions import (
+    cannot_post,
+    follow_up_for,
+    outside_servers,
+    report_error,
+    role_ids,
+    tell,
+)
 
 # What a click calls: the interaction, the grid's task id and the image's index (None for 🔄).
 OnClick = Callable[[discord.Interaction[Any], str, int | None], Awaitable[None]]
@@ -82,6 +89,10 @@ def clickable(button: type[ButtonT], on_click: OnClick) -> type[ButtonT]:
     """The class to register for ``button``: a click calls ``on_click``."""
 
     async def callback(self: ButtonT, interaction: discord.Interaction[Any]) -> None:
+        refusal = outside_servers(interaction)
+        if refusal is not None:
+            await tell(interaction, refusal)
+            return
         # discord.py has no error hook for dynamic items: it would log and say nothing.
         try:
             await on_click(interaction, self.task_id, self.image_index)

@@ -9,6 +9,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot.jobs import texts
 from bot.jobs.types import FollowUp
 from bot.metrics import Recorder
 
@@ -88,6 +89,28 @@ def cannot_post(interaction: discord.Interaction[Any]) -> str | None:
         f"❌ The bot may not post the result here: a server admin must give it {names} in "
         "this channel. Nothing was started or charged."
     )
+
+
+def outside_servers(interaction: discord.Interaction[Any]) -> str | None:
+    """The refusal for an interaction from outside a server the bot was added to: a DM, a
+    group DM, or a copy a user installed for themselves (where the bot cannot post, and no
+    server's limits hold); None inside one. Commands are registered for servers only, so this
+    is the second line: a client that ignores the contexts still gets nothing."""
+    if interaction.guild_id is not None and interaction.is_guild_integration():
+        return None
+    return f"❌ {texts.ONLY_IN_SERVERS}."
+
+
+class ServersOnlyTree(app_commands.CommandTree[Any]):
+    """Every slash command runs only where ``outside_servers`` lets it."""
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        refusal = outside_servers(interaction)
+        if refusal is None:
+            return True
+        log.info("refused outside servers %s", context(interaction))
+        await tell(interaction, refusal)
+        return False
 
 
 def role_ids(interaction: discord.Interaction[Any]) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""/mj status for server admins: the real bot against the Discord double."""
+"""/mj status for server admins and the bot's owners: the real bot against the Discord double."""
 
 from __future__ import annotations
 
@@ -32,16 +32,27 @@ async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
         failed = await click(double, grid, 2, alice)
         await failed.wait_followup()
 
+        # A server's admin: its jobs and failures, never the account or the callback URL.
         handle = await double.slash("mj status", {}, admin)
         report = await handle.wait_followup()
         assert report.ephemeral
+        assert "this server: 0 queued, 0 running, 2 done, 1 failed" in report.content
+        assert "out of credits" in report.content
+        assert "credits left" not in report.content and "Callbacks" not in report.content
+        assert "http://" not in report.content and "Servers:" not in report.content
+
+        # The bot's owner (the application's owner in the double): everything, bot-wide.
+        handle = await double.slash("mj status", {}, double.owner_id)
+        report = await handle.wait_followup()
+        assert report.ephemeral
         # One grid and one upscale delivered, one upscale failed on the 402.
-        assert "0 queued, 0 running, 2 done, 1 failed" in report.content
+        assert "every server: 0 queued, 0 running, 2 done, 1 failed" in report.content
         assert f"{sandbox.credits} credits left (warning below 100)" in report.content
+        assert f"- **Test Guild** `{double.guild_id}`: ✅ served" in report.content
         assert "Callbacks: expected at" in report.content
         assert (
-            "Daily limits: 20 generations and 40 upscales per member, unlimited jobs per server, "
-            "budget unlimited credits; the day turns at midnight UTC"
+            "Daily limits: 20 generations and 40 upscales per member, unlimited jobs per server "
+            "unless an owner set its own, budget unlimited credits; the day turns at midnight UTC"
         ) in report.content
         assert "out of credits" in report.content
         assert "Variations: not learned yet: V1 and V4 work and teach it" in report.content
@@ -49,13 +60,12 @@ async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
 
 async def test_status_says_when_public_url_does_not_reach_the_bot(harness: Harness) -> None:
     double = harness.double
-    admin = double.add_user("admin", permissions=ADMINISTRATOR | MANAGE_GUILD)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         harness.env["PUBLIC_URL"] = f"http://127.0.0.1:{probe.getsockname()[1]}"
     async with harness.running() as app:
         await double.wait_for(lambda: app.services.selfcheck.reachable is False or None)
-        handle = await double.slash("mj status", {}, admin)
+        handle = await double.slash("mj status", {}, double.owner_id)
         report = await handle.wait_followup()
         assert "does not reach the bot (it could not be reached" in report.content
         assert "finished by polling" in report.content

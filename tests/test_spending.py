@@ -189,7 +189,11 @@ async def test_usage_for_a_member_and_for_admins(harness: Harness) -> None:
         seen = await double.slash("mj usage", {"member": alice}, admin)
         lines = (await seen.wait_followup()).content.splitlines()
         assert lines[0].startswith(f"<@{alice}>, today: 1 of 20 generations, 1 of 40 upscales")
-        assert lines[1] == "**This server today:** 3 of 50 jobs."
+        # 1 generation and 2 upscales at the default costs (8 and 2): no reading yet.
+        assert lines[1] == (
+            "**This server today:** 3 of 50 jobs, about 12 of unlimited credits "
+            "(caps set by the bot's owner)."
+        )
         assert lines[2] == f"**Top users today:** <@{alice}> 2, <@{bob}> 1."
 
 
@@ -298,7 +302,11 @@ async def test_the_credit_budget_holds_in_a_storm_and_tells_the_admins_once(
         await app.services.credit_watch.check()
         await app.services.credit_watch.wait_quiet()
         assert len([m for m in double.messages(admins)]) == 1
+        # The account's day is the owners' to see; a server's admin sees their server's.
         usage = await double.slash("mj usage", {}, admin)
         report = (await usage.wait_followup()).content
-        assert "**Credits spent today:** 10 of 10 (`DAILY_CREDIT_BUDGET`)." in report
+        assert "every server" not in report and "about 10 of unlimited credits" in report
+        usage = await double.slash("mj usage", {}, double.owner_id)
+        report = (await usage.wait_followup()).content
+        assert "**Credits spent today, every server:** 10 of 10." in report
     assert start - sandbox.credits == 10

@@ -198,7 +198,7 @@ async def test_v2_waits_until_v1_taught_the_base(harness: Harness) -> None:
         await press(double, grid, vary_custom_id(task, 2), alice)
         await variations_of(double, 2, alice)
         assert vary_indexes(sandbox) == [0, 1, 2]
-        status = await app.services.status_report()
+        status = await app.services.status_report(None)
         assert "V1 is imageIndex 1 (learned" in status
     # What was learned outlives the process.
     async with harness.running() as app:
@@ -207,7 +207,7 @@ async def test_v2_waits_until_v1_taught_the_base(harness: Harness) -> None:
     harness.env["MJ_VARY_INDEX_BASE"] = "0"
     async with harness.running() as app:
         assert await app.services.tracker.vary_index.base() == 0
-        assert "seen to count from 1: check the setting" in await app.services.status_report()
+        assert "seen to count from 1: check the setting" in await app.services.status_report(None)
 
 
 async def test_variation_running_across_a_restart_is_posted_once(harness: Harness) -> None:

@@ -33,7 +33,8 @@ class Quota:
     """The daily limits a new job must stay within, checked in the step that stores it.
 
     ``category`` is what the job counts as ("generation" or "upscale"); ``since`` is when the
-    day began. A None limit is unlimited; the server limit applies only in a server.
+    day began. A None limit is unlimited; the server's limits (its jobs, and its credits counted
+    with the costs the budget uses) apply only in a server.
     """
 
     category: str
@@ -41,10 +42,12 @@ class Quota:
     member_limit: int | None = None
     server_limit: int | None = None
     budget: Budget | None = None
+    server_credits: Budget | None = None
 
 
 class OverQuota(Exception):
-    """Storing the job would pass a daily limit: ``which`` is "member", "server" or "budget"."""
+    """Storing the job would pass a daily limit: ``which`` is "member", "server",
+    "server_credits" or "budget"."""
 
     def __init__(self, which: str, limit: int) -> None:
         self.which = which
@@ -99,6 +102,34 @@ def _member_uses(values: dict[str, Any], quota: Quota) -> sa.ScalarSelect[int]:
     )
 
 
+def _costs(budget: Budget) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]:
+    """What a generation and an upscale are taken to cost on the budget's day: what the
+    readings showed, else the budget's defaults."""
+    generation = _ledger(budget, credit_days.c.generation_cost, budget.generation_cost)
+    upscale = _ledger(budget, credit_days.c.upscale_cost, budget.upscale_cost)
+    return generation, upscale
+
+
+def _ledger(budget: Budget, column: sa.Column[Any], default: float) -> sa.ColumnElement[Any]:
+    day = credit_days.c.day == budget.day
+    return sa.func.coalesce(sa.select(column).where(day).scalar_subquery(), default)
+
+
+def _cost_of_uses(budget: Budget) -> sa.ColumnElement[Any]:
+    generation, upscale = _costs(budget)
+    return sa.func.coalesce(
+        sa.func.sum(
+            sa.case((allowance_uses.c.category == "generation", generation), else_=upscale)
+        ),
+        0,
+    )
+
+
+def _this_job(budget: Budget, quota: Quota) -> sa.ColumnElement[Any]:
+    generation, upscale = _costs(budget)
+    return generation if quota.category == "generation" else upscale
+
+
 def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:
     """Whether the day's spending, plus what jobs not yet in a reading are taken to cost, plus
     this job, stays within the budget.
@@ -108,16 +139,8 @@ def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:
     kind is taken to cost. One taken just before a reading may be counted twice until the next
     reading, never none.
     """
-    day = credit_days.c.day == budget.day
-
-    def ledger(column: sa.Column[Any], default: float) -> sa.ColumnElement[Any]:
-        return sa.func.coalesce(sa.select(column).where(day).scalar_subquery(), default)
-
-    generation = ledger(credit_days.c.generation_cost, budget.generation_cost)
-    upscale = ledger(credit_days.c.upscale_cost, budget.upscale_cost)
-    cost = sa.case((allowance_uses.c.category == "generation", generation), else_=upscale)
     pending = (
-        sa.select(sa.func.coalesce(sa.func.sum(cost), 0))
+        sa.select(_cost_of_uses(budget))
         .where(
             # Not yet taken, whichever day it was asked on (one queued before midnight is paid
             # today), or taken today after the last reading began.
@@ -125,14 +148,26 @@ def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:
                 allowance_uses.c.paid_at.is_(None),
                 sa.and_(
                     allowance_uses.c.paid_at >= quota.since,
-                    allowance_uses.c.paid_at > ledger(credit_days.c.read_at, 0.0),
+                    allowance_uses.c.paid_at > _ledger(budget, credit_days.c.read_at, 0.0),
                 ),
             ),
         )
         .scalar_subquery()
     )
-    this = generation if quota.category == "generation" else upscale
-    return ledger(credit_days.c.spent, 0) + pending + this <= budget.credits
+    spent = _ledger(budget, credit_days.c.spent, 0)
+    return spent + pending + _this_job(budget, quota) <= budget.credits
+
+
+def _server_credits_left(budget: Budget, quota: Quota, guild_id: int) -> sa.ColumnElement[bool]:
+    """Whether what the server's requests of the day are taken to cost, plus this job, stays
+    within the server's credits: each counted at the costs the budget uses (no reading says
+    which server a charge was for)."""
+    used = (
+        sa.select(_cost_of_uses(budget))
+        .where(allowance_uses.c.guild_id == guild_id, allowance_uses.c.at >= quota.since)
+        .scalar_subquery()
+    )
+    return used + _this_job(budget, quota) <= budget.credits
 
 
 def admission(
@@ -150,6 +185,8 @@ def admission(
         if quota.server_limit is not None and values["guild_id"] is not None:
             server = _uses_today(quota, allowance_uses.c.guild_id == values["guild_id"])
             conditions.append(server < quota.server_limit)
+        if quota.server_credits is not None and values["guild_id"] is not None:
+            conditions.append(_server_credits_left(quota.server_credits, quota, values["guild_id"]))
         if quota.budget is not None:
             conditions.append(_budget_left(quota.budget, quota))
     return sa.and_(*conditions) if conditions else None
@@ -163,7 +200,10 @@ def lock_keys(requester_id: int, guild_id: int | None, quota: Quota | None) -> l
     keys = []
     if quota is not None and quota.budget is not None:
         keys.append(_BUDGET_LOCK)
-    if quota is not None and quota.server_limit is not None and guild_id is not None:
+    counts_server = quota is not None and (
+        quota.server_limit is not None or quota.server_credits is not None
+    )
+    if counts_server and guild_id is not None:
         keys.append(guild_id)
     keys.append(requester_id)
     return keys
@@ -195,4 +235,7 @@ async def refusal(
         server = _uses_today(quota, allowance_uses.c.guild_id == guild_id)
         if not await holds(server < quota.server_limit):
             return OverQuota("server", quota.server_limit)
+    if quota.server_credits is not None and guild_id is not None:
+        if not await holds(_server_credits_left(quota.server_credits, quota, guild_id)):
+            return OverQuota("server_credits", quota.server_credits.credits)
     return None

@@ -43,6 +43,25 @@ class CreditDay:
     upscale_cost: int
 
 
+async def upsert(
+    engine: AsyncEngine, table: sa.Table, key: dict[str, Any], values: dict[str, Any]
+) -> None:
+    """Update the row of ``table`` at ``key`` with ``values``, making the row if there is none."""
+    where = sa.and_(*(table.c[name] == value for name, value in key.items()))
+    for _ in range(3):
+        async with engine.begin() as conn:
+            if (await conn.execute(table.update().where(where).values(**values))).rowcount:
+                return
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(table.insert().values(**key, **values))
+            return
+        except IntegrityError:
+            # Another owner or admin made the row meanwhile: update it.
+            continue
+    raise RuntimeError(f"could not write a row of {table.name} after repeated conflicts")
+
+
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -92,32 +111,12 @@ class Ledger:
             values["imagines"] = imagines
         if upscales is not KEEP:
             values["upscales"] = upscales
-        key = sa.and_(
-            allowance_limits.c.guild_id == guild_id,
-            allowance_limits.c.target_type == target_type,
-            allowance_limits.c.target_id == target_id,
+        await upsert(
+            self._engine,
+            allowance_limits,
+            {"guild_id": guild_id, "target_type": target_type, "target_id": target_id},
+            values,
         )
-        for _ in range(3):
-            async with self._engine.begin() as conn:
-                if (
-                    await conn.execute(allowance_limits.update().where(key).values(**values))
-                ).rowcount:
-                    return
-            try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(
-                        allowance_limits.insert().values(
-                            guild_id=guild_id,
-                            target_type=target_type,
-                            target_id=target_id,
-                            **values,
-                        )
-                    )
-                return
-            except IntegrityError:
-                # Another admin made the row meanwhile: update it.
-                continue
-        raise RuntimeError("could not set the limit after repeated conflicts")
 
     async def reset_limit(self, guild_id: int, target_type: str, target_id: int) -> bool:
         query = allowance_limits.delete().where(
@@ -131,15 +130,14 @@ class Ledger:
     # -- uses ---------------------------------------------------------------------------------
 
     async def member_uses(
-        self, guild_id: int | None, member_id: int, since: float
+        self, guild_id: int | None, member_id: int | None, since: float
     ) -> dict[str, int]:
+        """The member's requests in the server since ``since`` (every member's for None), by
+        category."""
+        member = () if member_id is None else (allowance_uses.c.requester_id == member_id,)
         query = (
             sa.select(allowance_uses.c.category, sa.func.count())
-            .where(
-                same_place(guild_id),
-                allowance_uses.c.requester_id == member_id,
-                allowance_uses.c.at >= since,
-            )
+            .where(same_place(guild_id), *member, allowance_uses.c.at >= since)
             .group_by(allowance_uses.c.category)
         )
         async with self._engine.connect() as conn:
@@ -165,6 +163,20 @@ class Ledger:
             total = (await conn.execute(sa.select(sa.func.count()).where(*where))).scalar_one()
             rows = (await conn.execute(leaders)).fetchall()
         return int(total), [(int(user), int(n)) for user, n in rows]
+
+    async def uses_by_server(self, since: float) -> dict[int, dict[str, int]]:
+        """Every server's requests since ``since``, by category."""
+        query = (
+            sa.select(allowance_uses.c.guild_id, allowance_uses.c.category, sa.func.count())
+            .where(allowance_uses.c.at >= since, allowance_uses.c.guild_id.is_not(None))
+            .group_by(allowance_uses.c.guild_id, allowance_uses.c.category)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).fetchall()
+        counts: dict[int, dict[str, int]] = {}
+        for guild_id, category, n in rows:
+            counts.setdefault(int(guild_id), dict.fromkeys(CATEGORIES, 0))[str(category)] = int(n)
+        return counts
 
     # -- credits ------------------------------------------------------------------------------
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
 from bot.jobs import texts
 from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
-from bot.jobs.ledger import GENERATION, UPSCALE, CreditDay, Ledger, LimitRow
+from bot.jobs.ledger import GENERATION, KEEP, UPSCALE, CreditDay, Ledger, LimitRow
+from bot.jobs.servers import ServerRules, Servers
 from bot.jobs.tables import UNLIMITED_ROW, JobKind
-from bot.jobs.types import Refused
+from bot.jobs.types import NotServed, Refused
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,18 @@ UNLIMITED = Rules(imagines=None, upscales=None)
 
 class Spending:
     def __init__(
-        self, ledger: Ledger, rules: Rules, *, now: Callable[[], float] = time.time
+        self,
+        ledger: Ledger,
+        rules: Rules,
+        *,
+        servers: Servers | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
         self.rules = rules
+        # The owner's door; without it (tests of other parts) every server is served, under
+        # the settings' server limit.
+        self.servers = servers
         self._timezone = ZoneInfo(rules.timezone)
         self._now = now
         self._default = Allowance(rules.imagines, rules.upscales)
@@ -126,22 +136,43 @@ class Spending:
             return self._default
         return resolve(await self.ledger.limits(guild_id, member_id, role_ids), self._default)
 
+    async def server(self, guild_id: int | None) -> ServerRules:
+        """The door for a request made in ``guild_id``: its rules, or NotServed when the bot
+        spends nothing there (a server no owner allowed, a DM)."""
+        if guild_id is None:
+            raise NotServed(texts.ONLY_IN_SERVERS)
+        rules = await self._rules(guild_id)
+        if not rules.served:
+            log.info("refused in a server not served guild=%s (%s)", guild_id, rules.why)
+            raise NotServed(texts.NOT_SERVED)
+        return rules
+
     async def quota(
         self, kind: JobKind, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
     ) -> Quota:
+        """The limits a request must stay within; raises NotServed where the bot spends
+        nothing."""
+        server = await self.server(guild_id)
         category = category_of(kind)
         day = self.today()
         allowance = await self.allowance(guild_id, requester_id, role_ids)
-        budget = None
+        budget = server_credits = None
         if self.rules.budget is not None:
-            budget = Budget(day.key, self.rules.budget, GENERATION_COST, UPSCALE_COST)
+            budget = self._budget(day, self.rules.budget)
+        if server.credits is not None:
+            server_credits = self._budget(day, server.credits)
         return Quota(
             category=category,
             since=day.start,
             member_limit=allowance.of(category),
-            server_limit=self.rules.server_jobs,
+            server_limit=server.jobs,
             budget=budget,
+            server_credits=server_credits,
         )
+
+    @staticmethod
+    def _budget(day: Day, credits: int) -> Budget:
+        return Budget(day.key, credits, GENERATION_COST, UPSCALE_COST)
 
     def refusal(self, exc: OverQuota | TooManyJobs, kind: JobKind, requester_id: int) -> Refused:
         """What the requester is told for a limit that refused their request."""
@@ -163,10 +194,11 @@ class Spending:
             if self.on_budget_reached is not None:
                 self.on_budget_reached(day)
             return f"The bot has spent its daily credit budget ({exc.limit} credits); {more}"
-        if exc.which == "server":
+        if exc.which in ("server", "server_credits"):
+            what = "jobs" if exc.which == "server" else "credits"
             if exc.limit == 0:
-                return "This server allows no jobs (DAILY_JOBS_PER_SERVER is 0)"
-            return f"This server has used its {exc.limit} jobs for today; {more}"
+                return f"The bot's owner allows this server no {what}"
+            return f"This server has used its {exc.limit} {what} for today; {more}"
         what = _noun(category_of(kind), exc.limit)
         if exc.limit == 0:
             return f"Your allowance here has no {what}; an admin can change that with /mj limit"
@@ -198,9 +230,53 @@ class Spending:
         rules = self.rules
         return (
             f"{_of(rules.imagines)} generations and {_of(rules.upscales)} upscales per member, "
-            f"{_of(rules.server_jobs)} jobs per server, budget {_of(rules.budget)} credits; "
+            f"{_of(rules.server_jobs)} jobs per server unless an owner set its own, "
+            f"budget {_of(rules.budget)} credits; "
             f"the day turns at midnight {rules.timezone} (roles and members: /mj limit)"
         )
+
+    async def server_summary(self, guild_id: int) -> str:
+        """The limits in force in one server, in a line for its admins."""
+        rules, member = await self._rules(guild_id), self.rules
+        return (
+            f"{_of(member.imagines)} generations and {_of(member.upscales)} upscales per "
+            f"member unless /mj limit says otherwise; this server: {_of(rules.jobs)} jobs and "
+            f"{_of(rules.credits)} credits a day (set by the bot's owner); the day turns at "
+            f"midnight {member.timezone}"
+        )
+
+    async def decide(
+        self,
+        guild_id: int,
+        *,
+        by: int,
+        served: bool | None = KEEP,
+        caps: Mapping[str, int | None] = MappingProxyType({}),
+        reset: bool = False,
+    ) -> ServerRules:
+        """An owner's /mj server allow or deny (``served``) or limit (``caps``: jobs, credits;
+        None is unlimited), or with ``reset`` the settings' caps again; the rules after it."""
+        if self.servers is None:
+            raise RuntimeError("no servers table to keep an owner's decision in")
+        if reset:
+            rules = await self.servers.reset_caps(guild_id, by=by)
+        else:
+            rules = await self.servers.decide(
+                guild_id,
+                by=by,
+                served=served,
+                jobs=caps.get("jobs", KEEP),
+                credits=caps.get("credits", KEEP),
+            )
+        log.info(
+            "server rules changed guild=%s by=%s served=%s jobs=%s credits=%s",
+            guild_id,
+            by,
+            rules.served,
+            _of(rules.jobs),
+            _of(rules.credits),
+        )
+        return rules
 
     # -- /mj limit ----------------------------------------------------------------------------
 
@@ -253,9 +329,16 @@ class Spending:
             f"{_set_or_not(row.upscales)} upscales",
         ]
         lead = "✅ " if numbers else ""
+        server = await self._rules(guild_id)
+        caps = ""
+        if server.jobs is not None or server.credits is not None:
+            caps = (
+                f" Whatever a member may, this server's caps set by the bot's owner hold: "
+                f"{_of(server.jobs)} jobs and {_of(server.credits)} credits a day."
+            )
         return (
             f"{lead}{who}: {' and '.join(parts)} a day. A member's own limit beats their roles'; "
-            "with several roles the most generous counts. What was used today still counts."
+            f"with several roles the most generous counts. What was used today still counts.{caps}"
         )
 
     # -- /mj usage ----------------------------------------------------------------------------
@@ -274,20 +357,64 @@ class Spending:
         return f"{who}, today: {', '.join(parts)}; resets <t:{int(day.end)}:R>."
 
     async def server_usage(self, guild_id: int) -> str:
+        """The server's day for its admins: its jobs and what they are taken to cost against
+        the caps the owner set, its top users; nothing of other servers or the account."""
         day = self.today()
+        rules = await self._rules(guild_id)
         total, top = await self.ledger.server_uses(guild_id, day.start, TOP_USERS)
-        lines = [f"**This server today:** {total} of {_of(self.rules.server_jobs)} jobs."]
+        used = await self.ledger.member_uses(guild_id, None, day.start)
+        credits = self._cost(used, await self._costs())
+        lines = [
+            f"**This server today:** {total} of {_of(rules.jobs)} jobs, about {credits} of "
+            f"{_of(rules.credits)} credits (caps set by the bot's owner)."
+        ]
         if top:
             lines.append(
                 "**Top users today:** " + ", ".join(f"<@{user}> {n}" for user, n in top) + "."
             )
-        if self.rules.budget is not None:
-            ledger = await self.credits_today()
-            spent = "no reading yet" if ledger is None else f"{ledger.spent}"
-            lines.append(
-                f"**Credits spent today:** {spent} of {self.rules.budget} (`DAILY_CREDIT_BUDGET`)."
-            )
         return "\n".join(lines)
+
+    async def budget_usage(self) -> str:
+        """The bot-wide credits of the day, for owners."""
+        ledger = await self.credits_today()
+        spent = "no reading yet" if ledger is None else f"{ledger.spent}"
+        return f"**Credits spent today, every server:** {spent} of {_of(self.rules.budget)}."
+
+    async def server_lines(self, names: dict[int, str]) -> list[str]:
+        """A line per server the bot is in (``names``) or an owner decided something for:
+        served or not and why, today's jobs and credits against its caps; for owners."""
+        if self.servers is None:
+            return []
+        day = self.today()
+        uses = await self.ledger.uses_by_server(day.start)
+        costs = await self._costs()
+        lines = []
+        for rules in await self.servers.every(names):
+            used = uses.get(rules.guild_id, {})
+            name = names.get(rules.guild_id, "(the bot is not in it)")
+            state = "✅ served" if rules.served else "⛔ not served"
+            lines.append(
+                f"- **{name}** `{rules.guild_id}`: {state}, {rules.why}; today "
+                f"{sum(used.values())} of {_of(rules.jobs)} jobs, about "
+                f"{self._cost(used, costs)} of {_of(rules.credits)} credits"
+            )
+        return lines
+
+    async def _rules(self, guild_id: int) -> ServerRules:
+        if self.servers is None:
+            return ServerRules(guild_id, True, "", self.rules.server_jobs, None)
+        return await self.servers.rules(guild_id)
+
+    async def _costs(self) -> tuple[int, int]:
+        """What a generation and an upscale are taken to cost today, as the budget counts."""
+        ledger = await self.credits_today()
+        if ledger is None:
+            return GENERATION_COST, UPSCALE_COST
+        return ledger.generation_cost, ledger.upscale_cost
+
+    @staticmethod
+    def _cost(used: dict[str, int], costs: tuple[int, int]) -> int:
+        return used.get(GENERATION, 0) * costs[0] + used.get(UPSCALE, 0) * costs[1]
 
 
 def _of(limit: int | None) -> str:

@@ -445,22 +445,23 @@ class JobStore:
             counts[(str(kind), str(state))] = int(count)
         return counts
 
-    async def states_since(self, since: float) -> dict[JobState, int]:
-        """How many jobs created since ``since`` are in each state."""
+    async def states_since(self, since: float, guild_id: int | None = None) -> dict[JobState, int]:
+        """How many jobs created since ``since`` (in server ``guild_id``, or anywhere) are in
+        each state."""
         query = (
             sa.select(jobs.c.state, sa.func.count())
-            .where(jobs.c.created_at >= since)
+            .where(jobs.c.created_at >= since, *_in_guild(guild_id))
             .group_by(jobs.c.state)
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).fetchall()
         return {JobState(state): count for state, count in rows}
 
-    async def recent_failures(self, limit: int) -> list[Job]:
-        """The last ``limit`` failed jobs, newest first."""
+    async def recent_failures(self, limit: int, guild_id: int | None = None) -> list[Job]:
+        """The last ``limit`` failed jobs (of server ``guild_id``, or anywhere), newest first."""
         query = (
             jobs.select()
-            .where(jobs.c.state == JobState.FAILED.value)
+            .where(jobs.c.state == JobState.FAILED.value, *_in_guild(guild_id))
             .order_by(jobs.c.updated_at.desc())
             .limit(limit)
         )
@@ -718,3 +719,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _in_guild(guild_id: int | None) -> tuple[sa.ColumnElement[bool], ...]:
+    return () if guild_id is None else (jobs.c.guild_id == guild_id,)

@@ -203,3 +203,17 @@ credit_days = sa.Table(
     sa.Column("generation_cost", sa.Integer, nullable=False),
     sa.Column("upscale_cost", sa.Integer, nullable=False),
 )
+
+# The owner's door, per Discord server: whether an owner allowed it (/mj server allow: true) or
+# stopped it (/mj server deny: false; NULL: the settings decide), and the daily caps an owner
+# set for it (NULL: the settings'; UNLIMITED_ROW: unlimited). Only owners write here.
+servers = sa.Table(
+    "servers",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("served", sa.Boolean),
+    sa.Column("jobs", sa.Integer),
+    sa.Column("credits", sa.Integer),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_by", sa.BigInteger, nullable=False),
+)

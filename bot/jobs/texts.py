@@ -53,3 +53,14 @@ def vary_base_unknown(number: int) -> str:
         "another picture. A click on V1 or V4 teaches it once, or an admin sets "
         "MJ_VARY_INDEX_BASE; nothing was charged"
     )
+
+
+# The owner's door (bot.jobs.servers): the member learns why, and an owner how to open it.
+NOT_SERVED = (
+    "The bot's owner has not enabled it in this server, so it starts nothing here. "
+    "An owner of the bot can run /mj server allow in this server; nothing was charged"
+)
+ONLY_IN_SERVERS = (
+    "The bot works only in the servers its owner has enabled, not in direct messages; "
+    "nothing was charged"
+)

@@ -29,6 +29,7 @@ from bot.jobs.types import (
     CallbackVerdict,
     DeliveryError,
     FollowUp,
+    NotServed,
     Outcome,
     PollPolicy,
     Publisher,
@@ -182,6 +183,8 @@ class Tracker:
         except DuplicateJob as dup:
             log.info("%s click deduplicated %s image=%s", kind, dup.job.label, _number(image_index))
             return Outcome(dup.job, created=False)
+        except NotServed:
+            raise
         except Refused:
             # Clicking a button whose job runs is a duplicate, whatever the limit says.
             live = await self._store.live_twin(kind, parent_task_id, image_index)
@@ -319,13 +322,14 @@ class Tracker:
         none: lets /imagine refuse privately before it posts its visible status line."""
         try:
             self._check_open()
+            quota = await self._spending.quota(kind, requester_id, guild_id, role_ids)
         except Refused as refused:
             return refused
         over = await self._store.refusal(
             requester_id=requester_id,
             guild_id=guild_id,
             max_unfinished=self._max_jobs_per_user,
-            quota=await self._spending.quota(kind, requester_id, guild_id, role_ids),
+            quota=quota,
         )
         return None if over is None else self._spending.refusal(over, kind, requester_id)
 
@@ -407,7 +411,10 @@ class Tracker:
     async def show_grid(
         self, task_id: str, *, requester_id: int, guild_id: int | None, channel_id: int
     ) -> str | None:
-        """Post the four images of any finished generation with U1–U4; the error if not."""
+        """Post the four images of any finished generation with U1–U4; the error if not.
+        Raises NotServed where the bot spends nothing (a record-info call and four downloads
+        are the owner's too)."""
+        await self._spending.server(guild_id)
         return await grids.show_grid(
             self._client,
             self._publisher,

@@ -38,6 +38,14 @@ class Refused(Exception):
         return f"❌ {self.reason}." if self.whole else f"❌ {lead}: {self.reason}."
 
 
+class NotServed(Refused):
+    """Refused because the bot spends nothing where it was asked: a server its owner has not
+    allowed, or outside servers. Never answered with another job (a duplicate's), only this."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, whole=True)
+
+
 class DeliveryError(Exception):
     """The result could not be posted; ``reason`` is for the requester, ``retry`` says if later
     attempts may succeed (a Discord outage) or not (a result image that is not an image)."""

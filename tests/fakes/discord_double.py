@@ -123,6 +123,11 @@ _ERROR_MESSAGES = {
 }
 
 
+# Where an interaction comes from (``slash``/``click``): a server the bot was added to, the
+# user's DM with the bot, or a server through a copy the user installed for themselves.
+GUILD_CONTEXT, DM_CONTEXT, USER_INSTALL = "guild", "dm", "user_install"
+
+
 class DiscordError(Exception):
     """An error answer of the double, shaped like Discord's JSON errors."""
 
@@ -575,6 +580,7 @@ class DiscordDouble:
             (method, re.compile(pattern), handler)
             for method, pattern, handler in [
                 ("GET", r"/users/@me", self._get_me),
+                ("GET", r"/users/@me/guilds", self._get_my_guilds),
                 ("GET", r"/users/(?P<user>[0-9]+)", self._get_user),
                 ("GET", r"/oauth2/applications/@me", self._get_application),
                 ("GET", r"/applications/@me", self._get_application),
@@ -866,11 +872,14 @@ class DiscordDouble:
         user_id: int,
         *,
         channel_id: int | None = None,
+        context: str = GUILD_CONTEXT,
     ) -> InteractionHandle:
         """Run a synced chat-input command as user_id; name may be "group sub" for subcommands.
 
         Values are sent as given: like a modified client, the double does not enforce
-        min/max/choices, so the bot's own checks are exercised.
+        min/max/choices (nor the command's contexts), so the bot's own checks are exercised.
+        ``context``: GUILD_CONTEXT, DM_CONTEXT (the user's DM with the bot) or USER_INSTALL (in
+        the channel, through a copy the user installed for themselves).
         """
         parts = name.split()
         scope: int | None = self.guild_id
@@ -909,11 +918,14 @@ class DiscordDouble:
         if resolved:
             data["resolved"] = resolved
         return await self._dispatch_interaction(
-            APPLICATION_COMMAND, data, user_id, channel_id or self.channel_id
+            APPLICATION_COMMAND, data, user_id, channel_id or self.channel_id, context=context
         )
 
-    async def click(self, message_id: int, custom_id: str, user_id: int) -> InteractionHandle:
-        """Click the button custom_id on a stored message, as user_id."""
+    async def click(
+        self, message_id: int, custom_id: str, user_id: int, *, context: str = GUILD_CONTEXT
+    ) -> InteractionHandle:
+        """Click the button custom_id on a stored message, as user_id (``context``: see
+        ``slash``)."""
         message = self._messages.get(message_id)
         if message is None or message.deleted:
             raise LookupError(f"no live message {message_id}")
@@ -930,7 +942,7 @@ class DiscordDouble:
             raise ValueError(f"button {custom_id!r} is disabled: a user cannot click it")
         data = {"custom_id": custom_id, "component_type": int(button.get("type", 2))}
         return await self._dispatch_interaction(
-            MESSAGE_COMPONENT, data, user_id, message.channel_id, message=message
+            MESSAGE_COMPONENT, data, user_id, message.channel_id, message=message, context=context
         )
 
     def _build_options(
@@ -998,6 +1010,7 @@ class DiscordDouble:
         channel_id: int,
         *,
         message: StoredMessage | None = None,
+        context: str = GUILD_CONTEXT,
     ) -> InteractionHandle:
         user = self._users.get(user_id)
         if user is None:
@@ -1036,6 +1049,18 @@ class DiscordDouble:
             "attachment_size_limit": self.attachment_size_limit,
             "data": data,
         }
+        if context == DM_CONTEXT:
+            # The user's DM with the bot: no server, no member, and Discord's BOT_DM context.
+            for key in ("guild_id", "guild", "member", "guild_locale"):
+                del payload[key]
+            payload["user"] = self._user_json(user)
+            payload["channel"] = {"id": str(channel_id), "type": 1, "recipients": []}
+            payload["context"] = 1
+            payload["authorizing_integration_owners"] = {"0": "0"}
+        elif context == USER_INSTALL:
+            payload["authorizing_integration_owners"] = {"1": str(user_id)}
+        elif context != GUILD_CONTEXT:
+            raise ValueError(f"unknown interaction context {context!r}")
         if message is not None:
             payload["message"] = self._message_json(message)
         handle = InteractionHandle(
@@ -1392,6 +1417,21 @@ class DiscordDouble:
 
     async def _get_me(self, call: _Call) -> Json:
         return self._bot_user_json()
+
+    async def _get_my_guilds(self, call: _Call) -> list[Json]:
+        after = int(call.request.query.get("after") or 0)
+        return [
+            {
+                "id": str(guild_id),
+                "name": name,
+                "icon": None,
+                "owner": False,
+                "permissions": "0",
+                "features": [],
+            }
+            for guild_id, name in sorted(self._guilds.items())
+            if guild_id > after
+        ]
 
     async def _get_user(self, call: _Call) -> Json:
         user = self._users.get(int(call.params["user"]))
@@ -1904,7 +1944,8 @@ class DiscordDouble:
         ]
 
     async def _dispatch(self, event: str, data: Json) -> None:
-        guild_id = int(data["guild_id"])
+        # A DM's events come on shard 0, as guild 0's would.
+        guild_id = int(data.get("guild_id") or 0)
         sessions = self._covering(guild_id)
         if not sessions:
             raise RuntimeError(f"cannot dispatch {event}: no bot session for guild {guild_id}")
