@@ -13,6 +13,7 @@ from bot.delivery.texts import jump_url
 from bot.grid import number_to_index
 from bot.jobs.store import JobKind, JobState
 from bot.jobs.tracker import Tracker
+from bot.jobs.types import Refused
 from bot.metrics import Recorder
 from bot.midjourney.models import GRID_SIZE, is_task_id
 from cogs.grid_buttons import UpscaleButton, clickable, may_click, start_on_grid
@@ -81,12 +82,16 @@ class UpscaleCog(commands.Cog):
             await tell(interaction, refusal)
             return
         if image is None:
-            error = await self._tracker.show_grid(
-                task_id,
-                requester_id=interaction.user.id,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id or 0,
-            )
+            try:
+                error = await self._tracker.show_grid(
+                    task_id,
+                    requester_id=interaction.user.id,
+                    guild_id=interaction.guild_id,
+                    channel_id=interaction.channel_id or 0,
+                )
+            except Refused as refused:
+                await tell(interaction, refused.sentence("The images were not posted"))
+                return
             await tell(interaction, f"❌ {error}" if error else "✅ Posted the four images.")
             return
         await self._start(interaction, task_id, number_to_index(image), None)

@@ -61,6 +61,6 @@ NOT_SERVED = (
     "An owner of the bot can run /mj server allow in this server; nothing was charged"
 )
 ONLY_IN_SERVERS = (
-    "The bot works only in the servers its owner has enabled, not in direct messages; "
-    "nothing was charged"
+    "The bot works only inside the servers its owner has enabled, not in direct messages nor "
+    "through a copy you installed for yourself; nothing was charged"
 )

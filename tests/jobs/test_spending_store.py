@@ -120,6 +120,25 @@ async def test_a_storm_of_a_whole_server_never_passes_its_limit(stores: list[Job
     assert await upscale(stores[0], 99, guild=OTHER_GUILD, quota=limit)
 
 
+async def test_a_storm_never_passes_a_servers_credits(stores: list[JobStore]) -> None:
+    # 2 per upscale: 12 of the 30 requests fit in the server's 24 credits, whoever asks.
+    credits = Budget(DAY, 24, generation_cost=8, upscale_cost=2)
+    limit = quota(server_credits=credits)
+    results = await asyncio.gather(
+        *(upscale(stores[n % 3], n, user=100 + n, quota=limit) for n in range(30)),
+        return_exceptions=True,
+    )
+    made, refused = split(results)
+    assert len(made) == 12, refused[:3]
+    assert all(
+        isinstance(r, OverQuota) and (r.which, r.limit) == ("server_credits", 24) for r in refused
+    )
+    # A generation no longer fits either; another server has its own credits.
+    with pytest.raises(OverQuota):
+        await generate(stores[0], quota=quota("generation", server_credits=credits))
+    assert await upscale(stores[0], 99, guild=OTHER_GUILD, quota=limit)
+
+
 async def test_a_storm_never_passes_the_credit_budget(stores: list[JobStore]) -> None:
     # 8 per generation, 2 per upscale until readings say otherwise: 5 generations fit in 40.
     budget = Budget(DAY, 40, generation_cost=8, upscale_cost=2)
