@@ -113,7 +113,7 @@ async def running_cluster(
     """``processes`` bot processes, not started yet, each running at most one shard."""
     double.shard_count = SHARDS
     first = double.shard_of(double.guild_id)
-    _, other_channel = double.add_guild("Second Guild", shard=1 - first)
+    other_guild, other_channel = double.add_guild("Second Guild", shard=1 - first)
     channels = {first: double.channel_id, 1 - first: other_channel}
     ports = [free_port() for _ in range(processes)]
     async with aiohttp.ClientSession() as session:
@@ -137,6 +137,7 @@ async def running_cluster(
                 "PORT": str(port),
                 "PUBLIC_URL": f"http://127.0.0.1:{proxy_port}",
                 "SHARDS_PER_PROCESS": "1",
+                "ALLOWED_GUILD_IDS": f"{double.guild_id},{other_guild}",
                 **(env or {}),
             }
             bots.append(BotProcess(double, settings, home))
