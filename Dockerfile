@@ -5,7 +5,10 @@
 # Build stage: install the project into a virtualenv exactly as README's run command does
 # (`pip install .`, no test extra). Every dependency, Pillow included, ships manylinux wheels:
 # no compiler is needed, and none of this stage but the virtualenv reaches the image.
-FROM python:3.11-slim AS build
+# The base is pinned to a patch release (what python:3.11-slim was when pinned, on Debian 13
+# trixie), so a rebuild takes a new Python or Debian only when this line changes. Both stages
+# name the same one: the virtualenv runs on the build stage's interpreter.
+FROM python:3.11.17-slim-trixie AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -16,7 +19,7 @@ COPY cogs ./cogs
 RUN /opt/venv/bin/pip install -q .
 
 # Runtime stage: the virtualenv, run by an unprivileged user.
-FROM python:3.11-slim
+FROM python:3.11.17-slim-trixie
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

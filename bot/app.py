@@ -48,6 +48,8 @@ class UpscaleBot(commands.AutoShardedBot):
             command_prefix=commands.when_mentioned,
             intents=intents,
             help_command=None,
+            # A second line of defence: every send sets its own (texts.allowed_mentions), and
+            # one that forgot would still ping no one.
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=guild_ready_timeout,
             # Servers only, installed by a server: a DM or a user's own install would spend

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery.texts import imagine_status_text
+from bot.delivery.texts import allowed_mentions, imagine_status_text
 from bot.jobs.store import JobKind
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
@@ -91,7 +91,7 @@ class ImagineCog(commands.Cog):
         # The visible answer is the status message itself; it is removed once the grid is up.
         response = await interaction.response.send_message(
             imagine_status_text(prompt, interaction.user.id, time.time()),
-            allowed_mentions=discord.AllowedMentions.none(),
+            allowed_mentions=allowed_mentions(),
         )
         acked(self._metrics, interaction, "imagine", started)
         try:

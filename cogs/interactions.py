@@ -9,6 +9,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot.delivery.texts import allowed_mentions
 from bot.jobs import texts
 from bot.jobs.types import FollowUp
 from bot.metrics import Recorder
@@ -28,14 +29,16 @@ async def tell(interaction: discord.Interaction[Any], text: str) -> None:
         await _follow_up(interaction.followup, interaction.id, text)
         return
     try:
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.send_message(
+            text, ephemeral=True, allowed_mentions=allowed_mentions()
+        )
     except discord.HTTPException as exc:
         log.warning("could not answer interaction %s: %s", interaction.id, exc.status)
 
 
 async def _follow_up(followup: discord.Webhook, interaction_id: int, text: str) -> None:
     try:
-        await followup.send(text, ephemeral=True)
+        await followup.send(text, ephemeral=True, allowed_mentions=allowed_mentions())
     except discord.HTTPException as exc:
         log.warning("could not answer interaction %s: %s", interaction_id, exc.status)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -122,6 +123,53 @@ async def result_for(double: DiscordDouble, number: int, user: int) -> StoredMes
     return await double.wait_for_message(
         lambda m: f"Image #{number}" in m.content and f"<@{user}>" in m.content and m.attachments
     )
+
+
+# The routes by which the bot sends or edits a message: channel posts and edits, interaction
+# callbacks, and the interaction webhook's follow-ups and edits.
+_MESSAGE_ROUTES = [
+    ("POST", re.compile(r"/channels/[0-9]+/messages")),
+    ("PATCH", re.compile(r"/channels/[0-9]+/messages/[0-9]+")),
+    ("POST", re.compile(r"/interactions/[0-9]+/[^/]+/callback")),
+    ("POST", re.compile(r"/webhooks/[0-9]+/[^/]+")),
+    ("PATCH", re.compile(r"/webhooks/[0-9]+/[^/]+/messages/[^/]+")),
+]
+# Callbacks that carry a message: 4 answers with one, 7 edits the clicked one. A defer (5, 6)
+# has no text, and the follow-up that fills it in is checked on its own.
+_MESSAGE_CALLBACKS = (4, 7)
+
+
+def message_payloads(double: DiscordDouble) -> list[tuple[str, dict[str, Any]]]:
+    """Every message the bot sent or edited, as ("METHOD path", JSON payload)."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for record in double.requests:
+        if not any(m == record.method and p.fullmatch(record.path) for m, p in _MESSAGE_ROUTES):
+            continue
+        body = record.body if isinstance(record.body, dict) else {}
+        if record.path.endswith("/callback"):
+            if body.get("type") not in _MESSAGE_CALLBACKS:
+                continue
+            body = body.get("data") or {}
+        found.append((f"{record.method} {record.path}", body))
+    return found
+
+
+def loose_mentions(payloads: list[tuple[str, dict[str, Any]]], requester: int) -> list[str]:
+    """The payloads that could ping anyone but ``requester``: no allowed_mentions at all
+    (Discord then pings every mention in the content), a ``parse`` of anything, a role, or
+    another user."""
+    loose = []
+    for where, body in payloads:
+        allowed = body.get("allowed_mentions")
+        if allowed is None:
+            loose.append(f"{where}: no allowed_mentions")
+        elif (
+            allowed.get("parse")
+            or allowed.get("roles")
+            or not {int(u) for u in allowed.get("users") or []} <= {requester}
+        ):
+            loose.append(f"{where}: {allowed}")
+    return loose
 
 
 def status_lines(double: DiscordDouble) -> list[str]:

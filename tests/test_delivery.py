@@ -23,13 +23,20 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from bot.delivery.fetch import MAX_IMAGE_BYTES, ImageFetcher, image_kind
 from bot.delivery.fit import MIN_REENCODED_BYTES, reencode
 from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, DiscordPublisher
-from bot.delivery.texts import PROMPT_LIMIT, failure_text, jump_url, result_text, status_text
+from bot.delivery.texts import (
+    PROMPT_LIMIT,
+    allowed_mentions,
+    failure_text,
+    jump_url,
+    result_text,
+    status_text,
+)
 from bot.grid import grid_owner
 from bot.jobs.store import Job, JobKind, JobState, JobStore
 from bot.jobs.types import DeliveryError
 from bot.net import NonPublicAddressError, PublicOnlyResolver, is_public
 from tests.fakes.discord_double import DiscordDouble
-from tests.harness import GRID_LABELS
+from tests.harness import GRID_LABELS, loose_mentions, message_payloads
 
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff\xe0"
@@ -532,6 +539,11 @@ def test_texts_of_a_variation_and_a_reroll_and_whose_grid_they_are() -> None:
         assert grid_owner(result_text(make_job(kind, requester=member))) == member
 
 
+def test_allowed_mentions_name_every_field_discord_would_otherwise_parse() -> None:
+    assert allowed_mentions().to_dict() == {"parse": []}
+    assert allowed_mentions(4242).to_dict() == {"parse": [], "users": [4242]}
+
+
 def test_jump_url() -> None:
     assert jump_url(1, 555, 777) == "https://discord.com/channels/1/555/777"
     assert jump_url(None, 555, 777) == "https://discord.com/channels/@me/555/777"
@@ -786,6 +798,38 @@ async def test_no_permission_to_post_tells_how_to_fix_it(posting: Posting) -> No
     assert "Send Messages and Attach Files" in caught.value.reason
     assert "server admin" in caught.value.reason
     assert posting.posts() == 1
+
+
+async def test_every_post_and_edit_says_whom_it_may_ping_itself(posting: Posting) -> None:
+    # The client here has no default allowed_mentions: each request must bring its own.
+    double, publisher = posting.double, posting.publisher
+    alice, bystander = double.add_user("alice"), double.add_user("bystander")
+    role = await double.add_role("moderators")
+    job = replace(
+        make_job(JobKind.UPSCALE, prompt=f"@everyone @here <@&{role}> <@{bystander}> a fox"),
+        requester_id=alice,
+        guild_id=double.guild_id,
+        channel_id=double.channel_id,
+        result_urls=(posting.serve("a.png", noisy_png(32, 32)),),
+    )
+    status_id = await publisher.post_status(job)
+    result = double.message(await publisher.deliver(job))
+    await publisher.mark_grid(replace(job, grid_message_id=result.id))
+    # A failure replaces the status line, or is posted anew when there is none.
+    await publisher.announce_failure(replace(job, status_message_id=status_id), "broke", None)
+    await publisher.announce_failure(job, "broke", None)
+    await publisher.post_notice(double.channel_id, f"⚠️ credits are low @everyone <@{alice}>")
+
+    payloads = message_payloads(double)
+    methods = [where.split()[0] for where, _ in payloads]
+    assert methods == ["POST", "POST", "PATCH", "PATCH", "POST", "POST"]
+    assert loose_mentions(payloads, alice) == []
+    edited, posted = [m for m in double.messages() if "failed" in m.content]
+    assert result.mentions == [alice] and posted.mentions == [alice]
+    # Only a message that reports to its requester pings: not the status line, not the notice.
+    assert [m for m in double.messages() if m.mentions] == [result, posted]
+    assert not any(m.mention_everyone or m.mention_roles for m in double.messages())
+    assert edited.id == status_id
 
 
 async def test_reencoding_runs_off_the_event_loop(

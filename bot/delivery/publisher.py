@@ -19,6 +19,7 @@ from bot.credits import NoticeFailed
 from bot.delivery.fetch import ImageFetcher
 from bot.delivery.fit import fit
 from bot.delivery.texts import (
+    allowed_mentions,
     failure_text,
     forbidden_reason,
     grid_text,
@@ -61,7 +62,8 @@ class DiscordPublisher:
         try:
             message = await self._channel(job).send(
                 status_text(job),
-                allowed_mentions=discord.AllowedMentions.none(),
+                # The requester has just asked: a second ping comes with the result.
+                allowed_mentions=allowed_mentions(),
                 # Re-posted after a crash that lost its id, it is the same message, not a second
                 # status line left standing (Discord's nonces are at most 25 characters).
                 nonce=f"s{job.id}",
@@ -83,7 +85,9 @@ class DiscordPublisher:
             use = await self._store.grid_use(job.parent_task_id)
             message = self._channel(job).get_partial_message(job.grid_message_id)
             try:
-                await message.edit(view=GridButtons(job.parent_task_id, use))
+                await message.edit(
+                    view=GridButtons(job.parent_task_id, use), allowed_mentions=allowed_mentions()
+                )
             except discord.HTTPException as exc:
                 log.info("grid buttons not updated %s: %s", job.label, exc.status)
 
@@ -155,9 +159,7 @@ class DiscordPublisher:
                     view=view or discord.utils.MISSING,
                     # A re-sent post after a crash is refused by Discord as the same message.
                     nonce=nonce,
-                    allowed_mentions=discord.AllowedMentions(
-                        everyone=False, roles=False, users=[discord.Object(requester_id)]
-                    ),
+                    allowed_mentions=allowed_mentions(requester_id),
                 )
             except discord.Forbidden as exc:
                 raise DeliveryError(forbidden_reason(), retry=False) from exc
@@ -209,7 +211,7 @@ class DiscordPublisher:
             state=self._client._connection,
         )
         try:
-            await webhook.send(text, ephemeral=True)
+            await webhook.send(text, ephemeral=True, allowed_mentions=allowed_mentions())
         except discord.HTTPException as exc:
             log.warning("could not tell the requester privately: %s", exc.status)
 
@@ -218,7 +220,8 @@ class DiscordPublisher:
         if job.status_message_id is not None:
             message = self._channel(job).get_partial_message(job.status_message_id)
             try:
-                await message.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
+                # An edit notifies no one anyway; the status line it replaces did not either.
+                await message.edit(content=text, allowed_mentions=allowed_mentions())
             except discord.HTTPException as exc:
                 log.info("status message not edited %s: %s", job.label, exc.status)
                 if follow_up is None:
@@ -234,7 +237,7 @@ class DiscordPublisher:
         NoticeFailed says why Discord refused it."""
         channel = self._client.get_partial_messageable(channel_id)
         try:
-            await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+            await channel.send(text, allowed_mentions=allowed_mentions())
         except discord.Forbidden as exc:
             raise NoticeFailed(
                 f"the bot may not post in channel {channel_id} (HTTP 403); give it View Channel "
@@ -254,7 +257,7 @@ class DiscordPublisher:
         try:
             await self._channel(job).send(
                 text,
-                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.requester_id)]),
+                allowed_mentions=allowed_mentions(job.requester_id),
             )
         except discord.HTTPException as exc:
             log.warning("failure of %s could not be told: %s", job.label, exc.status)

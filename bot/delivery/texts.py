@@ -11,6 +11,18 @@ PROMPT_LIMIT = 1500
 REASON_LIMIT = 400
 
 
+def allowed_mentions(requester_id: int | None = None) -> discord.AllowedMentions:
+    """Whom a message may notify: the requester its text names (a result, a grid, a failure
+    posted anew), or nobody. Every send and edit passes one: a prompt is anyone's text, and its
+    @everyone, @here, role or user mentions must stay words. Each field is set: one left out is
+    True to discord.py, and a message without any lets Discord ping every mention in it."""
+    if requester_id is None:
+        return discord.AllowedMentions.none()
+    return discord.AllowedMentions(
+        everyone=False, users=[discord.Object(requester_id)], roles=False, replied_user=False
+    )
+
+
 def prompt_text(prompt: str | None) -> str:
     if not prompt:
         return "**(no prompt known)**"

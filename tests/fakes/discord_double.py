@@ -106,6 +106,8 @@ PRIVILEGED_INTENTS = GUILD_MEMBERS_INTENT | GUILD_PRESENCES_INTENT | MESSAGE_CON
 _SESSION_ENDING_CLOSE_CODES = (1000, 1001)
 
 _MENTION_RE = re.compile(r"<@!?([0-9]+)>")
+_ROLE_MENTION_RE = re.compile(r"<@&([0-9]+)>")
+_EVERYONE_RE = re.compile(r"@(?:everyone|here)")
 _FILE_PART_RE = re.compile(r"files\[([0-9]+)\]")
 _COMMAND_NAME_RE = re.compile(r"[-_\w]{1,32}")
 
@@ -213,7 +215,12 @@ class StoredMessage:
     files: list[StoredAttachment] = field(default_factory=list)
     nonce: str | None = None
     flags: int = 0
+    # Whom the content pings, as Discord works it out from the content and the request's
+    # allowed_mentions (the latest one that set the content; absent means every mention pings).
     mentions: list[int] = field(default_factory=list)
+    mention_roles: list[int] = field(default_factory=list)
+    mention_everyone: bool = False
+    allowed_mentions: Json | None = None
     author_id: int = 0
     type: int = DEFAULT_MESSAGE
     kind: str = "channel"
@@ -1268,9 +1275,9 @@ class DiscordDouble:
             "timestamp": message.timestamp,
             "edited_timestamp": message.edited_timestamp,
             "tts": False,
-            "mention_everyone": False,
+            "mention_everyone": message.mention_everyone,
             "mentions": [self._user_json(self._users[u]) for u in message.mentions],
-            "mention_roles": [],
+            "mention_roles": [str(r) for r in message.mention_roles],
             "attachments": [
                 self._attachment_json(a, ephemeral=message.ephemeral) for a in message.files
             ],
@@ -1791,17 +1798,25 @@ class DiscordDouble:
             )
         if creating and not (content or body.get("embeds") or components or uploads):
             raise DiscordError(400, 50006, "Cannot send an empty message")
+        allowed = body.get("allowed_mentions")
+        if allowed is not None:
+            parse = allowed.get("parse") or []
+            for kind in ("users", "roles"):
+                if kind in parse and allowed.get(kind):
+                    raise _invalid_form(
+                        "allowed_mentions",
+                        "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+                        f'parse:["{kind}"] and {kind}: [ids] are mutually exclusive.',
+                    )
 
     def _apply(
         self, message: StoredMessage, body: Json, uploads: list[_Upload], *, creating: bool
     ) -> None:
         if "content" in body:
+            # Discord works the mentions out again only when the content changes.
             message.content = body["content"] or ""
-            message.mentions = [
-                int(u)
-                for u in dict.fromkeys(_MENTION_RE.findall(message.content))
-                if int(u) in self._users
-            ]
+            message.allowed_mentions = body.get("allowed_mentions")
+            self._work_out_mentions(message)
         if "components" in body:
             message.components = body["components"] or []
         if "embeds" in body:
@@ -1849,6 +1864,24 @@ class DiscordDouble:
         if len(kept) + len(added) > 10:
             raise _invalid_form("attachments", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer.")
         message.files = kept + added
+
+    def _work_out_mentions(self, message: StoredMessage) -> None:
+        """Whom ``message`` pings, under its allowed_mentions as Discord reads them: ``parse``
+        lets every mention of a kind through, a ``users``/``roles`` list only those ids."""
+        allowed = message.allowed_mentions
+        parse = ["everyone", "users", "roles"] if allowed is None else allowed.get("parse") or []
+
+        def passes(kind: str, found: int) -> bool:
+            listed = [] if allowed is None else [int(i) for i in allowed.get(kind) or []]
+            return kind in parse or found in listed
+
+        users = dict.fromkeys(int(u) for u in _MENTION_RE.findall(message.content))
+        roles = dict.fromkeys(int(r) for r in _ROLE_MENTION_RE.findall(message.content))
+        message.mentions = [u for u in users if u in self._users and passes("users", u)]
+        message.mention_roles = [r for r in roles if passes("roles", r)]
+        message.mention_everyone = "everyone" in parse and bool(
+            _EVERYONE_RE.search(message.content)
+        )
 
     async def _store(self, message: StoredMessage) -> None:
         self._messages[message.id] = message

@@ -270,6 +270,50 @@ async def test_nonce_with_enforce_nonce_creates_one_message(double: DiscordDoubl
         assert double.count_requests("POST", r"/channels/\d+/messages") == 2
 
 
+async def test_allowed_mentions_decide_who_is_pinged(double: DiscordDouble) -> None:
+    alice, bob = double.add_user("alice"), double.add_user("bob")
+    role = await double.add_role("mods")
+    text = f"@here <@&{role}> <@{alice}> <@!{bob}>"
+    async with running(DoubleBot(double)) as bot:
+        channel = bot.get_partial_messageable(double.channel_id)
+        # DoubleBot sets no client default: a message without allowed_mentions pings them all.
+        every = double.message((await channel.send(text)).id)
+        assert (every.mentions, every.mention_roles, every.mention_everyone) == (
+            [alice, bob],
+            [role],
+            True,
+        )
+        only = await channel.send(
+            text, allowed_mentions=discord.AllowedMentions(users=[discord.Object(bob)])
+        )
+        stored = double.message(only.id)
+        # The fields left out of an AllowedMentions default to True: roles and @here still ping.
+        assert (stored.mentions, stored.mention_roles, stored.mention_everyone) == (
+            [bob],
+            [role],
+            True,
+        )
+        await only.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
+        assert (stored.mentions, stored.mention_roles, stored.mention_everyone) == ([], [], False)
+        # An edit that leaves the content alone leaves the mentions alone, as on Discord.
+        await only.edit(view=None, allowed_mentions=discord.AllowedMentions.all())
+        assert stored.mentions == []
+
+        with pytest.raises(discord.HTTPException) as both:
+            await bot.http.send_message(
+                double.channel_id,
+                params=discord.http.MultipartParameters(
+                    payload={
+                        "content": text,
+                        "allowed_mentions": {"parse": ["users"], "users": [str(bob)]},
+                    },
+                    multipart=None,
+                    files=None,
+                ),
+            )
+        assert both.value.status == 400
+
+
 async def test_held_response_comes_after_the_post_is_stored(double: DiscordDouble) -> None:
     # discord.py sends one request at a time per channel: the unheld post goes to another one.
     other = double.add_channel("other")
