@@ -13,6 +13,7 @@ import contextlib
 import functools
 import gc
 import logging
+import secrets
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -43,7 +44,6 @@ from bot.web import Listener
 log = logging.getLogger(__name__)
 
 SANDBOX_PREFIX = "/sandbox"
-SANDBOX_KEY = "sandbox"
 # How long a shutdown waits for paid calls and posts under way. `docker stop` and many hosts send
 # SIGKILL 10 s after SIGTERM; the store and listener still have to close within that. Whatever is
 # cut off resumes at the next start.
@@ -178,9 +178,10 @@ async def open_services(
 ) -> Services:
     """Open the store, start the listener and build the parts on top of them.
 
-    ``poll`` and ``sandbox`` are for tests (faster polling, a sandbox they drive); ``health``
-    lets them give the health check their own clock. Whatever was opened before a failure is
-    closed again before the error is raised.
+    ``poll`` and ``sandbox`` are for tests (faster polling, a sandbox they drive: it is given
+    the bot's key and callback route like one made here); ``health`` lets them give the health
+    check their own clock. Whatever was opened before a failure is closed again before the error
+    is raised.
     """
     async with contextlib.AsyncExitStack() as cleanup:
         store = await JobStore.open(settings.database_url)
@@ -198,23 +199,33 @@ async def open_services(
         selfcheck = SelfCheck(listener.app, keys)
 
         if settings.sandbox:
+            # Served on the public listener, the sandbox answers this bot's client only: with the
+            # operator's key, or else one made now that nobody else learns (it is never logged).
+            api_key = settings.mj_api_key or secrets.token_urlsafe(32)
             sandbox = sandbox or SandboxAPI()
+            sandbox.api_key = api_key
+            # And it calls back to this listener only, whose address is known once it is bound:
+            # until then, to nowhere.
+            sandbox.callback_bases = ()
             cleanup.push_async_callback(sandbox.close)
             listener.app.add_subapp(SANDBOX_PREFIX, sandbox.app)
         else:
+            api_key = settings.mj_api_key or ""
             sandbox = None
         # Closed only after the drain: a callback arriving meanwhile is still recorded.
         cleanup.push_async_callback(listener.close)
         port = await listener.start(settings.host, settings.port)
 
         local = f"http://127.0.0.1:{port}"
-        if settings.sandbox:
-            api_base, api_key = local + SANDBOX_PREFIX, settings.mj_api_key or SANDBOX_KEY
+        # In sandbox mode without a public URL the sandbox calls back to this listener directly.
+        callback_base = settings.public_url or (local if sandbox is not None else None)
+        if sandbox is not None:
+            api_base = local + SANDBOX_PREFIX
+            # The route the tracker names in every callBackUrl (Tracker.callback_url).
+            sandbox.callback_bases = (f"{callback_base}{CALLBACK_PATH}",)
             log.info("sandbox API served at %s: no credits are spent", api_base)
         else:
-            api_base, api_key = settings.mj_api_base_url, settings.mj_api_key or ""
-        # In sandbox mode without a public URL the sandbox calls back to this listener directly.
-        callback_base = settings.public_url or (local if settings.sandbox else None)
+            api_base = settings.mj_api_base_url
 
         mj = MidjourneyClient(session, api_base, api_key, metrics=metrics)
         fetcher = ImageFetcher((*settings.result_hosts, urlsplit(api_base).hostname or ""))

@@ -36,7 +36,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -206,6 +206,11 @@ class SandboxAPI:
     ``vary_index_base``: 0 or 1, the first ``imageIndex`` generateVary accepts.
     ``callback_retry_delays``: pauses before each retry of a callback not answered with 200.
     ``webhook_hmac_key``: when set, callbacks are signed the way kie.ai signs them.
+    ``callback_bases``: when given, a callBackUrl must lie under one of these URLs (same origin,
+    path below theirs), else the call is refused with 422 and nothing is ever sent to it;
+    ``None`` takes any http(s) URL, as the vendor does. The bot serving the sandbox on its own
+    listener passes its callback route, so the sandbox cannot be made to post into the
+    owner's network.
     """
 
     def __init__(
@@ -225,6 +230,7 @@ class SandboxAPI:
         callback_retry_delays: Sequence[float] = (0.05, 0.2, 0.5),
         callback_timeout: float = 15.0,
         webhook_hmac_key: str | None = None,
+        callback_bases: Collection[str] | None = None,
     ) -> None:
         if image_size < 1 or upscale_factor < 1:
             raise ValueError("image_size and upscale_factor must be positive")
@@ -244,6 +250,7 @@ class SandboxAPI:
         self.callback_retry_delays = tuple(callback_retry_delays)
         self.callback_timeout = callback_timeout
         self.webhook_hmac_key = webhook_hmac_key
+        self.callback_bases = None if callback_bases is None else tuple(callback_bases)
 
         self.calls: list[SandboxCall] = []
         self.callback_attempts: list[CallbackAttempt] = []
@@ -456,6 +463,13 @@ class SandboxAPI:
         endpoint: str,
         operation: Callable[[web.Request, Any], Awaitable[Any]],
     ) -> web.Response:
+        # Before the body is read or the call recorded, and logged at debug level only: on the
+        # bot's public listener anyone can send requests, and those without the key must fill
+        # neither memory nor the log.
+        try:
+            self._authenticate(request)
+        except _ApiError as error:
+            return self._error_response(endpoint, error, level=logging.DEBUG)
         if request.method == "POST":
             raw = await request.text()
             try:
@@ -468,7 +482,6 @@ class SandboxAPI:
         if request.method == "POST" and self.answer_delay > 0:
             await asyncio.sleep(self.answer_delay)
         try:
-            self._authenticate(request)
             self._take_fault(endpoint)
             data = await operation(request, body)
         except _ApiError as error:
@@ -502,7 +515,7 @@ class SandboxAPI:
         if not isinstance(params.get("enableTranslation", False), bool):
             raise _ApiError(422, "enableTranslation must be a boolean")
         _check_optional_string(params, "waterMark")
-        callback_url = _check_callback_url(params)
+        callback_url = self._check_callback_url(params)
         self._charge(self.generation_cost)
         task = self._new_task(
             uuid.uuid4().hex,
@@ -553,7 +566,7 @@ class SandboxAPI:
                 422, f"imageIndex must be an integer from {first_index} to {last_index}"
             )
         _check_optional_string(params, "waterMark")
-        callback_url = _check_callback_url(params)
+        callback_url = self._check_callback_url(params)
         parent = self._tasks.get(parent_id)
         if parent is None:
             raise _ApiError(404, f"task {parent_id} not found")
@@ -625,8 +638,25 @@ class SandboxAPI:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise _ApiError(401, "missing bearer token")
-        if self.api_key is not None and not hmac.compare_digest(token, self.api_key):
+        # As bytes: compare_digest raises TypeError on a str that is not ASCII, which anyone
+        # could send.
+        if self.api_key is not None and not hmac.compare_digest(
+            token.encode(), self.api_key.encode()
+        ):
             raise _ApiError(401, "invalid API key")
+
+    def _check_callback_url(self, params: dict[str, Any]) -> str | None:
+        value = params.get("callBackUrl")
+        if value is None:
+            return None
+        url = _http_url(value)
+        if url is None:
+            raise _ApiError(422, "callBackUrl must be an http(s) URL")
+        if self.callback_bases is not None and not any(
+            _is_under(url, URL(base)) for base in self.callback_bases
+        ):
+            raise _ApiError(422, "callBackUrl must point at this bot's listener")
+        return str(value)
 
     def _take_fault(self, endpoint: str) -> None:
         queued = self._faults.get(endpoint)
@@ -645,13 +675,20 @@ class SandboxAPI:
         self._notify()
         await hold.wait_released()
 
-    def _error_response(self, endpoint: str, error: _ApiError) -> web.Response:
+    def _error_response(
+        self, endpoint: str, error: _ApiError, *, level: int = logging.INFO
+    ) -> web.Response:
         status = error.http_status
         if status is None:
             status = error.code if self.errors_as_http_status else 200
         # %r because msg may echo request values, which must not forge log lines.
-        log.info(
-            "sandbox: %s answered code %d (HTTP %d): %r", endpoint, error.code, status, error.msg
+        log.log(
+            level,
+            "sandbox: %s answered code %d (HTTP %d): %r",
+            endpoint,
+            error.code,
+            status,
+            error.msg,
         )
         # Codes such as 455 have no standard reason phrase; a constant one keeps the status line
         # valid without echoing request values into it.
@@ -923,13 +960,16 @@ def _check_optional_string(params: dict[str, Any], name: str) -> None:
         raise _ApiError(422, f"{name} must be a string")
 
 
-def _check_callback_url(params: dict[str, Any]) -> str | None:
-    value = params.get("callBackUrl")
-    if value is None:
-        return None
+def _http_url(value: object) -> URL | None:
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             url = URL(value)
             if url.scheme in ("http", "https") and url.host:
-                return value
-    raise _ApiError(422, "callBackUrl must be an http(s) URL")
+                return url
+    return None
+
+
+def _is_under(url: URL, base: URL) -> bool:
+    # yarl has already resolved dot segments, so a path under the base's stays under it.
+    prefix = base.path if base.path.endswith("/") else base.path + "/"
+    return url.origin() == base.origin() and url.path.startswith(prefix)

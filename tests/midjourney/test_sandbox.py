@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import struct
 import zlib
@@ -193,6 +194,25 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append((await request.json(), dict(request.headers)))
         return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+
+@dataclass
+class Catcher:
+    """A server that records every request whatever its method and path: where a callback must
+    never go."""
+
+    received: list[str] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(f"{request.method} {request.path_qs}")
+        return web.Response()
+
+
+async def start_catcher(stack: contextlib.AsyncExitStack) -> tuple[Catcher, URL]:
+    catcher = Catcher()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", catcher.handle)
+    return catcher, await serve(stack, app)
 
 
 async def start_receiver(stack: contextlib.AsyncExitStack, *statuses: int) -> tuple[Receiver, str]:
@@ -541,6 +561,8 @@ async def test_unknown_task_in_record_info_is_404(start: Start) -> None:
         {"Authorization": "Bearer wrong"},
         {"Authorization": f"Basic {KEY}"},
         {"Authorization": "Bearer "},
+        # compare_digest raises on a str that is not ASCII: this used to be a 500.
+        {"Authorization": "Bearer cl\u00e9"},
     ],
 )
 async def test_missing_or_wrong_key_is_401(start: Start, headers: dict[str, str]) -> None:
@@ -557,6 +579,20 @@ async def test_without_api_key_any_bearer_is_accepted(start: Start) -> None:
     assert status == 200
     status, _ = await api.call("GET", CREDIT, headers={"Authorization": "Bearer  "})
     assert status == 401
+
+
+async def test_a_request_without_the_key_is_not_kept_and_logged_at_debug_only(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = await start()
+    caplog.set_level(logging.DEBUG, logger="bot.midjourney.sandbox")
+    body = {"taskType": "mj_txt2img", "prompt": "a fox", "speed": "fast"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        status, envelope = await api.call("POST", GENERATE, body=body, headers=headers)
+        assert (status, envelope["code"], envelope["data"]) == (401, 401, None)
+    assert (api.sandbox.calls, api.sandbox.tasks(), api.sandbox.credits) == ([], [], 1000)
+    lines = [r for r in caplog.records if r.name == "bot.midjourney.sandbox"]
+    assert lines and all(r.levelno == logging.DEBUG for r in lines)
 
 
 @pytest.mark.parametrize("as_http_status", [True, False])
@@ -805,7 +841,8 @@ async def test_vary_answers_faults_and_holds_like_upscale(start: Start) -> None:
     assert not pending.done()
     answer.release()
     assert await pending == held.task_id
-    assert api.sandbox.count("generateVary") == 3
+    # The request without a key was refused before it was recorded.
+    assert api.sandbox.count("generateVary") == 2
 
 
 async def test_vary_credits_402_when_exhausted(start: Start) -> None:
@@ -911,6 +948,69 @@ async def test_callbacks_are_signed_when_a_hmac_key_is_set(
     timestamp = headers["X-Webhook-Timestamp"]
     assert timestamp.isdigit()
     assert headers["X-Webhook-Signature"] == webhook_signature("hmac-key", task_id, timestamp)
+
+
+# Where a callback must not go when the sandbox is told its callback base ({own} is the base's
+# origin, {foreign} another server's): each would otherwise be POSTed to.
+ELSEWHERE = {
+    "another port": "{foreign}/callbacks/midjourney/s3cret",
+    "another path": "{own}/elsewhere",
+    "a sibling of the route": "{own}/callbacks/midjourney-x/s3cret",
+    "dot segments out of the route": "{own}/callbacks/midjourney/../../elsewhere",
+    "another name for the host": "http://localhost:{own_port}/callbacks/midjourney/s3cret",
+    "user info before another port": (
+        "http://127.0.0.1:{own_port}@127.0.0.1:{foreign_port}/callbacks/midjourney/s3cret"
+    ),
+    "https instead of http": "https://127.0.0.1:{own_port}/callbacks/midjourney/s3cret",
+}
+
+
+@pytest.mark.parametrize("where", ELSEWHERE.values(), ids=ELSEWHERE.keys())
+async def test_callback_bases_refuse_a_callback_url_elsewhere_and_post_nothing(
+    start: Start, stack: contextlib.AsyncExitStack, where: str
+) -> None:
+    own, own_root = await start_catcher(stack)
+    foreign, foreign_root = await start_catcher(stack)
+    base = f"{own_root}/callbacks/midjourney/"
+    api = await start(callback_bases=[base], callback_retry_delays=())
+    url = where.format(
+        own=own_root, own_port=own_root.port, foreign=foreign_root, foreign_port=foreign_root.port
+    )
+    parent = api.sandbox.add_generation()
+    for path, body in (
+        (GENERATE, {"taskType": "mj_txt2img", "prompt": "a fox", "speed": "fast"}),
+        (UPSCALE, {"taskId": parent, "imageIndex": 0}),
+        (VARY, {"taskId": parent, "imageIndex": 0}),
+    ):
+        status, envelope = await api.call("POST", path, body={**body, "callBackUrl": url})
+        assert (status, envelope["code"], envelope["msg"]) == (
+            422,
+            422,
+            "callBackUrl must point at this bot's listener",
+        )
+    assert [t.task_id for t in api.sandbox.tasks()] == [parent]
+    assert api.sandbox.credits == 1000
+
+    # The base itself is called back; by then anything sent elsewhere would have arrived too.
+    task_id = await api.generate(callBackUrl=f"{base}s3cret")
+    api.sandbox.complete(task_id)
+    [attempt] = await api.sandbox.wait_for_callback(task_id)
+    assert attempt.status == 200
+    assert own.received == ["POST /callbacks/midjourney/s3cret"]
+    assert foreign.received == [] and len(api.sandbox.callback_attempts) == 1
+
+
+async def test_empty_callback_bases_refuse_every_callback_url(
+    start: Start, stack: contextlib.AsyncExitStack
+) -> None:
+    api = await start(callback_bases=())
+    _, hook = await start_receiver(stack)
+    status, envelope = await api.call(
+        "POST", GENERATE, body={"taskType": "mj_txt2img", "prompt": "a fox", "callBackUrl": hook}
+    )
+    assert (status, envelope["code"]) == (422, 422) and api.sandbox.tasks() == []
+    # Without a callBackUrl the task is made as ever, for polling.
+    await api.generate()
 
 
 # ----- mounting --------------------------------------------------------------------------------
