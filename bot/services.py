@@ -126,7 +126,7 @@ class Services:
         """What /mj status shows: to a server's admin, that server (``guild_id``); to owners
         (None), everything, with a line for each server in ``server_names`` (id → name)."""
         if guild_id is not None:
-            return await status.status_report(
+            report = await status.status_report(
                 self.store,
                 self.mj,
                 guild_id=guild_id,
@@ -134,6 +134,7 @@ class Services:
                 spending=await self.spending.server_summary(guild_id),
                 vary_index=await self.vary_index_summary(),
             )
+            return f"{report}\n{await self.spending.server_usage(guild_id)}"
         return await status.status_report(
             self.store,
             self.mj,

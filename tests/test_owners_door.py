@@ -219,6 +219,7 @@ async def test_a_servers_admin_sees_nothing_of_another_server(harness: Harness) 
         report = await answer(status)
         assert "this server: 0 queued, 0 running, 1 done, 0 failed" in report
         assert "No failures recorded." in report
+        assert f"**Top users today:** <@{alice}> 1." in report
         for secret in ("credits left", "Callbacks", "http", "Other server", str(other), "out of"):
             assert secret not in report
         usage = await double.slash("mj usage", {}, admin)
