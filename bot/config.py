@@ -65,6 +65,8 @@ class Settings:
     daily_jobs_per_server: int | None = None
     quota_timezone: str = "UTC"
     daily_credit_budget: int | None = None
+    # /upscale without an image, per member per server per rolling hour: None is unlimited.
+    grid_reposts_per_hour: int | None = 10
     # Gateway shards (bot.shards): None asks Discord how many; which ones this process may run
     # (None: any), and how many of them at once (None: all it may).
     shard_count: int | None = None
@@ -331,6 +333,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         daily_jobs_per_server=_allowance(env, "DAILY_JOBS_PER_SERVER", None),
         quota_timezone=_timezone(env, "QUOTA_TIMEZONE"),
         daily_credit_budget=_allowance(env, "DAILY_CREDIT_BUDGET", None),
+        grid_reposts_per_hour=_allowance(env, "GRID_REPOSTS_PER_HOUR", 10),
         shard_count=shard_count,
         shard_ids=shard_ids,
         shards_per_process=shards_per_process,
