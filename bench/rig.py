@@ -53,6 +53,8 @@ UNTHROTTLED = {
     "DAILY_IMAGINES_PER_USER": "1000000",
     "DAILY_UPSCALES_PER_USER": "1000000",
     "DAILY_JOBS_PER_SERVER": "1000000",
+    # One member shows hundreds of grids with /upscale task_id:.
+    "GRID_REPOSTS_PER_HOUR": "1000000",
 }
 
 

@@ -71,6 +71,8 @@ class Settings:
     owner_ids: frozenset[int] = frozenset()
     allowed_guild_ids: frozenset[int] = frozenset()
     daily_credits_per_server: int | None = None
+    # /upscale without an image, per member per server per rolling hour: None is unlimited.
+    grid_reposts_per_hour: int | None = 10
     # Gateway shards (bot.shards): None asks Discord how many; which ones this process may run
     # (None: any), and how many of them at once (None: all it may).
     shard_count: int | None = None
@@ -357,6 +359,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         owner_ids=_snowflakes(env, "OWNER_IDS", "user"),
         allowed_guild_ids=_snowflakes(env, "ALLOWED_GUILD_IDS", "server"),
         daily_credits_per_server=_allowance(env, "DAILY_CREDITS_PER_SERVER", None),
+        grid_reposts_per_hour=_allowance(env, "GRID_REPOSTS_PER_HOUR", 10),
         shard_count=shard_count,
         shard_ids=shard_ids,
         shards_per_process=shards_per_process,

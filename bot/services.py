@@ -287,6 +287,7 @@ async def open_services(
             on_submitted=credit_watch.submitted,
             spending=spending,
             lease_seconds=LEASE_SECONDS if store.shared else None,
+            grid_reposts_per_hour=settings.grid_reposts_per_hour,
         )
         # Watchers still running when the shutdown gives up waiting stop before anything closes.
         cleanup.push_async_callback(tracker.close)

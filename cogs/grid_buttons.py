@@ -123,6 +123,23 @@ async def may_click(interaction: discord.Interaction[Any], allowed: str, verb: s
     return False
 
 
+async def may_command(
+    interaction: discord.Interaction[Any], allowed: str, owner: int | None, verb: str
+) -> bool:
+    """UPSCALE_ALLOWED for /upscale (an image, or the grid again): ``owner`` is whom the bot
+    made the grid for in this server, None for any other task, which has no requester here, so
+    only message managers may; the member is told when they may not."""
+    manages = interaction.permissions.manage_messages
+    if may_upscale(allowed, interaction.user.id, owner, manages=manages):
+        return True
+    if owner is None:
+        what, whom = "a task the bot did not make in this server", ""
+    else:
+        what, whom = "this grid", f"<@{owner}>, who asked for it, or "
+    await tell(interaction, f"❌ Only {whom}members who can manage messages may {verb} {what}.")
+    return False
+
+
 async def start_on_grid(
     interaction: discord.Interaction[Any],
     tracker: Tracker,

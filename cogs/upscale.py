@@ -16,7 +16,7 @@ from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
 from bot.midjourney.models import GRID_SIZE, is_task_id
-from cogs.grid_buttons import UpscaleButton, clickable, may_click, start_on_grid
+from cogs.grid_buttons import UpscaleButton, clickable, may_click, may_command, start_on_grid
 from cogs.interactions import acked, cannot_post, tell
 
 
@@ -81,6 +81,12 @@ class UpscaleCog(commands.Cog):
         if refusal is not None:
             await tell(interaction, refusal)
             return
+        if self._allowed != "anyone":
+            # Re-posting too: the re-post is its re-poster's grid, whose buttons they may click.
+            owner = await self._tracker.made_for(task_id, interaction.guild_id)
+            verb = "re-post" if image is None else "upscale"
+            if not await may_command(interaction, self._allowed, owner, verb):
+                return
         if image is None:
             try:
                 error = await self._tracker.show_grid(

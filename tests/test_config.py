@@ -53,6 +53,7 @@ SETTING_NAMES = (
     "OWNER_IDS",
     "ALLOWED_GUILD_IDS",
     "DAILY_CREDITS_PER_SERVER",
+    "GRID_REPOSTS_PER_HOUR",
     "SHARD_COUNT",
     "SHARD_IDS",
     "SHARDS_PER_PROCESS",
@@ -308,6 +309,8 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("DAILY_UPSCALES_PER_USER", {"DAILY_UPSCALES_PER_USER": "none"}),
         ("DAILY_JOBS_PER_SERVER", {"DAILY_JOBS_PER_SERVER": "unlimted"}),
         ("DAILY_CREDIT_BUDGET", {"DAILY_CREDIT_BUDGET": "2,000"}),
+        ("GRID_REPOSTS_PER_HOUR", {"GRID_REPOSTS_PER_HOUR": "-1"}),
+        ("GRID_REPOSTS_PER_HOUR", {"GRID_REPOSTS_PER_HOUR": "ten"}),
         ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "Mars/Olympus"}),
         ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "../../etc/passwd"}),
         ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "+02:00"}),
@@ -486,6 +489,7 @@ def test_spending_defaults_protect_a_new_owner() -> None:
     assert settings.daily_jobs_per_server is None
     assert settings.daily_credit_budget is None
     assert settings.quota_timezone == "UTC"
+    assert settings.grid_reposts_per_hour == 10
 
 
 def test_spending_settings_take_numbers_zero_and_unlimited() -> None:
@@ -496,6 +500,7 @@ def test_spending_settings_take_numbers_zero_and_unlimited() -> None:
             DAILY_JOBS_PER_SERVER=" 500 ",
             DAILY_CREDIT_BUDGET="2000",
             QUOTA_TIMEZONE="Europe/Berlin",
+            GRID_REPOSTS_PER_HOUR="unlimited",
         )
     )
     assert settings.daily_imagines_per_user == 0
@@ -503,6 +508,7 @@ def test_spending_settings_take_numbers_zero_and_unlimited() -> None:
     assert settings.daily_jobs_per_server == 500
     assert settings.daily_credit_budget == 2000
     assert settings.quota_timezone == "Europe/Berlin"
+    assert settings.grid_reposts_per_hour is None
 
 
 def test_shard_settings_default_to_discord_s_advice_and_every_shard() -> None:

@@ -82,7 +82,7 @@ class DiscordPublisher:
             return
         lock = self._grid_locks.setdefault(job.grid_message_id, asyncio.Lock())
         async with lock:
-            use = await self._store.grid_use(job.parent_task_id)
+            use = await self._store.grid_use(job.parent_task_id, job.guild_id)
             message = self._channel(job).get_partial_message(job.grid_message_id)
             try:
                 await message.edit(
@@ -114,7 +114,7 @@ class DiscordPublisher:
         self, task: Task, *, requester_id: int, guild_id: int | None, channel_id: int
     ) -> int:
         """Show a generation the bot did not start, with both rows of buttons."""
-        use = await self._store.grid_use(task.task_id)
+        use = await self._store.grid_use(task.task_id, guild_id)
         return await self._post_images(
             channel_id,
             guild_id,

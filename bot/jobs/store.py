@@ -373,10 +373,13 @@ class JobStore:
         """The job that makes a new ``kind`` job of that grid (and image) a duplicate."""
         return await self._one(_twin(kind, parent_task_id, image_index))
 
-    async def grid_use(self, parent_task_id: str) -> GridUse:
-        """Which buttons of a grid have a job that did not fail."""
+    async def grid_use(self, parent_task_id: str, guild_id: int | None) -> GridUse:
+        """Which buttons of a grid have a job in this server that did not fail (another
+        server's jobs of a grid made outside the bot are not this server's to see)."""
+        place = jobs.c.guild_id.is_(None) if guild_id is None else jobs.c.guild_id == guild_id
         query = sa.select(jobs.c.kind, jobs.c.image_index).where(
             jobs.c.parent_task_id == parent_task_id,
+            place,
             jobs.c.kind.in_([k.value for k in GRID_BUTTON_KINDS]),
             jobs.c.state != JobState.FAILED.value,
         )

@@ -217,3 +217,15 @@ servers = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("updated_by", sa.BigInteger, nullable=False),
 )
+# One row per re-post of a grid (/upscale without an image: a record-info call and four
+# downloads), for GRID_REPOSTS_PER_HOUR (bot.jobs.reposts); a row older than the hour is dead
+# and goes at its member's next re-post.
+grid_reposts = sa.Table(
+    "grid_reposts",
+    metadata,
+    sa.Column("id", sa.String(24), primary_key=True),
+    sa.Column("guild_id", sa.BigInteger),
+    sa.Column("requester_id", sa.BigInteger, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+sa.Index("ix_reposts_requester", grid_reposts.c.requester_id, grid_reposts.c.at)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bot.jobs.tables import JobState
+from bot.jobs.tables import JobKind, JobState
+from bot.midjourney.errors import ApiError
 
 
 def queue_full(waiting: int) -> str:
@@ -64,3 +65,33 @@ ONLY_IN_SERVERS = (
     "The bot works only inside the servers its owner has enabled, not in direct messages nor "
     "through a copy you installed for yourself; nothing was charged"
 )
+
+
+def unknown_task() -> str:
+    """A task this bot made in another server, in the very words said of a task the API does
+    not know: the refusal tells nothing of it, not even that it exists."""
+    return ApiError(404).user_message
+
+
+def asked_elsewhere(kind: JobKind) -> str:
+    """A button whose job (of a grid made outside the bot) was asked for in another server:
+    told without whose it is or where, and nothing is paid twice."""
+    if kind is JobKind.UPSCALE:
+        what = "that image is being or was already upscaled elsewhere through this bot"
+    elif kind is JobKind.VARY:
+        what = "variations of that image are being made elsewhere through this bot"
+    else:
+        what = "that grid is being re-rolled elsewhere through this bot"
+    return f"{what}; nothing was started or charged"
+
+
+def reposts_used(limit: int, next_at: float | None) -> str:
+    if next_at is None:
+        return (
+            "re-posting a grid with /upscale is turned off on this bot; name the image to "
+            "upscale instead"
+        )
+    return (
+        f"you have re-posted {limit} grid(s) in this server within the hour; the next one "
+        f"<t:{int(next_at) + 1}:R>"
+    )

@@ -20,6 +20,7 @@ from bot.jobs import grids, texts
 from bot.jobs.admission import OverQuota, TooManyJobs
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.leases import JobLeases
+from bot.jobs.reposts import Reposts, RepostsUsed
 from bot.jobs.spending import UNLIMITED, Spending
 from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
 from bot.jobs.tables import GRID_BUTTON_KINDS
@@ -34,6 +35,7 @@ from bot.jobs.types import (
     PollPolicy,
     Publisher,
     Refused,
+    UnknownTask,
 )
 from bot.jobs.vary_index import BaseUnknown, TryOther, VaryIndex
 from bot.jobs.whispers import Whispers
@@ -75,8 +77,10 @@ class Tracker:
         on_submitted: Callable[[], None] | None = None,
         spending: Spending | None = None,
         lease_seconds: float | None = None,
+        grid_reposts_per_hour: int | None = None,
     ) -> None:
         self._store = store
+        self._reposts = Reposts(store.engine, grid_reposts_per_hour)
         # Several processes on one store (PostgreSQL) each work on the jobs they lease.
         self._leases = JobLeases(store, lease_seconds)
         # Daily allowances and the credit budget; without, uses are counted but not limited.
@@ -154,7 +158,9 @@ class Tracker:
 
         Raises Refused when the bot cannot take it (shutting down, queue full, user limit, a
         daily allowance or the credit budget, V2/V3 before the index base of variations is
-        known); ``role_ids`` are the requester's roles there.
+        known); ``role_ids`` are the requester's roles there. A grid the bot made in another
+        server is unknown here (UnknownTask), and a job another server asked for is not
+        returned: the click is refused without naming it.
         """
         if kind not in GRID_BUTTON_KINDS:
             raise ValueError(f"{kind} is not started from a grid")
@@ -166,6 +172,10 @@ class Tracker:
         ):
             raise Refused(texts.vary_base_unknown(image_index + 1), whole=True)
         grid = await self._store.by_upstream(parent_task_id)
+        if grid is not None and grid.guild_id != guild_id:
+            # Another server's grid: unknown here, whatever the button or task id says.
+            log.info("%s refused: task=%s is another server's", kind, parent_task_id)
+            raise UnknownTask()
         try:
             job = await self._create(
                 role_ids,
@@ -181,6 +191,11 @@ class Tracker:
                 follow_up=follow_up,
             )
         except DuplicateJob as dup:
+            if dup.job.guild_id != guild_id:
+                # A grid made outside the bot, asked of in another server too: that job is not
+                # this server's to see (its message, its requester), nor paid for again.
+                log.info("%s refused: %s is another server's", kind, dup.job.label)
+                raise Refused(texts.asked_elsewhere(kind)) from None
             log.info("%s click deduplicated %s image=%s", kind, dup.job.label, _number(image_index))
             return Outcome(dup.job, created=False)
         except NotServed:
@@ -188,7 +203,7 @@ class Tracker:
         except Refused:
             # Clicking a button whose job runs is a duplicate, whatever the limit says.
             live = await self._store.live_twin(kind, parent_task_id, image_index)
-            if live is not None:
+            if live is not None and live.guild_id == guild_id:
                 return Outcome(live, created=False)
             raise
         log.info(
@@ -411,18 +426,42 @@ class Tracker:
     async def show_grid(
         self, task_id: str, *, requester_id: int, guild_id: int | None, channel_id: int
     ) -> str | None:
-        """Post the four images of any finished generation with U1–U4; the error if not.
-        Raises NotServed where the bot spends nothing (a record-info call and four downloads
-        are the owner's too)."""
+        """Post the four images of a finished generation with its buttons, within the member's
+        re-posts of the hour here; the error if not. Raises NotServed where the bot spends
+        nothing (a record-info call and four downloads are the owner's too)."""
         await self._spending.server(guild_id)
-        return await grids.show_grid(
-            self._client,
-            self._publisher,
-            task_id,
-            requester_id=requester_id,
-            guild_id=guild_id,
-            channel_id=channel_id,
-        )
+        try:
+            use = await self._reposts.take(requester_id, guild_id)
+        except RepostsUsed as used:
+            log.info("grid re-post refused: %d an hour used user=%s", used.limit, requester_id)
+            return texts.reposts_used(used.limit, used.next_at)
+        shown = False
+        try:
+            grid = await self._store.by_upstream(task_id)
+            if grid is not None and grid.guild_id != guild_id:
+                log.info("grid re-post refused: task=%s is another server's", task_id)
+                return texts.unknown_task()
+            error = await grids.show_grid(
+                self._client,
+                self._publisher,
+                task_id,
+                requester_id=requester_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+            )
+            shown = error is None
+            return error
+        finally:
+            # Nothing shown costs nothing: an error of the API or of Discord, and another
+            # server's task too, which must look like a task that does not exist.
+            if not shown:
+                await self._reposts.give_back(use)
+
+    async def made_for(self, task_id: str, guild_id: int | None) -> int | None:
+        """Whom the bot made the grid (or image) of ``task_id`` for in this server; None for a
+        task it did not make here (made elsewhere, or in another server: unknown here)."""
+        grid = await self._store.by_upstream(task_id)
+        return grid.requester_id if grid is not None and grid.guild_id == guild_id else None
 
     async def _check_foreign_grid(self, job: Job) -> Job:
         """A grid this bot never saw (``/upscale`` of a task made elsewhere, its buttons): make

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from bot.jobs import texts
 from bot.jobs.store import FollowUp as FollowUp
 from bot.jobs.store import Job, JobState
 from bot.midjourney.models import Task
@@ -44,6 +45,17 @@ class NotServed(Refused):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason, whole=True)
+
+
+class UnknownTask(Refused):
+    """A task this bot made in another server: refused in the very words a task the API does
+    not know fails with (no lead, no full stop), so that the two cannot be told apart."""
+
+    def __init__(self) -> None:
+        super().__init__(texts.unknown_task(), whole=True)
+
+    def sentence(self, lead: str) -> str:
+        return f"❌ {self.reason}"
 
 
 class DeliveryError(Exception):

@@ -1087,6 +1087,24 @@ class DiscordDouble:
         self._notify()
         return handle
 
+    async def copy_message(self, message_id: int, channel_id: int) -> StoredMessage:
+        """The bot's message ``message_id`` as it stands, posted by the bot in ``channel_id``
+        too (a grid an older version re-posted in another server): its buttons carry the same
+        custom_ids, so clicks on them reach the bot from there."""
+        original = self._messages[message_id]
+        if channel_id not in self._channels:
+            raise LookupError(f"unknown channel {channel_id}")
+        copy = StoredMessage(
+            id=self._snowflake(),
+            channel_id=channel_id,
+            content=original.content,
+            components=json.loads(json.dumps(original.components)),
+            files=list(original.files),
+            author_id=original.author_id,
+        )
+        await self._store(copy)
+        return copy
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()

@@ -213,7 +213,7 @@ async def check_variation_dedupe(store: JobStore) -> None:
     # Other images of the grid, and an upscale of the same image, are other buttons.
     assert (await new_job(store, JobKind.VARY, index=1)).id != vary.id
     await new_job(store, index=2)
-    use = await store.grid_use(PARENT)
+    use = await store.grid_use(PARENT, 1)
     assert (use.varied, use.upscaled, use.rerolled) == ({1, 2}, {2}, True)
     # Done (or failed), it no longer blocks: a new click makes another set, as on Midjourney.
     await walk_to_delivered(store, vary)
@@ -224,7 +224,7 @@ async def check_variation_dedupe(store: JobStore) -> None:
     await fail(store, reroll)
     assert await store.live_twin(JobKind.REROLL, PARENT, None) is None
     assert (await new_job(store, JobKind.REROLL, index=None)).id != reroll.id
-    assert (await store.grid_use(PARENT)).varied == {1, 2}
+    assert (await store.grid_use(PARENT, 1)).varied == {1, 2}
 
 
 async def test_one_running_variation_per_image_and_reroll_per_grid(store: JobStore) -> None:
@@ -331,15 +331,17 @@ async def test_by_secret_and_by_upstream(store: JobStore) -> None:
 
 
 async def test_live_upscale_and_grid_use(store: JobStore) -> None:
-    assert await store.grid_use(PARENT) == GridUse()
+    assert await store.grid_use(PARENT, 1) == GridUse()
     a = await new_job(store, index=0)
     b = await new_job(store, index=1)
     c = await new_job(store, index=2)
     await new_job(store, parent="grid-task-0002", index=3)
     await walk_to_delivered(store, b)
     await fail(store, c)
-    assert (await store.grid_use(PARENT)).upscaled == {0, 1}
-    assert (await store.grid_use("grid-task-0002")).upscaled == {3}
+    assert (await store.grid_use(PARENT, 1)).upscaled == {0, 1}
+    assert (await store.grid_use("grid-task-0002", 1)).upscaled == {3}
+    # Another server's use of the same grid is not shown here, nor this one's there.
+    assert (await store.grid_use("grid-task-0002", 2)).upscaled == frozenset()
     live_a = await store.live_upscale(PARENT, 0)
     assert live_a is not None and live_a.id == a.id
     live_b = await store.live_upscale(PARENT, 1)
@@ -525,7 +527,7 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
         with pytest.raises(DuplicateJob):
             await new_job(store, index=1)
         other = await new_job(store, index=2)
-        assert (await store.grid_use(PARENT)).upscaled == {1, 2}
+        assert (await store.grid_use(PARENT, 1)).upscaled == {1, 2}
 
         assert await store.transition(other.id, (JobState.SUBMITTED,), JobState.FAILED) is None
         assert await store.get(other.id) == other

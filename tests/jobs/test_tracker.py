@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
+from bot.jobs import texts
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import Job, JobKind, JobState
 from bot.jobs.tracker import Tracker
-from bot.jobs.types import CALLBACK_PATH, DeliveryError, PollPolicy
+from bot.jobs.types import CALLBACK_PATH, DeliveryError, Outcome, PollPolicy, Refused
 from tests.jobs.conftest import Rig
 
 CHANNEL = 555
@@ -214,6 +216,35 @@ async def test_upscale_of_a_foreign_task_takes_its_prompt(rig: Rig) -> None:
     outcome = await upscale(tracker, parent, 3, grid_message_id=None)
     assert outcome.job.state is JobState.SUBMITTED
     assert outcome.job.prompt == "a lighthouse at dusk"
+
+
+async def test_a_live_job_of_another_server_is_neither_told_nor_paid_again(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True, max_jobs_per_user=1)
+    parent = rig.grid("made outside the bot")
+
+    async def click(index: int, user: int, guild: int) -> Outcome:
+        return await tracker.request_on_grid(
+            JobKind.UPSCALE,
+            parent_task_id=parent,
+            image_index=index,
+            requester_id=user,
+            guild_id=guild,
+            channel_id=CHANNEL,
+            grid_message_id=None,
+        )
+
+    first = await click(0, USER, guild=1)
+    # In the same server a second click is told of the job, as ever.
+    assert (await click(0, USER + 1, guild=1)).job.id == first.job.id
+    with pytest.raises(Refused) as elsewhere:
+        await click(0, USER + 2, guild=2)
+    assert elsewhere.value.reason == texts.asked_elsewhere(JobKind.UPSCALE)
+    # Over his own limit, a member of the other server hears of that limit, not of the job.
+    await click(1, USER + 3, guild=2)
+    with pytest.raises(Refused) as limited:
+        await click(0, USER + 3, guild=2)
+    assert limited.value.reason == texts.too_many_running(1)
+    assert rig.sandbox.count("generateUpscale") == 2
 
 
 async def test_recovery_after_restart_delivers_submitted_jobs_once(rig: Rig) -> None:
