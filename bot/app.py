@@ -98,7 +98,9 @@ class UpscaleBot(commands.AutoShardedBot):
             found = {
                 member.id
                 for member in app.team.members
-                if member.role in (discord.TeamMemberRole.admin, discord.TeamMemberRole.developer)
+                # An invitation not yet accepted makes no one a member of the team.
+                if member.membership_state is discord.TeamMembershipState.accepted
+                and member.role in (discord.TeamMemberRole.admin, discord.TeamMemberRole.developer)
             }
         else:
             found = {app.owner.id}

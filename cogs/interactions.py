@@ -21,19 +21,46 @@ SORRY = "❌ Something went wrong on the bot's side; the server admin can find d
 UNKNOWN_INTERACTION = 10062
 # Option values in a log line: a prompt may be 2000 characters.
 OPTION_CHARS = 200
+# What one Discord message may hold.
+MESSAGE_CHARS = 2000
 
 
 async def tell(interaction: discord.Interaction[Any], text: str) -> None:
-    """An ephemeral answer, whether or not the interaction was acknowledged yet."""
+    """An ephemeral answer, whether or not the interaction was acknowledged yet; a text longer
+    than a message may be (an owner's list of every server) goes as several, cut at lines."""
+    first, *more = pieces(text)
     if interaction.response.is_done():
-        await _follow_up(interaction.followup, interaction.id, text)
-        return
-    try:
-        await interaction.response.send_message(
-            text, ephemeral=True, allowed_mentions=allowed_mentions()
-        )
-    except discord.HTTPException as exc:
-        log.warning("could not answer interaction %s: %s", interaction.id, exc.status)
+        await _follow_up(interaction.followup, interaction.id, first)
+    else:
+        try:
+            await interaction.response.send_message(
+                first, ephemeral=True, allowed_mentions=allowed_mentions()
+            )
+        except discord.HTTPException as exc:
+            log.warning("could not answer interaction %s: %s", interaction.id, exc.status)
+            return
+    for piece in more:
+        await _follow_up(interaction.followup, interaction.id, piece)
+
+
+def pieces(text: str, size: int = MESSAGE_CHARS) -> list[str]:
+    """``text`` in messages of at most ``size`` characters, cut between lines where it can."""
+    out: list[str] = []
+    current = ""
+    for line in text.splitlines():
+        while len(line) > size:
+            if current:
+                out.append(current)
+                current = ""
+            out.append(line[:size])
+            line = line[size:]
+        if current and len(current) + 1 + len(line) > size:
+            out.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    out.append(current)
+    return out
 
 
 async def _follow_up(followup: discord.Webhook, interaction_id: int, text: str) -> None:

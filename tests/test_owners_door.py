@@ -67,18 +67,18 @@ async def test_a_server_not_served_gets_no_paid_call_from_any_command_or_button(
     owner = double.owner_id
     async with harness.running() as app:
         # DISCORD_GUILD_ID (the harness's server) is served.
-        home = await imagine(double, alice, "a lighthouse")
+        await imagine(double, alice, "a lighthouse")
         before, jobs = paid_calls(sandbox), await job_count(app)
         looked = sandbox.count("record-info")
 
+        # A task made outside the bot: another server's would be unknown there anyway.
+        foreign = sandbox.add_generation(prompt="a fox")
         tries = [
             await double.slash("imagine", {"prompt": "a fox"}, alice, channel_id=elsewhere),
             await double.slash(
-                "upscale", {"task_id": grid_task(home), "image": 1}, alice, channel_id=elsewhere
+                "upscale", {"task_id": foreign, "image": 1}, alice, channel_id=elsewhere
             ),
-            await double.slash(
-                "upscale", {"task_id": grid_task(home)}, alice, channel_id=elsewhere
-            ),
+            await double.slash("upscale", {"task_id": foreign}, alice, channel_id=elsewhere),
         ]
         for handle in tries:
             assert await answer(handle) == NOT_SERVED
@@ -230,3 +230,88 @@ async def test_a_servers_admin_sees_nothing_of_another_server(harness: Harness) 
         # The other server's admin sees its own failure.
         there = await double.slash("mj status", {}, admin, channel_id=elsewhere)
         assert "this server: 0 queued, 0 running, 1 done, 1 failed" in await answer(there)
+
+
+async def test_owners_are_the_applications_accepted_team_admins_and_developers_and_owner_ids(
+    harness: Harness,
+) -> None:
+    double = harness.double
+    admin, developer, invited, reader, listed, member = (
+        double.add_user(name, permissions=ADMINISTRATOR | MANAGE_GUILD)
+        for name in ("admin", "developer", "invited", "reader", "listed", "member")
+    )
+    double.team_members = [
+        (admin, "admin", 2),
+        (developer, "developer", 2),
+        (invited, "admin", 1),
+        (reader, "read_only", 2),
+    ]
+    harness.env["OWNER_IDS"] = str(listed)
+    async with harness.running():
+        for user, owner in (
+            (admin, True),
+            (developer, True),
+            (listed, True),
+            (invited, False),
+            (reader, False),
+            (member, False),
+            # A team owns the application: its owner field is not who decides.
+            (double.owner_id, False),
+        ):
+            handle = await double.slash("mj server limit", {}, user)
+            text = await answer(handle)
+            assert text.startswith("This server's daily caps") is owner, (user, text)
+
+
+async def test_a_paid_job_whose_result_cannot_be_posted_still_counts(harness: Harness) -> None:
+    """Taking the bot's permissions away after each click (so the post fails after the API was
+    paid) must not give the job back: the caps would never see what was spent."""
+    double, sandbox = harness.double, harness.sandbox
+    harness.env["MAX_JOBS_PER_USER"] = "10"
+    alice = double.add_user("alice")
+    async with harness.running():
+        capped = await double.slash("mj server limit", {"credits": "12"}, double.owner_id)
+        await answer(capped)
+        grid = await imagine(double, alice, "a lighthouse")  # 8 of 12 credits
+        refused = []
+        for n in (1, 2, 3, 4):
+            hold = sandbox.hold("generateUpscale")
+            handle = await double.click(grid.id, upscale_custom_id(grid_task(grid), n), alice)
+            await handle.wait_ack()
+            if n > 2:
+                refused.append(await answer(handle))
+                hold.release()
+                continue
+            await sandbox.wait_held(hold)
+            # Discord refuses the result: the bot may no longer post there (Missing Permissions).
+            double.fail_next("POST", r"/channels/[0-9]+/messages", 403, code=50013)
+            hold.release()
+            await double.wait_for(
+                lambda n=n: (
+                    [
+                        m
+                        for m in double.messages(ephemeral=False)
+                        if m.content.startswith(f"❌ Upscale of image #{n} ")
+                    ]
+                    or None
+                )
+            )
+        assert sandbox.count("generateUpscale") == 2  # 8 + 2 + 2: the cap, and no further
+        assert all("This server has used its 12 credits for today" in t for t in refused)
+
+
+async def test_the_owners_list_of_many_servers_reaches_them_whole(harness: Harness) -> None:
+    double = harness.double
+    names = [f"A community server with a fairly ordinary name {n}" for n in range(40)]
+    for name in names:
+        double.add_guild(name)
+    async with harness.running():
+        listed = await double.slash("mj server list", {}, double.owner_id)
+        await listed.wait_followup(count=2)
+        await double.wait_for(
+            lambda: f"**{names[-1]}**" in "\n".join(listed.ephemeral_texts()) or None
+        )
+        texts = listed.ephemeral_texts()
+        assert all(len(t) <= 2000 for t in texts)
+        whole = "\n".join(texts)
+        assert all(f"**{name}**" in whole for name in names)

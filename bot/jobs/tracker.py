@@ -52,6 +52,8 @@ SUBMIT_WINDOW_SECONDS = 10.0
 VENDOR_RATE = 20
 # Task types whose grid a re-roll (a text-to-image generate of its prompt) makes again.
 REROLLABLE = ("mj_txt2img",)
+# A job submitted this soon after the door let it in is not asked again (a read per job saved).
+DOOR_FRESH_SECONDS = 2.0
 # Pauses before resending a submission the API refused without taking it (429, no connection).
 SUBMIT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0)
 
@@ -512,6 +514,10 @@ class Tracker:
                     if self._closing:
                         # Left as requested: the next start submits it.
                         return job
+                    if time.time() - job.created_at > DOOR_FRESH_SECONDS:
+                        # It waited (a queue, a restart): the owner may have closed the server
+                        # meanwhile, and nothing of it is paid yet.
+                        await self._spending.server(job.guild_id)
                     claimed = await self._store.transition(
                         job.id, (JobState.REQUESTED,), JobState.SUBMITTING
                     )
@@ -552,6 +558,8 @@ class Tracker:
                         texts.vary_base_unknown((job.image_index or 0) + 1),
                         from_states=(JobState.SUBMITTING,),
                     )
+                except NotServed as refused:
+                    return await self._fail(job, refused.reason, from_states=(JobState.REQUESTED,))
                 except (ApiError, ApiUnreachable) as exc:
                     pause = next(retries, None) if exc.retryable else None
                     if pause is not None:
@@ -755,7 +763,11 @@ class Tracker:
                 except DeliveryError as exc:
                     log.warning("delivery failed %s attempt=%d: %s", job.label, attempt, exc)
                     if not exc.retry:
-                        await self._fail(job, exc.reason, from_states=(JobState.SUCCEEDED,))
+                        # Paid for, so it stays counted: a post made to fail (an admin taking
+                        # the bot's permissions away after the click) must not pass the caps.
+                        await self._fail(
+                            job, exc.reason, from_states=(JobState.SUCCEEDED,), give_back=False
+                        )
                         return True
                     await asyncio.sleep(min(2**attempt, 10))
                     continue
@@ -775,9 +787,9 @@ class Tracker:
             return False
 
     async def _expire(self, job: Job) -> None:
-        # Taken by the API with no answer since: it may well have been paid, so it stays
-        # counted against the requester's allowance (a failure before that is given back).
-        paid = job.state in (JobState.SUBMITTING, JobState.SUBMITTED)
+        # Taken by the API (with no answer since, or done but never posted): it may well have
+        # been paid, so it stays counted against every limit (a failure before is given back).
+        paid = job.state in (JobState.SUBMITTING, JobState.SUBMITTED, JobState.SUCCEEDED)
         reason = texts.expired(job.state, self._deadline)
         await self._fail(job, reason, from_states=(job.state,), give_back=not paid)
 

@@ -549,6 +549,9 @@ class DiscordDouble:
             self.bot_user_id: _User(self.bot_user_id, bot_name, self.app_permissions, bot=True)
         }
         self.owner_id = self.add_user("guild-owner", permissions=ADMINISTRATOR)
+        # The application's team, when a team owns it: (user id, role such as "admin" or
+        # "read_only", membership state: 1 invited, 2 accepted).
+        self.team_members: list[tuple[int, str, int]] = []
 
         self._messages: dict[int, StoredMessage] = {}
         self._nonces: dict[tuple[int, str], int] = {}
@@ -1475,7 +1478,7 @@ class DiscordDouble:
             "bot_public": True,
             "bot_require_code_grant": False,
             "owner": self._user_json(self._users[self.owner_id]),
-            "team": None,
+            "team": self._team_json(),
             "verify_key": "0" * 64,
             "flags": 0,
             "hook": True,
@@ -1483,6 +1486,27 @@ class DiscordDouble:
             "interactions_endpoint_url": None,
             "redirect_uris": [],
             "tags": [],
+        }
+
+    def _team_json(self) -> Json | None:
+        if not self.team_members:
+            return None
+        team_id = self.application_id + 1
+        return {
+            "id": str(team_id),
+            "name": "the team",
+            "icon": None,
+            "owner_user_id": str(self.owner_id),
+            "members": [
+                {
+                    "membership_state": state,
+                    "team_id": str(team_id),
+                    "user": self._user_json(self._users[user_id]),
+                    "role": role,
+                    "permissions": ["*"],
+                }
+                for user_id, role, state in self.team_members
+            ],
         }
 
     async def _get_gateway(self, call: _Call) -> Json:

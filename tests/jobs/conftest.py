@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.spending import Spending
 from bot.jobs.store import Job, JobKind, JobStore, async_database_url
 from bot.jobs.tables import metadata
 from bot.jobs.throttle import Pace, SubmitThrottle
@@ -110,6 +111,7 @@ class Rig:
         api_base: str | None = None,
         vary_index_base: int | None = None,
         lease_seconds: float | None = None,
+        spending: Spending | None = None,
     ) -> Tracker:
         """A tracker wired to the listener (one at a time: a new one is a 'restarted bot').
 
@@ -131,6 +133,7 @@ class Rig:
             max_jobs_per_user=max_jobs_per_user,
             vary_index_base=vary_index_base,
             lease_seconds=lease_seconds,
+            spending=spending,
         )
         self.listener.tracker = tracker
         self.trackers.append(tracker)

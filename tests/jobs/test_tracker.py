@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
 
 from bot.jobs import texts
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.servers import Servers
+from bot.jobs.spending import Rules, Spending
 from bot.jobs.store import Job, JobKind, JobState
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import CALLBACK_PATH, DeliveryError, Outcome, PollPolicy, Refused
@@ -396,3 +399,19 @@ async def test_after_the_bot_token_changes_jobs_in_flight_finish_by_polling(rig:
     await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
     assert await job_state(rig, outcome.job.id) is JobState.DELIVERED
     assert rig.sandbox.count("generateUpscale") == 1
+
+
+async def test_a_job_that_waited_while_its_server_was_closed_is_never_sent(rig: Rig) -> None:
+    # The owner closed the server (or dropped it from ALLOWED_GUILD_IDS) while a click waited
+    # for its turn or for a restart: nothing of it is paid yet, so nothing is.
+    servers = Servers(rig.store.engine, allowed=())
+    spending = Spending(rig.store.ledger, Rules(), servers=servers)
+    tracker = rig.tracker(callbacks=True, spending=spending)
+    job = await recorded_click(rig, rig.grid(), 1)
+    await rig.store.update(job.id, created_at=time.time() - 60)
+    assert await tracker.recover() == 1
+    await rig.publisher.wait_for(lambda: len(rig.publisher.failures) == 1)
+    assert rig.sandbox.count("generateUpscale") == 0
+    assert await job_state(rig, job.id) is JobState.FAILED
+    assert "has not enabled it in this server" in rig.publisher.failures[0][1]
+    assert await rig.store.ledger.member_uses(1, USER, 0) == {"generation": 0, "upscale": 0}

@@ -595,6 +595,20 @@ async def test_a_request_without_the_key_is_not_kept_and_logged_at_debug_only(
     assert lines and all(r.levelno == logging.DEBUG for r in lines)
 
 
+async def test_guessed_file_names_are_not_kept_and_logged_at_debug_only(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # /sandbox/files/ is public on the bot's listener, as the vendor's file hosts are.
+    api = await start()
+    caplog.set_level(logging.DEBUG, logger="bot.midjourney.sandbox")
+    for n in range(20):
+        async with api.http.get(api.base.join(URL(f"files/guess{n}_0_0.png"))) as response:
+            assert response.status == 404
+    assert api.sandbox.calls == []
+    lines = [r for r in caplog.records if r.name == "bot.midjourney.sandbox"]
+    assert lines and all(r.levelno == logging.DEBUG for r in lines)
+
+
 @pytest.mark.parametrize("as_http_status", [True, False])
 @pytest.mark.parametrize("code", [402, 429])
 async def test_fail_next_answers_the_error_once(
