@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from bot.delivery.texts import one_line
 from bot.jobs.store import JobState, JobStore
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
@@ -64,7 +65,7 @@ async def status_report(
     if failures:
         lines.append("Last failures:")
         for job in failures:
-            reason = (job.error or "no reason recorded")[:REASON_CHARS]
+            reason = one_line(job.error or "no reason recorded")[:REASON_CHARS]
             lines.append(f"- <t:{int(job.updated_at)}:R> {job.kind} `{job.id}`: {reason}")
     else:
         lines.append("No failures recorded.")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import discord
 from discord.ext import commands
 
+from bot.delivery.texts import one_line
 from bot.metrics import recorder
 from bot.services import Services
 from cogs.admin import AdminCog
@@ -34,7 +36,12 @@ async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Servic
         return user_id in (bot.owner_ids or ())
 
     async def server_names() -> dict[int, str]:
-        return {guild.id: guild.name async for guild in bot.fetch_guilds(limit=None)}
+        # Names are the servers' own words, shown to owners in a list of lines: one line each,
+        # no markdown of theirs.
+        return {
+            guild.id: discord.utils.escape_markdown(one_line(guild.name))
+            async for guild in bot.fetch_guilds(limit=None)
+        }
 
     await bot.add_cog(
         AdminCog(

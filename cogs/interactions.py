@@ -44,10 +44,11 @@ async def tell(interaction: discord.Interaction[Any], text: str) -> None:
 
 
 def pieces(text: str, size: int = MESSAGE_CHARS) -> list[str]:
-    """``text`` in messages of at most ``size`` characters, cut between lines where it can."""
+    """``text`` in messages of at most ``size`` characters, cut between lines where it can;
+    never a blank one, which Discord refuses."""
     out: list[str] = []
     current = ""
-    for line in text.splitlines():
+    for line in text.split("\n"):
         while len(line) > size:
             if current:
                 out.append(current)
@@ -60,7 +61,7 @@ def pieces(text: str, size: int = MESSAGE_CHARS) -> list[str]:
         else:
             current = f"{current}\n{line}" if current else line
     out.append(current)
-    return out
+    return [piece.rstrip() for piece in out if piece.strip()] or ["…"]
 
 
 async def _follow_up(followup: discord.Webhook, interaction_id: int, text: str) -> None:

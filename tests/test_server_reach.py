@@ -180,20 +180,39 @@ async def test_a_burst_of_reposts_posts_exactly_the_hourly_allowance(harness: Ha
         assert await answer(double, {"task_id": foreign}, bob, channel_b) == POSTED
 
 
-async def test_a_repost_that_shows_nothing_costs_nothing(harness: Harness) -> None:
+async def test_a_repost_counts_whatever_it_shows(harness: Harness) -> None:
+    # Each re-post asks the API and may download four images: a task that does not exist, or a
+    # post Discord refuses (an admin taking the bot's permission away), is no way around it.
     double = harness.double
     harness.env["GRID_REPOSTS_PER_HOUR"] = "2"
     bob = double.add_user("bob")
     foreign = harness.sandbox.add_generation(prompt="made outside the bot")
     async with harness.running():
-        for _ in range(3):
-            assert "unknown" in await answer(double, {"task_id": NOWHERE}, bob)
+        assert "unknown" in await answer(double, {"task_id": NOWHERE}, bob)
         double.fail_next("POST", rf"/channels/{double.channel_id}/messages", 403, code=50013)
         assert (await answer(double, {"task_id": foreign}, bob)).startswith("❌")
-        assert await answer(double, {"task_id": foreign}, bob) == POSTED
-        assert await answer(double, {"task_id": foreign}, bob) == POSTED
+        looked_up = harness.sandbox.count("record-info")
         assert "re-posted 2 grid(s)" in await answer(double, {"task_id": foreign}, bob)
-        assert len(grids_of(double, "made outside the bot")) == 2
+        assert "re-posted 2 grid(s)" in await answer(double, {"task_id": NOWHERE}, bob)
+        assert harness.sandbox.count("record-info") == looked_up
+        assert not grids_of(double, "made outside the bot")
+
+
+async def test_a_task_of_another_server_meets_the_same_limits_as_one_that_does_not_exist(
+    harness: Harness,
+) -> None:
+    # Whatever refuses a task that does not exist (the member's allowance, the running limit,
+    # the door) refuses another server's task in the same words: nothing tells them apart.
+    double = harness.double
+    channel_b = second_server(harness)
+    harness.env["DAILY_UPSCALES_PER_USER"] = "0"
+    alice, bob = double.add_user("alice"), double.add_user("bob")
+    async with harness.running():
+        task = grid_task(await imagine(double, alice, "the secret of server A"))
+        nowhere = await answer(double, {"task_id": NOWHERE, "image": 2}, bob, channel_b)
+        there = await answer(double, {"task_id": task, "image": 2}, bob, channel_b)
+        assert "allowance here has no upscales" in nowhere
+        assert there == nowhere
 
 
 async def test_zero_reposts_forbids_them(harness: Harness) -> None:

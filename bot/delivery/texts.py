@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import discord
 
 from bot.grid import owner_mention
@@ -23,10 +25,22 @@ def allowed_mentions(requester_id: int | None = None) -> discord.AllowedMentions
     )
 
 
+# Bidirectional overrides and isolates: they would turn the rest of a line around.
+_BIDI = frozenset(map(chr, (*range(0x202A, 0x202F), *range(0x2066, 0x206A))))
+
+
+def one_line(text: str) -> str:
+    """Someone else's words (a prompt, a server's name, a vendor's error) as one line of ours:
+    no line or paragraph break of any kind, no control or bidirectional character."""
+    return "".join(
+        " " if ch in _BIDI or unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text
+    )
+
+
 def prompt_text(prompt: str | None) -> str:
     if not prompt:
         return "**(no prompt known)**"
-    cleaned = discord.utils.escape_markdown(prompt.replace("\n", " "))
+    cleaned = discord.utils.escape_markdown(one_line(prompt))
     if len(cleaned) > PROMPT_LIMIT:
         cleaned = cleaned[:PROMPT_LIMIT] + "…"
     return f"**{cleaned}**"

@@ -44,12 +44,12 @@ class Reposts:
         self._per_hour = per_hour
         self._clock = clock
 
-    async def take(self, requester_id: int, guild_id: int | None) -> str | None:
-        """Count one re-post of the member's here: its id, for ``give_back``; None when
-        unlimited. RepostsUsed when the hour's re-posts are used up."""
+    async def take(self, requester_id: int, guild_id: int | None) -> None:
+        """Count one re-post of the member's here, whatever it then shows: each asks the API
+        and may download four images. RepostsUsed when the hour's re-posts are used up."""
         limit = self._per_hour
         if limit is None:
-            return None
+            return
         now = self._clock()
         use_id = secrets.token_hex(12)
         mine = _of(requester_id, guild_id)
@@ -71,16 +71,9 @@ class Reposts:
                 grid_reposts.delete().where(mine, grid_reposts.c.at <= now - WINDOW_SECONDS)
             )
             if (await conn.execute(insert)).rowcount == 1:
-                return use_id
+                return
             next_at = await _next_at(conn, recent)
         raise RepostsUsed(limit, next_at if limit > 0 else None)
-
-    async def give_back(self, use_id: str | None) -> None:
-        """Forget a re-post that showed nothing: it does not count."""
-        if use_id is None:
-            return
-        async with self._engine.begin() as conn:
-            await conn.execute(grid_reposts.delete().where(grid_reposts.c.id == use_id))
 
 
 def _of(requester_id: int, guild_id: int | None) -> sa.ColumnElement[bool]:

@@ -175,9 +175,14 @@ class Tracker:
             raise Refused(texts.vary_base_unknown(image_index + 1), whole=True)
         grid = await self._store.by_upstream(parent_task_id)
         if grid is not None and grid.guild_id != guild_id:
-            # Another server's grid: unknown here, whatever the button or task id says.
+            # Another server's grid: unknown here, whatever the button or task id says. A task
+            # that does not exist meets the door and the limits first: so does this one, or
+            # their refusals would tell the two apart.
+            over = await self.preview(
+                kind, requester_id=requester_id, guild_id=guild_id, role_ids=role_ids
+            )
             log.info("%s refused: task=%s is another server's", kind, parent_task_id)
-            raise UnknownTask()
+            raise over or UnknownTask()
         try:
             job = await self._create(
                 role_ids,
@@ -398,7 +403,23 @@ class Tracker:
                 await self._leases.release(job.id)
             raise
 
+    async def _still_served(self, job: Job) -> bool:
+        """Whether a job not paid for yet may still be: one that waited (a queue, a restart)
+        since the door let it in asks again, as the owner may have closed its server since.
+        A closed one fails here, given back."""
+        if time.time() - job.created_at <= DOOR_FRESH_SECONDS:
+            return True
+        try:
+            await self._spending.server(job.guild_id)
+        except NotServed as refused:
+            await self._fail(job, refused.reason, from_states=(JobState.REQUESTED,))
+            return False
+        return True
+
     async def _begin(self, job: Job, *, queue_bound: bool) -> Job:
+        if not await self._still_served(job):
+            # Recovered in a server closed since: no status line, no look-up, nothing paid.
+            return await self._store.get(job.id) or job
         if job.kind is JobKind.REROLL and not job.prompt:
             # A re-roll stored before record-info told its grid's prompt (a crash in between,
             # or a grid whose own job never learned it): a generation of nothing is not sent.
@@ -433,31 +454,24 @@ class Tracker:
         nothing (a record-info call and four downloads are the owner's too)."""
         await self._spending.server(guild_id)
         try:
-            use = await self._reposts.take(requester_id, guild_id)
+            # Counted whatever it shows: a task that does not exist costs a look-up, a post
+            # made to fail four downloads, and another server's task must cost the same.
+            await self._reposts.take(requester_id, guild_id)
         except RepostsUsed as used:
             log.info("grid re-post refused: %d an hour used user=%s", used.limit, requester_id)
             return texts.reposts_used(used.limit, used.next_at)
-        shown = False
-        try:
-            grid = await self._store.by_upstream(task_id)
-            if grid is not None and grid.guild_id != guild_id:
-                log.info("grid re-post refused: task=%s is another server's", task_id)
-                return texts.unknown_task()
-            error = await grids.show_grid(
-                self._client,
-                self._publisher,
-                task_id,
-                requester_id=requester_id,
-                guild_id=guild_id,
-                channel_id=channel_id,
-            )
-            shown = error is None
-            return error
-        finally:
-            # Nothing shown costs nothing: an error of the API or of Discord, and another
-            # server's task too, which must look like a task that does not exist.
-            if not shown:
-                await self._reposts.give_back(use)
+        grid = await self._store.by_upstream(task_id)
+        if grid is not None and grid.guild_id != guild_id:
+            log.info("grid re-post refused: task=%s is another server's", task_id)
+            return texts.unknown_task()
+        return await grids.show_grid(
+            self._client,
+            self._publisher,
+            task_id,
+            requester_id=requester_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+        )
 
     async def made_for(self, task_id: str, guild_id: int | None) -> int | None:
         """Whom the bot made the grid (or image) of ``task_id`` for in this server; None for a
@@ -514,10 +528,8 @@ class Tracker:
                     if self._closing:
                         # Left as requested: the next start submits it.
                         return job
-                    if time.time() - job.created_at > DOOR_FRESH_SECONDS:
-                        # It waited (a queue, a restart): the owner may have closed the server
-                        # meanwhile, and nothing of it is paid yet.
-                        await self._spending.server(job.guild_id)
+                    if not await self._still_served(job):
+                        return await self._store.get(job.id) or job
                     claimed = await self._store.transition(
                         job.id, (JobState.REQUESTED,), JobState.SUBMITTING
                     )
@@ -558,8 +570,6 @@ class Tracker:
                         texts.vary_base_unknown((job.image_index or 0) + 1),
                         from_states=(JobState.SUBMITTING,),
                     )
-                except NotServed as refused:
-                    return await self._fail(job, refused.reason, from_states=(JobState.REQUESTED,))
                 except (ApiError, ApiUnreachable) as exc:
                     pause = next(retries, None) if exc.retryable else None
                     if pause is not None:
