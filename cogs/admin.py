@@ -102,13 +102,8 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
         if interaction.guild_id is None or not interaction.permissions.manage_guild:
             await tell(interaction, ONLY_ADMINS.format(what="change limits"))
             return
-        try:
-            numbers = _numbers(imagines=imagines, upscales=upscales)
-        except ValueError as exc:
-            await tell(interaction, f"❌ {exc}.")
-            return
-        if reset and numbers:
-            await tell(interaction, "❌ Give either reset or numbers, not both.")
+        numbers = await _numbers(interaction, reset, imagines=imagines, upscales=upscales)
+        if numbers is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         kind = "role" if isinstance(target, discord.Role) else "member"
@@ -172,13 +167,8 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
         guild_id = await self._owner_here(interaction, "set a server's caps")
         if guild_id is None:
             return
-        try:
-            numbers = _numbers(jobs=jobs, credits=credits)
-        except ValueError as exc:
-            await tell(interaction, f"❌ {exc}.")
-            return
-        if reset and numbers:
-            await tell(interaction, "❌ Give either reset or numbers, not both.")
+        numbers = await _numbers(interaction, reset, jobs=jobs, credits=credits)
+        if numbers is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         rules = await self._spending.decide(
@@ -197,11 +187,24 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
         await tell(interaction, "\n".join(["**Servers**", *lines]))
 
 
-def _numbers(**values: str | None) -> dict[str, int | None]:
-    """The allowances given, each a number or None for unlimited; ValueError names a bad one."""
-    return {
-        name: parse_allowance(name, value) for name, value in values.items() if value is not None
-    }
+async def _numbers(
+    interaction: discord.Interaction[Any], reset: bool, **values: str | None
+) -> dict[str, int | None] | None:
+    """The allowances given, each a number or None for unlimited; None (the user told why)
+    for a bad one, or numbers given with ``reset``."""
+    try:
+        numbers = {
+            name: parse_allowance(name, value)
+            for name, value in values.items()
+            if value is not None
+        }
+    except ValueError as exc:
+        await tell(interaction, f"❌ {exc}.")
+        return None
+    if reset and numbers:
+        await tell(interaction, "❌ Give either reset or numbers, not both.")
+        return None
+    return numbers
 
 
 def _caps(rules: ServerRules) -> str:
