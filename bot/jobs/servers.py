@@ -21,6 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.jobs.ledger import KEEP, upsert
 from bot.jobs.tables import UNLIMITED_ROW, servers
 
+# How long a server's rules read from the store are taken as they are (see ``Servers``).
+FRESH_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class ServerRules:
@@ -51,6 +54,7 @@ class Servers:
         jobs: int | None = None,
         credits: int | None = None,
         now: Callable[[], float] = time.time,
+        fresh_for: float = FRESH_SECONDS,
     ) -> None:
         self._engine = engine
         # Served by the settings (ALLOWED_GUILD_IDS and DISCORD_GUILD_ID) unless an owner denied.
@@ -58,6 +62,10 @@ class Servers:
         self._jobs = jobs
         self._credits = credits
         self._now = now
+        # Every request asks the door: a storm of clicks reads a server's row once every
+        # ``fresh_for`` seconds, and another process's decision is seen within as long.
+        self._fresh_for = fresh_for
+        self._read: dict[int, tuple[float, ServerRules]] = {}
 
     def _rules(self, guild_id: int, row: Any | None) -> ServerRules:
         served: bool | None = None if row is None else row.served
@@ -82,10 +90,15 @@ class Servers:
         )
 
     async def rules(self, guild_id: int) -> ServerRules:
+        read = self._read.get(guild_id)
+        if read is not None and 0 <= self._now() - read[0] < self._fresh_for:
+            return read[1]
         query = servers.select().where(servers.c.guild_id == guild_id)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return self._rules(guild_id, row)
+        rules = self._rules(guild_id, row)
+        self._read[guild_id] = (self._now(), rules)
+        return rules
 
     async def every(self, guild_ids: Iterable[int]) -> list[ServerRules]:
         """The rules of ``guild_ids`` and of every server an owner decided something for."""
@@ -112,6 +125,7 @@ class Servers:
             if cap is not KEEP:
                 values[name] = UNLIMITED_ROW if cap is None else cap
         await upsert(self._engine, servers, {"guild_id": guild_id}, values)
+        self._read.pop(guild_id, None)
         return await self.rules(guild_id)
 
     async def reset_caps(self, guild_id: int, *, by: int) -> ServerRules:
@@ -123,4 +137,5 @@ class Servers:
         )
         async with self._engine.begin() as conn:
             await conn.execute(query)
+        self._read.pop(guild_id, None)
         return await self.rules(guild_id)

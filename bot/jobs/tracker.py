@@ -21,6 +21,7 @@ from bot.jobs.admission import OverQuota, TooManyJobs
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.leases import JobLeases
 from bot.jobs.reposts import Reposts, RepostsUsed
+from bot.jobs.servers import FRESH_SECONDS
 from bot.jobs.spending import UNLIMITED, Spending
 from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
 from bot.jobs.tables import GRID_BUTTON_KINDS
@@ -52,8 +53,6 @@ SUBMIT_WINDOW_SECONDS = 10.0
 VENDOR_RATE = 20
 # Task types whose grid a re-roll (a text-to-image generate of its prompt) makes again.
 REROLLABLE = ("mj_txt2img",)
-# A job submitted this soon after the door let it in is not asked again (a read per job saved).
-DOOR_FRESH_SECONDS = 2.0
 # Pauses before resending a submission the API refused without taking it (429, no connection).
 SUBMIT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0)
 
@@ -407,7 +406,7 @@ class Tracker:
         """Whether a job not paid for yet may still be: one that waited (a queue, a restart)
         since the door let it in asks again, as the owner may have closed its server since.
         A closed one fails here, given back."""
-        if time.time() - job.created_at <= DOOR_FRESH_SECONDS:
+        if time.time() - job.created_at <= FRESH_SECONDS:
             return True
         try:
             await self._spending.server(job.guild_id)
