@@ -309,6 +309,10 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("DAILY_UPSCALES_PER_USER", {"DAILY_UPSCALES_PER_USER": "none"}),
         ("DAILY_JOBS_PER_SERVER", {"DAILY_JOBS_PER_SERVER": "unlimted"}),
         ("DAILY_CREDIT_BUDGET", {"DAILY_CREDIT_BUDGET": "2,000"}),
+        ("DAILY_CREDITS_PER_SERVER", {"DAILY_CREDITS_PER_SERVER": "-5"}),
+        ("OWNER_IDS", {"OWNER_IDS": "12,abc"}),
+        ("OWNER_IDS", {"OWNER_IDS": "<@123456789012345678>"}),
+        ("ALLOWED_GUILD_IDS", {"ALLOWED_GUILD_IDS": "123456789012345678; 223456789012345678"}),
         ("GRID_REPOSTS_PER_HOUR", {"GRID_REPOSTS_PER_HOUR": "-1"}),
         ("GRID_REPOSTS_PER_HOUR", {"GRID_REPOSTS_PER_HOUR": "ten"}),
         ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "Mars/Olympus"}),
@@ -542,3 +546,17 @@ def test_shard_ids_take_numbers_and_ranges() -> None:
 def test_bad_shard_settings_are_one_line_naming_them(changes: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         load_settings(env(**changes))
+
+
+def test_owner_and_server_ids_are_comma_separated_lists() -> None:
+    settings = load_settings(
+        env(
+            OWNER_IDS=" 123456789012345678 ,223456789012345678,",
+            ALLOWED_GUILD_IDS="323456789012345678",
+            DAILY_CREDITS_PER_SERVER="500",
+        )
+    )
+    assert settings.owner_ids == {123456789012345678, 223456789012345678}
+    assert settings.allowed_guild_ids == {323456789012345678}
+    assert settings.daily_credits_per_server == 500
+    assert load_settings(env()).allowed_guild_ids == frozenset()
