@@ -104,10 +104,24 @@ def _member_uses(values: dict[str, Any], quota: Quota) -> sa.ScalarSelect[int]:
 
 def _costs(budget: Budget) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]:
     """What a generation and an upscale are taken to cost on the budget's day: what the
-    readings showed, else the budget's defaults."""
-    generation = _ledger(budget, credit_days.c.generation_cost, budget.generation_cost)
-    upscale = _ledger(budget, credit_days.c.upscale_cost, budget.upscale_cost)
+    readings showed by that day, else the budget's defaults. A new day goes by the last day's
+    costs until its own first reading: reserved at the defaults, its jobs could pass the budget
+    when they were seen to cost more."""
+    generation = _learnt(budget, credit_days.c.generation_cost, budget.generation_cost)
+    upscale = _learnt(budget, credit_days.c.upscale_cost, budget.upscale_cost)
     return generation, upscale
+
+
+def _learnt(budget: Budget, column: sa.Column[Any], default: float) -> sa.ColumnElement[Any]:
+    # Day keys are ISO dates: their order as text is the calendar's.
+    last = (
+        sa.select(column)
+        .where(credit_days.c.day <= budget.day)
+        .order_by(credit_days.c.day.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(last, default)
 
 
 def _ledger(budget: Budget, column: sa.Column[Any], default: float) -> sa.ColumnElement[Any]:

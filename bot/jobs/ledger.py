@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.jobs.admission import same_place
-from bot.jobs.tables import allowance_limits, allowance_uses, credit_days
+from bot.jobs.tables import JobState, allowance_limits, allowance_uses, credit_days, jobs
 
 GENERATION = "generation"
 UPSCALE = "upscale"
@@ -201,8 +201,11 @@ class Ledger:
         Each update is one conditional statement, so readings from several processes, even out
         of order, add every drop once: a reading older than the last one is ignored. A rise is
         a top-up and spends nothing (spending in the same interval is then missed). The first
-        reading of a day starts it with what the jobs the API took since midnight are taken to
-        cost, since it already has them in it.
+        reading of a day starts it with what the jobs it may already have in it are taken to
+        cost: those the API took since midnight, and those whose paid request is out. A job is
+        stamped taken only once the API's answer is in, after its charge: one charged before
+        this reading and stamped after it would be in no later drop, and out of the reserve
+        from the next reading on. One charged after it is then counted twice that day.
         """
         row = credit_days.c
         drop = sa.case((row.last_credits > credits, row.last_credits - credits), else_=0)
@@ -249,14 +252,23 @@ class Ledger:
                 exists = (await conn.execute(sa.select(row.day).where(row.day == day))).first()
             if exists is not None:
                 return
-            costs = await self._latest_costs(generation_cost, upscale_cost)
+            costs = await self.costs(day, generation_cost, upscale_cost)
             try:
                 async with self._engine.begin() as conn:
                     taken = (
                         await conn.execute(
                             sa.select(allowance_uses.c.category, sa.func.count())
+                            .select_from(
+                                allowance_uses.outerjoin(jobs, jobs.c.id == allowance_uses.c.job_id)
+                            )
                             .where(
-                                allowance_uses.c.paid_at >= since, allowance_uses.c.paid_at <= at
+                                sa.or_(
+                                    allowance_uses.c.paid_at >= since,
+                                    sa.and_(
+                                        allowance_uses.c.paid_at.is_(None),
+                                        jobs.c.state == JobState.SUBMITTING.value,
+                                    ),
+                                )
                             )
                             .group_by(allowance_uses.c.category)
                         )
@@ -278,10 +290,12 @@ class Ledger:
                 # Another process began the day meanwhile: add this reading to its row.
                 continue
 
-    async def _latest_costs(self, generation_cost: int, upscale_cost: int) -> tuple[int, int]:
-        """What the last day learned a generation and an upscale cost; the defaults if none."""
+    async def costs(self, day: str, generation_cost: int, upscale_cost: int) -> tuple[int, int]:
+        """What a generation and an upscale were seen to cost by day ``day`` (its readings, or
+        the last day's before it), as the budget counts them; the defaults if no day had any."""
         query = (
             sa.select(credit_days.c.generation_cost, credit_days.c.upscale_cost)
+            .where(credit_days.c.day <= day)
             .order_by(credit_days.c.day.desc())
             .limit(1)
         )

@@ -407,10 +407,7 @@ class Spending:
 
     async def _costs(self) -> tuple[int, int]:
         """What a generation and an upscale are taken to cost today, as the budget counts."""
-        ledger = await self.credits_today()
-        if ledger is None:
-            return GENERATION_COST, UPSCALE_COST
-        return ledger.generation_cost, ledger.upscale_cost
+        return await self.ledger.costs(self.today().key, GENERATION_COST, UPSCALE_COST)
 
     @staticmethod
     def _cost(used: dict[str, int], costs: tuple[int, int]) -> int:
