@@ -509,6 +509,14 @@ class JobStore:
             return None
         return await self._require(job_id)
 
+    async def taken_at(self, job_id: str) -> float | None:
+        """When the API was known to have taken the job's paid request (its use's ``paid_at``);
+        None before, or for a job that counts against nothing."""
+        query = sa.select(allowance_uses.c.paid_at).where(allowance_uses.c.job_id == job_id)
+        async with self._engine.connect() as conn:
+            taken = (await conn.execute(query)).scalar_one_or_none()
+        return None if taken is None else float(taken)
+
     async def update(self, job_id: str, **fields: Any) -> Job:
         """Change fields that are not the state (message ids, for instance)."""
         values = _encode(fields)

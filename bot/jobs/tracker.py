@@ -55,6 +55,8 @@ VENDOR_RATE = 20
 REROLLABLE = ("mj_txt2img",)
 # Pauses before resending a submission the API refused without taking it (429, no connection).
 SUBMIT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0)
+# How long record-info may not know a task the API took before a 404 means it does not exist.
+NOT_FOUND_GRACE_SECONDS = 120.0
 
 
 class Tracker:
@@ -717,7 +719,7 @@ class Tracker:
         try:
             task = await self._client.record_info(job.upstream_task_id)
         except ApiError as exc:
-            if exc.code == 404 and time.time() - job.created_at > 120:
+            if exc.code == 404 and await self._long_taken(job):
                 await self._fail(job, exc.user_message)
                 return True
             log.info("record-info refused %s code=%s; will retry", job.label, exc.code)
@@ -726,6 +728,18 @@ class Tracker:
             log.info("record-info unavailable %s: %s; will retry", job.label, exc)
             return False
         return await self._settle(job, task)
+
+    async def _long_taken(self, job: Job) -> bool:
+        """Whether the API took the job's request longer ago than a 404's grace. Counted from
+        the API's answer, not the job's creation: a job can wait minutes for its turn (a low
+        pace, a backlog after a restart, 429s) and its brand-new task is then just as unknown
+        for a while."""
+        taken = await self._store.taken_at(job.id)
+        # Not stamped (a job that counts against nothing, or whose answer was lost and whose
+        # task id came by callback): its last change, at the earliest its move to submitting
+        # just before its request went out.
+        since = job.updated_at if taken is None else taken
+        return time.time() - since > NOT_FOUND_GRACE_SECONDS
 
     async def _settle(self, job: Job, task: Task) -> bool:
         if task.status is TaskStatus.PENDING:
