@@ -78,12 +78,13 @@ class Tracker:
         on_submitted: Callable[[], None] | None = None,
         spending: Spending | None = None,
         lease_seconds: float | None = None,
+        lease_owner: str | None = None,
         grid_reposts_per_hour: int | None = None,
     ) -> None:
         self._store = store
         self._reposts = Reposts(store.engine, grid_reposts_per_hour)
         # Several processes on one store (PostgreSQL) each work on the jobs they lease.
-        self._leases = JobLeases(store, lease_seconds)
+        self._leases = JobLeases(store, lease_seconds, lease_owner)
         # Daily allowances and the credit budget; without, uses are counted but not limited.
         self._spending = spending or Spending(store.ledger, UNLIMITED)
         self._metrics = recorder(metrics)
