@@ -27,7 +27,7 @@ from bot.delivery.fetch import ImageFetcher
 from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
 from bot.jobs.callback_secrets import CallbackSecrets
-from bot.jobs.leases import LEASE_SECONDS
+from bot.jobs.leases import LEASE_SECONDS, new_owner
 from bot.jobs.pace import SharedPace
 from bot.jobs.servers import Servers
 from bot.jobs.spending import Rules, Spending
@@ -265,9 +265,18 @@ async def open_services(
         local_pace = SubmitThrottle(
             settings.submit_rate, SUBMIT_WINDOW_SECONDS, max_waiting=settings.queue_limit
         )
+        # Who this process is in ``leases``: its job and shard leases, and its turns of the pace,
+        # which count for as long as it holds a live lease.
+        owner = new_owner()
         # On PostgreSQL several processes may share the API key: the pace is counted for all.
         pace: Pace = (
-            SharedPace(store.engine, local_pace, settings.submit_rate, SUBMIT_WINDOW_SECONDS)
+            SharedPace(
+                store.engine,
+                local_pace,
+                settings.submit_rate,
+                SUBMIT_WINDOW_SECONDS,
+                owner=owner,
+            )
             if store.shared
             else local_pace
         )
@@ -287,6 +296,7 @@ async def open_services(
             on_submitted=credit_watch.submitted,
             spending=spending,
             lease_seconds=LEASE_SECONDS if store.shared else None,
+            lease_owner=owner,
             grid_reposts_per_hour=settings.grid_reposts_per_hour,
         )
         # Watchers still running when the shutdown gives up waiting stop before anything closes.

@@ -145,15 +145,24 @@ class ServersOnlyTree(app_commands.CommandTree[Any]):
 
 
 def role_ids(interaction: discord.Interaction[Any]) -> tuple[int, ...]:
-    """The user's roles in the server, always with @everyone (whose id is the server's, and
-    which discord.py leaves out while the server is not cached); none in DMs."""
+    """The user's roles in the server, always with @everyone (whose id is the server's); none
+    in DMs."""
     return member_role_ids(interaction.user, interaction.guild_id)
 
 
 def member_role_ids(user: discord.abc.User, guild_id: int | None) -> tuple[int, ...]:
+    """The role ids the interaction's payload gives the member (``member.roles``, or the
+    resolved member of an option), whether or not the server is in discord.py's cache.
+
+    ``Member.roles`` looks each id up in the cache and silently drops those it does not know:
+    clicks that arrive before the server's GUILD_CREATE (after a reconnect or a failover) would
+    count against the defaults. discord.py keeps the payload's ids unchanged in ``_roles``, and
+    the payload is kept nowhere else (``Interaction.data`` is its ``data`` part only); it is
+    private, hence discord.py pinned below 2.8 and the end-to-end test of an uncached server.
+    """
     if guild_id is None or not isinstance(user, discord.Member):
         return ()
-    return tuple({guild_id, *(role.id for role in user.roles)})
+    return tuple({guild_id, *user._roles})
 
 
 def context(interaction: discord.Interaction[Any]) -> str:

@@ -163,6 +163,43 @@ async def test_role_and_member_limits_set_in_discord(harness: Harness) -> None:
         assert sandbox.count("generateUpscale") == 5
 
 
+async def test_role_limits_hold_before_the_server_is_cached(harness: Harness) -> None:
+    """After a restart (a failover, a reconnect) clicks arrive before the server's GUILD_CREATE:
+    discord.py knows none of its roles then. The limits follow the role ids the interaction
+    carries. Before: every member counted against the setting's 2, so the trial member got a
+    second upscale and the VIP member was refused a third."""
+    double, sandbox = harness.double, harness.sandbox
+    await harness.standalone()  # the API outlives the restart
+    harness.env["DAILY_UPSCALES_PER_USER"] = "2"
+    alice = double.add_user("alice")
+    trial_member = double.add_user("trial")
+    vip_member = double.add_user("vip")
+    admin = double.add_user("admin", permissions=ADMINISTRATOR | MANAGE_GUILD)
+    async with harness.running():
+        trial = await double.add_role("Trial")
+        vip = await double.add_role("VIP")
+        double.give_role(trial_member, trial)
+        double.give_role(vip_member, vip)
+        for role, upscales in ((trial, "1"), (vip, "unlimited")):
+            made = await double.slash("mj limit", {"target": role, "upscales": upscales}, admin)
+            assert (await made.wait_followup()).content.startswith(f"✅ <@&{role}>")
+        grid = await imagine(double, alice, "a lighthouse")
+    double.withheld_guilds.add(double.guild_id)
+    async with harness.running() as app:
+        guild = app.bot.get_guild(double.guild_id)
+        assert guild is None or guild.unavailable
+        await click(double, grid, 1, trial_member)
+        await result_for(double, 1, trial_member)
+        over = await click(double, grid, 2, trial_member)
+        assert (await over.wait_followup()).content.startswith(
+            "❌ You have used your 1 upscale for today"
+        )
+        for number in (2, 3, 4):
+            await click(double, grid, number, vip_member)
+            await result_for(double, number, vip_member)
+        assert sandbox.count("generateUpscale") == 4
+
+
 async def test_usage_for_a_member_and_for_admins(harness: Harness) -> None:
     double = harness.double
     harness.env["DAILY_JOBS_PER_SERVER"] = "50"

@@ -19,14 +19,21 @@ from bot.jobs.store import JobListener, JobStore
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 20.0
+# The length of a process's owner id (bot.jobs.pace puts it at the head of its turns' ids).
+OWNER_CHARS = 16
+
+
+def new_owner() -> str:
+    """Who a process is in ``leases``, for as long as it runs: random at each start."""
+    return secrets.token_hex(OWNER_CHARS // 2)
 
 
 class JobLeases:
-    def __init__(self, store: JobStore, ttl: float | None) -> None:
+    def __init__(self, store: JobStore, ttl: float | None, owner: str | None = None) -> None:
         self._store = store
         # None: leases are off (SQLite), every claim succeeds.
         self.ttl = ttl
-        self.owner = secrets.token_hex(8)
+        self.owner = owner or new_owner()
         self._held: set[str] = set()
         self._listener: JobListener | None = None
 

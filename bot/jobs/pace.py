@@ -5,8 +5,10 @@ them. Each process keeps its own queue (SubmitThrottle: arrival order, the bound
 behind N" note); at its turn a submission also takes a turn in the table ``submit_turns``, under
 an advisory lock, and only while fewer than ``rate`` rows are in flight or were answered within
 the window. Times are the database's clock, the one clock every process shares. A row stays in
-flight until its answer is in; one left so by a process that died counts until ``stale``
-seconds after its grant (longer than a request can take), then no more. A 429 is about the API
+flight until its answer is in, however long that takes (a slow pool checkout, a pause), for as
+long as its process lives: its id starts with the process's lease owner, and it stops counting
+only once that owner holds no live lease in ``leases`` (its process died; one frozen for longer
+than its leases counts as gone, as it does for its jobs). A 429 is about the API
 key, not the process that met it: its pause is written as ``rate`` turns that run until the
 pause ends, which hold back every process.
 """
@@ -14,14 +16,15 @@ pause ends, which hold back every process.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.jobs.tables import submit_turns
+from bot.jobs.leases import OWNER_CHARS
+from bot.jobs.tables import leases, submit_turns
 from bot.jobs.throttle import PaceTurn, SubmitThrottle
 
 log = logging.getLogger(__name__)
@@ -29,10 +32,10 @@ log = logging.getLogger(__name__)
 # The transaction-scoped advisory lock the turns are taken under (distinct from the schema's and
 # the admission locks).
 PACE_LOCK = 0x6D6A_5041_4345_0001
-# More than the API client's 30 s timeout plus the window.
-STALE_SECONDS = 60.0
 # How often a submission looks again while every turn is in flight (no answer time to wait for).
 IN_FLIGHT_POLL = 0.05
+# How often the answer of a turn is written again after the store refused it.
+ANSWER_RETRY = 1.0
 
 _NOW = sa.select(sa.func.extract("epoch", sa.func.clock_timestamp()))
 
@@ -45,16 +48,23 @@ class SharedPace:
         rate: int,
         per: float,
         *,
-        stale: float = STALE_SECONDS,
+        owner: str,
+        clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        if len(owner) != OWNER_CHARS:
+            raise ValueError(f"a lease owner is {OWNER_CHARS} characters, not {owner!r}")
         self._engine = engine
         self._local = local
         self._rate = rate
         self._per = per
-        self._stale = stale
+        self._owner = owner
+        self._turns = itertools.count()
+        # None: the database's clock, the one every process shares (tests set their own).
+        self._clock = clock
         self._sleep = sleep
         self._pausing: set[asyncio.Task[None]] = set()
+        self._answering: set[asyncio.Task[None]] = set()
 
     @property
     def waiting(self) -> int:
@@ -65,6 +75,16 @@ class SharedPace:
 
     def full(self) -> bool:
         return self._local.full()
+
+    def _new_id(self) -> str:
+        """A turn's id: this process's lease owner, then a count of its turns (the table has no
+        owner column, and create_all cannot add one to a table that exists)."""
+        return f"{self._owner}{next(self._turns) % 2**32:08x}"
+
+    async def _now(self, conn: AsyncConnection) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return float((await conn.execute(_NOW)).scalar_one())
 
     def pause(self, seconds: float) -> None:
         self._local.pause(seconds)
@@ -80,7 +100,7 @@ class SharedPace:
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PACE_LOCK)))
-                now = float((await conn.execute(_NOW)).scalar_one())
+                now = await self._now(conn)
                 # Answered a window before the pause ends, each holds its slot until then; the
                 # grant in the future keeps them from being taken as stale meanwhile.
                 until = now + seconds
@@ -88,7 +108,7 @@ class SharedPace:
                     submit_turns.insert(),
                     [
                         {
-                            "id": secrets.token_hex(12),
+                            "id": self._new_id(),
                             "granted_at": until,
                             "answered_at": until - self._per,
                         }
@@ -108,16 +128,26 @@ class SharedPace:
         return _SharedTurn(self, local, turn_id)
 
     async def _take(self) -> str:
-        turn_id = secrets.token_hex(12)
+        turn_id = self._new_id()
         while True:
             async with self._engine.begin() as conn:
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PACE_LOCK)))
-                now = float((await conn.execute(_NOW)).scalar_one())
+                now = await self._now(conn)
+                # A turn's process is gone when it holds no live lease (its job's, its shards'):
+                # only then may a turn still in flight stop counting.
+                owner_alive = (
+                    sa.select(leases.c.name)
+                    .where(
+                        leases.c.owner == sa.func.substr(submit_turns.c.id, 1, OWNER_CHARS),
+                        leases.c.until >= now,
+                    )
+                    .exists()
+                )
                 await conn.execute(
                     submit_turns.delete().where(
                         sa.or_(
                             submit_turns.c.answered_at <= now - self._per,
-                            submit_turns.c.granted_at <= now - self._stale,
+                            sa.and_(submit_turns.c.answered_at.is_(None), ~owner_alive),
                         )
                     )
                 )
@@ -129,12 +159,28 @@ class SharedPace:
                 wait = answered[0] + self._per - now if answered else IN_FLIGHT_POLL
             await self._sleep(max(wait, 0.001))
 
+    def _answer_later(self, turn_id: str) -> None:
+        # A turn in flight counts for as long as this process lives: one whose answer was never
+        # written would hold a slot of every process's pace until then.
+        task = asyncio.ensure_future(self._answer_until_written(turn_id))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer_until_written(self, turn_id: str) -> None:
+        while True:
+            await asyncio.sleep(ANSWER_RETRY)
+            try:
+                await self._answered(turn_id)
+            except Exception:
+                continue
+            return
+
     async def _answered(self, turn_id: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
                 submit_turns.update()
                 .where(submit_turns.c.id == turn_id)
-                .values(answered_at=_NOW.scalar_subquery())
+                .values(answered_at=await self._now(conn))
             )
 
 
@@ -151,8 +197,11 @@ class _SharedTurn:
         try:
             await pace._answered(self._id)
         except Exception:
-            # The turn then counts until it is stale: slower, never faster than the pace. A
-            # failure here must not undo the request it paced (its task id is still to be kept).
-            log.warning("could not record the answer of pace turn %s", self._id, exc_info=True)
+            # A failure here must not undo the request it paced (its task id is still to be
+            # kept). Until written, the turn counts: slower, never faster than the pace.
+            log.warning(
+                "could not record the answer of pace turn %s; retrying", self._id, exc_info=True
+            )
+            pace._answer_later(self._id)
         finally:
             await self._local.done()

@@ -80,12 +80,13 @@ class Tracker:
         on_submitted: Callable[[], None] | None = None,
         spending: Spending | None = None,
         lease_seconds: float | None = None,
+        lease_owner: str | None = None,
         grid_reposts_per_hour: int | None = None,
     ) -> None:
         self._store = store
         self._reposts = Reposts(store.engine, grid_reposts_per_hour)
         # Several processes on one store (PostgreSQL) each work on the jobs they lease.
-        self._leases = JobLeases(store, lease_seconds)
+        self._leases = JobLeases(store, lease_seconds, lease_owner)
         # Daily allowances and the credit budget; without, uses are counted but not limited.
         self._spending = spending or Spending(store.ledger, UNLIMITED)
         self._metrics = recorder(metrics)
@@ -553,7 +554,10 @@ class Tracker:
                     second = other.value
                     # An accepted click: its second value queues whatever the queue's bound.
                     queue_bound = False
-                    job = await self._unclaim(job)
+                    put_back = await self._put_back(job)
+                    if put_back is None:
+                        return job
+                    job = put_back
                     continue
                 except ValueError as exc:
                     # The client refused the job's own values before sending anything.
@@ -576,7 +580,10 @@ class Tracker:
                     if pause is not None:
                         log.warning("submit refused %s: %s; again in %.0f s", job.label, exc, pause)
                         self._throttle.pause(pause)
-                        job = await self._unclaim(job)
+                        put_back = await self._put_back(job)
+                        if put_back is None:
+                            return job
+                        job = put_back
                         continue
                     if exc.maybe_done:
                         return await self._await_unknown(job, exc)
@@ -587,11 +594,19 @@ class Tracker:
                 finally:
                     await turn.done()
 
-    async def _unclaim(self, job: Job) -> Job:
-        """Back to ``requested`` after an answer that proves nothing was taken."""
-        return (
+    async def _put_back(self, job: Job) -> Job | None:
+        """Back to ``requested`` after an answer that proves nothing was taken, to be sent
+        again by this process; None when another one holds the job now (this one hung past its
+        lease, and that one adopted it while it was ``submitting``): the holder sends it, woken
+        at once."""
+        job = (
             await self._store.transition(job.id, (JobState.SUBMITTING,), JobState.REQUESTED) or job
         )
+        if await self._leases.claim(job.id):
+            return job
+        log.warning("lease lost while submitting %s; its holder sends it", job.label)
+        await self._store.notify_job(job.id)
+        return None
 
     async def _send(self, job: Job, second: int | None) -> str:
         if job.kind is JobKind.UPSCALE:
@@ -683,6 +698,14 @@ class Tracker:
                 if job is None or job.finished:
                     await self._leases.release(job_id)
                     return
+                if job.state is JobState.REQUESTED:
+                    # Put back after a 429 by a process that hung past its lease while this one
+                    # took the job over: whoever holds a requested job sends it.
+                    job = await self._begin(job, queue_bound=False)
+                    if job.state is JobState.REQUESTED:
+                        # Shutting down, or handed over in turn: left to the next holder.
+                        return
+                    continue
                 if job.state is JobState.SUCCEEDED:
                     if await self._deliver(job):
                         return

@@ -541,6 +541,10 @@ class DiscordDouble:
         # Every guild the bot is in (the first one is ``guild_id``): id → name. Users and roles
         # are the same in each; channels belong to one.
         self._guilds: dict[int, str] = {self.guild_id: guild_name}
+        # Guilds whose GUILD_CREATE an IDENTIFY does not send (Discord slow to stream them after
+        # a reconnect or a failover): the bot knows only their ids, unavailable, until
+        # ``send_guild_create``. Interactions from them still arrive, as on Discord.
+        self.withheld_guilds: set[int] = set()
         self._channel_guild: dict[int, int] = {}
         self.bot_role_id = self._snowflake()
         self._channels: dict[int, str] = {}
@@ -2102,11 +2106,25 @@ class DiscordDouble:
             if intents & GUILD_MEMBERS_INTENT or u.id == self.bot_user_id
         ]
         for guild_id in guilds:
+            if guild_id not in self.withheld_guilds:
+                await self._dispatch_to(
+                    session, "GUILD_CREATE", self._guild_json(members=members, guild_id=guild_id)
+                )
+        session.ready = True
+        self._notify()
+
+    async def send_guild_create(self, guild_id: int) -> None:
+        """The GUILD_CREATE of a withheld guild, to every session that covers it, at last."""
+        self.withheld_guilds.discard(guild_id)
+        for session in self._covering(guild_id):
+            members = [
+                u
+                for u in self._users.values()
+                if session.intents & GUILD_MEMBERS_INTENT or u.id == self.bot_user_id
+            ]
             await self._dispatch_to(
                 session, "GUILD_CREATE", self._guild_json(members=members, guild_id=guild_id)
             )
-        session.ready = True
-        self._notify()
 
     async def _resume(self, conn: _Connection, data: Json) -> None:
         session = self._sessions.get(str(data.get("session_id")))

@@ -169,6 +169,23 @@ async def test_bot_logs_in_syncs_commands_and_caches_guild(double: DiscordDouble
         assert double.unknown_requests == []
 
 
+async def test_a_withheld_guild_is_unknown_until_its_guild_create(double: DiscordDouble) -> None:
+    double.withheld_guilds.add(double.guild_id)
+    bot = DoubleBot(double)
+    task = asyncio.create_task(bot.start(TOKEN))
+    try:
+        await asyncio.wait_for(bot.ready_event.wait(), timeout=5)
+        guild = bot.get_guild(double.guild_id)
+        assert guild is not None and guild.unavailable and not guild.roles
+        await double.send_guild_create(double.guild_id)
+        await asyncio.wait_for(bot.guild_event.wait(), timeout=5)
+        guild = bot.get_guild(double.guild_id)
+        assert guild is not None and not guild.unavailable and guild.roles
+    finally:
+        await bot.close()
+        await asyncio.wait_for(task, timeout=5)
+
+
 async def test_slash_send_message_is_a_visible_message(double: DiscordDouble) -> None:
     user = double.add_user("alice")
     async with running(DoubleBot(double)):

@@ -111,6 +111,7 @@ class Rig:
         api_base: str | None = None,
         vary_index_base: int | None = None,
         lease_seconds: float | None = None,
+        lease_owner: str | None = None,
         spending: Spending | None = None,
     ) -> Tracker:
         """A tracker wired to the listener (one at a time: a new one is a 'restarted bot').
@@ -133,6 +134,7 @@ class Rig:
             max_jobs_per_user=max_jobs_per_user,
             vary_index_base=vary_index_base,
             lease_seconds=lease_seconds,
+            lease_owner=lease_owner,
             spending=spending,
         )
         self.listener.tracker = tracker

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.jobs.leases import JobLeases
@@ -16,6 +17,7 @@ from bot.jobs.store import FollowUp, JobState, JobStore
 from bot.jobs.tables import leases
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, PollPolicy
+from tests.conftest import Serve
 from tests.fakes.publisher import RecordingPublisher
 from tests.jobs.conftest import Rig, postgres_schema
 
@@ -214,6 +216,62 @@ async def test_a_lost_listening_connection_is_made_again(
     # Within a renewal the owner listens again, and rings its jobs for what it missed.
     await owner_posts.wait_for(lambda: len(owner_posts.delivered) == 1, timeout=10)
     assert other_posts.delivered == []
+
+
+async def test_a_job_put_back_after_a_429_is_sent_by_the_process_that_adopted_it(
+    rig: Rig, engine: Callable[[], AsyncEngine], serve: Serve
+) -> None:
+    """A process hangs while its paid call is under way; another adopts the job (it is
+    ``submitting``: only watched). The first wakes to a 429, which proves nothing was taken,
+    and puts the job back to ``requested``. Before: the adopter only watched it and the first
+    waited out its pause (a minute here; it may as well die in it), so nothing sent it until
+    its deadline. Whoever holds a ``requested`` job sends it."""
+    arrived, answer = asyncio.Event(), asyncio.Event()
+
+    async def rate_limited(_request: web.Request) -> web.Response:
+        arrived.set()
+        await answer.wait()
+        return web.json_response({"code": 429, "msg": "too many requests", "data": None})
+
+    front = web.Application()
+    front.router.add_post("/api/v1/mj/generate", rate_limited)
+    hung = rig.tracker(
+        store=JobStore(engine()),
+        publisher=RecordingPublisher(),
+        lease_seconds=LEASE,
+        callbacks=False,
+        poll=POLL,
+        api_base=await serve(front),
+        submit_retry_delays=(60.0,),
+    )
+    await hung.recover()
+    taker, taker_posts = await process(rig, engine, lease=STEADY)
+    request = asyncio.create_task(
+        hung.request_imagine(
+            prompt="put back",
+            options={"speed": "fast"},
+            requester_id=1,
+            guild_id=1,
+            channel_id=555,
+            status_message_id=None,
+        )
+    )
+    await asyncio.wait_for(arrived.wait(), timeout=5)
+    [job] = await hung.store.unfinished()
+    killed(hung, watchers=False)
+    async with asyncio.timeout(10):
+        # The database has no event to wait on: look at each renewal's pace.
+        while await lease_owner(engine, job.id) != taker.lease_owner:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    answer.set()
+    await rig.sandbox.wait_for_call("generate", 1, timeout=10)
+    [task] = rig.sandbox.tasks()
+    rig.sandbox.complete(task.task_id)
+    await taker_posts.wait_for(lambda: len(taker_posts.delivered) == 1, timeout=10)
+    assert [j.id for j in taker_posts.delivered] == [job.id]
+    assert rig.sandbox.count("generate") == 1
+    request.cancel()
+    await taker.wait_idle()
 
 
 class RenewsSlowly(JobStore):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bot.jobs.pace import SharedPace
+from bot.jobs.leases import LEASE_SECONDS, new_owner
+from bot.jobs.pace import IN_FLIGHT_POLL, SharedPace
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import Tracker
@@ -50,26 +53,20 @@ async def test_three_processes_on_postgresql_keep_the_pace_together(rig: Rig) ->
     async with postgres_schema("pace_test") as engine:
         trackers = []
         for _ in range(3):
-            made = engine()
-            pace = SharedPace(made, SubmitThrottle(RATE, PER, max_waiting=100), RATE, PER)
-            trackers.append(rig.tracker(store=JobStore(made), throttle=pace))
+            made, owner = engine(), new_owner()
+            local = SubmitThrottle(RATE, PER, max_waiting=100)
+            pace = SharedPace(made, local, RATE, PER, owner=owner)
+            trackers.append(
+                rig.tracker(
+                    store=JobStore(made),
+                    throttle=pace,
+                    lease_seconds=LEASE_SECONDS,
+                    lease_owner=owner,
+                )
+            )
         await thirty_at_once(rig, trackers)
         for tracker in trackers:
             await tracker.close()
-
-
-async def test_a_turn_left_in_flight_by_a_dead_process_stops_counting_once_stale() -> None:
-    async with postgres_schema("pace_test") as engine:
-        # Local throttles that never hold anyone back: the shared turns are under test.
-        dead = SharedPace(engine(), SubmitThrottle(9, 60.0, max_waiting=9), 1, 60.0, stale=2.0)
-        await dead.acquire()  # and never answered: the process died
-        alive = SharedPace(engine(), SubmitThrottle(9, 60.0, max_waiting=9), 1, 60.0, stale=2.0)
-        # In flight, the dead one's turn counts (by the database's clock, for 2 s at least)...
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(alive.acquire(), timeout=0.5)
-        # ...then no more.
-        turn = await asyncio.wait_for(alive.acquire(), timeout=10)
-        await turn.done()
 
 
 class Waited(Exception):
@@ -78,17 +75,64 @@ class Waited(Exception):
 
 async def test_a_429_met_by_one_process_pauses_every_process() -> None:
     async with postgres_schema("pace_test") as engine:
-        met = SharedPace(engine(), SubmitThrottle(9, PER, max_waiting=9), RATE, PER)
+        met = SharedPace(
+            engine(), SubmitThrottle(9, PER, max_waiting=9), RATE, PER, owner=new_owner()
+        )
         waits: list[float] = []
 
         async def sleep(seconds: float) -> None:
             waits.append(seconds)
             raise Waited
 
-        other = SharedPace(engine(), SubmitThrottle(9, PER, max_waiting=9), RATE, PER, sleep=sleep)
+        other = SharedPace(
+            engine(),
+            SubmitThrottle(9, PER, max_waiting=9),
+            RATE,
+            PER,
+            owner=new_owner(),
+            sleep=sleep,
+        )
         met.pause(30.0)
         await met.paused()
         # Before: the other process knew nothing of the 429 and sent at once.
         with pytest.raises(Waited):
             await other.acquire()
         assert len(waits) == 1 and 29.0 < waits[0] <= 30.0
+
+
+async def test_a_turn_in_flight_counts_until_its_process_is_gone() -> None:
+    """A turn whose answer is not in yet counts for as long as its process holds a live lease,
+    however long that takes (a slow pool checkout, a pause); once the process is gone (its
+    leases ran out), no more. Before: a turn granted more than 60 s ago stopped counting even
+    while its process lived, and its paid call went out beside ``rate`` others."""
+    async with postgres_schema("pace_test") as engine:
+        now = time.time()
+
+        def clock() -> float:
+            return now
+
+        def pace(
+            owner: str, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        ) -> SharedPace:
+            # A local throttle that never holds anyone back: the shared turns are under test.
+            local = SubmitThrottle(9, 60.0, max_waiting=9)
+            return SharedPace(engine(), local, 1, 10.0, owner=owner, clock=clock, sleep=sleep)
+
+        slow = new_owner()
+        # The slow process works on a job: its lease is live until a minute and a half from now.
+        assert await JobStore(engine()).claim_lease("its job", slow, ttl=90.0)
+        await pace(slow).acquire()
+        now += 61.0
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            raise Waited
+
+        with pytest.raises(Waited):
+            await pace(new_owner(), sleep).acquire()
+        assert waits == [IN_FLIGHT_POLL]
+        # The slow process died: its lease runs out, and its turn stops counting.
+        now += 30.0
+        turn = await asyncio.wait_for(pace(new_owner()).acquire(), timeout=5)
+        await turn.done()
