@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # The longest a lease query may take before it counts as failed.
 LEASE_QUERY_SECONDS = 3.0
+# How long a write to SQLite waits for another connection's lock before "database is locked".
+SQLITE_BUSY_SECONDS = 30.0
 
 # The NOTIFY channel on which a process that took a callback rings the job's owner.
 JOB_CHANNEL = "mjbot_jobs"
@@ -182,13 +184,15 @@ class JobStore:
         return self._engine.dialect.name == "postgresql"
 
     @classmethod
-    async def open(cls, database_url: str) -> JobStore:
+    async def open(
+        cls, database_url: str, *, sqlite_busy_seconds: float = SQLITE_BUSY_SECONDS
+    ) -> JobStore:
         url = async_database_url(database_url)
         connect_args: dict[str, Any] = {}
         path = _sqlite_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            connect_args["timeout"] = 30
+            connect_args["timeout"] = sqlite_busy_seconds
         # hide_parameters: a failed statement's error names its values, callback secrets among
         # them, and such errors reach the log.
         engine = create_async_engine(

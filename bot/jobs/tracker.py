@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -38,7 +39,7 @@ from bot.jobs.types import (
     Refused,
     UnknownTask,
 )
-from bot.jobs.vary_index import BaseUnknown, TryOther, VaryIndex
+from bot.jobs.vary_index import BaseUnknown, Sent, TryOther, VaryIndex
 from bot.jobs.whispers import Whispers
 from bot.metrics import Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
@@ -57,6 +58,9 @@ REROLLABLE = ("mj_txt2img",)
 SUBMIT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0)
 # How long record-info may not know a task the API took before a 404 means it does not exist.
 NOT_FOUND_GRACE_SECONDS = 120.0
+# Pauses between tries of the write that keeps a paid task's id while the store fails (a
+# restart, a failover, a lock); the last one repeats until the job's deadline.
+KEEP_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class Tracker:
@@ -75,6 +79,7 @@ class Tracker:
         delivery_retries: int = 3,
         throttle: Pace | None = None,
         submit_retry_delays: tuple[float, ...] = SUBMIT_RETRY_DELAYS,
+        keep_retry_delays: tuple[float, ...] = KEEP_RETRY_DELAYS,
         max_jobs_per_user: int | None = None,
         metrics: Metrics | None = None,
         on_submitted: Callable[[], None] | None = None,
@@ -107,6 +112,7 @@ class Tracker:
             VENDOR_RATE, SUBMIT_WINDOW_SECONDS, max_waiting=100
         )
         self._submit_retry_delays = submit_retry_delays
+        self._keep_retry_delays = keep_retry_delays
         self._max_jobs_per_user = max_jobs_per_user
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._doorbells: dict[str, asyncio.Event] = {}
@@ -544,10 +550,20 @@ class Tracker:
                         return current
                     job = claimed
                     try:
-                        task_id = await self._send(job, second)
+                        sent = await self._send(job, second)
+                        # Until it is stored, this line is the only trace of a paid task.
+                        log.info(
+                            "paid call answered job=%s task=%s kind=%s",
+                            job.id,
+                            sent.task_id,
+                            job.kind,
+                        )
                     finally:
                         await turn.done()
-                    return await self._submitted(job, task_id)
+                    job = await self._submitted(job, sent.task_id)
+                    if sent.teaches is not None:
+                        await self._vary_index.learn(sent.teaches, job.label)
+                    return job
                 except TryOther as other:
                     # The refusal took nothing: ``requested`` again while it waits its turn, so a
                     # crash meanwhile resubmits it rather than waiting for a task that never was.
@@ -608,14 +624,16 @@ class Tracker:
         await self._store.notify_job(job.id)
         return None
 
-    async def _send(self, job: Job, second: int | None) -> str:
+    async def _send(self, job: Job, second: int | None) -> Sent:
         if job.kind is JobKind.UPSCALE:
             assert job.parent_task_id is not None and job.image_index is not None
-            return await self._client.upscale(
-                job.parent_task_id,
-                job.image_index,
-                watermark=self._watermark,
-                callback_url=self.callback_url(job),
+            return Sent(
+                await self._client.upscale(
+                    job.parent_task_id,
+                    job.image_index,
+                    watermark=self._watermark,
+                    callback_url=self.callback_url(job),
+                )
             )
         if job.kind is JobKind.VARY:
             assert job.parent_task_id is not None and job.image_index is not None
@@ -626,12 +644,14 @@ class Tracker:
                 callback_url=self.callback_url(job),
             )
             return await self._vary_index.send(job.image_index, vary, job.label, second=second)
-        return await self._client.generate(
-            job.prompt or "",
-            speed=job.options.get("speed", "fast"),
-            aspect_ratio=job.options.get("aspect_ratio"),
-            version=job.options.get("version"),
-            callback_url=self.callback_url(job),
+        return Sent(
+            await self._client.generate(
+                job.prompt or "",
+                speed=job.options.get("speed", "fast"),
+                aspect_ratio=job.options.get("aspect_ratio"),
+                version=job.options.get("version"),
+                callback_url=self.callback_url(job),
+            )
         )
 
     async def _await_unknown(self, job: Job, exc: ApiError | ApiUnreachable) -> Job:
@@ -644,24 +664,62 @@ class Tracker:
         return job
 
     async def _submitted(self, job: Job, task_id: str) -> Job:
-        submitted = await self._store.transition(
-            job.id, (JobState.SUBMITTING,), JobState.SUBMITTED, paid=True, upstream_task_id=task_id
-        )
-        if submitted is None:
-            # A callback raced ahead of us and already moved the job on.
-            current = await self._store.get(job.id)
-            if current is not None and current.upstream_task_id is None:
-                current = await self._store.update(job.id, upstream_task_id=task_id)
-            job = current or job
-        else:
-            job = submitted
+        job = await self._keep(job, task_id)
         log.info("submitted %s kind=%s", job.label, job.kind)
         if self._on_submitted is not None:
             self._on_submitted()
         if job.kind in GRID_BUTTON_KINDS:
             self._background.spawn(self._publisher.mark_grid(job))
-        self._watch(job)
+        if not self._leases.holds(job.id):
+            # Taken over while the store was away: the holder hears of the task id now rather
+            # than at its next poll.
+            with contextlib.suppress(Exception):
+                await self._store.notify_job(job.id)
+        # Rung, not only watched: this process may have taken itself over meanwhile (a lease
+        # run out during the outage), and that watcher has yet to see the task id.
+        self._ring(job)
         return job
+
+    async def _keep(self, job: Job, task_id: str) -> Job:
+        """Store a paid task's id, trying again while the store fails (a restart, a failover,
+        a pool checkout timeout, a lock) until the job's deadline: lost, the task is paid for
+        and never posted. The job stays this process's meanwhile (its lease is renewed apart)."""
+        label = dataclasses.replace(job, upstream_task_id=task_id).label
+        pauses = iter(self._keep_retry_delays)
+        pause = 0.0
+        while True:
+            try:
+                return await self._store_task_id(job, task_id)
+            except Exception as exc:
+                pause = next(pauses, pause)
+                if time.time() + pause >= job.deadline_at:
+                    log.error(
+                        "gave up storing the paid task of %s at the deadline: %s",
+                        label,
+                        _why(exc),
+                    )
+                    return job
+                log.warning(
+                    "could not store the paid task of %s: %s; again in %.1f s",
+                    label,
+                    _why(exc),
+                    pause,
+                )
+                await asyncio.sleep(pause)
+
+    async def _store_task_id(self, job: Job, task_id: str) -> Job:
+        # Tried again after a failure whose outcome is unknown (a connection cut during the
+        # commit): every step holds whether or not the previous try was written.
+        submitted = await self._store.transition(
+            job.id, (JobState.SUBMITTING,), JobState.SUBMITTED, paid=True, upstream_task_id=task_id
+        )
+        if submitted is not None:
+            return submitted
+        # A callback raced ahead of us and already moved the job on, or the last try was kept.
+        current = await self._store.get(job.id)
+        if current is not None and current.upstream_task_id is None:
+            current = await self._store.update(job.id, upstream_task_id=task_id)
+        return current or job
 
     def _watch(self, job: Job) -> None:
         if self._closing or job.id in self._watchers:
@@ -867,6 +925,13 @@ class Tracker:
 
     async def _tell(self, job: Job, text: str) -> None:
         await self._whispers.tell(job.id, job.label, text)
+
+
+def _why(exc: Exception) -> str:
+    """A store error in one line: the driver's first line, not SQLAlchemy's statement dump."""
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0][:200]
+    return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
 
 
 def _number(image_index: int | None) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from bot.jobs.store import JobStore
 from bot.midjourney.errors import ApiError
@@ -45,6 +46,15 @@ _ABOUT_THE_INDEX = re.compile(r"index|range", re.IGNORECASE)
 def out_of_range(exc: ApiError) -> bool:
     """Whether a refusal says the imageIndex sent is not one the API accepts."""
     return exc.code == VALIDATION_REFUSED and _ABOUT_THE_INDEX.search(exc.msg) is not None
+
+
+class Sent(NamedTuple):
+    """A paid call's task id, and the base its acceptance proved (None: nothing learned). The
+    base is learned (``VaryIndex.learn``) only once the task id is kept: a store failure while
+    learning must not lose a paid task."""
+
+    task_id: str
+    teaches: int | None = None
 
 
 class BaseUnknown(Exception):
@@ -90,15 +100,15 @@ class VaryIndex:
         label: str,
         *,
         second: int | None = None,
-    ) -> str:
+    ) -> Sent:
         """``call`` (the API request, given the imageIndex to send) for image ``image_index``
-        (0–3), learning the base on the way while it is unknown. Raises BaseUnknown for V2/V3
-        then; TryOther when the safe value was refused as out of range, to be sent again (at
-        its turn) with ``second`` = its value; and the API's error when it refuses."""
+        (0–3), and the base its answer teaches while the base is unknown. Raises BaseUnknown for
+        V2/V3 then; TryOther when the safe value was refused as out of range, to be sent again
+        (at its turn) with ``second`` = its value; and the API's error when it refuses."""
         base = await self.base()
         if base is not None:
             try:
-                return await call(image_index + base)
+                return Sent(await call(image_index + base))
             except ApiError as exc:
                 if out_of_range(exc):
                     # Every V-click after this is suspect: the operator has to look.
@@ -119,9 +129,7 @@ class VaryIndex:
         else:
             raise BaseUnknown(image_index)
         if second == image_index + other_base:
-            task_id = await call(second)
-            await self._learn(other_base, label)
-            return task_id
+            return Sent(await call(second), other_base)
         try:
             task_id = await call(image_index + safe_base)
         except ApiError as exc:
@@ -135,11 +143,21 @@ class VaryIndex:
                 other_base,
             )
             raise TryOther(image_index + other_base) from exc
-        await self._learn(safe_base, label)
-        return task_id
+        return Sent(task_id, safe_base)
 
-    async def _learn(self, base: int, label: str) -> None:
-        stored = await self._store.learn_api_fact(FACT, str(base))
+    async def learn(self, base: int, label: str) -> None:
+        """Keep ``base``, which an accepted call proved. A store that fails here loses nothing
+        paid: the next V1 or V4 sends a safe value again and teaches it."""
+        try:
+            stored = await self._store.learn_api_fact(FACT, str(base))
+        except Exception as exc:
+            log.warning(
+                "could not store vary index base %d %s (%s); the next V1 or V4 teaches it",
+                base,
+                label,
+                type(exc).__name__,
+            )
+            return
         self._learned = _base(stored)
         if self._learned is None:
             log.error("api_facts holds %r for %s, neither 0 nor 1: it is not used", stored, FACT)
