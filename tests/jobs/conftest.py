@@ -20,7 +20,7 @@ from bot.jobs.spending import Spending
 from bot.jobs.store import Job, JobKind, JobStore, async_database_url
 from bot.jobs.tables import metadata
 from bot.jobs.throttle import Pace, SubmitThrottle
-from bot.jobs.tracker import Tracker
+from bot.jobs.tracker import SWEEP_SECONDS, Tracker
 from bot.jobs.types import PollPolicy
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
@@ -112,6 +112,7 @@ class Rig:
         vary_index_base: int | None = None,
         lease_seconds: float | None = None,
         spending: Spending | None = None,
+        sweep_seconds: float = SWEEP_SECONDS,
     ) -> Tracker:
         """A tracker wired to the listener (one at a time: a new one is a 'restarted bot').
 
@@ -134,6 +135,7 @@ class Rig:
             vary_index_base=vary_index_base,
             lease_seconds=lease_seconds,
             spending=spending,
+            sweep_seconds=sweep_seconds,
         )
         self.listener.tracker = tracker
         self.trackers.append(tracker)
