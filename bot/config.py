@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 SANDBOX = "sandbox"
@@ -327,7 +328,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     shards_per_process = _optional_int(env, "SHARDS_PER_PROCESS", 1, MAX_SHARDS)
 
     hmac_key = _text(env, "MJ_WEBHOOK_HMAC_KEY")
-    secrets = tuple(s for s in (token, api_key, hmac_key) if s)
+    secrets = tuple(s for s in (token, api_key, hmac_key, *_password_forms(database_url)) if s)
     return Settings(
         discord_token=token,
         mj_api_key=api_key,
@@ -367,6 +368,19 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     )
 
 
+def _password_forms(url: str) -> tuple[str, ...]:
+    """The URL's password as written in it, decoded, and encoded again: a driver's error or a
+    logged URL may carry any of them."""
+    try:
+        written = urlsplit(url).password
+    except ValueError:
+        return ()
+    if not written:
+        return ()
+    plain = unquote(written)
+    return tuple(dict.fromkeys((written, plain, quote(plain, safe=""))))
+
+
 def _optional_int(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
     if _text(env, name) is None:
         return None
@@ -397,21 +411,38 @@ def _shard_ids(env: Mapping[str, str], shard_count: int | None) -> tuple[int, ..
     return tuple(sorted(set(ids)))
 
 
+# A path separator, also percent-encoded (a URL quoted inside another, a query string).
+_SEP = r"(?:/|%2[Ff])"
+# One path segment, as far as it can run in a URL.
+_SEGMENT = r"[^/%\s\"'<>?#&]+(?:%(?!2[Ff])[^/%\s\"'<>?#&]*)*"
+# Secrets made per job or per click, which no list of settings can hold: the callback path's
+# secret, Discord's webhook and interaction tokens (discord.py logs its routes at debug
+# level), and any password in a URL's user info.
+_PATTERNS = (
+    (re.compile(rf"({_SEP}callbacks{_SEP}midjourney{_SEP}){_SEGMENT}"), r"\1***"),
+    (re.compile(rf"({_SEP}webhooks{_SEP}\d+{_SEP}){_SEGMENT}"), r"\1***"),
+    (re.compile(rf"({_SEP}interactions{_SEP}\d+{_SEP}){_SEGMENT}"), r"\1***"),
+    (re.compile(r"(\b[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1***@"),
+)
+
+
 class RedactingFilter(logging.Filter):
-    """Blanks out the configured secrets wherever a log record would carry them."""
+    """Blanks out the configured secrets, and the per-job secrets of known URL shapes,
+    wherever a log record would carry them."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
+        # Shorter values would blank ordinary words.
         self._secrets = tuple(s for s in secrets if len(s) >= 6)
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
         message = record.getMessage()
         redacted = self._redact(message)
         if redacted != message:

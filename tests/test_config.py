@@ -146,7 +146,8 @@ def test_every_setting_is_read() -> None:
     assert settings.metrics_enabled is True
     assert settings.admin_channel_id == 1234567890123456789
     assert settings.low_credit_threshold == 0
-    assert set(settings.secrets) == {TOKEN, API_KEY, HMAC_KEY}
+    # The database's password too (DATABASE_URL is a PostgreSQL URL with one here).
+    assert set(settings.secrets) == {TOKEN, API_KEY, HMAC_KEY, DB_PASSWORD}
 
 
 @pytest.mark.parametrize("value", ["sandbox", "SANDBOX", " Sandbox "])
@@ -439,6 +440,91 @@ def test_redacting_filter_covers_logged_exceptions() -> None:
         logger.exception("login failed")
     assert "login failed" in out.getvalue()
     assert TOKEN not in out.getvalue()
+
+
+# A callback secret as CallbackSecrets makes them, and an interaction token as Discord gives one.
+CALLBACK_SECRET = "q3Vx_9-LmZpR2tYb8NwKcD4e" + "f0a1b2c3d4e5f607"
+INTERACTION_TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDEyMzQ1Njc4OmV4YW1wbGU.Zm9v-YmFy_YmF6"
+
+
+@pytest.mark.parametrize(
+    ("line", "kept"),
+    [
+        (
+            f"POST /callbacks/midjourney/{CALLBACK_SECRET} from 10.0.0.9",
+            "POST /callbacks/midjourney/*** from 10.0.0.9",
+        ),
+        (
+            f"refused: callBackUrl=https://bot.example/callbacks/midjourney/{CALLBACK_SECRET}?x=1",
+            "refused: callBackUrl=https://bot.example/callbacks/midjourney/***?x=1",
+        ),
+        (
+            "body callBackUrl=https%3A%2F%2Fbot.example%2Fcallbacks%2Fmidjourney%2F"
+            f"{CALLBACK_SECRET}&taskId=t",
+            "body callBackUrl=https%3A%2F%2Fbot.example%2Fcallbacks%2Fmidjourney%2F***&taskId=t",
+        ),
+        (
+            f"POST https://discord.com/api/v10/webhooks/1234567890/{INTERACTION_TOKEN}"
+            "/messages/@original with 1 file(s) has returned 200",
+            "POST https://discord.com/api/v10/webhooks/1234567890/***/messages/@original with "
+            "1 file(s) has returned 200",
+        ),
+        (
+            f"POST https://discord.com/api/v10/interactions/987654321/{INTERACTION_TOKEN}"
+            "/callback has returned 204",
+            "POST https://discord.com/api/v10/interactions/987654321/***/callback has returned 204",
+        ),
+        (
+            f"url=https%3A%2F%2Fdiscord.com%2Fapi%2Fv10%2Fwebhooks%2F42%2F{INTERACTION_TOKEN}",
+            "url=https%3A%2F%2Fdiscord.com%2Fapi%2Fv10%2Fwebhooks%2F42%2F***",
+        ),
+        (
+            "cannot connect to postgresql+asyncpg://bot:an0ther-pass@db:5432/jobs",
+            "cannot connect to postgresql+asyncpg://bot:***@db:5432/jobs",
+        ),
+    ],
+    ids=[
+        "callback path",
+        "callback URL",
+        "callback URL percent-encoded",
+        "webhook token",
+        "interaction callback",
+        "webhook percent-encoded",
+        "password of any URL",
+    ],
+)
+def test_redacting_filter_blanks_per_job_secrets_by_their_place_in_a_url(
+    line: str, kept: str
+) -> None:
+    logger, out = capture(RedactingFilter(()))
+    logger.info("%s", line)
+    try:
+        raise RuntimeError(line)
+    except RuntimeError:
+        logger.exception("failed")
+    text = out.getvalue()
+    assert text.splitlines()[0] == f"INFO {kept}"
+    assert f"RuntimeError: {kept}" in text
+    for secret in (CALLBACK_SECRET, INTERACTION_TOKEN, "an0ther-pass"):
+        assert secret not in text
+
+
+def test_the_database_password_is_redacted_as_written_decoded_and_encoded() -> None:
+    written = "s3cret%40db!pass"  # s3cret@db!pass, its @ percent-encoded in the URL
+    settings = load_settings(env(DATABASE_URL=f"postgresql://bot:{written}@db/jobs"))
+    logger, out = capture(RedactingFilter(settings.secrets))
+    # asyncpg's errors and the bot's own lines may carry it in any of these forms, in or out
+    # of a URL.
+    logger.error("password %s refused", "s3cret@db!pass")
+    logger.error("dsn part %s", written)
+    logger.error("quoted again: %s", "s3cret%40db%21pass")
+    text = out.getvalue()
+    assert "s3cret" not in text
+    assert text.splitlines() == [
+        "ERROR password *** refused",
+        "ERROR dsn part ***",
+        "ERROR quoted again: ***",
+    ]
 
 
 # ----- python -m bot ---------------------------------------------------------------------------

@@ -44,6 +44,10 @@ class JobLeases:
     def holds(self, job_id: str) -> bool:
         return self.ttl is None or job_id in self._held
 
+    def held(self) -> set[str]:
+        """The jobs this process holds a lease on (a copy: they change while it is read)."""
+        return set(self._held)
+
     async def claim(self, job_id: str) -> bool:
         """Take (or keep) the lease on ``job_id``; False while another live process holds it."""
         if self.ttl is None:

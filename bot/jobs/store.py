@@ -418,12 +418,15 @@ class JobStore:
         assert known is not None
         return known
 
-    async def unfinished(self) -> list[Job]:
+    async def unfinished(self, ids: Collection[str] | None = None) -> list[Job]:
+        """Jobs neither delivered nor failed, oldest first; with ``ids``, only those."""
         query = (
             jobs.select()
             .where(jobs.c.state.in_([s.value for s in UNFINISHED_STATES]))
             .order_by(jobs.c.created_at)
         )
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).fetchall()
         return [Job.from_row(row) for row in rows]
@@ -537,6 +540,13 @@ class JobStore:
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else FollowUp(row.application_id, row.token, row.until)
+
+    async def sweep_follow_ups(self) -> int:
+        """Delete the follow-ups whose interaction has expired (a job that outlived its
+        click's 15 minutes keeps a dead token otherwise); how many."""
+        query = follow_ups.delete().where(follow_ups.c.until <= time.time())
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount
 
     def _clock(self) -> sa.ColumnElement[float]:
         """Now, in Unix seconds, by the clock every process agrees on: the database's on

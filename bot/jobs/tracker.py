@@ -61,6 +61,9 @@ NOT_FOUND_GRACE_SECONDS = 120.0
 # Pauses between tries of the write that keeps a paid task's id while the store fails (a
 # restart, a failover, a lock); the last one repeats until the job's deadline.
 KEEP_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+# How often a process without leases (SQLite) looks for its stranded jobs; with leases, it
+# looks at each renewal. Also the least time between two restarts of a watcher that crashes.
+SWEEP_SECONDS = 10.0
 
 
 class Tracker:
@@ -87,6 +90,7 @@ class Tracker:
         lease_seconds: float | None = None,
         lease_owner: str | None = None,
         grid_reposts_per_hour: int | None = None,
+        sweep_seconds: float = SWEEP_SECONDS,
     ) -> None:
         self._store = store
         self._reposts = Reposts(store.engine, grid_reposts_per_hour)
@@ -115,6 +119,11 @@ class Tracker:
         self._keep_retry_delays = keep_retry_delays
         self._max_jobs_per_user = max_jobs_per_user
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        # Jobs a start of this process has in hand, from before their INSERT to the end of
+        # `_start`: by callback secret, which is known before the store makes the job's id. The
+        # sweep leaves them, and watched ones, alone.
+        self._in_hand: set[str] = set()
+        self._sweep_seconds = sweep_seconds
         self._doorbells: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._whispers = Whispers(store, publisher.whisper)
@@ -230,11 +239,7 @@ class Tracker:
             requester_id,
         )
         self._whispers.remember(job.id, follow_up)
-        if grid is None:
-            job = await self._check_foreign_grid(job)
-            if job.finished:
-                return Outcome(job, created=True)
-        return Outcome(await self._start(job), created=True)
+        return Outcome(await self._start(job, foreign=grid is None), created=True)
 
     async def request_imagine(
         self,
@@ -298,43 +303,95 @@ class Tracker:
 
     async def recover(self) -> int:
         """Resume every job that is neither delivered nor failed (with leases: that no live
-        process works on, and from then on every third of a lease); returns how many."""
-        if not self._leases.enabled:
-            return await self._resume(await self._store.unfinished())
-        await self._leases.listen(self._rung, self._ring_all)
-        taken = await self._resume(await self._store.orphans())
-        self._background.spawn(self._keep_leases(), name=f"leases-{self._leases.owner}")
+        process works on, and from then on every third of a lease); returns how many. From then
+        on, the stranded jobs of this process are looked for too (see sweep)."""
+        if self._leases.enabled:
+            await self._leases.listen(self._rung, self._ring_all)
+            taken = await self._resume(await self._store.orphans())
+        else:
+            taken = await self._resume(await self._store.unfinished())
+        self._background.spawn(self._keep_jobs(), name=f"keep-{self._leases.owner}")
         return taken
 
     async def _resume(self, jobs: list[Job]) -> int:
         taken = 0
         for job in jobs:
-            if self._closing or job.id in self._watchers or not await self._leases.claim(job.id):
+            if (
+                self._closing
+                or job.id in self._watchers
+                or job.callback_secret in self._in_hand
+                or not await self._leases.claim(job.id)
+            ):
                 continue
             taken += 1
             log.info("recovering %s state=%s", job.label, job.state)
-            if job.state is JobState.REQUESTED:
-                # Recovered work was accepted before: it queues whatever the queue's bound.
-                self._background.spawn(self._start(job, queue_bound=False))
-            else:
-                self._watch(job)
+            self._take_up(job)
         return taken
 
-    async def _keep_leases(self) -> None:
-        assert self._leases.ttl is not None
+    def _take_up(self, job: Job) -> None:
+        if job.state is JobState.REQUESTED:
+            # In hand from now, not from when the spawned start first runs.
+            self._in_hand.add(job.callback_secret)
+            # Recovered work was accepted before: it queues whatever the queue's bound.
+            self._background.spawn(self._start(job, queue_bound=False))
+        else:
+            self._watch(job)
+
+    async def _keep_jobs(self) -> None:
+        """Every third of a lease (with leases) or every sweep interval (without): leases
+        renewed, orphans taken over, then the sweep. A failure is logged and tried again at the
+        next turn."""
+        ttl = self._leases.ttl
         while not self._closing:
-            await asyncio.sleep(self._leases.ttl / 3)
+            await asyncio.sleep(self._sweep_seconds if ttl is None else ttl / 3)
+            if ttl is not None:
+                try:
+                    await self._leases.listen(self._rung, self._ring_all)
+                    for job_id in await self._leases.renew():
+                        # Taken over while this process did not renew in time (it hung).
+                        log.warning("lease lost job=%s; another process has it", job_id)
+                        watcher = self._watchers.get(job_id)
+                        if watcher is not None:
+                            watcher.cancel()
+                    await self._resume(await self._store.orphans())
+                except Exception:
+                    log.exception("renewing job leases failed; trying again")
             try:
-                await self._leases.listen(self._rung, self._ring_all)
-                for job_id in await self._leases.renew():
-                    # Taken over while this process did not renew in time (it hung).
-                    log.warning("lease lost job=%s; another process has it", job_id)
-                    watcher = self._watchers.get(job_id)
-                    if watcher is not None:
-                        watcher.cancel()
-                await self._resume(await self._store.orphans())
+                await self.sweep()
             except Exception:
-                log.exception("renewing job leases failed; trying again")
+                log.exception("sweeping for stranded jobs failed; trying again")
+
+    async def sweep(self) -> None:
+        """Move on every unfinished job of this process (with leases: that it holds) that
+        nothing works on: its watcher crashed, or its start raised. One past its deadline fails
+        as at the deadline; any other is resumed as at a start, so a watcher that keeps
+        crashing is started again once a sweep, never in a loop. Follow-ups past their
+        interaction's life are deleted too."""
+        forgotten = await self._store.sweep_follow_ups()
+        if forgotten:
+            log.info("deleted %d expired follow-ups", forgotten)
+        if self._leases.enabled:
+            held = self._leases.held()
+            jobs = await self._store.unfinished(held) if held else []
+        else:
+            jobs = await self._store.unfinished()
+        for listed in jobs:
+            if self._closing:
+                return
+            if not self._stranded(listed):
+                continue
+            # The list may be stale: a job that ended meanwhile must not be started again.
+            job = await self._store.get(listed.id)
+            if job is None or job.finished or not self._stranded(job):
+                continue
+            if job.deadline_at <= time.time():
+                await self._expire(job)
+                continue
+            log.warning("stranded %s state=%s; resumed", job.label, job.state)
+            self._take_up(job)
+
+    def _stranded(self, job: Job) -> bool:
+        return job.id not in self._watchers and job.callback_secret not in self._in_hand
 
     def _ring_all(self) -> None:
         for doorbell in self._doorbells.values():
@@ -364,18 +421,25 @@ class Tracker:
         return None if over is None else self._spending.refusal(over, kind, requester_id)
 
     async def _create(self, role_ids: tuple[int, ...], **fields: Any) -> Job:
+        """Store the job, in hand (see _in_hand): the caller's `_start` lets go of it."""
         kind, requester_id = fields["kind"], fields["requester_id"]
+        secret = self._secrets.new()
+        self._in_hand.add(secret)
         try:
             job = await self._store.create(
                 deadline_seconds=self._deadline,
                 max_unfinished=self._max_jobs_per_user,
                 quota=await self._spending.quota(kind, requester_id, fields["guild_id"], role_ids),
-                callback_secret=self._secrets.new(),
+                callback_secret=secret,
                 lease=self._leases.terms(),
                 **fields,
             )
         except (TooManyJobs, OverQuota) as exc:
+            self._in_hand.discard(secret)
             raise self._spending.refusal(exc, kind, requester_id) from None
+        except BaseException:
+            self._in_hand.discard(secret)
+            raise
         self._leases.created(job.id)
         return job
 
@@ -401,15 +465,14 @@ class Tracker:
         while self._watchers:
             await asyncio.gather(*list(self._watchers.values()), return_exceptions=True)
 
-    async def _start(self, job: Job, *, queue_bound: bool = True) -> Job:
+    async def _start(self, job: Job, *, queue_bound: bool = True, foreign: bool = False) -> Job:
+        """Check, announce and submit a job in hand. Should this raise, the job stays with
+        this process (and its lease): the next sweep resumes it or fails it at its deadline."""
+        self._in_hand.add(job.callback_secret)
         try:
-            return await self._begin(job, queue_bound=queue_bound)
-        except BaseException:
-            # Whatever stopped it, a lease kept alive for a job nobody works on would hide it
-            # from every process: given back, the next look for orphans takes it up.
-            if job.id not in self._watchers:
-                await self._leases.release(job.id)
-            raise
+            return await self._begin(job, queue_bound=queue_bound, foreign=foreign)
+        finally:
+            self._in_hand.discard(job.callback_secret)
 
     async def _still_served(self, job: Job) -> bool:
         """Whether a job not paid for yet may still be: one that waited (a queue, a restart)
@@ -424,13 +487,14 @@ class Tracker:
             return False
         return True
 
-    async def _begin(self, job: Job, *, queue_bound: bool) -> Job:
+    async def _begin(self, job: Job, *, queue_bound: bool, foreign: bool) -> Job:
         if not await self._still_served(job):
             # Recovered in a server closed since: no status line, no look-up, nothing paid.
             return await self._store.get(job.id) or job
-        if job.kind is JobKind.REROLL and not job.prompt:
-            # A re-roll stored before record-info told its grid's prompt (a crash in between,
-            # or a grid whose own job never learned it): a generation of nothing is not sent.
+        if foreign or (job.kind is JobKind.REROLL and not job.prompt):
+            # A grid this bot never saw; or a re-roll stored before record-info told its grid's
+            # prompt (a crash in between, or a grid whose own job never learned it): a
+            # generation of nothing is not sent.
             job = await self._check_foreign_grid(job)
             if job.finished:
                 return job
@@ -759,7 +823,7 @@ class Tracker:
                 if job.state is JobState.REQUESTED:
                     # Put back after a 429 by a process that hung past its lease while this one
                     # took the job over: whoever holds a requested job sends it.
-                    job = await self._begin(job, queue_bound=False)
+                    job = await self._begin(job, queue_bound=False, foreign=False)
                     if job.state is JobState.REQUESTED:
                         # Shutting down, or handed over in turn: left to the next holder.
                         return
@@ -785,13 +849,9 @@ class Tracker:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception(
-                "watcher for job=%s crashed; it resumes at the next start or look for orphans",
-                job_id,
-            )
-            # A lease kept alive for a job nobody watches would hide it from every process.
-            with contextlib.suppress(Exception):
-                await self._leases.release(job_id)
+            # Its lease is kept: the job is still this process's, and its next sweep (not
+            # this one at once, which would spin on a fault that lasts) resumes it.
+            log.exception("watcher of job=%s crashed; the next sweep resumes it", job_id)
 
     async def _check(self, job: Job) -> bool:
         """Ask record-info; True when the job moved on (succeeded or failed)."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.jobs.store import Job
-from bot.jobs.types import DeliveryError, FollowUp
+from bot.jobs.types import FollowUp
 from bot.midjourney.models import Task
 
 
@@ -28,8 +28,8 @@ class RecordingPublisher:
     # The token of the follow-up each whisper went to.
     whispered_to: list[str] = field(default_factory=list)
     grids: list[Task] = field(default_factory=list)
-    # Errors the next deliver() calls raise, in order.
-    delivery_errors: list[DeliveryError] = field(default_factory=list)
+    # Errors the next deliver() calls raise, in order (any exception: a bug of the post too).
+    delivery_errors: list[Exception] = field(default_factory=list)
     # When set, deliver() waits for it: a post that is under way.
     delivery_gate: asyncio.Event | None = None
     delivering: int = 0

@@ -20,7 +20,7 @@ from bot.jobs.spending import Spending
 from bot.jobs.store import Job, JobKind, JobStore, async_database_url
 from bot.jobs.tables import metadata
 from bot.jobs.throttle import Pace, SubmitThrottle
-from bot.jobs.tracker import Tracker
+from bot.jobs.tracker import SWEEP_SECONDS, Tracker
 from bot.jobs.types import PollPolicy
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
@@ -114,6 +114,7 @@ class Rig:
         lease_seconds: float | None = None,
         lease_owner: str | None = None,
         spending: Spending | None = None,
+        sweep_seconds: float = SWEEP_SECONDS,
     ) -> Tracker:
         """A tracker wired to the listener (one at a time: a new one is a 'restarted bot').
 
@@ -138,6 +139,7 @@ class Rig:
             lease_seconds=lease_seconds,
             lease_owner=lease_owner,
             spending=spending,
+            sweep_seconds=sweep_seconds,
         )
         self.listener.tracker = tracker
         self.trackers.append(tracker)

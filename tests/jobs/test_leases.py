@@ -79,7 +79,7 @@ def killed(tracker: Tracker, *, watchers: bool = True) -> None:
     owner = tracker.lease_owner
     for task in asyncio.all_tasks():
         name = task.get_name()
-        if name == f"leases-{owner}" or (watchers and name.startswith(f"watch-{owner}-")):
+        if name == f"keep-{owner}" or (watchers and name.startswith(f"watch-{owner}-")):
             task.cancel()
 
 
