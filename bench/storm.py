@@ -86,7 +86,11 @@ async def run(clicks: int, budget: int, env: dict[str, str]) -> None:
         submitted = times_of(lines, "submitted job=")
         admitted = sorted(requested.values())
         span = admitted[-1] - began if admitted else float("nan")
-        waits = sorted((submitted[j] - answered[j]) * 1000 for j in answered if j in submitted)
+        waits = sorted(
+            (submitted[j] - answered[j]) * 1000
+            for j in requested
+            if j in answered and j in submitted
+        )
         print(f"  admitted {len(admitted)} requests in {span:.2f} s: {len(admitted) / span:.0f}/s")
         print(
             f"  post-payment write, {len(waits)} jobs: p50 {percentile(waits, 0.5):.0f} ms, "
