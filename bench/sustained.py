@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.rig import (
@@ -55,6 +55,8 @@ class Target:
     sandbox: BenchSandbox
     channels: list[int]
     procs: list[ProcStat]
+    # Each process's log lines as they come (three processes only).
+    logs: list[list[str]] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
@@ -84,7 +86,13 @@ async def three_processes(env: dict[str, str]) -> AsyncIterator[Target]:
                     await cluster.start_all()
                     procs = [ProcStat(bot.pid) for bot in cluster.bots]
                     try:
-                        yield Target(double, sandbox, sorted(cluster.channels.values()), procs)
+                        yield Target(
+                            double,
+                            sandbox,
+                            sorted(cluster.channels.values()),
+                            procs,
+                            [bot.log for bot in cluster.bots],
+                        )
                     finally:
                         for number, bot in enumerate(cluster.bots):
                             print_warnings(f"process {number}", bot.log)
@@ -114,10 +122,12 @@ def print_warnings(name: str, log: list[str]) -> None:
         print("    first ERROR:", *lines, sep="\n")
 
 
-async def make_grids(target: Target, user: int) -> list[StoredMessage]:
+async def make_grids(
+    target: Target, user: int, per_guild: int = GRIDS_PER_GUILD
+) -> list[StoredMessage]:
     double, sandbox = target.double, target.sandbox
     sandbox.task_seconds = 0
-    await imagine_all(double, user, target.channels, GRIDS_PER_GUILD)
+    await imagine_all(double, user, target.channels, per_guild)
 
     def grids() -> list[StoredMessage]:
         return [
@@ -126,7 +136,7 @@ async def make_grids(target: Target, user: int) -> list[StoredMessage]:
             if grid_task(m) is not None and len(m.files) == 4
         ]
 
-    wanted = GRIDS_PER_GUILD * len(target.channels)
+    wanted = per_guild * len(target.channels)
     await wait_until(lambda: len(grids()) >= wanted, 180, f"{wanted} grids")
     sandbox.task_seconds = None
     return grids()
