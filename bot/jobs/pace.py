@@ -65,6 +65,7 @@ class SharedPace:
         self._sleep = sleep
         self._pausing: set[asyncio.Task[None]] = set()
         self._answering: set[asyncio.Task[None]] = set()
+        self._taking = asyncio.Lock()
 
     @property
     def waiting(self) -> int:
@@ -128,6 +129,12 @@ class SharedPace:
         return _SharedTurn(self, local, turn_id)
 
     async def _take(self) -> str:
+        # One of this process's submissions at a time waits on the pace's lock: each waiting
+        # one would hold a pooled connection the writes after a paid answer need.
+        async with self._taking:
+            return await self._take_turn()
+
+    async def _take_turn(self) -> str:
         turn_id = self._new_id()
         while True:
             async with self._engine.begin() as conn:

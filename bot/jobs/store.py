@@ -8,6 +8,7 @@ coroutines racing for the same job cannot both win.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -51,6 +52,9 @@ SQLITE_BUSY_SECONDS = 30.0
 
 # The NOTIFY channel on which a process that took a callback rings the job's owner.
 JOB_CHANNEL = "mjbot_jobs"
+# Pooled connections a process's counted inserts may hold at once (the pool has 15): under the
+# budget's lock they run one at a time anyway.
+ADMITTING_CONNECTIONS = 3
 # The advisory lock key under which the schema is made or upgraded. The admission locks use
 # Discord ids, which stay below it until about 2074; meeting one would only make a start wait.
 SCHEMA_LOCK = 0x6D6A_5343_4845_4D41
@@ -173,6 +177,10 @@ class JobStore:
         # that needs it. On PostgreSQL they have connections of their own.
         self._lease_engine = lease_engine or engine
         self.ledger = Ledger(engine)
+        # Counted inserts take turns under advisory locks (every one of them under the budget's
+        # when there is one), each waiting on a pooled connection: a storm of them would leave
+        # none for the writes that must not wait (a paid task's id). They queue here instead.
+        self._admitting = asyncio.Semaphore(ADMITTING_CONNECTIONS)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -299,9 +307,12 @@ class JobStore:
             insert = insert.from_select(list(values), row.where(admitted))
         else:
             insert = insert.values(**values)
+        gate: contextlib.AbstractAsyncContextManager[Any] = (
+            self._admitting if admitted is not None else contextlib.nullcontext()
+        )
         for _ in range(5):
             try:
-                async with self._engine.begin() as conn:
+                async with gate, self._engine.begin() as conn:
                     if admitted is not None and conn.dialect.name == "postgresql":
                         # Under READ COMMITTED two inserts would each miss the other's row in
                         # their counts; a lock per thing counted makes them take turns, taken
