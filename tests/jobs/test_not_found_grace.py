@@ -14,7 +14,7 @@ import pytest
 import bot.jobs.store
 import bot.jobs.tracker
 from bot.jobs.admission import Quota
-from bot.jobs.store import JobKind, JobState, JobStore
+from bot.jobs.store import Job, JobKind, JobState, JobStore
 from tests.jobs.conftest import Rig, postgres_schema
 from tests.jobs.test_tracker import USER
 
@@ -44,6 +44,21 @@ async def state_of(store: JobStore, job_id: str) -> JobState:
     return job.state
 
 
+async def counted_click(rig: Rig, store: JobStore, clock: Clock, index: int) -> Job:
+    """A click on a grid as stored and counted, not sent yet."""
+    return await store.create(
+        kind=JobKind.UPSCALE,
+        parent_task_id=rig.grid(),
+        image_index=index,
+        requester_id=USER,
+        guild_id=1,
+        channel_id=555,
+        deadline_seconds=3600,
+        callback_secret=rig.callback_secrets.new(),
+        quota=Quota(category="upscale", since=clock() - 3600),
+    )
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, rig: Rig) -> AsyncIterator[JobStore]:
     if request.param == "sqlite":
@@ -56,20 +71,9 @@ async def store(request: pytest.FixtureRequest, rig: Rig) -> AsyncIterator[JobSt
 async def test_a_404_for_a_task_just_taken_after_minutes_in_the_queue_is_waited_out(
     rig: Rig, store: JobStore, clock: Clock
 ) -> None:
-    grid = rig.grid()
     # Stored and counted, then five minutes in a backlog before its turn (a low pace, 429s,
     # a restart with many jobs to take up).
-    job = await store.create(
-        kind=JobKind.UPSCALE,
-        parent_task_id=grid,
-        image_index=1,
-        requester_id=USER,
-        guild_id=1,
-        channel_id=555,
-        deadline_seconds=3600,
-        callback_secret=rig.callback_secrets.new(),
-        quota=Quota(category="upscale", since=clock() - 3600),
-    )
+    job = await counted_click(rig, store, clock, 1)
     clock.ahead += 300
     # The vendor does not know the brand-new task at the first look.
     rig.sandbox.fail_next("record-info", 404)
@@ -90,18 +94,7 @@ async def test_a_404_for_a_task_just_taken_after_minutes_in_the_queue_is_waited_
 async def test_a_404_long_after_the_api_took_the_request_still_fails_the_job(
     rig: Rig, store: JobStore, clock: Clock
 ) -> None:
-    grid = rig.grid()
-    job = await store.create(
-        kind=JobKind.UPSCALE,
-        parent_task_id=grid,
-        image_index=2,
-        requester_id=USER,
-        guild_id=1,
-        channel_id=555,
-        deadline_seconds=3600,
-        callback_secret=rig.callback_secrets.new(),
-        quota=Quota(category="upscale", since=clock() - 3600),
-    )
+    job = await counted_click(rig, store, clock, 2)
     await store.transition(
         job.id, (JobState.REQUESTED,), JobState.SUBMITTED, paid=True, upstream_task_id="gone"
     )
