@@ -95,3 +95,10 @@ def reposts_used(limit: int, next_at: float | None) -> str:
         f"you have re-posted {limit} grid(s) in this server within the hour; the next one "
         f"<t:{int(next_at) + 1}:R>"
     )
+
+
+def waited_too_long() -> str:
+    return (
+        "it waited too long for its turn at the Midjourney API to finish in time; nothing was "
+        "charged, try again"
+    )

@@ -14,7 +14,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from bot.jobs import grids, texts
@@ -54,6 +54,8 @@ SUBMIT_WINDOW_SECONDS = 10.0
 VENDOR_RATE = 20
 # Task types whose grid a re-roll (a text-to-image generate of its prompt) makes again.
 REROLLABLE = ("mj_txt2img",)
+# The least time a job's deadline must leave when it is sent, for its result to be posted.
+SEND_MARGIN_SECONDS = 60.0
 # Pauses before resending a submission the API refused without taking it (429, no connection).
 SUBMIT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0)
 # How long record-info may not know a task the API took before a 404 means it does not exist.
@@ -123,6 +125,9 @@ class Tracker:
         # `_start`: by callback secret, which is known before the store makes the job's id. The
         # sweep leaves them, and watched ones, alone.
         self._in_hand: set[str] = set()
+        self._late: set[str] = set()
+        # A job whose deadline is nearer than this when its turn comes is not sent.
+        self._send_margin = min(SEND_MARGIN_SECONDS, deadline_seconds / 4)
         self._sweep_seconds = sweep_seconds
         self._doorbells: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -375,6 +380,8 @@ class Tracker:
             jobs = await self._store.unfinished(held) if held else []
         else:
             jobs = await self._store.unfinished()
+        # Jobs resumed past their deadline, kept while they are unfinished.
+        self._late &= {job.id for job in jobs}
         for listed in jobs:
             if self._closing:
                 return
@@ -384,11 +391,24 @@ class Tracker:
             job = await self._store.get(listed.id)
             if job is None or job.finished or not self._stranded(job):
                 continue
-            if job.deadline_at <= time.time():
-                await self._expire(job)
+            if job.deadline_at <= time.time() and job.id in self._late:
+                # Resumed once past its deadline, stranded again: it fails. In the background,
+                # as the failure's post must not hold up the lease renewals of this loop.
+                self._late.discard(job.id)
+                self._in_hand.add(job.callback_secret)
+                self._background.spawn(self._expire_in_hand(job))
                 continue
+            if job.deadline_at <= time.time():
+                # One look first, as a restart would: a paid result may be there to post.
+                self._late.add(job.id)
             log.warning("stranded %s state=%s; resumed", job.label, job.state)
             self._take_up(job)
+
+    async def _expire_in_hand(self, job: Job) -> None:
+        try:
+            await self._expire(job)
+        finally:
+            self._in_hand.discard(job.callback_secret)
 
     def _stranded(self, job: Job) -> bool:
         return job.id not in self._watchers and job.callback_secret not in self._in_hand
@@ -602,6 +622,12 @@ class Tracker:
                         return job
                     if not await self._still_served(job):
                         return await self._store.get(job.id) or job
+                    if time.time() > job.deadline_at - self._send_margin:
+                        # Paid now, its result would come after the deadline and never be
+                        # posted: it waited too long (a backlog, 429s, a long outage).
+                        return await self._fail(
+                            job, texts.waited_too_long(), from_states=(JobState.REQUESTED,)
+                        )
                     claimed = await self._store.transition(
                         job.id, (JobState.REQUESTED,), JobState.SUBMITTING
                     )
@@ -679,9 +705,11 @@ class Tracker:
         again by this process; None when another one holds the job now (this one hung past its
         lease, and that one adopted it while it was ``submitting``): the holder sends it, woken
         at once."""
-        job = (
-            await self._store.transition(job.id, (JobState.SUBMITTING,), JobState.REQUESTED) or job
+        back = functools.partial(
+            self._store.transition, job.id, (JobState.SUBMITTING,), JobState.REQUESTED
         )
+        # Lost, a job nothing was paid for would wait as "maybe paid" until its deadline.
+        job = await self._until_stored(job, job.label, "a refused request", back) or job
         if await self._leases.claim(job.id):
             return job
         log.warning("lease lost while submitting %s; its holder sends it", job.label)
@@ -745,26 +773,34 @@ class Tracker:
         return job
 
     async def _keep(self, job: Job, task_id: str) -> Job:
-        """Store a paid task's id, trying again while the store fails (a restart, a failover,
-        a pool checkout timeout, a lock) until the job's deadline: lost, the task is paid for
-        and never posted. The job stays this process's meanwhile (its lease is renewed apart)."""
+        """Store a paid task's id: lost, the task is paid for and never posted."""
         label = dataclasses.replace(job, upstream_task_id=task_id).label
+        stored = await self._until_stored(
+            job, label, "the paid task", functools.partial(self._store_task_id, job, task_id)
+        )
+        return stored or job
+
+    async def _until_stored(
+        self, job: Job, label: str, what: str, write: Callable[[], Awaitable[Job | None]]
+    ) -> Job | None:
+        """``write`` tried again while the store fails (a restart, a failover, a pool checkout
+        timeout, a lock) until the job's deadline, for a write that must not be lost. The job
+        stays this process's meanwhile (its lease is renewed apart)."""
         pauses = iter(self._keep_retry_delays)
         pause = 0.0
         while True:
             try:
-                return await self._store_task_id(job, task_id)
+                return await write()
             except Exception as exc:
                 pause = next(pauses, pause)
                 if time.time() + pause >= job.deadline_at:
                     log.error(
-                        "gave up storing the paid task of %s at the deadline: %s",
-                        label,
-                        _why(exc),
+                        "gave up storing %s of %s at the deadline: %s", what, label, _why(exc)
                     )
-                    return job
+                    return None
                 log.warning(
-                    "could not store the paid task of %s: %s; again in %.1f s",
+                    "could not store %s of %s: %s; again in %.1f s",
+                    what,
                     label,
                     _why(exc),
                     pause,
@@ -823,7 +859,12 @@ class Tracker:
                 if job.state is JobState.REQUESTED:
                     # Put back after a 429 by a process that hung past its lease while this one
                     # took the job over: whoever holds a requested job sends it.
-                    job = await self._begin(job, queue_bound=False, foreign=False)
+                    # Shielded: a watcher cancelled (its lease lost) must not cut a paid call off
+                    # from its answer, or the answer from its write.
+                    sending = self._background.spawn(
+                        self._begin(job, queue_bound=False, foreign=False)
+                    )
+                    job = await asyncio.shield(sending)
                     if job.state is JobState.REQUESTED:
                         # Shutting down, or handed over in turn: left to the next holder.
                         return

@@ -245,3 +245,53 @@ def _now(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
 async def _state_is(store: JobStore, job_id: str, state: JobState) -> bool:
     job = await store.get(job_id)
     return job is not None and job.state is state
+
+
+async def test_a_stranded_result_past_its_deadline_gets_one_look_and_is_posted(rig: Rig) -> None:
+    # Paid and confirmed, only the post was left when the watcher crashed: the sweep looks once
+    # more, as a restart would, rather than failing a paid result unposted.
+    tracker = rig.tracker(sweep_seconds=3600)
+    job = await upscale(tracker, rig.grid())
+    rig.publisher.delivery_errors.append(Boom("a bug in the post"))
+    rig.sandbox.complete(job.upstream_task_id or "")
+    await until(_now(lambda: not rig.publisher.delivery_errors), "the post was tried")
+    await tracker.wait_idle()
+    await rig.store.update(job.id, deadline_at=time.time() - 1)
+    await tracker.sweep()
+    await rig.publisher.wait_for(lambda: len(rig.publisher.delivered) == 1)
+    await until(lambda: _state_is(rig.store, job.id, JobState.DELIVERED), "delivered")
+    assert rig.publisher.failures == []
+
+
+class StuckFailurePosts(RecordingPublisher):
+    """Discord slow to take a failure (a channel's rate limit, retries): until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def announce_failure(self, job: Job, reason: str, follow_up: FollowUp | None) -> None:
+        await self.release.wait()
+        await super().announce_failure(job, reason, follow_up)
+
+
+async def test_a_sweep_never_waits_on_discord(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sweep runs in the loop that renews the leases: a failure's post awaited there would
+    # let every lease of a live process run out.
+    upstream: list[str] = []
+    record_info_raising(monkeypatch, lambda: upstream[0] if upstream else None, times=None)
+    publisher = StuckFailurePosts()
+    tracker = rig.tracker(sweep_seconds=3600, publisher=publisher)
+    job = await upscale(tracker, rig.grid())
+    upstream.append(job.upstream_task_id or "")
+    await tracker.wait_idle()  # its watcher crashed at its first look
+    await rig.store.update(job.id, deadline_at=time.time() - 1)
+    # Resumed once past its deadline (its watcher crashes again), then failed: neither sweep
+    # waits for the failure's post, which Discord holds.
+    await asyncio.wait_for(tracker.sweep(), 5)
+    await tracker.wait_idle()
+    await asyncio.wait_for(tracker.sweep(), 5)
+    await until(_now(lambda: not tracker._stranded(job)), "the job is being failed")
+    publisher.release.set()
+    await publisher.wait_for(lambda: len(publisher.failures) == 1)
+    assert publisher.failures == [(job.id, texts.expired(JobState.SUBMITTED, 30.0))]
