@@ -9,7 +9,7 @@ import discord
 import pytest
 
 from bot.grid import reroll_custom_id, upscale_button, vary_custom_id
-from bot.jobs.store import JobKind, JobState
+from bot.jobs.store import Job, JobKind, JobState, JobStore
 from bot.jobs.vary_index import FACT
 from bot.midjourney.sandbox import SandboxAPI
 from tests.fakes.discord_double import DiscordDouble, InteractionHandle, StoredMessage
@@ -130,6 +130,16 @@ async def test_reroll_generates_the_same_prompt_and_options_again(harness: Harne
         await double.wait_for(lambda: not status_lines(double) or None)
 
 
+async def with_task(store: JobStore, kind: JobKind, task: str, index: int | None) -> Job:
+    """The running job of that button, once its task id is stored."""
+    for _ in range(500):
+        job = await store.live_twin(kind, task, index)
+        if job is not None and job.upstream_task_id:
+            return job
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no task id stored for {kind} of {task}")
+
+
 async def test_concurrent_clicks_make_one_job_and_a_later_click_another_set(
     harness: Harness,
 ) -> None:
@@ -156,9 +166,9 @@ async def test_concurrent_clicks_make_one_job_and_a_later_click_another_set(
         )
         assert vary_indexes(sandbox) == [4]
         store = app.services.tracker.store
-        vary = await store.live_twin(JobKind.VARY, task, 3)
-        reroll = await store.live_twin(JobKind.REROLL, task, None)
-        assert vary is not None and reroll is not None
+        # The API has answered; the task ids are stored a moment later.
+        vary = await with_task(store, JobKind.VARY, task, 3)
+        reroll = await with_task(store, JobKind.REROLL, task, None)
         for job in (vary, reroll):
             assert job.upstream_task_id
             sandbox.complete(job.upstream_task_id)
