@@ -442,6 +442,18 @@ class JobStore:
             rows = (await conn.execute(query)).fetchall()
         return [Job.from_row(row) for row in rows]
 
+    async def unfinished_keys(self, ids: Collection[str] | None = None) -> list[tuple[str, str]]:
+        """(id, callback secret) of the jobs ``unfinished`` would give: enough to tell which
+        need a look, without reading and building every row (the sweep's query)."""
+        query = sa.select(jobs.c.id, jobs.c.callback_secret).where(
+            jobs.c.state.in_([s.value for s in UNFINISHED_STATES])
+        )
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(jobs.c.created_at))).fetchall()
+        return [(str(job_id), str(secret)) for job_id, secret in rows]
+
     async def count_unfinished(self) -> int:
         """Jobs neither delivered nor failed, of every process sharing the store: one COUNT
         over the state index (the health check's query)."""

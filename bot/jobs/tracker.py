@@ -377,19 +377,19 @@ class Tracker:
             log.info("deleted %d expired follow-ups", forgotten)
         if self._leases.enabled:
             held = self._leases.held()
-            jobs = await self._store.unfinished(held) if held else []
+            keys = await self._store.unfinished_keys(held) if held else []
         else:
-            jobs = await self._store.unfinished()
+            keys = await self._store.unfinished_keys()
         # Jobs resumed past their deadline, kept while they are unfinished.
-        self._late &= {job.id for job in jobs}
-        for listed in jobs:
+        self._late &= {job_id for job_id, _ in keys}
+        for job_id, secret in keys:
             if self._closing:
                 return
-            if not self._stranded(listed):
+            if not self._stranded(job_id, secret):
                 continue
             # The list may be stale: a job that ended meanwhile must not be started again.
-            job = await self._store.get(listed.id)
-            if job is None or job.finished or not self._stranded(job):
+            job = await self._store.get(job_id)
+            if job is None or job.finished or not self._stranded(job.id, job.callback_secret):
                 continue
             if job.deadline_at <= time.time() and job.id in self._late:
                 # Resumed once past its deadline, stranded again: it fails. In the background,
@@ -410,8 +410,8 @@ class Tracker:
         finally:
             self._in_hand.discard(job.callback_secret)
 
-    def _stranded(self, job: Job) -> bool:
-        return job.id not in self._watchers and job.callback_secret not in self._in_hand
+    def _stranded(self, job_id: str, secret: str) -> bool:
+        return job_id not in self._watchers and secret not in self._in_hand
 
     def _ring_all(self) -> None:
         for doorbell in self._doorbells.values():

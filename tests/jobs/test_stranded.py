@@ -291,7 +291,9 @@ async def test_a_sweep_never_waits_on_discord(rig: Rig, monkeypatch: pytest.Monk
     await asyncio.wait_for(tracker.sweep(), 5)
     await tracker.wait_idle()
     await asyncio.wait_for(tracker.sweep(), 5)
-    await until(_now(lambda: not tracker._stranded(job)), "the job is being failed")
+    await until(
+        _now(lambda: not tracker._stranded(job.id, job.callback_secret)), "the job is being failed"
+    )
     publisher.release.set()
     await publisher.wait_for(lambda: len(publisher.failures) == 1)
     assert publisher.failures == [(job.id, texts.expired(JobState.SUBMITTED, 30.0))]
