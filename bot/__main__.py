@@ -1,23 +1,80 @@
-"""python -m bot: load .env, set up logging, build and run the bot."""
+"""python -m bot: read the options and .env, set up logging, build and run the bot."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import signal
 import sys
+import tomllib
+from pathlib import Path
 
 import aiohttp
 import discord
 from dotenv import load_dotenv
 
 from bot.app import App
-from bot.config import RedactingFilter, Settings, SettingsError, load_settings
+from bot.config import RedactingFilter, Settings, SettingsError, load_settings, redact_url
+from bot.jobs.store import JobStore, StoreUnavailable
 from bot.logs import JSON, make_formatter
 
 log = logging.getLogger("bot")
+
+DISTRIBUTION = "mj-upscale-bot"
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def version() -> str:
+    """The installed package's version; in a clone run without installing, pyproject's."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        return str(tomllib.loads(PYPROJECT.read_text())["project"]["version"]) + " (not installed)"
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown (not installed)"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description=(
+            "Run the Midjourney upscale bot for Discord until stopped (SIGTERM or Ctrl-C). "
+            f"Installed with pip, the same is the {DISTRIBUTION} command."
+        ),
+        epilog=(
+            "Settings come from the environment and from a .env file (the environment wins); "
+            "every one is described in README.md, section Settings, and in .env.example. "
+            "A missing or malformed setting, or a database that cannot be opened, stops the "
+            "bot with one line and exit code 2."
+        ),
+    )
+    parser.add_argument(
+        "--env-file",
+        metavar="PATH",
+        type=Path,
+        help="read settings from this file instead of .env in the current folder",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    return parser.parse_args(argv)
+
+
+def read_env_file(named: Path | None) -> str:
+    """Load the .env file into the environment; where settings were read from, for a line that
+    otherwise would not say why a setting is missing."""
+    path = named if named is not None else Path.cwd() / ".env"
+    if named is not None and not named.is_file():
+        print(f"configuration error: --env-file {named}: no such file", file=sys.stderr)
+        raise SystemExit(2)
+    if not path.is_file():
+        return f"no .env in {path.parent}: settings read from the environment only"
+    load_dotenv(path)
+    return f"settings read from the environment and {path}"
 
 
 def setup_logging(settings: Settings) -> None:
@@ -41,7 +98,7 @@ def setup_logging(settings: Settings) -> None:
     )
 
 
-async def run(settings: Settings) -> int:
+async def run(settings: Settings, source: str) -> int:
     app = App(settings)
     loop = asyncio.get_running_loop()
     # The loop keeps only weak references to tasks: the shutdown must not be collected midway.
@@ -54,8 +111,15 @@ async def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop, sig.name)
+    # Before Discord: a database that cannot be opened is a setting to fix, told the same way
+    # whether or not the token and the network work.
     try:
+        await (await JobStore.open(settings.database_url)).close()
+        log.info("%s", source)
         await app.start(settings.discord_token)
+    except StoreUnavailable as exc:
+        log.error("DATABASE_URL %s cannot be opened: %s", redact_url(settings.database_url), exc)
+        return 2
     except discord.LoginFailure:
         log.error("Discord refused DISCORD_TOKEN: copy the bot token again from the portal")
         return 2
@@ -72,15 +136,16 @@ async def run(settings: Settings) -> int:
     return 0
 
 
-def main() -> None:
-    load_dotenv(os.path.join(os.getcwd(), ".env"))
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    source = read_env_file(args.env_file)
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {exc} ({source})", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(settings)
-    raise SystemExit(asyncio.run(run(settings)))
+    raise SystemExit(asyncio.run(run(settings, source)))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,16 @@ UNLIMITED = "unlimited"
 ALLOWANCE_MAX = 1_000_000
 
 
+# Hosts whose disk is wiped at every restart or deploy, known by a variable each sets in its
+# processes' environment: a SQLite file there loses every job.
+EPHEMERAL_DISK_PLATFORMS = (
+    ("Heroku", ("DYNO",)),
+    ("Railway", ("RAILWAY_ENVIRONMENT", "RAILWAY_ENVIRONMENT_NAME", "RAILWAY_PROJECT_ID")),
+    ("Fly.io", ("FLY_APP_NAME",)),
+    ("Render", ("RENDER",)),
+)
+
+
 # Far above what any bot needs (Discord asks for one shard per 1,000 to 2,500 servers).
 MAX_SHARDS = 4096
 
@@ -281,6 +291,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "postgresql://user:pass@host/db, "
             f"got {redact_url(database_url)!r}"
         )
+    if scheme.startswith("sqlite") and not _flag(env, "SQLITE_ON_EPHEMERAL_DISK"):
+        _refuse_ephemeral_disk(env)
 
     extra_hosts = _text(env, "MJ_RESULT_HOSTS")
     result_hosts = list(VENDOR_RESULT_HOSTS)
@@ -328,7 +340,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     shards_per_process = _optional_int(env, "SHARDS_PER_PROCESS", 1, MAX_SHARDS)
 
     hmac_key = _text(env, "MJ_WEBHOOK_HMAC_KEY")
-    secrets = tuple(s for s in (token, api_key, hmac_key, *_password_forms(database_url)) if s)
+    # PGPASSWORD: asyncpg's password when the URL has none (compose.scaling.yaml).
+    passwords = (*_password_forms(database_url), env.get("PGPASSWORD"))
+    secrets = tuple(s for s in (token, api_key, hmac_key, *passwords) if s)
     return Settings(
         discord_token=token,
         mj_api_key=api_key,
@@ -366,6 +380,18 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         shards_per_process=shards_per_process,
         secrets=secrets,
     )
+
+
+def _refuse_ephemeral_disk(env: Mapping[str, str]) -> None:
+    for platform, names in EPHEMERAL_DISK_PLATFORMS:
+        found = next((name for name in names if env.get(name, "").strip()), None)
+        if found is not None:
+            raise SettingsError(
+                f"DATABASE_URL is a SQLite file, but this runs on {platform} ({found} is set), "
+                "whose disk is wiped at each restart: every job would be lost. Set DATABASE_URL "
+                "to a PostgreSQL database, or SQLITE_ON_EPHEMERAL_DISK=true if a volume holds "
+                "the file or losing jobs is intended"
+            )
 
 
 def _password_forms(url: str) -> tuple[str, ...]:

@@ -57,6 +57,16 @@ SETTING_NAMES = (
     "SHARD_COUNT",
     "SHARD_IDS",
     "SHARDS_PER_PROCESS",
+    "SQLITE_ON_EPHEMERAL_DISK",
+)
+# What the platforms with a throwaway disk set; a test run on one must not be refused for it.
+PLATFORM_NAMES = (
+    "DYNO",
+    "RAILWAY_ENVIRONMENT",
+    "RAILWAY_ENVIRONMENT_NAME",
+    "RAILWAY_PROJECT_ID",
+    "FLY_APP_NAME",
+    "RENDER",
 )
 # Written out here rather than imported, so a change to the defaults is noticed.
 VENDOR_HOSTS = ("tempfile.aiquickdraw.com", "tempfileb.aiquickdraw.com", "tempfile.redpandaai.co")
@@ -530,14 +540,15 @@ def test_the_database_password_is_redacted_as_written_decoded_and_encoded() -> N
 # ----- python -m bot ---------------------------------------------------------------------------
 
 
-def run_bot(cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
-    child_env = {key: value for key, value in os.environ.items() if key not in SETTING_NAMES}
+def run_bot(cwd: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    unset = {*SETTING_NAMES, *PLATFORM_NAMES, "PGPASSWORD"}
+    child_env = {key: value for key, value in os.environ.items() if key not in unset}
     child_env.update(settings)
     child_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
     )
     return subprocess.run(
-        [sys.executable, "-m", "bot"],
+        [sys.executable, "-m", "bot", *args],
         cwd=cwd,
         env=child_env,
         capture_output=True,

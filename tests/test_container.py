@@ -350,7 +350,12 @@ def test_the_scaling_compose_runs_three_replicas_on_postgresql_behind_a_proxy() 
     mount = next(v for v in proxy["volumes"] if "Caddyfile" in v).split(":")[0]
     caddyfile = (ROOT / mount).read_text()
     assert "/callbacks/*" in caddyfile and "/selfcheck/*" in caddyfile
-    assert f"dynamic a bot {default_settings().port}" in caddyfile
+    # The replicas' port as compose passes it from .env, the bot's default otherwise.
+    assert f"dynamic a bot {{$PORT:{default_settings().port}}}" in caddyfile
+    assert proxy["environment"]["PORT"] == f"${{PORT:-{default_settings().port}}}"
+    # The password stays out of the URL, where @ : / would break it.
+    assert "POSTGRES_PASSWORD" not in bot["environment"]["DATABASE_URL"]
+    assert bot["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD")
     assert "lb_policy round_robin" in caddyfile
 
 

@@ -13,6 +13,8 @@ import contextlib
 import json
 import logging
 import secrets
+import socket
+import sqlite3
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.jobs.admission import OverQuota, Quota, TooManyJobs, admission, lock_keys, refusal
@@ -169,6 +171,36 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(path) if path else None
 
 
+class StoreUnavailable(Exception):
+    """The database named by DATABASE_URL cannot be opened. The message is the reason in plain
+    words, without the URL (the caller names it, its password hidden)."""
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    """Why opening the database failed, in one line. SQLAlchemy wraps the driver's error, which
+    in turn may wrap asyncpg's: the innermost one says it best."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    address = _address(url)
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host {address.rsplit(':', 1)[0]} ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing answers at {address} (connection refused): is PostgreSQL running there?"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {address} in time"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.strerror}: {exc.filename}"
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, sqlite3.Error):
+        return f"{text} (SQLite file {_sqlite_path(url)})"
+    return text
+
+
+def _address(url: str) -> str:
+    parts = sa.engine.make_url(url)
+    return f"{parts.host or 'localhost'}:{parts.port or 5432}"
+
+
 class JobStore:
     def __init__(self, engine: AsyncEngine, *, lease_engine: AsyncEngine | None = None) -> None:
         self._engine = engine
@@ -199,7 +231,12 @@ class JobStore:
         connect_args: dict[str, Any] = {}
         path = _sqlite_path(url)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot create the folder {path.parent} for the SQLite file: {exc.strerror}"
+                ) from exc
             connect_args["timeout"] = sqlite_busy_seconds
         # hide_parameters: a failed statement's error names its values, callback secrets among
         # them, and such errors reach the log.
@@ -230,10 +267,14 @@ class JobStore:
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(_create_schema)
-        except BaseException:
+        except BaseException as exc:
             await engine.dispose()
             if lease_engine is not None:
                 await lease_engine.dispose()
+            # The driver's refusals (a wrong password, no such database, not a SQLite file) come
+            # wrapped by SQLAlchemy; an unreachable or unknown host comes as a bare OSError.
+            if isinstance(exc, OSError | SQLAlchemyError):
+                raise StoreUnavailable(_reason(exc, url)) from exc
             raise
         return cls(engine, lease_engine=lease_engine)
 
