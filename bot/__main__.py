@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "Settings come from the environment and from a .env file (the environment wins); "
             "every one is described in README.md, section Settings, and in .env.example. "
             "A missing or malformed setting, or a database that cannot be opened, stops the "
-            "bot with one line and exit code 2."
+            "bot with one line and exit code 2. To watch it work without a Discord application "
+            "or an API key, run python -m examples.demo from a clone of its repository."
         ),
     )
     parser.add_argument(
