@@ -116,6 +116,16 @@ def record_info_raising(
     return asked
 
 
+async def crashed_in_the_post(rig: Rig, tracker: Tracker) -> Job:
+    """An upscale whose watcher confirms the result, then crashes in the post, and is gone."""
+    job = await upscale(tracker, rig.grid())
+    rig.publisher.delivery_errors.append(Boom("a bug in the post"))
+    rig.sandbox.complete(job.upstream_task_id or "")
+    await until(_now(lambda: not rig.publisher.delivery_errors), "the post was tried")
+    await tracker.wait_idle()
+    return job
+
+
 async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     """Until ``check()`` holds (a state only the store shows), within a generous bound."""
     for _ in range(1000):
@@ -130,12 +140,7 @@ async def test_a_crashed_watcher_is_resumed_by_the_next_sweep_not_at_once(
 ) -> None:
     # No periodic sweep here: the test runs each one, to see what happens between two.
     tracker = rig.tracker(sweep_seconds=3600)
-    job = await upscale(tracker, rig.grid())
-    rig.publisher.delivery_errors.append(Boom("a bug in the post"))
-    rig.sandbox.complete(job.upstream_task_id or "")
-    # The watcher confirms the result, then crashes in the post, and is gone.
-    await until(_now(lambda: not rig.publisher.delivery_errors), "the post was tried")
-    await tracker.wait_idle()
+    job = await crashed_in_the_post(rig, tracker)
     stranded = await rig.store.get(job.id)
     assert stranded is not None and stranded.state is JobState.SUCCEEDED
     assert rig.publisher.delivered == []
@@ -251,11 +256,7 @@ async def test_a_stranded_result_past_its_deadline_gets_one_look_and_is_posted(r
     # Paid and confirmed, only the post was left when the watcher crashed: the sweep looks once
     # more, as a restart would, rather than failing a paid result unposted.
     tracker = rig.tracker(sweep_seconds=3600)
-    job = await upscale(tracker, rig.grid())
-    rig.publisher.delivery_errors.append(Boom("a bug in the post"))
-    rig.sandbox.complete(job.upstream_task_id or "")
-    await until(_now(lambda: not rig.publisher.delivery_errors), "the post was tried")
-    await tracker.wait_idle()
+    job = await crashed_in_the_post(rig, tracker)
     await rig.store.update(job.id, deadline_at=time.time() - 1)
     await tracker.sweep()
     await rig.publisher.wait_for(lambda: len(rig.publisher.delivered) == 1)
