@@ -32,9 +32,9 @@ from bot.jobs.pace import SharedPace
 from bot.jobs.servers import Servers
 from bot.jobs.spending import Rules, Spending
 from bot.jobs.store import JobStore
-from bot.jobs.throttle import Pace, SubmitThrottle
-from bot.jobs.tracker import SUBMIT_WINDOW_SECONDS, Tracker
-from bot.jobs.types import CALLBACK_PATH, PollPolicy
+from bot.jobs.throttle import SUBMIT_WINDOW_SECONDS, Pace, SubmitThrottle
+from bot.jobs.tracker import Tracker
+from bot.jobs.types import CALLBACK_PATH, PollPolicy, TrackerSettings
 from bot.metrics import Metrics
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
@@ -284,20 +284,22 @@ async def open_services(
             store,
             mj,
             publisher,
+            TrackerSettings(
+                callback_base=callback_base,
+                deadline_seconds=settings.job_timeout_seconds,
+                watermark=settings.watermark,
+                vary_index_base=settings.vary_index_base,
+                max_jobs_per_user=settings.max_jobs_per_user,
+                grid_reposts_per_hour=settings.grid_reposts_per_hour,
+                poll=poll or PollPolicy(),
+            ),
             callback_secrets=keys,
-            callback_base=callback_base,
-            deadline_seconds=settings.job_timeout_seconds,
-            watermark=settings.watermark,
-            vary_index_base=settings.vary_index_base,
-            poll=poll,
             throttle=pace,
-            max_jobs_per_user=settings.max_jobs_per_user,
             metrics=metrics,
             on_submitted=credit_watch.submitted,
             spending=spending,
             lease_seconds=LEASE_SECONDS if store.shared else None,
             lease_owner=owner,
-            grid_reposts_per_hour=settings.grid_reposts_per_hour,
         )
         # Watchers still running when the shutdown gives up waiting stop before anything closes.
         cleanup.push_async_callback(tracker.close)

@@ -21,6 +21,7 @@ from bot import metrics as m
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.store import Job, JobKind, JobState, JobStore
 from bot.jobs.tracker import Tracker
+from bot.jobs.types import TrackerSettings
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.models import webhook_signature
 from bot.midjourney.sandbox import SandboxAPI
@@ -78,11 +79,10 @@ class ListenerRig:
             self.store,
             client,
             self.publisher,
+            TrackerSettings(
+                callback_base=base, deadline_seconds=30, poll=FAST_POLL, delivery_retries=1
+            ),
             callback_secrets=self.callback_secrets,
-            callback_base=base,
-            deadline_seconds=30,
-            poll=FAST_POLL,
-            delivery_retries=1,
             metrics=listener.metrics,
         )
         listener.tracker = tracker

@@ -12,6 +12,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+# The vendor's documented pace: about 20 new tasks per 10 s per account.
+SUBMIT_WINDOW_SECONDS = 10.0
+VENDOR_RATE = 20
+
 
 class QueueFull(Exception):
     """More submissions are waiting than the queue holds."""

@@ -1,18 +1,23 @@
 """What the job lifecycle shares with the parts around it: the tracker's answers and errors,
-what it needs from the Discord side (Publisher), and how often it polls."""
+what it needs from the Discord side (Publisher), how often it polls, how it tries again, and
+the numbers it is built with."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from bot.jobs import texts
 from bot.jobs.store import FollowUp as FollowUp
 from bot.jobs.store import Job, JobState
+from bot.midjourney.errors import ApiError, ApiUnreachable
 from bot.midjourney.models import Task
 
 CALLBACK_PATH = "/callbacks/midjourney/"
+# How often a process without leases (SQLite) looks for its stranded jobs; with leases, it
+# looks at each renewal. Also the least time between two restarts of a watcher that crashes.
+SWEEP_SECONDS = 10.0
 
 
 class CallbackVerdict(StrEnum):
@@ -110,6 +115,53 @@ class PollPolicy:
         if waited < self.steady_for:
             return self.interval
         return min(self.max_interval, previous * self.factor)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the tracker tries again: a submission the API refused without taking it, and the
+    write that keeps what must not be lost while the store fails."""
+
+    # Pauses before resending a submission the API refused without taking it (429, no
+    # connection); then the job fails.
+    submit_delays: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0)
+    # Pauses between tries of the write that keeps a paid task's id while the store fails (a
+    # restart, a failover, a lock); the last one repeats until the job's deadline.
+    keep_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+    def resend_after(self, exc: ApiError | ApiUnreachable, resent: int) -> float | None:
+        """The pause before sending again a submission refused with ``exc`` that was sent
+        again ``resent`` times already; None when it is not sent again: the refusal may hide a
+        task (or took nothing but is final), or the tries are used up."""
+        if not exc.retryable or resent >= len(self.submit_delays):
+            return None
+        return self.submit_delays[resent]
+
+    def keep_after(self, failures: int) -> float:
+        """The pause after the ``failures``-th failed try (from 1) of a write that must not be
+        lost."""
+        if not self.keep_delays:
+            return 0.0
+        return self.keep_delays[min(failures, len(self.keep_delays)) - 1]
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """The numbers (and the one address) a tracker is built with."""
+
+    # PUBLIC_URL: where the API calls back; None polls only.
+    callback_base: str | None
+    deadline_seconds: float
+    watermark: str | None = None
+    # MJ_VARY_INDEX_BASE: how generateVary counts images, when set rather than learned.
+    vary_index_base: int | None = None
+    max_jobs_per_user: int | None = None
+    grid_reposts_per_hour: int | None = None
+    # Tries of a post that may succeed later, before it waits for the next ring.
+    delivery_retries: int = 3
+    poll: PollPolicy = field(default_factory=PollPolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    sweep_seconds: float = SWEEP_SECONDS
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from bot.jobs.spending import Spending
 from bot.jobs.store import Job, JobKind, JobStore, async_database_url
 from bot.jobs.tables import metadata
 from bot.jobs.throttle import Pace, SubmitThrottle
-from bot.jobs.tracker import SWEEP_SECONDS, Tracker
-from bot.jobs.types import PollPolicy
+from bot.jobs.tracker import Tracker
+from bot.jobs.types import SWEEP_SECONDS, PollPolicy, RetryPolicy, TrackerSettings
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
 from bot.web import Listener
@@ -125,21 +125,22 @@ class Rig:
             store or self.store,
             client,
             publisher or self.publisher,
+            TrackerSettings(
+                callback_base=self.listener_url if callbacks else None,
+                deadline_seconds=deadline,
+                watermark=watermark,
+                vary_index_base=vary_index_base,
+                max_jobs_per_user=max_jobs_per_user,
+                delivery_retries=2,
+                poll=poll,
+                retry=RetryPolicy(submit_delays=submit_retry_delays, keep_delays=keep_retry_delays),
+                sweep_seconds=sweep_seconds,
+            ),
             callback_secrets=self.callback_secrets,
-            callback_base=self.listener_url if callbacks else None,
-            deadline_seconds=deadline,
-            poll=poll,
-            watermark=watermark,
-            delivery_retries=2,
             throttle=throttle or SubmitThrottle(1000, 1.0, max_waiting=1000),
-            submit_retry_delays=submit_retry_delays,
-            keep_retry_delays=keep_retry_delays,
-            max_jobs_per_user=max_jobs_per_user,
-            vary_index_base=vary_index_base,
             lease_seconds=lease_seconds,
             lease_owner=lease_owner,
             spending=spending,
-            sweep_seconds=sweep_seconds,
         )
         self.listener.tracker = tracker
         self.trackers.append(tracker)

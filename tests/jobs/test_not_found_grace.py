@@ -11,8 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
+import bot.jobs.lifecycle.keeper
+import bot.jobs.lifecycle.submitter
+import bot.jobs.lifecycle.watcher
 import bot.jobs.store
-import bot.jobs.tracker
 from bot.jobs.admission import Quota
 from bot.jobs.store import Job, JobKind, JobState, JobStore
 from tests.jobs.conftest import Rig, postgres_schema
@@ -33,7 +35,12 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     made = Clock()
     moved = SimpleNamespace(time=made, monotonic=time.monotonic)
-    monkeypatch.setattr(bot.jobs.tracker, "time", moved)
+    for module in (
+        bot.jobs.lifecycle.submitter,
+        bot.jobs.lifecycle.watcher,
+        bot.jobs.lifecycle.keeper,
+    ):
+        monkeypatch.setattr(module, "time", moved)
     monkeypatch.setattr(bot.jobs.store, "time", moved)
     return made
 

@@ -145,7 +145,7 @@ async def test_a_crashed_watcher_is_resumed_by_the_next_sweep_not_at_once(
     assert stranded is not None and stranded.state is JobState.SUCCEEDED
     assert rig.publisher.delivered == []
 
-    with caplog.at_level(logging.INFO, logger="bot.jobs.tracker"):
+    with caplog.at_level(logging.INFO, logger="bot.jobs.lifecycle.keeper"):
         await tracker.sweep()
         await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
         await tracker.sweep()

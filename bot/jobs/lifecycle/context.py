@@ -1,0 +1,78 @@
+"""What every part of the lifecycle shares: the store, the API client, the publisher, the
+leases, the settings, the jobs in hand, and the count of steps a shutdown must wait for."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.leases import JobLeases
+from bot.jobs.spending import Spending
+from bot.jobs.store import Job, JobStore
+from bot.jobs.throttle import Pace
+from bot.jobs.types import CALLBACK_PATH, Publisher, TrackerSettings
+from bot.jobs.vary_index import VaryIndex
+from bot.jobs.whispers import Whispers
+from bot.metrics import Recorder
+from bot.midjourney.client import MidjourneyClient
+from bot.tasks import BackgroundTasks
+
+
+@dataclass(eq=False)
+class Context:
+    store: JobStore
+    client: MidjourneyClient
+    publisher: Publisher
+    # Its callback_base without a trailing slash (the tracker trims it).
+    settings: TrackerSettings
+    secrets: CallbackSecrets
+    # Several processes on one store (PostgreSQL) each work on the jobs they lease.
+    leases: JobLeases
+    # Daily allowances and the credit budget; without, uses are counted but not limited.
+    spending: Spending
+    metrics: Recorder
+    whispers: Whispers
+    throttle: Pace
+    vary_index: VaryIndex
+    background: BackgroundTasks
+    # Told each time the API took a paid request (the low-credit watch reads credits then).
+    on_submitted: Callable[[], None] | None = None
+    # Jobs a start of this process has in hand, from before their INSERT to the end of
+    # `Intake.start`: by callback secret, which is known before the store makes the job's id.
+    # The sweep leaves them, and watched ones, alone.
+    in_hand: set[str] = field(default_factory=set)
+    closing: bool = False
+    # Steps that must not be cut off by a shutdown: a paid call awaiting its answer, a post.
+    _busy_steps: int = 0
+    quiet: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.quiet.set()
+
+    @property
+    def callbacks_enabled(self) -> bool:
+        return self.settings.callback_base is not None
+
+    def callback_url(self, job: Job) -> str | None:
+        base = self.settings.callback_base
+        if base is None:
+            return None
+        return f"{base}{CALLBACK_PATH}{job.callback_secret}"
+
+    async def notify(self, job_id: str) -> None:
+        """Ring the doorbell of a job another process may hold, through the store."""
+        await self.store.notify_job(job_id)
+
+    @contextlib.asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        self._busy_steps += 1
+        self.quiet.clear()
+        try:
+            yield
+        finally:
+            self._busy_steps -= 1
+            if self._busy_steps == 0:
+                self.quiet.set()
