@@ -18,9 +18,11 @@ import discord
 from dotenv import load_dotenv
 
 from bot.app import App
-from bot.config import RedactingFilter, Settings, SettingsError, load_settings, redact_url
+from bot.config import Settings, load_settings
 from bot.jobs.store import JobStore, StoreUnavailable
 from bot.logs import JSON, make_formatter
+from bot.redaction import RedactingFilter, redact_url
+from bot.setting_parsers import SettingsError
 
 log = logging.getLogger("bot")
 

@@ -1,14 +1,26 @@
-"""Settings read from the environment; a bad or missing value is one clear line."""
+"""Settings read from the environment; a bad or missing value is one clear line (each value's
+reader is in ``bot.setting_parsers``)."""
 
 from __future__ import annotations
 
 import ipaddress
-import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import SplitResult, quote, unquote, urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bot.redaction import password_forms, redact_url
+from bot.setting_parsers import (
+    SettingsError,
+    host_name,
+    http_url,
+    read_allowance,
+    read_flag,
+    read_int,
+    read_optional_int,
+    read_snowflake,
+    read_snowflakes,
+    read_text,
+    read_timezone,
+)
 
 SANDBOX = "sandbox"
 DEFAULT_API_BASE_URL = "https://api.midapi.ai"
@@ -22,9 +34,6 @@ VENDOR_RESULT_HOSTS = (
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMATS = ("text", "json")
 UPSCALE_ALLOWED = ("anyone", "requester")
-UNLIMITED = "unlimited"
-# Above this an allowance is a typo, not a plan: nobody means a billion a day.
-ALLOWANCE_MAX = 1_000_000
 
 
 # Hosts whose disk is wiped at every restart or deploy, known by a variable each sets in its
@@ -39,10 +48,6 @@ EPHEMERAL_DISK_PLATFORMS = (
 
 # Far above what any bot needs (Discord asks for one shard per 1,000 to 2,500 servers).
 MAX_SHARDS = 4096
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it and what is expected."""
 
 
 @dataclass(frozen=True)
@@ -107,147 +112,8 @@ class Settings:
         )
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password, for log lines."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "(unparseable URL)"
-    if password is None:
-        return url
-    netloc = parts.netloc.replace(f":{password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
-
-
-def _text(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name, "").strip()
-    return value or None
-
-
-def _split(name: str, value: str) -> SplitResult:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise SettingsError(f"{name} is not a valid URL, got {value!r}") from None
-    return parts
-
-
-def _http_url(name: str, value: str) -> str:
-    parts = _split(name, value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(
-            f"{name} must be an http(s) URL such as https://example.com, got {value!r}"
-        )
-    if parts.query or parts.fragment:
-        raise SettingsError(f"{name} must not carry a query or fragment, got {value!r}")
-    return value.rstrip("/")
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(
-            f"{name} must be a whole number from {low} to {high}, got {raw!r}"
-        ) from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
-    return value
-
-
-def _snowflake(env: Mapping[str, str], name: str, what: str = "server") -> int | None:
-    raw = _text(env, name)
-    if raw is None:
-        return None
-    if not _is_snowflake(raw):
-        raise SettingsError(f"{name} must be a Discord {what} id (digits only), got {raw!r}")
-    return int(raw)
-
-
-def _is_snowflake(raw: str) -> bool:
-    return raw.isdecimal() and raw.isascii() and 15 <= len(raw) <= 21
-
-
-def _snowflakes(env: Mapping[str, str], name: str, what: str) -> frozenset[int]:
-    raw = _text(env, name)
-    if raw is None:
-        return frozenset()
-    parts = [part.strip() for part in raw.split(",") if part.strip()]
-    bad = [part for part in parts if not _is_snowflake(part)]
-    if bad:
-        raise SettingsError(
-            f"{name} must be Discord {what} ids (digits only) separated by commas, got {bad[0]!r}"
-        )
-    return frozenset(int(part) for part in parts)
-
-
-def parse_allowance(name: str, value: str) -> int | None:
-    """A daily allowance as an owner or admin writes it: a whole number, or "unlimited" (None).
-    The one reading for the settings and for /mj limit; ValueError names ``name``."""
-    text = value.strip().lower()
-    if text == UNLIMITED:
-        return None
-    if not (text.isascii() and text.isdecimal()) or int(text) > ALLOWANCE_MAX:
-        raise ValueError(
-            f"{name} must be a whole number from 0 to {ALLOWANCE_MAX} or {UNLIMITED}, "
-            f"not {value[:40]!r}"
-        )
-    return int(text)
-
-
-def _allowance(env: Mapping[str, str], name: str, default: int | None) -> int | None:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        return parse_allowance(name, raw)
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
-
-
-def _timezone(env: Mapping[str, str], name: str) -> str:
-    raw = _text(env, name) or "UTC"
-    try:
-        ZoneInfo(raw)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise SettingsError(
-            f"{name} must be an IANA time zone name such as UTC or Europe/Berlin, got {raw!r}"
-        ) from None
-    return raw
-
-
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise SettingsError(f"{name} must be true or false (or 1/0, yes/no), got {raw!r}")
-
-
-def _host_name(name: str, raw: str) -> str:
-    host = raw.strip().lower()
-    if "://" in host:
-        host = _split(name, host).hostname or ""
-    # An IPv6 address is written in brackets in URLs, but a URL's host name comes without them.
-    host = host.removeprefix("[").removesuffix("]")
-    if not host or any(ch in host for ch in "/ @?#"):
-        raise SettingsError(f"{name} must be a comma-separated list of host names, got {raw!r}")
-    return host
-
-
 def load_settings(env: Mapping[str, str]) -> Settings:
-    token = _text(env, "DISCORD_TOKEN")
+    token = read_text(env, "DISCORD_TOKEN")
     if token is None:
         raise SettingsError(
             "DISCORD_TOKEN is required: the bot token from the Discord developer portal"
@@ -257,24 +123,24 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "DISCORD_TOKEN does not look like a bot token (copy it again from the portal)"
         )
 
-    base = _text(env, "MJ_API_BASE_URL") or DEFAULT_API_BASE_URL
+    base = read_text(env, "MJ_API_BASE_URL") or DEFAULT_API_BASE_URL
     if base.lower() == SANDBOX:
         base = SANDBOX
     else:
-        base = _http_url("MJ_API_BASE_URL", base)
+        base = http_url("MJ_API_BASE_URL", base)
 
-    api_key = _text(env, "MJ_API_KEY")
+    api_key = read_text(env, "MJ_API_KEY")
     if api_key is None and base != SANDBOX:
         raise SettingsError(
             "MJ_API_KEY is required: the API key from midapi.ai or kie.ai "
             "(or set MJ_API_BASE_URL=sandbox to try the bot without one)"
         )
 
-    public_url = _text(env, "PUBLIC_URL")
+    public_url = read_text(env, "PUBLIC_URL")
     if public_url is not None:
-        public_url = _http_url("PUBLIC_URL", public_url)
+        public_url = http_url("PUBLIC_URL", public_url)
 
-    host = _text(env, "HOST") or "0.0.0.0"
+    host = read_text(env, "HOST") or "0.0.0.0"
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -283,7 +149,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
                 f"HOST must be an IP address to bind, such as 0.0.0.0, got {host!r}"
             ) from None
 
-    database_url = _text(env, "DATABASE_URL") or DEFAULT_DATABASE_URL
+    database_url = read_text(env, "DATABASE_URL") or DEFAULT_DATABASE_URL
     scheme = database_url.split("://", 1)[0].lower() if "://" in database_url else ""
     if scheme.split("+", 1)[0] not in ("sqlite", "postgresql", "postgres"):
         raise SettingsError(
@@ -291,25 +157,25 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "postgresql://user:pass@host/db, "
             f"got {redact_url(database_url)!r}"
         )
-    if scheme.startswith("sqlite") and not _flag(env, "SQLITE_ON_EPHEMERAL_DISK"):
+    if scheme.startswith("sqlite") and not read_flag(env, "SQLITE_ON_EPHEMERAL_DISK"):
         _refuse_ephemeral_disk(env)
 
-    extra_hosts = _text(env, "MJ_RESULT_HOSTS")
+    extra_hosts = read_text(env, "MJ_RESULT_HOSTS")
     result_hosts = list(VENDOR_RESULT_HOSTS)
     if extra_hosts is not None:
         for raw in extra_hosts.split(","):
             if raw.strip():
-                result_hosts.append(_host_name("MJ_RESULT_HOSTS", raw))
+                result_hosts.append(host_name("MJ_RESULT_HOSTS", raw))
 
-    level = (_text(env, "LOG_LEVEL") or "INFO").upper()
+    level = (read_text(env, "LOG_LEVEL") or "INFO").upper()
     if level not in LOG_LEVELS:
         raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
 
-    log_format = (_text(env, "LOG_FORMAT") or "text").lower()
+    log_format = (read_text(env, "LOG_FORMAT") or "text").lower()
     if log_format not in LOG_FORMATS:
         raise SettingsError(f"LOG_FORMAT must be {' or '.join(LOG_FORMATS)}, got {log_format!r}")
 
-    timeout_raw = _text(env, "JOB_TIMEOUT_MINUTES")
+    timeout_raw = read_text(env, "JOB_TIMEOUT_MINUTES")
     timeout = 15.0
     if timeout_raw is not None:
         try:
@@ -322,26 +188,26 @@ def load_settings(env: Mapping[str, str]) -> Settings:
                 f"got {timeout_raw!r}"
             )
 
-    allowed = (_text(env, "UPSCALE_ALLOWED") or "anyone").lower()
+    allowed = (read_text(env, "UPSCALE_ALLOWED") or "anyone").lower()
     if allowed not in UPSCALE_ALLOWED:
         raise SettingsError(
             f"UPSCALE_ALLOWED must be {' or '.join(UPSCALE_ALLOWED)}, got {allowed!r}"
         )
 
-    vary_base = (_text(env, "MJ_VARY_INDEX_BASE") or "auto").lower()
+    vary_base = (read_text(env, "MJ_VARY_INDEX_BASE") or "auto").lower()
     if vary_base not in ("auto", "0", "1"):
         raise SettingsError(
             "MJ_VARY_INDEX_BASE must be auto, 0 (V1 is imageIndex 0) or 1 (V1 is imageIndex 1), "
             f"got {vary_base!r}"
         )
 
-    shard_count = _optional_int(env, "SHARD_COUNT", 1, MAX_SHARDS)
+    shard_count = read_optional_int(env, "SHARD_COUNT", 1, MAX_SHARDS)
     shard_ids = _shard_ids(env, shard_count)
-    shards_per_process = _optional_int(env, "SHARDS_PER_PROCESS", 1, MAX_SHARDS)
+    shards_per_process = read_optional_int(env, "SHARDS_PER_PROCESS", 1, MAX_SHARDS)
 
-    hmac_key = _text(env, "MJ_WEBHOOK_HMAC_KEY")
+    hmac_key = read_text(env, "MJ_WEBHOOK_HMAC_KEY")
     # PGPASSWORD: asyncpg's password when the URL has none (compose.scaling.yaml).
-    passwords = (*_password_forms(database_url), env.get("PGPASSWORD"))
+    passwords = (*password_forms(database_url), env.get("PGPASSWORD"))
     secrets = tuple(s for s in (token, api_key, hmac_key, *passwords) if s)
     return Settings(
         discord_token=token,
@@ -349,32 +215,32 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         mj_api_base_url=base,
         public_url=public_url,
         host=host,
-        port=_int(env, "PORT", 8080, 1, 65535),
+        port=read_int(env, "PORT", 8080, 1, 65535),
         database_url=database_url,
         webhook_hmac_key=hmac_key,
         result_hosts=tuple(dict.fromkeys(result_hosts)),
-        watermark=_text(env, "MJ_WATERMARK"),
-        guild_id=_snowflake(env, "DISCORD_GUILD_ID"),
+        watermark=read_text(env, "MJ_WATERMARK"),
+        guild_id=read_snowflake(env, "DISCORD_GUILD_ID"),
         log_level=level,
         log_format=log_format,
         job_timeout_minutes=timeout,
-        max_jobs_per_user=_int(env, "MAX_JOBS_PER_USER", 3, 1, 1000),
+        max_jobs_per_user=read_int(env, "MAX_JOBS_PER_USER", 3, 1, 1000),
         upscale_allowed=allowed,
-        submit_rate=_int(env, "MJ_SUBMIT_RATE", 20, 1, 1000),
+        submit_rate=read_int(env, "MJ_SUBMIT_RATE", 20, 1, 1000),
         vary_index_base=None if vary_base == "auto" else int(vary_base),
-        queue_limit=_int(env, "QUEUE_LIMIT", 100, 0, 100_000),
-        metrics_enabled=_flag(env, "METRICS_ENABLED"),
-        admin_channel_id=_snowflake(env, "ADMIN_CHANNEL_ID", "channel"),
-        low_credit_threshold=_int(env, "LOW_CREDIT_THRESHOLD", 100, 0, 1_000_000_000),
-        daily_imagines_per_user=_allowance(env, "DAILY_IMAGINES_PER_USER", 20),
-        daily_upscales_per_user=_allowance(env, "DAILY_UPSCALES_PER_USER", 40),
-        daily_jobs_per_server=_allowance(env, "DAILY_JOBS_PER_SERVER", None),
-        quota_timezone=_timezone(env, "QUOTA_TIMEZONE"),
-        daily_credit_budget=_allowance(env, "DAILY_CREDIT_BUDGET", None),
-        owner_ids=_snowflakes(env, "OWNER_IDS", "user"),
-        allowed_guild_ids=_snowflakes(env, "ALLOWED_GUILD_IDS", "server"),
-        daily_credits_per_server=_allowance(env, "DAILY_CREDITS_PER_SERVER", None),
-        grid_reposts_per_hour=_allowance(env, "GRID_REPOSTS_PER_HOUR", 10),
+        queue_limit=read_int(env, "QUEUE_LIMIT", 100, 0, 100_000),
+        metrics_enabled=read_flag(env, "METRICS_ENABLED"),
+        admin_channel_id=read_snowflake(env, "ADMIN_CHANNEL_ID", "channel"),
+        low_credit_threshold=read_int(env, "LOW_CREDIT_THRESHOLD", 100, 0, 1_000_000_000),
+        daily_imagines_per_user=read_allowance(env, "DAILY_IMAGINES_PER_USER", 20),
+        daily_upscales_per_user=read_allowance(env, "DAILY_UPSCALES_PER_USER", 40),
+        daily_jobs_per_server=read_allowance(env, "DAILY_JOBS_PER_SERVER", None),
+        quota_timezone=read_timezone(env, "QUOTA_TIMEZONE"),
+        daily_credit_budget=read_allowance(env, "DAILY_CREDIT_BUDGET", None),
+        owner_ids=read_snowflakes(env, "OWNER_IDS", "user"),
+        allowed_guild_ids=read_snowflakes(env, "ALLOWED_GUILD_IDS", "server"),
+        daily_credits_per_server=read_allowance(env, "DAILY_CREDITS_PER_SERVER", None),
+        grid_reposts_per_hour=read_allowance(env, "GRID_REPOSTS_PER_HOUR", 10),
         shard_count=shard_count,
         shard_ids=shard_ids,
         shards_per_process=shards_per_process,
@@ -394,28 +260,9 @@ def _refuse_ephemeral_disk(env: Mapping[str, str]) -> None:
             )
 
 
-def _password_forms(url: str) -> tuple[str, ...]:
-    """The URL's password as written in it, decoded, and encoded again: a driver's error or a
-    logged URL may carry any of them."""
-    try:
-        written = urlsplit(url).password
-    except ValueError:
-        return ()
-    if not written:
-        return ()
-    plain = unquote(written)
-    return tuple(dict.fromkeys((written, plain, quote(plain, safe=""))))
-
-
-def _optional_int(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    if _text(env, name) is None:
-        return None
-    return _int(env, name, low, low, high)
-
-
 def _shard_ids(env: Mapping[str, str], shard_count: int | None) -> tuple[int, ...] | None:
     """SHARD_IDS: shard numbers and ranges, ``0,2,4-7``; they need SHARD_COUNT to mean anything."""
-    raw = _text(env, "SHARD_IDS")
+    raw = read_text(env, "SHARD_IDS")
     if raw is None:
         return None
     if shard_count is None:
@@ -435,47 +282,3 @@ def _shard_ids(env: Mapping[str, str], shard_count: int | None) -> tuple[int, ..
             )
         ids.extend(range(first, last + 1))
     return tuple(sorted(set(ids)))
-
-
-# A path separator, also percent-encoded (a URL quoted inside another, a query string).
-_SEP = r"(?:/|%2[Ff])"
-# One path segment, as far as it can run in a URL.
-_SEGMENT = r"[^/%\s\"'<>?#&]+(?:%(?!2[Ff])[^/%\s\"'<>?#&]*)*"
-# Secrets made per job or per click, which no list of settings can hold: the callback path's
-# secret, Discord's webhook and interaction tokens (discord.py logs its routes at debug
-# level), and any password in a URL's user info.
-_PATTERNS = (
-    (re.compile(rf"({_SEP}callbacks{_SEP}midjourney{_SEP}){_SEGMENT}"), r"\1***"),
-    (re.compile(rf"({_SEP}webhooks{_SEP}\d+{_SEP}){_SEGMENT}"), r"\1***"),
-    (re.compile(rf"({_SEP}interactions{_SEP}\d+{_SEP}){_SEGMENT}"), r"\1***"),
-    (re.compile(r"(\b[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1***@"),
-)
-
-
-class RedactingFilter(logging.Filter):
-    """Blanks out the configured secrets, and the per-job secrets of known URL shapes,
-    wherever a log record would carry them."""
-
-    def __init__(self, secrets: tuple[str, ...]) -> None:
-        super().__init__()
-        # Shorter values would blank ordinary words.
-        self._secrets = tuple(s for s in secrets if len(s) >= 6)
-
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = self._redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        if record.exc_info and not record.exc_text:
-            # Formatters reuse exc_text when it is set, so the traceback is redacted too.
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self._redact(record.exc_text)
-        return True

@@ -21,7 +21,7 @@ import aiohttp
 import discord
 
 from bot import status
-from bot.config import Settings, redact_url
+from bot.config import Settings
 from bot.credits import CreditWatch
 from bot.delivery.fetch import ImageFetcher
 from bot.delivery.publisher import DiscordPublisher
@@ -38,6 +38,7 @@ from bot.jobs.types import CALLBACK_PATH, PollPolicy, TrackerSettings
 from bot.metrics import Metrics
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.sandbox import SandboxAPI
+from bot.redaction import redact_url
 from bot.selfcheck import SelfCheck
 from bot.web import Listener
 

@@ -10,9 +10,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.config import parse_allowance
 from bot.jobs.servers import ServerRules
 from bot.jobs.spending import Spending
+from bot.setting_parsers import parse_allowance
 from cogs.interactions import member_role_ids, role_ids, tell
 
 ONLY_ADMINS = "❌ Only members who can manage the server may {what}."

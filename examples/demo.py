@@ -26,9 +26,10 @@ from datetime import datetime
 from pathlib import Path
 
 from bot.app import App
-from bot.config import RedactingFilter, Settings, load_settings
+from bot.config import Settings, load_settings
 from bot.logs import make_formatter
 from bot.midjourney.sandbox import SandboxAPI
+from bot.redaction import RedactingFilter
 
 try:
     from tests.fakes.discord_double import (

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import RedactingFilter, SettingsError, load_settings, redact_url
+from bot.config import load_settings
+from bot.redaction import RedactingFilter, redact_url
+from bot.setting_parsers import SettingsError
 
 # Distinctive values, so a leak is found by a plain substring search.
 TOKEN = "MTIzNDU2Nzg5MDEy.Gx7-Tk.discord-token-S3CRET-0123456789"

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from bot.config import RedactingFilter
 from bot.grid import reroll_custom_id
 from bot.jobs.store import JobState
 from bot.logs import JsonFormatter, make_formatter
+from bot.redaction import RedactingFilter
 from tests.harness import Harness, click, grid_task, imagine, result_for
 from tests.test_config import SETTING_NAMES
 

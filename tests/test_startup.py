@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import SettingsError, load_settings
+from bot.config import load_settings
+from bot.setting_parsers import SettingsError
 from tests.fakes.cluster import free_port
 from tests.jobs.conftest import POSTGRES_URL
 from tests.test_config import API_KEY, DB_PASSWORD, MINIMAL, TOKEN, run_bot
