@@ -43,11 +43,12 @@ class Context:
     # Jobs a start of this process has in hand, from before their INSERT to the end of
     # `Intake.start`: by callback secret, which is known before the store makes the job's id.
     # The sweep leaves them, and watched ones, alone.
-    in_hand: set[str] = field(default_factory=set)
-    closing: bool = False
+    in_hand: set[str] = field(default_factory=set, init=False)
+    closing: bool = field(default=False, init=False)
     # Steps that must not be cut off by a shutdown: a paid call awaiting its answer, a post.
-    _busy_steps: int = 0
-    quiet: asyncio.Event = field(default_factory=asyncio.Event)
+    busy_steps: int = field(default=0, init=False)
+    # Set while no such step runs: what a shutdown's grace waits for.
+    quiet: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def __post_init__(self) -> None:
         self.quiet.set()
@@ -68,11 +69,11 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def busy(self) -> AsyncIterator[None]:
-        self._busy_steps += 1
+        self.busy_steps += 1
         self.quiet.clear()
         try:
             yield
         finally:
-            self._busy_steps -= 1
-            if self._busy_steps == 0:
+            self.busy_steps -= 1
+            if self.busy_steps == 0:
                 self.quiet.set()
