@@ -19,9 +19,10 @@ from zoneinfo import ZoneInfo
 
 from bot.jobs import texts
 from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
+from bot.jobs.kinds.registry import kind_named
 from bot.jobs.ledger import GENERATION, KEEP, UPSCALE, CreditDay, Ledger, LimitRow
 from bot.jobs.servers import ServerRules, Servers
-from bot.jobs.tables import UNLIMITED_ROW, JobKind
+from bot.jobs.tables import UNLIMITED_ROW
 from bot.jobs.types import NotServed, Refused
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ UPSCALE_COST = 2
 TOP_USERS = 5
 
 
-def category_of(kind: JobKind) -> str:
-    """What a job counts as: anything that makes a new grid is a generation."""
-    return UPSCALE if kind is JobKind.UPSCALE else GENERATION
+def category_of(kind: str) -> str:
+    """What a job of ``kind`` counts as (its kind's cost category)."""
+    return kind_named(kind).category.name
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class Spending:
         return rules
 
     async def quota(
-        self, kind: JobKind, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
+        self, kind: str, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
     ) -> Quota:
         """The limits a request must stay within; raises NotServed where the bot spends
         nothing."""
@@ -174,7 +175,7 @@ class Spending:
     def _budget(day: Day, credits: int) -> Budget:
         return Budget(day.key, credits, GENERATION_COST, UPSCALE_COST)
 
-    def refusal(self, exc: OverQuota | TooManyJobs, kind: JobKind, requester_id: int) -> Refused:
+    def refusal(self, exc: OverQuota | TooManyJobs, kind: str, requester_id: int) -> Refused:
         """What the requester is told for a limit that refused their request."""
         if isinstance(exc, TooManyJobs):
             return Refused(texts.too_many_running(exc.limit))
@@ -187,7 +188,7 @@ class Spending:
         )
         return Refused(self._refused(exc, kind), whole=True)
 
-    def _refused(self, exc: OverQuota, kind: JobKind) -> str:
+    def _refused(self, exc: OverQuota, kind: str) -> str:
         day = self.today()
         more = f"more <t:{int(day.end)}:R>"
         if exc.which == "budget":
