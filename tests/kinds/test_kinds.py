@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bot.jobs.categories import CATEGORIES, GENERATION, UPSCALE, category_named
 from bot.jobs.kinds import (
     Button,
     Call,
@@ -25,7 +26,6 @@ from bot.jobs.kinds import (
     register,
     unregister,
 )
-from bot.jobs.kinds.categories import CATEGORIES, GENERATION, UPSCALE, category_named
 from bot.jobs.kinds.use import ParentUse
 from bot.jobs.store import Job, JobKind, JobState
 from bot.jobs.vary_index import Sent, VaryIndex

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar
 
-from bot.jobs.kinds.categories import CostCategory
+from bot.jobs.categories import CostCategory
 from bot.jobs.tables import JobState
 from bot.midjourney.models import GRID_SIZE, TASK_ID_PATTERN, Task, is_task_id
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bot.jobs.categories import GENERATION
 from bot.jobs.kinds.base import Call, Kind, Pieces, Product, owner_mention
-from bot.jobs.kinds.categories import GENERATION
 from bot.jobs.kinds.registry import register
 from bot.jobs.vary_index import Sent
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bot.jobs.categories import GENERATION
 from bot.jobs.kinds.base import (
     Button,
     Call,
@@ -15,7 +16,6 @@ from bot.jobs.kinds.base import (
     Product,
     owner_mention,
 )
-from bot.jobs.kinds.categories import GENERATION
 from bot.jobs.kinds.imagine import generate
 from bot.jobs.kinds.registry import register
 from bot.jobs.vary_index import Sent

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bot.jobs.categories import UPSCALE
 from bot.jobs.kinds.base import Button, Call, Dedupe, Hold, Kind, Per, Pieces, Product
-from bot.jobs.kinds.categories import UPSCALE
 from bot.jobs.kinds.registry import register
 from bot.jobs.vary_index import Sent
 

@@ -6,8 +6,8 @@ import functools
 from typing import TYPE_CHECKING
 
 from bot.jobs import texts
+from bot.jobs.categories import GENERATION
 from bot.jobs.kinds.base import Button, Call, Dedupe, Hold, Kind, Per, Pieces, Product
-from bot.jobs.kinds.categories import GENERATION
 from bot.jobs.kinds.registry import register
 from bot.jobs.vary_index import Sent
 

@@ -1,7 +1,8 @@
 """Cost categories as data: what a job counts against (a daily allowance per member, the
 credits it is taken to cost). Each category names its stored value (``allowance_uses.category``),
 its ``/mj limit`` option, its setting, and its columns in ``allowance_limits`` and
-``credit_days``; the tables, the ledger, admission and the admin commands read them from here."""
+``credit_days``. The tables, the ledger, admission, allowances and their words read them from
+here; a kind of job (bot.jobs.kinds) names the category it counts against."""
 
 from __future__ import annotations
 
