@@ -1,5 +1,6 @@
-"""The buttons under a grid, as on Midjourney's own bot: ``U1 U2 U3 U4 🔄`` and ``V1 V2 V3 V4``;
-their custom_id encoding and the view that carries them.
+"""The buttons under a posted result, as the kinds of job declare them (bot.jobs.kinds): under a
+grid, as on Midjourney's own bot, ``U1 U2 U3 U4 🔄`` and ``V1 V2 V3 V4``; the built-in ones'
+custom_ids, the views that carry them, and whose grid a message is.
 
 All the state a click needs lives in the custom_id (the grid's task and the image number), so
 buttons on grids posted before a restart keep working without any memory of them; grids posted
@@ -13,7 +14,6 @@ import re
 import discord
 
 from bot.jobs.kinds import Button, Kind, Product, buttons_under, kind_named
-from bot.jobs.kinds.base import CUSTOM_ID_LIMIT as CUSTOM_ID_LIMIT
 from bot.jobs.kinds.base import owner_mention as owner_mention
 from bot.jobs.kinds.use import ParentUse
 from bot.jobs.store import GridUse
@@ -33,7 +33,6 @@ _REROLL = _button_of("reroll")
 UPSCALE_TEMPLATE = _UPSCALE.template
 VARY_TEMPLATE = _VARY.template
 REROLL_TEMPLATE = _REROLL.template
-REROLL_LABEL = _REROLL.label
 
 
 def upscale_custom_id(task_id: str, number: int) -> str:

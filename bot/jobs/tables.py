@@ -19,8 +19,6 @@ class JobKind(StrEnum):
     REROLL = "reroll"
 
 
-# Kinds whose result is a grid of four, posted with the grid's buttons.
-GRID_KINDS = frozenset((JobKind.IMAGINE, JobKind.VARY, JobKind.REROLL))
 # Kinds started from a button (or /upscale) under an existing grid.
 GRID_BUTTON_KINDS = frozenset((JobKind.UPSCALE, JobKind.VARY, JobKind.REROLL))
 
