@@ -1,5 +1,6 @@
-"""The buttons under a grid, as on Midjourney's own bot: ``U1 U2 U3 U4 🔄`` and ``V1 V2 V3 V4``;
-their custom_id encoding and the view that carries them.
+"""The buttons under a posted result, as the kinds of job declare them (bot.jobs.kinds): under a
+grid, as on Midjourney's own bot, ``U1 U2 U3 U4 🔄`` and ``V1 V2 V3 V4``; the built-in ones'
+custom_ids, the views that carry them, and whose grid a message is.
 
 All the state a click needs lives in the custom_id (the grid's task and the image number), so
 buttons on grids posted before a restart keep working without any memory of them; grids posted
@@ -12,51 +13,49 @@ import re
 
 import discord
 
+from bot.jobs.kinds import Button, Kind, Product, buttons_under, kind_named
+from bot.jobs.kinds.base import owner_mention as owner_mention
+from bot.jobs.kinds.use import ParentUse
 from bot.jobs.store import GridUse
-from bot.midjourney.models import GRID_SIZE, TASK_ID_PATTERN, is_task_id
+from bot.midjourney.models import GRID_SIZE
 
-# Discord refuses custom_ids over 100 characters; prefix + 64-char task id + ":n" stays at 71.
-UPSCALE_TEMPLATE = rf"mju:(?P<task>{TASK_ID_PATTERN}):(?P<n>[1-{GRID_SIZE}])"
-VARY_TEMPLATE = rf"mjv:(?P<task>{TASK_ID_PATTERN}):(?P<n>[1-{GRID_SIZE}])"
-REROLL_TEMPLATE = rf"mjr:(?P<task>{TASK_ID_PATTERN})"
-_UPSCALE_RE = re.compile(UPSCALE_TEMPLATE)
-CUSTOM_ID_LIMIT = 100
-REROLL_LABEL = "🔄"
+
+def _button_of(name: str) -> Button:
+    button = kind_named(name).button
+    assert button is not None, f"{name} has no button"
+    return button
+
+
+# The built-in buttons of a grid, which /upscale, the tests and the benchmarks name.
+_UPSCALE = _button_of("upscale")
+_VARY = _button_of("vary")
+_REROLL = _button_of("reroll")
+UPSCALE_TEMPLATE = _UPSCALE.template
+VARY_TEMPLATE = _VARY.template
+REROLL_TEMPLATE = _REROLL.template
 
 
 def upscale_custom_id(task_id: str, number: int) -> str:
     """custom_id of button U``number`` (1–4) under the grid of ``task_id``."""
-    return _custom_id("mju", task_id, number)
+    return _UPSCALE.custom_id(task_id, number)
 
 
 def vary_custom_id(task_id: str, number: int) -> str:
     """custom_id of button V``number`` (1–4) under the grid of ``task_id``."""
-    return _custom_id("mjv", task_id, number)
+    return _VARY.custom_id(task_id, number)
 
 
 def reroll_custom_id(task_id: str) -> str:
     """custom_id of the 🔄 button under the grid of ``task_id``."""
-    return _custom_id("mjr", task_id, None)
-
-
-def _custom_id(prefix: str, task_id: str, number: int | None) -> str:
-    if not is_task_id(task_id):
-        raise ValueError(f"not a task id: {task_id!r}")
-    if number is None:
-        return f"{prefix}:{task_id}"
-    if type(number) is not int or not 1 <= number <= GRID_SIZE:
-        raise ValueError(f"button {number} does not exist; they are numbered 1 to {GRID_SIZE}")
-    custom_id = f"{prefix}:{task_id}:{number}"
-    assert len(custom_id) <= CUSTOM_ID_LIMIT
-    return custom_id
+    return _REROLL.custom_id(task_id)
 
 
 def parse_upscale_custom_id(custom_id: str) -> tuple[str, int] | None:
     """(task id, image index 0–3) of a U-button's custom_id, or None if it is not one."""
-    match = _UPSCALE_RE.fullmatch(custom_id)
-    if match is None:
+    parsed = _UPSCALE.parse(custom_id)
+    if parsed is None or parsed[1] is None:
         return None
-    return match["task"], number_to_index(int(match["n"]))
+    return parsed[0], parsed[1]
 
 
 def number_to_index(number: int) -> int:
@@ -73,11 +72,6 @@ _OWNER_RE = re.compile(
 )
 
 
-def owner_mention(user_id: int) -> str:
-    """How a grid message's first line ends: the mention of whom the grid was made for."""
-    return f" - <@{user_id}>"
-
-
 def grid_owner(content: str) -> int | None:
     """Whom a grid message (one this bot posted) was made for, or None if it does not say."""
     match = _OWNER_RE.search(content.split("\n", 1)[0])
@@ -90,44 +84,80 @@ def may_upscale(policy: str, user_id: int, owner_id: int | None, *, manages: boo
     return policy == "anyone" or manages or (owner_id is not None and user_id == owner_id)
 
 
+def kind_button(
+    kind: Kind, task_id: str, number: int | None, *, done: bool = False
+) -> discord.ui.Button[discord.ui.View]:
+    """``kind``'s button (number 1–4 for a button per image) under the result of ``task_id``."""
+    button = kind.button
+    assert button is not None, f"{kind.name} has no button"
+    return discord.ui.Button(
+        label=button.label_of(number),
+        custom_id=button.custom_id(task_id, number),
+        style=discord.ButtonStyle.success if done else discord.ButtonStyle.secondary,
+        row=button.row,
+    )
+
+
 def upscale_button(
     task_id: str, number: int, *, done: bool = False
 ) -> discord.ui.Button[discord.ui.View]:
-    return _button(f"U{number}", upscale_custom_id(task_id, number), done, row=0)
+    return kind_button(kind_named("upscale"), task_id, number, done=done)
 
 
 def vary_button(
     task_id: str, number: int, *, done: bool = False
 ) -> discord.ui.Button[discord.ui.View]:
-    return _button(f"V{number}", vary_custom_id(task_id, number), done, row=1)
+    return kind_button(kind_named("vary"), task_id, number, done=done)
 
 
 def reroll_button(task_id: str, *, done: bool = False) -> discord.ui.Button[discord.ui.View]:
-    return _button(REROLL_LABEL, reroll_custom_id(task_id), done, row=0)
+    return kind_button(kind_named("reroll"), task_id, None, done=done)
 
 
-def _button(label: str, custom_id: str, done: bool, row: int) -> discord.ui.Button[discord.ui.View]:
-    return discord.ui.Button(
-        label=label,
-        custom_id=custom_id,
-        style=discord.ButtonStyle.success if done else discord.ButtonStyle.secondary,
-        row=row,
-    )
+def parent_use(use: GridUse | ParentUse | None) -> ParentUse:
+    """The generic shape of what was asked of a parent. The store's ``grid_use`` still answers
+    with ``GridUse``'s three fields; the wiring of issue 22 makes it answer a ``ParentUse``, and
+    this adapter goes."""
+    if use is None:
+        return ParentUse()
+    if isinstance(use, ParentUse):
+        return use
+    asked: set[tuple[str, int | None]] = {("upscale", i) for i in use.upscaled}
+    asked |= {("vary", i) for i in use.varied}
+    if use.rerolled:
+        asked.add(("reroll", None))
+    return ParentUse(frozenset(asked))
 
 
-class GridButtons(discord.ui.View):
-    """Both rows of one grid; the buttons ``use`` names are shown green."""
+class ResultButtons(discord.ui.View):
+    """The buttons of every kind declared under a posted result of ``product``; those ``use``
+    names are shown green (if their kind turns green)."""
 
-    def __init__(self, task_id: str, use: GridUse | None = None) -> None:
-        use = use or GridUse()
+    def __init__(
+        self, task_id: str, product: Product, use: GridUse | ParentUse | None = None
+    ) -> None:
+        asked = parent_use(use)
         super().__init__(timeout=None)
-        for number in range(1, GRID_SIZE + 1):
-            self.add_item(upscale_button(task_id, number, done=number - 1 in use.upscaled))
-        self.add_item(reroll_button(task_id, done=use.rerolled))
-        for number in range(1, GRID_SIZE + 1):
-            self.add_item(vary_button(task_id, number, done=number - 1 in use.varied))
+        for kind in buttons_under(product):
+            assert kind.button is not None
+            for number in kind.button.numbers():
+                index = None if number is None else number - 1
+                done = kind.button.turns_green and asked.has(kind.name, index)
+                self.add_item(kind_button(kind, task_id, number, done=done))
 
     def is_dispatchable(self) -> bool:
         # Clicks are dispatched to the DynamicItems of cogs/grid_buttons.py, which survive restarts;
         # if discord.py stored this view, its inert buttons would swallow the clicks instead.
         return False
+
+
+class GridButtons(ResultButtons):
+    """Both rows of one grid; the buttons ``use`` names are shown green."""
+
+    def __init__(self, task_id: str, use: GridUse | ParentUse | None = None) -> None:
+        super().__init__(task_id, Product.GRID, use)
+
+
+def result_buttons(task_id: str, product: Product) -> ResultButtons | None:
+    """The buttons under a newly posted result of ``product``; None when no kind has one."""
+    return ResultButtons(task_id, product) if buttons_under(product) else None

@@ -26,6 +26,7 @@ from bot.credits import CreditWatch
 from bot.delivery.fetch import ImageFetcher
 from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
+from bot.jobs.allowances import by_option
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.leases import LEASE_SECONDS, new_owner
 from bot.jobs.pace import SharedPace
@@ -236,8 +237,8 @@ async def open_services(
         spending = Spending(
             store.ledger,
             Rules(
-                imagines=settings.daily_imagines_per_user,
-                upscales=settings.daily_upscales_per_user,
+                # Each cost category's setting, DAILY_IMAGINES_PER_USER → daily_imagines_per_user.
+                **by_option(lambda c: getattr(settings, c.setting.lower())),
                 server_jobs=settings.daily_jobs_per_server,
                 budget=settings.daily_credit_budget,
                 timezone=settings.quota_timezone,

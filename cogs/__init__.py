@@ -9,10 +9,10 @@ from bot.delivery.texts import one_line
 from bot.metrics import recorder
 from bot.services import Services
 from cogs.admin import AdminCog
+from cogs.buttons import ButtonsCog
 from cogs.imagine import ImagineCog
 from cogs.interactions import on_command_error
 from cogs.upscale import UpscaleCog
-from cogs.variations import VariationCog
 
 
 async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Services) -> None:
@@ -20,12 +20,11 @@ async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Servic
     metrics = recorder(services.metrics)
     bot.tree.error(on_command_error)
     await bot.add_cog(
-        UpscaleCog(
-            bot, services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics
-        )
+        UpscaleCog(services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics)
     )
+    # Every kind registered by now gets its button (the built-in ones, a test's).
     await bot.add_cog(
-        VariationCog(
+        ButtonsCog(
             bot, services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics
         )
     )

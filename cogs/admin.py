@@ -83,6 +83,8 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
             text += "\n" + await self._spending.budget_usage()
         await tell(interaction, text)
 
+    # One option per cost category (bot.jobs.categories), named as its option: discord.py
+    # makes a command's options from its callback's signature, so a new category adds its own.
     @app_commands.command(name="limit", description="Daily allowance of a role or member")
     @app_commands.describe(
         target="The role or member",

@@ -1,4 +1,5 @@
-"""The buttons under a grid as discord.py DynamicItems (U1–U4, V1–V4, 🔄), and who may click.
+"""The buttons of the registered kinds as discord.py DynamicItems (U1–U4, V1–V4, 🔄 under a
+grid, and any kind's), the one path of a click, and who may click.
 
 discord.py builds one item per click from the custom_id, so buttons on grids posted before a
 restart work; what a click calls comes with the class a cog registers: see ``clickable``.
@@ -8,22 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Self, TypeVar, cast
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 import discord
 
-from bot.grid import (
-    REROLL_TEMPLATE,
-    UPSCALE_TEMPLATE,
-    VARY_TEMPLATE,
-    grid_owner,
-    may_upscale,
-    number_to_index,
-    reroll_button,
-    upscale_button,
-    vary_button,
-)
-from bot.jobs.store import JobKind
+from bot.delivery.texts import jump_url
+from bot.grid import grid_owner, kind_button, may_upscale, number_to_index
+from bot.jobs.kinds import Kind
+from bot.jobs.store import JobKind, JobState
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, Refused
 from cogs.interactions import (
@@ -40,17 +33,16 @@ OnClick = Callable[[discord.Interaction[Any], str, int | None], Awaitable[None]]
 
 
 class _GridItem(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(?!)"):
-    """What the three kinds of button share; its template matches nothing, so only the kinds
-    below are ever registered and dispatched to."""
+    """What every kind's button shares; its template matches nothing, so only the classes
+    ``item_for`` makes are ever registered and dispatched to."""
+
+    kind: ClassVar[Kind]
 
     def __init__(self, task_id: str, image_index: int | None) -> None:
-        super().__init__(self.button(task_id, image_index))
+        number = None if image_index is None else image_index + 1
+        super().__init__(kind_button(self.kind, task_id, number))
         self.task_id = task_id
         self.image_index = image_index
-
-    @staticmethod
-    def button(task_id: str, image_index: int | None) -> discord.ui.Button[Any]:
-        raise NotImplementedError
 
     @classmethod
     async def from_custom_id(
@@ -64,22 +56,23 @@ class _GridItem(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(?!)"
         return cls(match["task"], None if number is None else number_to_index(int(number)))
 
 
-class UpscaleButton(_GridItem, template=UPSCALE_TEMPLATE):
-    @staticmethod
-    def button(task_id: str, image_index: int | None) -> discord.ui.Button[Any]:
-        return upscale_button(task_id, (image_index or 0) + 1)
+_items: dict[str, type[_GridItem]] = {}
 
 
-class VaryButton(_GridItem, template=VARY_TEMPLATE):
-    @staticmethod
-    def button(task_id: str, image_index: int | None) -> discord.ui.Button[Any]:
-        return vary_button(task_id, (image_index or 0) + 1)
-
-
-class RerollButton(_GridItem, template=REROLL_TEMPLATE):
-    @staticmethod
-    def button(task_id: str, image_index: int | None) -> discord.ui.Button[Any]:
-        return reroll_button(task_id)
+def item_for(kind: Kind) -> type[_GridItem]:
+    """The DynamicItem class of ``kind``'s button, matching its custom_ids."""
+    made = _items.get(kind.name)
+    if made is None or made.kind is not kind:
+        assert kind.button is not None, f"{kind.name} has no button"
+        # The template is a class keyword of DynamicItem, so the class is made with type().
+        made = type(
+            f"{kind.name.title()}Button",
+            (_GridItem,),
+            {"kind": kind},
+            template=kind.button.template,
+        )
+        _items[kind.name] = made
+    return made
 
 
 ButtonT = TypeVar("ButtonT", bound=_GridItem)
@@ -143,7 +136,7 @@ async def may_command(
 async def start_on_grid(
     interaction: discord.Interaction[Any],
     tracker: Tracker,
-    kind: JobKind,
+    kind: Kind,
     task_id: str,
     image_index: int | None,
     *,
@@ -162,7 +155,8 @@ async def start_on_grid(
         return None
     try:
         return await tracker.request_on_grid(
-            kind,
+            # The tracker still takes the stored enum; the wiring of issue 22 makes it a Kind.
+            JobKind(kind.name),
             parent_task_id=task_id,
             image_index=image_index,
             requester_id=interaction.user.id,
@@ -175,3 +169,35 @@ async def start_on_grid(
     except Refused as refused:
         await tell(interaction, refused.sentence(lead))
         return None
+
+
+async def start_and_answer(
+    interaction: discord.Interaction[Any],
+    tracker: Tracker,
+    kind: Kind,
+    task_id: str,
+    image_index: int | None,
+    *,
+    grid_message_id: int | None,
+) -> Outcome | None:
+    """``start_on_grid``, and the clicker told of the job their click found running (or
+    delivered): nothing was started again."""
+    number = (image_index or 0) + 1
+    outcome = await start_on_grid(
+        interaction,
+        tracker,
+        kind,
+        task_id,
+        image_index,
+        grid_message_id=grid_message_id,
+        lead=kind.not_started(number),
+    )
+    if outcome is None or outcome.created:
+        return outcome
+    job = outcome.job
+    if job.state is JobState.DELIVERED and job.result_message_id is not None:
+        link = jump_url(job.guild_id, job.channel_id, job.result_message_id)
+        await tell(interaction, kind.already_done(number, link))
+    else:
+        await tell(interaction, kind.already(number, f"<@{job.requester_id}>"))
+    return outcome

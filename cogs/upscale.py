@@ -1,4 +1,5 @@
-"""The U1–U4 buttons (persistent, state in the custom_id) and /upscale."""
+"""/upscale: one image of a grid upscaled, or the grid posted again with its buttons (the
+U-buttons themselves are cogs/buttons.py's, like every kind's)."""
 
 from __future__ import annotations
 
@@ -9,51 +10,23 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery.texts import jump_url
 from bot.grid import number_to_index
-from bot.jobs.store import JobKind, JobState
+from bot.jobs.kinds import kind_named
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
 from bot.midjourney.models import GRID_SIZE, is_task_id
-from cogs.grid_buttons import UpscaleButton, clickable, may_click, may_command, start_on_grid
+from cogs.grid_buttons import may_command, start_and_answer
 from cogs.interactions import acked, cannot_post, tell
 
 
 class UpscaleCog(commands.Cog):
-    def __init__(
-        self,
-        bot: commands.Bot | commands.AutoShardedBot,
-        tracker: Tracker,
-        *,
-        allowed: str,
-        metrics: Recorder,
-    ) -> None:
-        self._bot = bot
+    def __init__(self, tracker: Tracker, *, allowed: str, metrics: Recorder) -> None:
         self._tracker = tracker
         # UPSCALE_ALLOWED: "anyone", or "requester" (the grid's owner and message managers).
         self._allowed = allowed
         self._metrics = metrics
-        self._button = clickable(UpscaleButton, self.clicked)
-
-    async def cog_load(self) -> None:
-        self._bot.add_dynamic_items(self._button)
-
-    async def cog_unload(self) -> None:
-        self._bot.remove_dynamic_items(self._button)
-
-    async def clicked(
-        self, interaction: discord.Interaction[Any], task_id: str, image_index: int | None
-    ) -> None:
-        started = time.monotonic()
-        # Acknowledge before anything slow: Discord gives 3 seconds, the API may take longer.
-        await interaction.response.defer()
-        acked(self._metrics, interaction, "button", started)
-        assert image_index is not None, "a U-button names its image"
-        if not await may_click(interaction, self._allowed, "upscale"):
-            return
-        message = interaction.message
-        await self._start(interaction, task_id, image_index, message.id if message else None)
+        self._kind = kind_named("upscale")
 
     @app_commands.command(name="upscale", description="Upscale one image of a Midjourney grid")
     @app_commands.describe(
@@ -109,35 +82,16 @@ class UpscaleCog(commands.Cog):
         image_index: int,
         grid_message_id: int | None,
     ) -> None:
-        """The one path for a U-button click and /upscale, once acknowledged."""
-        number = image_index + 1
-        outcome = await start_on_grid(
+        outcome = await start_and_answer(
             interaction,
             self._tracker,
-            JobKind.UPSCALE,
+            self._kind,
             task_id,
             image_index,
             grid_message_id=grid_message_id,
-            lead=f"Image #{number} was not upscaled",
         )
-        if outcome is None:
-            return
-        job = outcome.job
-        if outcome.created:
-            if (
-                not outcome.failed
-                and interaction.type is discord.InteractionType.application_command
-            ):
-                await tell(
-                    interaction, f"⏳ Upscaling image #{number}; the result will be posted here."
-                )
-            return
-        if job.state is JobState.DELIVERED and job.result_message_id is not None:
-            link = jump_url(job.guild_id, job.channel_id, job.result_message_id)
-            await tell(interaction, f"✅ Image #{number} was already upscaled: {link}")
-        else:
+        if outcome is not None and outcome.created and not outcome.failed:
             await tell(
                 interaction,
-                f"⏳ Image #{number} is already being upscaled (asked by <@{job.requester_id}>); "
-                "the result will be posted in the channel.",
+                f"⏳ Upscaling image #{image_index + 1}; the result will be posted here.",
             )

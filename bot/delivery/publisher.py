@@ -26,9 +26,9 @@ from bot.delivery.texts import (
     result_text,
     status_text,
 )
-from bot.grid import GridButtons
+from bot.grid import GridButtons, ResultButtons, result_buttons
+from bot.jobs.kinds import Product, kind_named
 from bot.jobs.store import Job, JobStore
-from bot.jobs.tables import GRID_KINDS
 from bot.jobs.types import DeliveryError, FollowUp
 from bot.midjourney.models import GRID_SIZE, Task
 
@@ -77,27 +77,29 @@ class DiscordPublisher:
         return message.id
 
     async def mark_grid(self, job: Job) -> None:
-        """Show green the grid's buttons with a job that did not fail (U<n>, V<n>, 🔄)."""
-        if job.grid_message_id is None or job.parent_task_id is None:
+        """Show green the buttons of the result the job was asked of (U<n>, V<n>, 🔄 under a
+        grid) whose job did not fail."""
+        button = kind_named(job.kind).button
+        if job.grid_message_id is None or job.parent_task_id is None or button is None:
             return
         lock = self._grid_locks.setdefault(job.grid_message_id, asyncio.Lock())
         async with lock:
             use = await self._store.grid_use(job.parent_task_id, job.guild_id)
             message = self._channel(job).get_partial_message(job.grid_message_id)
+            view = ResultButtons(job.parent_task_id, button.under, use)
             try:
-                await message.edit(
-                    view=GridButtons(job.parent_task_id, use), allowed_mentions=allowed_mentions()
-                )
+                await message.edit(view=view, allowed_mentions=allowed_mentions())
             except discord.HTTPException as exc:
                 log.info("grid buttons not updated %s: %s", job.label, exc.status)
 
     async def deliver(self, job: Job) -> int:
-        urls, view = job.result_urls[:1], None
-        if job.kind in GRID_KINDS:
-            if job.upstream_task_id is None:
-                # The buttons name the grid's task: a grid without them would look broken.
-                raise DeliveryError("the API gave no task id for the images", retry=False)
-            urls, view = job.result_urls[:GRID_SIZE], GridButtons(job.upstream_task_id)
+        product = kind_named(job.kind).product
+        urls = job.result_urls[:GRID_SIZE] if product is Product.GRID else job.result_urls[:1]
+        if job.upstream_task_id is None and product is Product.GRID:
+            # The buttons name the grid's task: a grid without them would look broken.
+            raise DeliveryError("the API gave no task id for the images", retry=False)
+        # Under the result, the buttons of the kinds declared for its product.
+        view = result_buttons(job.upstream_task_id, product) if job.upstream_task_id else None
         return await self._post_images(
             job.channel_id,
             job.guild_id,

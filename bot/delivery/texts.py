@@ -6,8 +6,9 @@ import unicodedata
 
 import discord
 
-from bot.grid import owner_mention
-from bot.jobs.store import Job, JobKind
+from bot.jobs.kinds import Pieces, kind_named
+from bot.jobs.kinds.base import owner_mention
+from bot.jobs.store import Job
 
 PROMPT_LIMIT = 1500
 REASON_LIMIT = 400
@@ -46,37 +47,28 @@ def prompt_text(prompt: str | None) -> str:
     return f"**{cleaned}**"
 
 
+def pieces(job: Job) -> Pieces:
+    """The parts of ``job`` its kind's lines are made of."""
+    return Pieces(
+        prompt=prompt_text(job.prompt),
+        requester_id=job.requester_id,
+        number=(job.image_index or 0) + 1,
+        started=f"<t:{int(job.created_at)}:R>",
+    )
+
+
 def status_text(job: Job) -> str:
-    started = f"<t:{int(job.created_at)}:R>"
-    number = (job.image_index or 0) + 1
-    if job.kind is JobKind.UPSCALE:
-        return f"⏳ Upscaling image #{number} for <@{job.requester_id}> (started {started})"
-    if job.kind is JobKind.VARY:
-        return (
-            f"⏳ Making variations of image #{number} for <@{job.requester_id}> (started {started})"
-        )
-    if job.kind is JobKind.REROLL:
-        return (
-            f"⏳ Re-rolling {prompt_text(job.prompt)} for <@{job.requester_id}> (started {started})"
-        )
-    return imagine_status_text(job.prompt or "", job.requester_id, job.created_at)
+    return kind_named(job.kind).status_line(pieces(job))
 
 
 def imagine_status_text(prompt: str, requester_id: int, started_at: float) -> str:
+    """/imagine's own answer, before its job is stored."""
     started = f"<t:{int(started_at)}:R>"
-    return f"⏳ Generating {prompt_text(prompt)} for <@{requester_id}> (started {started})"
+    return kind_named("imagine").status_line(Pieces(prompt_text(prompt), requester_id, 1, started))
 
 
 def result_text(job: Job) -> str:
-    number = (job.image_index or 0) + 1
-    if job.kind is JobKind.UPSCALE:
-        return f"{prompt_text(job.prompt)} - Image #{number} <@{job.requester_id}>"
-    if job.kind is JobKind.VARY:
-        # bot.grid.grid_owner reads the owner back from these lines: keep them in step.
-        return f"{prompt_text(job.prompt)} - Variations (image #{number}) <@{job.requester_id}>"
-    if job.kind is JobKind.REROLL:
-        return f"{grid_text(job.prompt, job.requester_id)} (re-roll)"
-    return grid_text(job.prompt, job.requester_id)
+    return kind_named(job.kind).result_line(pieces(job))
 
 
 def grid_text(prompt: str | None, requester_id: int) -> str:
@@ -85,14 +77,7 @@ def grid_text(prompt: str | None, requester_id: int) -> str:
 
 
 def failure_text(job: Job, reason: str) -> str:
-    if job.kind is JobKind.UPSCALE:
-        what = f"Upscale of image #{(job.image_index or 0) + 1}"
-    elif job.kind is JobKind.VARY:
-        what = f"Variations of image #{(job.image_index or 0) + 1}"
-    elif job.kind is JobKind.REROLL:
-        what = f"Re-roll of {prompt_text(job.prompt)}"
-    else:
-        what = f"Generation of {prompt_text(job.prompt)}"
+    what = kind_named(job.kind).failure_what(pieces(job))
     # The prompt may take 1500 of Discord's 2000 characters; the reason gets what is left.
     return f"❌ {what} for <@{job.requester_id}> failed: {reason[:REASON_LIMIT]}"
 

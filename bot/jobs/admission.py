@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.jobs.categories import CATEGORIES
 from bot.jobs.tables import UNFINISHED_STATES, allowance_uses, credit_days, jobs
 
 
@@ -23,7 +24,8 @@ class Budget:
 
     day: str
     credits: int
-    # What a generation and an upscale are taken to cost until readings have shown it.
+    # What a job of each cost category is taken to cost until readings have shown it: a field
+    # per category, named as its credit_days column (bot.jobs.categories).
     generation_cost: int
     upscale_cost: int
 
@@ -102,14 +104,15 @@ def _member_uses(values: dict[str, Any], quota: Quota) -> sa.ScalarSelect[int]:
     )
 
 
-def _costs(budget: Budget) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]:
-    """What a generation and an upscale are taken to cost on the budget's day: what the
-    readings showed by that day, else the budget's defaults. A new day goes by the last day's
-    costs until its own first reading: reserved at the defaults, its jobs could pass the budget
-    when they were seen to cost more."""
-    generation = _learnt(budget, credit_days.c.generation_cost, budget.generation_cost)
-    upscale = _learnt(budget, credit_days.c.upscale_cost, budget.upscale_cost)
-    return generation, upscale
+def _costs(budget: Budget) -> dict[str, sa.ColumnElement[Any]]:
+    """What a job of each cost category (by name) is taken to cost on the budget's day: what
+    the readings showed by that day, else the budget's defaults. A new day goes by the last
+    day's costs until its own first reading: reserved at the defaults, its jobs could pass the
+    budget when they were seen to cost more."""
+    return {
+        c.name: _learnt(budget, credit_days.c[c.cost_column], getattr(budget, c.cost_column))
+        for c in CATEGORIES
+    }
 
 
 def _learnt(budget: Budget, column: sa.Column[Any], default: float) -> sa.ColumnElement[Any]:
@@ -130,18 +133,13 @@ def _ledger(budget: Budget, column: sa.Column[Any], default: float) -> sa.Column
 
 
 def _cost_of_uses(budget: Budget) -> sa.ColumnElement[Any]:
-    generation, upscale = _costs(budget)
-    return sa.func.coalesce(
-        sa.func.sum(
-            sa.case((allowance_uses.c.category == "generation", generation), else_=upscale)
-        ),
-        0,
-    )
+    *first, (_, last) = _costs(budget).items()
+    cost = sa.case(*((allowance_uses.c.category == name, c) for name, c in first), else_=last)
+    return sa.func.coalesce(sa.func.sum(cost), 0)
 
 
 def _this_job(budget: Budget, quota: Quota) -> sa.ColumnElement[Any]:
-    generation, upscale = _costs(budget)
-    return generation if quota.category == "generation" else upscale
+    return _costs(budget)[quota.category]
 
 
 def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:

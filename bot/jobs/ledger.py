@@ -14,12 +14,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.jobs import categories
 from bot.jobs.admission import same_place
+from bot.jobs.categories import CostCategory
 from bot.jobs.tables import JobState, allowance_limits, allowance_uses, credit_days, jobs
 
-GENERATION = "generation"
-UPSCALE = "upscale"
-CATEGORIES = (GENERATION, UPSCALE)
+GENERATION = categories.GENERATION.name
+UPSCALE = categories.UPSCALE.name
+CATEGORIES = tuple(c.name for c in categories.CATEGORIES)
 # What a setter leaves as it is (None means unlimited).
 KEEP: Any = object()
 
@@ -28,7 +30,8 @@ KEEP: Any = object()
 class LimitRow:
     target_type: str
     target_id: int
-    # None: not set by this row; -1 (UNLIMITED_ROW): unlimited.
+    # A number per cost category, named as its option (bot.jobs.categories). None: not set by
+    # this row; -1 (UNLIMITED_ROW): unlimited.
     imagines: int | None
     upscales: int | None
 
@@ -39,6 +42,7 @@ class CreditDay:
     spent: int
     last_credits: int
     read_at: float
+    # A cost per cost category, named as its credit_days column.
     generation_cost: int
     upscale_cost: int
 
@@ -75,8 +79,7 @@ class Ledger:
         query = sa.select(
             allowance_limits.c.target_type,
             allowance_limits.c.target_id,
-            allowance_limits.c.imagines,
-            allowance_limits.c.upscales,
+            *(allowance_limits.c[c.limit_column] for c in categories.CATEGORIES),
         ).where(allowance_limits.c.guild_id == guild_id)
         if member_id is not None:
             query = query.where(
@@ -101,16 +104,17 @@ class Ledger:
         target_type: str,
         target_id: int,
         *,
-        imagines: int | None = KEEP,
-        upscales: int | None = KEEP,
         now: float,
+        **numbers: int | None,
     ) -> None:
-        """Set one or both numbers of a role's or member's row, making the row if need be."""
+        """Set numbers of a role's or member's row (by cost category option: ``imagines``,
+        ``upscales``; KEEP leaves one as it is), making the row if need be."""
+        options = {c.option: c.limit_column for c in categories.CATEGORIES}
+        unknown = set(numbers) - set(options)
+        if unknown:
+            raise TypeError(f"no cost category option {sorted(unknown)}")
         values: dict[str, Any] = {"updated_at": now}
-        if imagines is not KEEP:
-            values["imagines"] = imagines
-        if upscales is not KEEP:
-            values["upscales"] = upscales
+        values.update({options[k]: v for k, v in numbers.items() if v is not KEEP})
         await upsert(
             self._engine,
             allowance_limits,
@@ -191,9 +195,7 @@ class Ledger:
         since: float,
         credits: int,
         at: float,
-        *,
-        generation_cost: int,
-        upscale_cost: int,
+        **default_costs: int,
     ) -> None:
         """Add a reading of the credit endpoint, taken at ``at``, to day ``day`` (begun at
         ``since``).
@@ -206,6 +208,7 @@ class Ledger:
         stamped taken only once the API's answer is in, after its charge: one charged before
         this reading and stamped after it would be in no later drop, and out of the reserve
         from the next reading on. One charged after it is then counted twice that day.
+        ``default_costs``: a cost per cost category, by its credit_days column.
         """
         row = credit_days.c
         drop = sa.case((row.last_credits > credits, row.last_credits - credits), else_=0)
@@ -222,24 +225,23 @@ class Ledger:
                 .scalar_subquery()
             )
 
-        def learned(category: str, other: str, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
-            # Only a drop that one kind alone can explain tells what that kind costs, and only
+        def learned(category: CostCategory) -> sa.ColumnElement[Any]:
+            # Only a drop that one category alone can explain tells what it costs, and only
             # upwards: a job is stamped paid after its charge, so a window can hold one charged
-            # before it and make the kind look cheaper than it is. The day starts from the
+            # before it and make the category look cheaper than it is. The day starts from the
             # defaults or the last day's costs, which are thus a floor.
-            n = taken_since_last(category)
+            n, column = taken_since_last(category.name), row[category.cost_column]
             cost = (drop + n - 1) // n
-            return sa.case(
-                (sa.and_(drop > 0, n > 0, taken_since_last(other) == 0, cost > column), cost),
-                else_=column,
+            others = (
+                taken_since_last(o.name) == 0 for o in categories.CATEGORIES if o is not category
             )
+            return sa.case((sa.and_(drop > 0, n > 0, *others, cost > column), cost), else_=column)
 
         renew = (
             credit_days.update()
             .where(row.day == day, row.read_at < at)
             .values(
-                generation_cost=learned(GENERATION, UPSCALE, row.generation_cost),
-                upscale_cost=learned(UPSCALE, GENERATION, row.upscale_cost),
+                **{c.cost_column: learned(c) for c in categories.CATEGORIES},
                 spent=row.spent + drop,
                 last_credits=credits,
                 read_at=at,
@@ -252,7 +254,8 @@ class Ledger:
                 exists = (await conn.execute(sa.select(row.day).where(row.day == day))).first()
             if exists is not None:
                 return
-            costs = await self.costs(day, generation_cost, upscale_cost)
+            defaults = (default_costs[c.cost_column] for c in categories.CATEGORIES)
+            costs = dict(zip(CATEGORIES, await self.costs(day, *defaults), strict=True))
             try:
                 async with self._engine.begin() as conn:
                     taken = (
@@ -277,12 +280,10 @@ class Ledger:
                     await conn.execute(
                         credit_days.insert().values(
                             day=day,
-                            spent=counts.get(GENERATION, 0) * costs[0]
-                            + counts.get(UPSCALE, 0) * costs[1],
+                            spent=sum(counts.get(name, 0) * cost for name, cost in costs.items()),
                             last_credits=credits,
                             read_at=at,
-                            generation_cost=costs[0],
-                            upscale_cost=costs[1],
+                            **{c.cost_column: costs[c.name] for c in categories.CATEGORIES},
                         )
                     )
                 return
@@ -290,15 +291,16 @@ class Ledger:
                 # Another process began the day meanwhile: add this reading to its row.
                 continue
 
-    async def costs(self, day: str, generation_cost: int, upscale_cost: int) -> tuple[int, int]:
-        """What a generation and an upscale were seen to cost by day ``day`` (its readings, or
-        the last day's before it), as the budget counts them; the defaults if no day had any."""
+    async def costs(self, day: str, *defaults: int) -> tuple[int, ...]:
+        """What a job of each cost category (in their order) was seen to cost by day ``day``
+        (its readings, or the last day's before it), as the budget counts them; ``defaults`` if
+        no day had any."""
         query = (
-            sa.select(credit_days.c.generation_cost, credit_days.c.upscale_cost)
+            sa.select(*(credit_days.c[c.cost_column] for c in categories.CATEGORIES))
             .where(credit_days.c.day <= day)
             .order_by(credit_days.c.day.desc())
             .limit(1)
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return (int(row[0]), int(row[1])) if row is not None else (generation_cost, upscale_cost)
+        return tuple(int(cost) for cost in row) if row is not None else defaults

@@ -17,25 +17,38 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
-from bot.jobs import texts
+from bot.jobs import categories, texts
 from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
-from bot.jobs.ledger import GENERATION, KEEP, UPSCALE, CreditDay, Ledger, LimitRow
+from bot.jobs.allowances import (
+    Allowance,
+    amount,
+    by_option,
+    daily_numbers,
+    falls_back,
+    noun,
+    per_category,
+    resolve,
+    set_or_not,
+    target_mention,
+)
+from bot.jobs.kinds.registry import kind_named
+from bot.jobs.ledger import CATEGORIES, KEEP, CreditDay, Ledger
 from bot.jobs.servers import ServerRules, Servers
-from bot.jobs.tables import UNLIMITED_ROW, JobKind
+from bot.jobs.tables import UNLIMITED_ROW
 from bot.jobs.types import NotServed, Refused
 
 log = logging.getLogger(__name__)
 
 # What a generation and an upscale are taken to cost before readings of the credit endpoint
-# have shown it (kie.ai's and midapi.ai's list prices are at or under these).
-GENERATION_COST = 8
-UPSCALE_COST = 2
+# have shown it (bot.jobs.categories declares them).
+GENERATION_COST = categories.GENERATION.default_cost
+UPSCALE_COST = categories.UPSCALE.default_cost
 TOP_USERS = 5
 
 
-def category_of(kind: JobKind) -> str:
-    """What a job counts as: anything that makes a new grid is a generation."""
-    return UPSCALE if kind is JobKind.UPSCALE else GENERATION
+def category_of(kind: str) -> str:
+    """What a job of ``kind`` counts as (its kind's cost category)."""
+    return kind_named(kind).category.name
 
 
 @dataclass(frozen=True)
@@ -54,56 +67,18 @@ def day_of(timezone: ZoneInfo, now: float) -> Day:
 
 
 @dataclass(frozen=True)
-class Allowance:
-    """A member's daily numbers; None is unlimited."""
-
-    imagines: int | None
-    upscales: int | None
-
-    def of(self, category: str) -> int | None:
-        return self.upscales if category == UPSCALE else self.imagines
-
-
-@dataclass(frozen=True)
 class Rules:
-    """The settings' part: what holds where no admin set a limit."""
+    """The settings' part: what holds where no admin set a limit (a daily number per cost
+    category, named as its option)."""
 
-    imagines: int | None = 20
-    upscales: int | None = 40
+    imagines: int | None = categories.GENERATION.default_daily
+    upscales: int | None = categories.UPSCALE.default_daily
     server_jobs: int | None = None
     budget: int | None = None
     timezone: str = "UTC"
 
 
-def _stored(value: int | None) -> int | None:
-    return None if value == UNLIMITED_ROW else value
-
-
-def resolve(rows: list[LimitRow], default: Allowance) -> Allowance:
-    """A member-specific limit beats the roles'; the roles' is the most generous of them
-    (unlimited beats any number); with neither, the settings'."""
-
-    def one(pick: Callable[[LimitRow], int | None], fallback: int | None) -> int | None:
-        for row in rows:
-            if row.target_type == "member" and pick(row) is not None:
-                return _stored(pick(row))
-        roles = [
-            _stored(pick(row))
-            for row in rows
-            if row.target_type == "role" and pick(row) is not None
-        ]
-        if not roles:
-            return fallback
-        if None in roles:
-            return None
-        return max(v for v in roles if v is not None)
-
-    return Allowance(
-        one(lambda r: r.imagines, default.imagines), one(lambda r: r.upscales, default.upscales)
-    )
-
-
-UNLIMITED = Rules(imagines=None, upscales=None)
+UNLIMITED = Rules(**by_option(lambda c: None))
 
 
 class Spending:
@@ -122,7 +97,9 @@ class Spending:
         self.servers = servers
         self._timezone = ZoneInfo(rules.timezone)
         self._now = now
-        self._default = Allowance(rules.imagines, rules.upscales)
+        self._default = Allowance(
+            **{c.option: getattr(rules, c.option) for c in categories.CATEGORIES}
+        )
         # Told when a request is refused for the budget (the credit watch tells the admins).
         self.on_budget_reached: Callable[[Day], None] | None = None
 
@@ -148,7 +125,7 @@ class Spending:
         return rules
 
     async def quota(
-        self, kind: JobKind, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
+        self, kind: str, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
     ) -> Quota:
         """The limits a request must stay within; raises NotServed where the bot spends
         nothing."""
@@ -172,9 +149,10 @@ class Spending:
 
     @staticmethod
     def _budget(day: Day, credits: int) -> Budget:
-        return Budget(day.key, credits, GENERATION_COST, UPSCALE_COST)
+        costs = {c.cost_column: c.default_cost for c in categories.CATEGORIES}
+        return Budget(day.key, credits, **costs)
 
-    def refusal(self, exc: OverQuota | TooManyJobs, kind: JobKind, requester_id: int) -> Refused:
+    def refusal(self, exc: OverQuota | TooManyJobs, kind: str, requester_id: int) -> Refused:
         """What the requester is told for a limit that refused their request."""
         if isinstance(exc, TooManyJobs):
             return Refused(texts.too_many_running(exc.limit))
@@ -187,7 +165,7 @@ class Spending:
         )
         return Refused(self._refused(exc, kind), whole=True)
 
-    def _refused(self, exc: OverQuota, kind: JobKind) -> str:
+    def _refused(self, exc: OverQuota, kind: str) -> str:
         day = self.today()
         more = f"more <t:{int(day.end)}:R>"
         if exc.which == "budget":
@@ -199,7 +177,7 @@ class Spending:
             if exc.limit == 0:
                 return f"The bot's owner allows this server no {what}"
             return f"This server has used its {exc.limit} {what} for today; {more}"
-        what = _noun(category_of(kind), exc.limit)
+        what = noun(category_of(kind), exc.limit)
         if exc.limit == 0:
             return f"Your allowance here has no {what}; an admin can change that with /mj limit"
         return f"You have used your {exc.limit} {what} for today; {more}"
@@ -214,8 +192,7 @@ class Spending:
             day.start,
             credits,
             at,
-            generation_cost=GENERATION_COST,
-            upscale_cost=UPSCALE_COST,
+            **{c.cost_column: c.default_cost for c in categories.CATEGORIES},
         )
 
     def budget_spent(self, credit_day: CreditDay | None) -> bool:
@@ -229,9 +206,9 @@ class Spending:
         """The settings' limits in a line for /mj status."""
         rules = self.rules
         return (
-            f"{_of(rules.imagines)} generations and {_of(rules.upscales)} upscales per member, "
-            f"{_of(rules.server_jobs)} jobs per server unless an owner set its own, "
-            f"budget {_of(rules.budget)} credits; "
+            f"{per_category(daily_numbers(rules))} per member, "
+            f"{amount(rules.server_jobs)} jobs per server unless an owner set its own, "
+            f"budget {amount(rules.budget)} credits; "
             f"the day turns at midnight {rules.timezone} (roles and members: /mj limit)"
         )
 
@@ -239,9 +216,9 @@ class Spending:
         """The limits in force in one server, in a line for its admins."""
         rules, member = await self._rules(guild_id), self.rules
         return (
-            f"{_of(member.imagines)} generations and {_of(member.upscales)} upscales per "
-            f"member unless /mj limit says otherwise; this server: {_of(rules.jobs)} jobs and "
-            f"{_of(rules.credits)} credits a day (set by the bot's owner); the day turns at "
+            f"{per_category(daily_numbers(member))} per "
+            f"member unless /mj limit says otherwise; this server: {amount(rules.jobs)} jobs and "
+            f"{amount(rules.credits)} credits a day (set by the bot's owner); the day turns at "
             f"midnight {member.timezone}"
         )
 
@@ -273,8 +250,8 @@ class Spending:
             guild_id,
             by,
             rules.served,
-            _of(rules.jobs),
-            _of(rules.credits),
+            amount(rules.jobs),
+            amount(rules.credits),
         )
         return rules
 
@@ -291,7 +268,7 @@ class Spending:
         by: int,
     ) -> str:
         """Set, remove or show a role's or member's limits; the answer for the admin."""
-        who = _mention(guild_id, target_type, target_id)
+        who = target_mention(guild_id, target_type, target_id)
         if reset:
             removed = await self.ledger.reset_limit(guild_id, target_type, target_id)
             log.info(
@@ -304,7 +281,7 @@ class Spending:
             )
             if not removed:
                 return f"{who} had no limits of its own; nothing changed."
-            return f"✅ Removed the limits of {who}: {_falls_back(target_type)}."
+            return f"✅ Removed the limits of {who}: {falls_back(target_type)}."
         if numbers:
             stored = {k: UNLIMITED_ROW if v is None else v for k, v in numbers.items()}
             await self.ledger.set_limit(guild_id, target_type, target_id, now=self._now(), **stored)
@@ -314,7 +291,7 @@ class Spending:
                 target_type,
                 target_id,
                 by,
-                " ".join(f"{k}={_of(v)}" for k, v in numbers.items()),
+                " ".join(f"{k}={amount(v)}" for k, v in numbers.items()),
             )
         rows = [
             r
@@ -322,11 +299,10 @@ class Spending:
             if (r.target_type, r.target_id) == (target_type, target_id)
         ]
         if not rows:
-            return f"{who} has no limits of its own: {_falls_back(target_type)}."
+            return f"{who} has no limits of its own: {falls_back(target_type)}."
         row = rows[0]
         parts = [
-            f"{_set_or_not(row.imagines)} generations",
-            f"{_set_or_not(row.upscales)} upscales",
+            f"{set_or_not(number)} {noun(name, 2)}" for name, number in daily_numbers(row).items()
         ]
         lead = "✅ " if numbers else ""
         server = await self._rules(guild_id)
@@ -334,7 +310,7 @@ class Spending:
         if server.jobs is not None or server.credits is not None:
             caps = (
                 f" Whatever a member may, this server's caps set by the bot's owner hold: "
-                f"{_of(server.jobs)} jobs and {_of(server.credits)} credits a day."
+                f"{amount(server.jobs)} jobs and {amount(server.credits)} credits a day."
             )
         return (
             f"{lead}{who}: {' and '.join(parts)} a day. A member's own limit beats their roles'; "
@@ -350,8 +326,8 @@ class Spending:
         allowance = await self.allowance(guild_id, member_id, role_ids)
         used = await self.ledger.member_uses(guild_id, member_id, day.start)
         parts = [
-            f"{used[category]} of {_of(allowance.of(category))} {_noun(category, 2)}"
-            for category in (GENERATION, UPSCALE)
+            f"{used[category]} of {amount(allowance.of(category))} {noun(category, 2)}"
+            for category in CATEGORIES
         ]
         who = "You" if own else f"<@{member_id}>"
         return f"{who}, today: {', '.join(parts)}; resets <t:{int(day.end)}:R>."
@@ -365,8 +341,8 @@ class Spending:
         used = await self.ledger.member_uses(guild_id, None, day.start)
         credits = self._cost(used, await self._costs())
         lines = [
-            f"**This server today:** {total} of {_of(rules.jobs)} jobs, about {credits} of "
-            f"{_of(rules.credits)} credits (caps set by the bot's owner)."
+            f"**This server today:** {total} of {amount(rules.jobs)} jobs, about {credits} of "
+            f"{amount(rules.credits)} credits (caps set by the bot's owner)."
         ]
         if top:
             lines.append(
@@ -378,7 +354,7 @@ class Spending:
         """The bot-wide credits of the day, for owners."""
         ledger = await self.credits_today()
         spent = "no reading yet" if ledger is None else f"{ledger.spent}"
-        return f"**Credits spent today, every server:** {spent} of {_of(self.rules.budget)}."
+        return f"**Credits spent today, every server:** {spent} of {amount(self.rules.budget)}."
 
     async def server_lines(self, names: dict[int, str]) -> list[str]:
         """A line per server the bot is in (``names``) or an owner decided something for:
@@ -395,8 +371,8 @@ class Spending:
             state = "✅ served" if rules.served else "⛔ not served"
             lines.append(
                 f"- **{name}** `{rules.guild_id}`: {state}, {rules.why}; today "
-                f"{sum(used.values())} of {_of(rules.jobs)} jobs, about "
-                f"{self._cost(used, costs)} of {_of(rules.credits)} credits"
+                f"{sum(used.values())} of {amount(rules.jobs)} jobs, about "
+                f"{self._cost(used, costs)} of {amount(rules.credits)} credits"
             )
         return lines
 
@@ -405,35 +381,12 @@ class Spending:
             return ServerRules(guild_id, True, "", self.rules.server_jobs, None)
         return await self.servers.rules(guild_id)
 
-    async def _costs(self) -> tuple[int, int]:
-        """What a generation and an upscale are taken to cost today, as the budget counts."""
-        return await self.ledger.costs(self.today().key, GENERATION_COST, UPSCALE_COST)
+    async def _costs(self) -> dict[str, int]:
+        """What a job of each cost category is taken to cost today, as the budget counts."""
+        defaults = (c.default_cost for c in categories.CATEGORIES)
+        costs = await self.ledger.costs(self.today().key, *defaults)
+        return dict(zip(CATEGORIES, costs, strict=True))
 
     @staticmethod
-    def _cost(used: dict[str, int], costs: tuple[int, int]) -> int:
-        return used.get(GENERATION, 0) * costs[0] + used.get(UPSCALE, 0) * costs[1]
-
-
-def _of(limit: int | None) -> str:
-    return "unlimited" if limit is None else str(limit)
-
-
-def _noun(category: str, n: int) -> str:
-    noun = "upscale" if category == UPSCALE else "generation"
-    return noun if n == 1 else f"{noun}s"
-
-
-def _mention(guild_id: int, target_type: str, target_id: int) -> str:
-    if target_type == "member":
-        return f"<@{target_id}>"
-    return "@everyone" if target_id == guild_id else f"<@&{target_id}>"
-
-
-def _falls_back(target_type: str) -> str:
-    if target_type == "member":
-        return "their roles' limits apply, or the settings'"
-    return "its members have their other roles' limits, or the settings'"
-
-
-def _set_or_not(value: int | None) -> str:
-    return "(not set)" if value is None else _of(_stored(value))
+    def _cost(used: dict[str, int], costs: dict[str, int]) -> int:
+        return sum(used.get(name, 0) * cost for name, cost in costs.items())

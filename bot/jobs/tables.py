@@ -7,6 +7,8 @@ from enum import StrEnum
 
 import sqlalchemy as sa
 
+from bot.jobs.categories import CATEGORIES
+
 
 class JobKind(StrEnum):
     IMAGINE = "imagine"
@@ -17,8 +19,6 @@ class JobKind(StrEnum):
     REROLL = "reroll"
 
 
-# Kinds whose result is a grid of four, posted with the grid's buttons.
-GRID_KINDS = frozenset((JobKind.IMAGINE, JobKind.VARY, JobKind.REROLL))
 # Kinds started from a button (or /upscale) under an existing grid.
 GRID_BUTTON_KINDS = frozenset((JobKind.UPSCALE, JobKind.VARY, JobKind.REROLL))
 
@@ -184,8 +184,8 @@ allowance_limits = sa.Table(
     sa.Column("guild_id", sa.BigInteger, primary_key=True),
     sa.Column("target_type", sa.String(8), primary_key=True),
     sa.Column("target_id", sa.BigInteger, primary_key=True),
-    sa.Column("imagines", sa.Integer),
-    sa.Column("upscales", sa.Integer),
+    # A number per cost category: imagines, upscales.
+    *(sa.Column(c.limit_column, sa.Integer) for c in CATEGORIES),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 UNLIMITED_ROW = -1
@@ -200,8 +200,8 @@ credit_days = sa.Table(
     sa.Column("spent", sa.Integer, nullable=False),
     sa.Column("last_credits", sa.Integer, nullable=False),
     sa.Column("read_at", sa.Float, nullable=False),
-    sa.Column("generation_cost", sa.Integer, nullable=False),
-    sa.Column("upscale_cost", sa.Integer, nullable=False),
+    # A cost per cost category: generation_cost, upscale_cost.
+    *(sa.Column(c.cost_column, sa.Integer, nullable=False) for c in CATEGORIES),
 )
 
 # The owner's door, per Discord server: whether an owner allowed it (/mj server allow: true) or

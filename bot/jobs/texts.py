@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bot.jobs.tables import JobKind, JobState
+from bot.jobs.kinds.registry import kind_named
+from bot.jobs.tables import JobState
 from bot.midjourney.errors import ApiError
 
 
@@ -73,16 +74,10 @@ def unknown_task() -> str:
     return ApiError(404).user_message
 
 
-def asked_elsewhere(kind: JobKind) -> str:
+def asked_elsewhere(kind: str) -> str:
     """A button whose job (of a grid made outside the bot) was asked for in another server:
     told without whose it is or where, and nothing is paid twice."""
-    if kind is JobKind.UPSCALE:
-        what = "that image is being or was already upscaled elsewhere through this bot"
-    elif kind is JobKind.VARY:
-        what = "variations of that image are being made elsewhere through this bot"
-    else:
-        what = "that grid is being re-rolled elsewhere through this bot"
-    return f"{what}; nothing was started or charged"
+    return f"{kind_named(kind).asked_elsewhere()}; nothing was started or charged"
 
 
 def reposts_used(limit: int, next_at: float | None) -> str:

@@ -60,7 +60,7 @@ class MidjourneyClient:
             body["version"] = version
         if callback_url:
             body["callBackUrl"] = callback_url
-        return self._task_id(await self._call("POST", "/api/v1/mj/generate", body=body))
+        return await self.submit("/api/v1/mj/generate", body)
 
     async def upscale(
         self,
@@ -139,6 +139,13 @@ class MidjourneyClient:
             body["waterMark"] = watermark
         if callback_url:
             body["callBackUrl"] = callback_url
+        return await self.submit(path, body)
+
+    async def submit(self, path: str, body: dict[str, Any]) -> str:
+        """The paid call every task endpoint shares: POST ``body`` to ``path`` (under the base
+        URL) and return the task id of the answer. A kind whose endpoint has no method here
+        calls it through this; errors are those of every call (``ApiError``, ``ApiUnreachable``
+        with ``maybe_done``)."""
         return self._task_id(await self._call("POST", path, body=body))
 
     @staticmethod

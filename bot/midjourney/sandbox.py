@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -152,6 +153,8 @@ class SandboxTask:
     callback_url: str | None = None
     # Where the creating request came from: callbacks have no request to build URLs from.
     origin: URL | None = None
+    # The endpoint added from outside that made it (add_endpoint), None for a built-in one.
+    endpoint: SandboxEndpoint | None = None
     success_flag: int = RUNNING
     completed_at: datetime | None = None
     error_code: int | None = None
@@ -161,7 +164,22 @@ class SandboxTask:
 
     @property
     def result_count(self) -> int:
+        if self.endpoint is not None:
+            return self.endpoint.results
         return 1 if self.task_type == UPSCALE_TASK_TYPE else GRID_SIZE
+
+
+@dataclass(frozen=True)
+class SandboxEndpoint:
+    """A task endpoint added from outside (:meth:`SandboxAPI.add_endpoint`), for a kind of job
+    the sandbox has no endpoint of its own for."""
+
+    name: str
+    task_type: str
+    cost: int
+    results: int
+    # The PNG of result ``index`` of a finished task of this endpoint.
+    make_result: Callable[[SandboxTask, int], bytes]
 
 
 class SandboxHold:
@@ -261,6 +279,7 @@ class SandboxAPI:
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._session: aiohttp.ClientSession | None = None
         self._png_cache: dict[tuple[str, int], bytes] = {}
+        self._endpoints: dict[str, SandboxEndpoint] = {}
 
         self.app = web.Application()
         self.app.router.add_post("/api/v1/mj/generate", self._generate)
@@ -274,6 +293,47 @@ class SandboxAPI:
 
     # ----- test controls -----------------------------------------------------------------------
 
+    def add_endpoint(
+        self,
+        path: str,
+        make_result: Callable[[SandboxTask, int], bytes],
+        *,
+        task_type: str | None = None,
+        cost: int = 2,
+        results: int = 1,
+    ) -> str:
+        """Serve one more task endpoint at ``path`` (``/api/v1/...``), before the sandbox is
+        served (aiohttp freezes its routes then). Its POST takes a JSON object, with an optional
+        ``taskId`` (a finished task it is made from, kept as its parent, and ``imageIndex``) and
+        ``callBackUrl``; it charges ``cost`` and answers a task id. Its tasks run, finish, call
+        back and answer record-info like the built-in ones, with ``results`` images, result
+        ``index`` being ``make_result(task, index)``. Returns the endpoint's name (the last
+        segment of ``path``), for ``count``, ``fail_next``, ``hold`` and ``wait_for_call``."""
+        name = path.rsplit("/", 1)[-1]
+        if name in ENDPOINTS or name in self._endpoints:
+            raise ValueError(f"endpoint {name!r} exists already")
+        endpoint = SandboxEndpoint(name, task_type or name, cost, results, make_result)
+        self._endpoints[name] = endpoint
+
+        async def handler(request: web.Request) -> web.Response:
+            return await self._handle(request, name, functools.partial(self._do_added, endpoint))
+
+        self.app.router.add_post(path, handler)
+        return name
+
+    def pixels(self, task_id: str, index: int) -> list[bytes]:
+        """The RGB rows of a built-in task's result ``index`` (an added endpoint's result is
+        made from these)."""
+        task = self.task(task_id)
+        if task.task_type == UPSCALE_TASK_TYPE:
+            # Only _from_grid makes upscales, always from one image of a parent.
+            assert task.parent_task_id is not None and task.image_index is not None
+            return _scale(
+                _render(task.parent_task_id, task.image_index, self.image_size),
+                self.upscale_factor,
+            )
+        return _render(task_id, index, self.image_size)
+
     def fail_next(
         self, endpoint: Endpoint, code: int, msg: str | None = None, http_status: int | None = None
     ) -> None:
@@ -281,8 +341,7 @@ class SandboxAPI:
 
         ``http_status`` overrides the status that ``errors_as_http_status`` would choose.
         """
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}; one of {sorted(ENDPOINTS)}")
+        self._check_endpoint(endpoint)
         self._faults.setdefault(endpoint, []).append(_ApiError(code, msg, http_status))
 
     def hold(self, endpoint: Endpoint, times: int = 1) -> SandboxHold:
@@ -292,8 +351,7 @@ class SandboxAPI:
         client that dies meanwhile has spent credits without learning the task id, or is stuck
         in a download. Errors, injected or not, are answered at once.
         """
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}; one of {sorted(ENDPOINTS)}")
+        self._check_endpoint(endpoint)
         hold = SandboxHold(endpoint, times)
         self._holds.append(hold)
         return hold
@@ -393,20 +451,16 @@ class SandboxAPI:
             raise IndexError(f"task {task_id} has {task.result_count} result(s), not {index + 1}")
         key = (task_id, index)
         if key not in self._png_cache:
+            if task.endpoint is not None:
+                self._png_cache[key] = task.endpoint.make_result(task, index)
+                return self._png_cache[key]
             if task.task_type == UPSCALE_TASK_TYPE:
-                # Only _from_grid makes upscales, always from one image of a parent.
-                assert task.parent_task_id is not None and task.image_index is not None
-                rows = _scale(
-                    _render(task.parent_task_id, task.image_index, self.image_size),
-                    self.upscale_factor,
-                )
                 source = f"upscale {task_id} of {task.parent_task_id} image {task.image_index}"
             elif task.task_type == VARY_TASK_TYPE:
-                rows = _render(task_id, index, self.image_size)
                 source = f"variation {task_id} of {task.parent_task_id} image {task.image_index}"
             else:
-                rows = _render(task_id, index, self.image_size)
                 source = f"generation {task_id} image {index}"
+            rows = self.pixels(task_id, index)
             self._png_cache[key] = encode_png(rows, {"Source": f"mj sandbox {source}"})
         return self._png_cache[key]
 
@@ -596,6 +650,39 @@ class SandboxAPI:
         self._start(task)
         return {"taskId": task.task_id}
 
+    async def _do_added(
+        self, endpoint: SandboxEndpoint, request: web.Request, body: Any
+    ) -> dict[str, str]:
+        """A task of an endpoint added from outside, made from a finished task or from nothing."""
+        params = _require_object(body)
+        parent_id = params.get("taskId")
+        index = params.get("imageIndex")
+        if parent_id is not None:
+            if not isinstance(parent_id, str) or not parent_id:
+                raise _ApiError(422, "taskId must be a task id")
+            parent = self._tasks.get(parent_id)
+            if parent is None:
+                raise _ApiError(404, f"task {parent_id} not found")
+            if parent.success_flag != SUCCESS:
+                raise _ApiError(422, f"task {parent_id} did not succeed")
+        if index is not None and not _is_int_in(index, 0, GRID_SIZE - 1):
+            raise _ApiError(422, f"imageIndex must be an integer from 0 to {GRID_SIZE - 1}")
+        _check_optional_string(params, "waterMark")
+        callback_url = self._check_callback_url(params)
+        self._charge(endpoint.cost)
+        task = self._new_task(
+            uuid.uuid4().hex,
+            endpoint.task_type,
+            dict(params),
+            origin=request.url.origin(),
+            callback_url=callback_url,
+            parent_task_id=parent_id,
+            image_index=index,
+        )
+        task.endpoint = endpoint
+        self._start(task)
+        return {"taskId": task.task_id}
+
     async def _do_record_info(self, request: web.Request, query: Any) -> dict[str, Any]:
         task_id = query.get("taskId")
         if not task_id:
@@ -629,6 +716,11 @@ class SandboxAPI:
         return url
 
     # ----- internals ---------------------------------------------------------------------------
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        if endpoint not in ENDPOINTS and endpoint not in self._endpoints:
+            known = sorted((*ENDPOINTS, *self._endpoints))
+            raise ValueError(f"unknown endpoint {endpoint!r}; one of {known}")
 
     def _record(self, endpoint: str, body: Any) -> None:
         self.calls.append(SandboxCall(endpoint, body, time.time()))

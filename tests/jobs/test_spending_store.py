@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
+from bot.jobs.allowances import Allowance, resolve
 from bot.jobs.ledger import KEEP, LimitRow
-from bot.jobs.spending import Allowance, resolve
 from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
 from bot.jobs.tables import UNLIMITED_ROW, allowance_uses
 from tests.jobs.conftest import postgres_schema

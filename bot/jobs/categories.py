@@ -1,0 +1,62 @@
+"""Cost categories as data: what a job counts against (a daily allowance per member, the
+credits it is taken to cost). Each category names its stored value (``allowance_uses.category``),
+its ``/mj limit`` option, its setting, and its columns in ``allowance_limits`` and
+``credit_days``. The tables, the ledger, admission, allowances and their words read them from
+here; a kind of job (bot.jobs.kinds) names the category it counts against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CostCategory:
+    name: str
+    # The /mj limit option and the allowance_limits column (the same word today).
+    option: str
+    # The environment setting of the daily number per member, and its default.
+    setting: str
+    default_daily: int
+    # What one job is taken to cost before readings of the credit endpoint have shown it
+    # (kie.ai's and midapi.ai's list prices are at or under these).
+    default_cost: int
+    # The credit_days column of what one was seen to cost.
+    cost_column: str
+    # How /mj usage and refusals name it, and what one job of it is called.
+    plural: str
+    one: str
+
+    @property
+    def limit_column(self) -> str:
+        return self.option
+
+
+GENERATION = CostCategory(
+    name="generation",
+    option="imagines",
+    setting="DAILY_IMAGINES_PER_USER",
+    default_daily=20,
+    default_cost=8,
+    cost_column="generation_cost",
+    plural="generations",
+    one="generation",
+)
+UPSCALE = CostCategory(
+    name="upscale",
+    option="upscales",
+    setting="DAILY_UPSCALES_PER_USER",
+    default_daily=40,
+    default_cost=2,
+    cost_column="upscale_cost",
+    plural="upscales",
+    one="upscale",
+)
+# In the order their columns, options and lines appear.
+CATEGORIES: tuple[CostCategory, ...] = (GENERATION, UPSCALE)
+
+
+def category_named(name: str) -> CostCategory:
+    for category in CATEGORIES:
+        if category.name == name:
+            return category
+    raise KeyError(f"no cost category {name!r}")
