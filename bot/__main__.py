@@ -94,6 +94,8 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
     # aiosqlite's DEBUG lines carry SQL parameters, callback secrets among them.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
+    # Alembic's INFO lines describe its context at every start; the store logs an upgrade.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("discord.client").addFilter(
         lambda record: "voice will NOT be supported" not in record.getMessage()
     )

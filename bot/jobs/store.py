@@ -25,21 +25,19 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from bot.jobs import migrations
 from bot.jobs.admission import OverQuota, Quota, TooManyJobs, admission, lock_keys, refusal
+from bot.jobs.dedupe import dedupe_key, released_kinds
 from bot.jobs.ledger import Ledger
 from bot.jobs.tables import (
     FINAL_STATES,
     GRID_BUTTON_KINDS,
-    LIVE_UPSCALE,
-    RUNNING_REROLL,
-    RUNNING_VARY,
     UNFINISHED_STATES,
     allowance_uses,
     api_facts,
     follow_ups,
     jobs,
     leases,
-    metadata,
     notices,
 )
 from bot.jobs.tables import JobKind as JobKind
@@ -57,9 +55,6 @@ JOB_CHANNEL = "mjbot_jobs"
 # Pooled connections a process's counted inserts may hold at once (the pool has 15): under the
 # budget's lock they run one at a time anyway.
 ADMITTING_CONNECTIONS = 3
-# The advisory lock key under which the schema is made or upgraded. The admission locks use
-# Discord ids, which stay below it until about 2074; meeting one would only make a start wait.
-SCHEMA_LOCK = 0x6D6A_5343_4845_4D41
 
 
 @dataclass(frozen=True)
@@ -114,6 +109,8 @@ class Job:
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Job:
         values = dict(row._mapping)
+        # The store's business alone (bot.jobs.dedupe).
+        values.pop("dedupe_key", None)
         values["kind"] = JobKind(values["kind"])
         values["state"] = JobState(values["state"])
         values["result_urls"] = tuple(json.loads(values["result_urls"] or "[]"))
@@ -136,21 +133,6 @@ class GridUse:
     upscaled: frozenset[int] = frozenset()
     varied: frozenset[int] = frozenset()
     rerolled: bool = False
-
-
-def _twin(kind: JobKind, parent_task_id: str, image_index: int | None) -> sa.ColumnElement[bool]:
-    """The condition of the unique index that lets one such job of a grid's button live."""
-    if kind is JobKind.UPSCALE:
-        return sa.and_(
-            LIVE_UPSCALE, jobs.c.parent_task_id == parent_task_id, jobs.c.image_index == image_index
-        )
-    if kind is JobKind.VARY:
-        return sa.and_(
-            RUNNING_VARY, jobs.c.parent_task_id == parent_task_id, jobs.c.image_index == image_index
-        )
-    if kind is JobKind.REROLL:
-        return sa.and_(RUNNING_REROLL, jobs.c.parent_task_id == parent_task_id)
-    raise ValueError(f"{kind} jobs are not deduplicated")
 
 
 def async_database_url(url: str) -> str:
@@ -265,8 +247,7 @@ class JobStore:
                 },
             )
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(_create_schema)
+            await migrations.upgrade(engine)
         except BaseException as exc:
             await engine.dispose()
             if lease_engine is not None:
@@ -340,6 +321,7 @@ class JobStore:
             "deadline_at": now + deadline_seconds,
             "completed_at": None,
             "delivered_at": None,
+            "dedupe_key": dedupe_key(kind, parent_task_id, image_index),
         }
         admitted = admission(values, max_unfinished, quota)
         insert = jobs.insert()
@@ -389,7 +371,7 @@ class JobStore:
                         )
                 return await self._require(job_id)
             except IntegrityError:
-                if kind not in GRID_BUTTON_KINDS:
+                if values["dedupe_key"] is None:
                     raise
                 existing = await self.live_twin(kind, parent_task_id or "", image_index)
                 if existing is not None:
@@ -427,7 +409,10 @@ class JobStore:
         self, kind: JobKind, parent_task_id: str, image_index: int | None
     ) -> Job | None:
         """The job that makes a new ``kind`` job of that grid (and image) a duplicate."""
-        return await self._one(_twin(kind, parent_task_id, image_index))
+        key = dedupe_key(kind, parent_task_id, image_index)
+        if key is None:
+            raise ValueError(f"{kind} jobs are not deduplicated")
+        return await self._one(jobs.c.dedupe_key == key)
 
     async def grid_use(self, parent_task_id: str, guild_id: int | None) -> GridUse:
         """Which buttons of a grid have a job in this server that did not fail (another
@@ -561,6 +546,13 @@ class JobStore:
         values = _encode(fields)
         values["state"] = to_state.value
         values["updated_at"] = time.time()
+        released = released_kinds(to_state)
+        if released:
+            # The job stops blocking a twin (bot.jobs.dedupe): its key is given back.
+            values["dedupe_key"] = sa.case(
+                (jobs.c.kind.in_([k.value for k in released]), sa.null()),
+                else_=jobs.c.dedupe_key,
+            )
         query = (
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]))
@@ -786,20 +778,6 @@ def _lease_row(name: str, owner: str, until: sa.ColumnElement[float]) -> sa.Inse
         ["name", "owner", "until"],
         sa.select(sa.literal(name), sa.literal(owner), until),
     )
-
-
-def _create_schema(conn: sa.Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        # Processes started together would each create the same table or index at once, and
-        # all but one fail on PostgreSQL's catalogue (checkfirst looks before the others
-        # commit): they take turns, each finding what the first made. SQLite has one writer.
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))
-    metadata.create_all(conn)
-    # create_all leaves a table that exists as it is: an index added by a newer version (the
-    # dedupe of variations) is created here on a database an older version made.
-    for table in metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(conn, checkfirst=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -23,7 +23,13 @@ from bot.jobs.store import (
     JobStore,
     async_database_url,
 )
-from tests.jobs.conftest import POSTGRES_URL, postgres_admin, postgres_schema
+from tests.jobs.conftest import (
+    POSTGRES_URL,
+    RELEASE_LIVE_UPSCALE,
+    postgres_admin,
+    postgres_schema,
+    release_sqlite,
+)
 
 PARENT = "grid-task-0001"
 CHANNEL = 555
@@ -471,32 +477,26 @@ async def test_notice_claims_once_an_hour_across_processes(tmp_path: Path) -> No
 
 
 async def test_a_database_from_before_notices_gains_the_table(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/old.sqlite3"
-    old = await JobStore.open(url)
-    job = await new_job(old)
-    await old.close()
+    url = release_sqlite(tmp_path / "old.sqlite3")
     with sqlite3.connect(tmp_path / "old.sqlite3") as conn:
         conn.execute("DROP TABLE notices")
     store = await JobStore.open(url)
     try:
-        assert await store.get(job.id) == job
+        assert await store.get(RELEASE_LIVE_UPSCALE) is not None
         assert await store.claim_notice("low", now=time.time(), every=HOUR)
     finally:
         await store.close()
 
 
 async def test_a_database_from_before_variations_gains_their_dedupe(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/old.sqlite3"
-    old = await JobStore.open(url)
-    job = await new_job(old)
-    await old.close()
+    url = release_sqlite(tmp_path / "old.sqlite3")
     with sqlite3.connect(tmp_path / "old.sqlite3") as conn:
         conn.execute("DROP INDEX uq_running_vary")
         conn.execute("DROP INDEX uq_running_reroll")
         conn.execute("DROP TABLE api_facts")
     store = await JobStore.open(url)
     try:
-        assert await store.get(job.id) == job
+        assert await store.get(RELEASE_LIVE_UPSCALE) is not None
         await new_job(store, JobKind.VARY, index=0)
         with pytest.raises(DuplicateJob):
             await new_job(store, JobKind.VARY, index=0)
