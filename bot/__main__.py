@@ -19,6 +19,7 @@ from dotenv import load_dotenv
 
 from bot.app import App
 from bot.config import RedactingFilter, Settings, SettingsError, load_settings, redact_url
+from bot.db_command import ACTIONS, run_db
 from bot.jobs.store import JobStore, StoreUnavailable
 from bot.logs import JSON, make_formatter
 
@@ -62,6 +63,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="read settings from this file instead of .env in the current folder",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    db = commands.add_parser(
+        "db",
+        help="the database's schema: db upgrade | db current | db history",
+        description=(
+            "The database's schema (its migrations), for operators: upgrade it to the newest "
+            "revision (the bot does it too as it starts), show the revision it is at, or list "
+            "every revision. Needs DATABASE_URL only, not a Discord token. A database that "
+            "cannot be opened or upgraded is one line and exit code 2."
+        ),
+    )
+    db.add_argument("action", choices=ACTIONS, help="upgrade, current or history")
+    db.add_argument(
+        "--env-file",
+        metavar="PATH",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="read DATABASE_URL from this file instead of .env in the current folder",
+    )
     return parser.parse_args(argv)
 
 
@@ -142,6 +162,8 @@ async def run(settings: Settings, source: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     source = read_env_file(args.env_file)
+    if args.command == "db":
+        raise SystemExit(asyncio.run(run_db(args.action, os.environ)))
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:

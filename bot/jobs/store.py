@@ -207,8 +207,14 @@ class JobStore:
 
     @classmethod
     async def open(
-        cls, database_url: str, *, sqlite_busy_seconds: float = SQLITE_BUSY_SECONDS
+        cls,
+        database_url: str,
+        *,
+        sqlite_busy_seconds: float = SQLITE_BUSY_SECONDS,
+        migrate: bool = True,
     ) -> JobStore:
+        """Open the database and bring its schema to head (bot.jobs.migrations); with
+        ``migrate`` false, only see that it answers."""
         url = async_database_url(database_url)
         connect_args: dict[str, Any] = {}
         path = _sqlite_path(url)
@@ -247,7 +253,11 @@ class JobStore:
                 },
             )
         try:
-            await migrations.upgrade(engine)
+            if migrate:
+                await migrations.upgrade(engine)
+            else:
+                async with engine.connect() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
         except BaseException as exc:
             await engine.dispose()
             if lease_engine is not None:
