@@ -6,6 +6,7 @@ is given back; the credit ledger adds readings up once."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from bot.jobs.ledger import KEEP, LimitRow
 from bot.jobs.spending import Allowance, resolve
 from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
 from bot.jobs.tables import UNLIMITED_ROW, allowance_uses
-from tests.jobs.conftest import postgres_schema
+from tests.jobs.conftest import postgres_schema, release_sqlite
 
 GUILD, OTHER_GUILD = 1000, 2000
 DAY = "2026-12-06"
@@ -293,12 +294,10 @@ def test_a_members_own_limit_beats_roles_and_the_most_generous_role_wins() -> No
 
 
 async def test_a_database_from_before_spending_control_gains_its_tables(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/old.sqlite3"
-    store = await JobStore.open(url)
-    async with store._engine.begin() as conn:
+    url = release_sqlite(tmp_path / "old.sqlite3")
+    with sqlite3.connect(tmp_path / "old.sqlite3") as conn:
         for table in ("allowance_uses", "allowance_limits", "credit_days"):
-            await conn.execute(sa.text(f"DROP TABLE {table}"))
-    await store.close()
+            conn.execute(f"DROP TABLE {table}")
     store = await JobStore.open(url)
     try:
         await upscale(store, 0, quota=quota(member_limit=1))
