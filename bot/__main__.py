@@ -20,7 +20,7 @@ from dotenv import load_dotenv
 from bot.app import App
 from bot.config import RedactingFilter, Settings, SettingsError, load_settings, redact_url
 from bot.db_command import ACTIONS, run_db
-from bot.jobs.store import JobStore, StoreUnavailable
+from bot.jobs.database import Database, StoreUnavailable
 from bot.logs import JSON, make_formatter
 
 log = logging.getLogger("bot")
@@ -137,7 +137,7 @@ async def run(settings: Settings, source: str) -> int:
     # Before Discord: a database that cannot be opened is a setting to fix, told the same way
     # whether or not the token and the network work.
     try:
-        await (await JobStore.open(settings.database_url)).close()
+        await (await Database.open(settings.database_url)).close()
         log.info("%s", source)
         await app.start(settings.discord_token)
     except StoreUnavailable as exc:

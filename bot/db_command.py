@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from bot.config import DEFAULT_DATABASE_URL, redact_url
 from bot.jobs import migrations
-from bot.jobs.store import JobStore, StoreUnavailable
+from bot.jobs.database import Database, StoreUnavailable
 
 ACTIONS = ("upgrade", "current", "history")
 
@@ -32,11 +32,11 @@ async def run_db(action: str, env: Mapping[str, str]) -> int:
         )
         return 2
     try:
-        before = await _revision(await JobStore.open(url, migrate=False))
+        before = await _revision(await Database.open(url, migrate=False))
         if action == "current":
             print(_describe(before))
             return 0
-        after = await _revision(await JobStore.open(url))
+        after = await _revision(await Database.open(url))
     except StoreUnavailable as exc:
         print(f"DATABASE_URL {redact_url(url)} cannot be opened: {exc}", file=sys.stderr)
         return 2
@@ -46,13 +46,13 @@ async def run_db(action: str, env: Mapping[str, str]) -> int:
     return 0
 
 
-async def _revision(store: JobStore) -> str | None:
-    """The store's revision; the store is closed."""
+async def _revision(database: Database) -> str | None:
+    """The database's revision; the database is closed."""
     try:
-        async with store.engine.connect() as conn:
+        async with database.engine.connect() as conn:
             return await conn.run_sync(migrations.revision)
     finally:
-        await store.close()
+        await database.close()
 
 
 def _describe(revision: str | None) -> str:

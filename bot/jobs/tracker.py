@@ -20,6 +20,7 @@ from typing import Any
 from bot.jobs import grids, texts
 from bot.jobs.admission import OverQuota, TooManyJobs
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.coordination import Coordination
 from bot.jobs.leases import JobLeases
 from bot.jobs.reposts import Reposts, RepostsUsed
 from bot.jobs.servers import FRESH_SECONDS
@@ -97,7 +98,8 @@ class Tracker:
         self._store = store
         self._reposts = Reposts(store.engine, grid_reposts_per_hour)
         # Several processes on one store (PostgreSQL) each work on the jobs they lease.
-        self._leases = JobLeases(store, lease_seconds, lease_owner)
+        coordination = Coordination(store.database)
+        self._leases = JobLeases(coordination, lease_seconds, lease_owner)
         # Daily allowances and the credit budget; without, uses are counted but not limited.
         self._spending = spending or Spending(store.ledger, UNLIMITED)
         self._metrics = recorder(metrics)
@@ -111,7 +113,7 @@ class Tracker:
         self._secrets = callback_secrets or CallbackSecrets(secrets.token_bytes(32))
         self._deadline = deadline_seconds
         self._watermark = watermark
-        self._vary_index = VaryIndex(store, vary_index_base)
+        self._vary_index = VaryIndex(coordination, vary_index_base)
         self._poll = poll or PollPolicy()
         self._delivery_retries = delivery_retries
         self._throttle = throttle or SubmitThrottle(
@@ -300,7 +302,7 @@ class Tracker:
         if not self._leases.holds(job.id):
             # Another process may be working on it: its doorbell rings through the store. If
             # that process is gone, the watcher started below takes the job over.
-            await self._store.notify_job(job.id)
+            await self._leases.notify(job.id)
         self._ring(job)
         return CallbackVerdict.ACCEPTED
 
@@ -713,7 +715,7 @@ class Tracker:
         if await self._leases.claim(job.id):
             return job
         log.warning("lease lost while submitting %s; its holder sends it", job.label)
-        await self._store.notify_job(job.id)
+        await self._leases.notify(job.id)
         return None
 
     async def _send(self, job: Job, second: int | None) -> Sent:
@@ -766,7 +768,7 @@ class Tracker:
             # Taken over while the store was away: the holder hears of the task id now rather
             # than at its next poll.
             with contextlib.suppress(Exception):
-                await self._store.notify_job(job.id)
+                await self._leases.notify(job.id)
         # Rung, not only watched: this process may have taken itself over meanwhile (a lease
         # run out during the outage), and that watcher has yet to see the task id.
         self._ring(job)

@@ -17,8 +17,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.database import async_database_url
 from bot.jobs.spending import Spending
-from bot.jobs.store import Job, JobKind, JobStore, async_database_url
+from bot.jobs.store import Job, JobKind, JobStore
 from bot.jobs.tables import metadata
 from bot.jobs.throttle import Pace, SubmitThrottle
 from bot.jobs.tracker import SWEEP_SECONDS, Tracker

@@ -21,7 +21,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs import migrations
-from bot.jobs.store import DuplicateJob, JobKind, JobStore, async_database_url
+from bot.jobs.database import Database, async_database_url
+from bot.jobs.store import DuplicateJob, JobKind, JobStore
 from bot.jobs.tables import jobs, metadata
 from tests.jobs.conftest import (
     POSTGRES_URL,
@@ -112,7 +113,7 @@ async def test_a_database_of_the_last_release_is_stamped_and_upgraded(
             RELEASE_RUNNING_VARY: f"vary:{RELEASE_GRID}:1",
             RELEASE_DELIVERED_REROLL: None,
         }
-        store = JobStore(made)
+        store = JobStore(Database(made))
 
         def click(kind: JobKind, index: int | None) -> Any:
             return store.create(

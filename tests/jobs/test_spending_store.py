@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
+from bot.jobs.database import Database
 from bot.jobs.ledger import KEEP, LimitRow
 from bot.jobs.spending import Allowance, resolve
 from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
@@ -39,7 +40,7 @@ async def _sqlite(tmp_path: Path, n: int) -> AsyncIterator[list[JobStore]]:
 async def _postgres(n: int) -> AsyncIterator[list[JobStore]]:
     # One engine per store: separate connection pools, as separate processes would have.
     async with postgres_schema("spending_test") as engine:
-        yield [JobStore(engine()) for _ in range(n)]
+        yield [JobStore(Database(engine())) for _ in range(n)]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -82,7 +83,7 @@ async def generate(store: JobStore, *, user: int = 1, **kw: Any) -> Job:
 
 
 async def uses(store: JobStore) -> int:
-    async with store._engine.connect() as conn:
+    async with store.engine.connect() as conn:
         return int(
             (
                 await conn.execute(sa.select(sa.func.count()).select_from(allowance_uses))
@@ -159,7 +160,7 @@ async def test_counts_are_per_kind_per_place_and_per_day(stores: list[JobStore])
     await upscale(store, 0, guild=None, quota=quota())
     # Yesterday's upscale, stored with a day that has since turned.
     old = await upscale(store, 1, quota=quota())
-    async with store._engine.begin() as conn:
+    async with store.engine.begin() as conn:
         await conn.execute(
             allowance_uses.update()
             .where(allowance_uses.c.job_id == old.id)
@@ -325,7 +326,7 @@ async def test_a_job_queued_before_midnight_is_reserved_against_the_new_day(
 ) -> None:
     store = stores[0]
     queued = await generate(store, quota=quota("generation"))
-    async with store._engine.begin() as conn:
+    async with store.engine.begin() as conn:
         await conn.execute(
             allowance_uses.update()
             .where(allowance_uses.c.job_id == queued.id)
