@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import secrets
 import time
 from collections.abc import Collection
@@ -43,8 +42,6 @@ from bot.jobs.tables import (
 )
 from bot.jobs.tables import JobKind as JobKind
 from bot.jobs.tables import JobState as JobState
-
-log = logging.getLogger(__name__)
 
 # Pooled connections a process's counted inserts may hold at once (the pool has 15): under the
 # budget's lock they run one at a time anyway.
