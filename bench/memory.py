@@ -24,6 +24,7 @@ from bench.rig import (
     print_figure,
     running_bot,
 )
+from bot.jobs.stats import JobStats
 from bot.jobs.store import JobState
 
 TARGET_MIB = 150.0
@@ -84,7 +85,7 @@ async def run(jobs: int, env: dict[str, str]) -> bool:
 async def _wait_submitted(rig, jobs: int, timeout: float = 120) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        states = await rig.store.states_since(0)
+        states = await JobStats(rig.store.database).states_since(0)
         count = states.get(JobState.SUBMITTED, 0)
         upscales = rig.sandbox.count("generateUpscale")
         if count >= jobs and upscales >= jobs:

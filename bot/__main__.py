@@ -19,7 +19,8 @@ from dotenv import load_dotenv
 
 from bot.app import App
 from bot.config import Settings, load_settings
-from bot.jobs.store import JobStore, StoreUnavailable
+from bot.db_command import ACTIONS, run_db
+from bot.jobs.database import Database, StoreUnavailable
 from bot.logs import JSON, make_formatter
 from bot.redaction import RedactingFilter, redact_url
 from bot.setting_parsers import SettingsError
@@ -64,6 +65,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="read settings from this file instead of .env in the current folder",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    db = commands.add_parser(
+        "db",
+        help="the database's schema: db upgrade | db current | db history",
+        description=(
+            "The database's schema (its migrations), for operators: upgrade it to the newest "
+            "revision (the bot does it too as it starts), show the revision it is at, or list "
+            "every revision. Needs DATABASE_URL only, not a Discord token. A database that "
+            "cannot be opened or upgraded is one line and exit code 2."
+        ),
+    )
+    db.add_argument("action", choices=ACTIONS, help="upgrade, current or history")
+    db.add_argument(
+        "--env-file",
+        metavar="PATH",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="read DATABASE_URL from this file instead of .env in the current folder",
+    )
     return parser.parse_args(argv)
 
 
@@ -96,6 +116,8 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
     # aiosqlite's DEBUG lines carry SQL parameters, callback secrets among them.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
+    # Alembic's INFO lines describe its context at every start; the store logs an upgrade.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("discord.client").addFilter(
         lambda record: "voice will NOT be supported" not in record.getMessage()
     )
@@ -117,7 +139,7 @@ async def run(settings: Settings, source: str) -> int:
     # Before Discord: a database that cannot be opened is a setting to fix, told the same way
     # whether or not the token and the network work.
     try:
-        await (await JobStore.open(settings.database_url)).close()
+        await (await Database.open(settings.database_url)).close()
         log.info("%s", source)
         await app.start(settings.discord_token)
     except StoreUnavailable as exc:
@@ -142,6 +164,8 @@ async def run(settings: Settings, source: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     source = read_env_file(args.env_file)
+    if args.command == "db":
+        raise SystemExit(asyncio.run(run_db(args.action, os.environ)))
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:

@@ -329,12 +329,12 @@ class App:
     def _plan_shards(self, recommended: int) -> ShardLeases:
         settings, services = self.settings, self.services
         return ShardLeases(
-            services.store,
+            services.coordination,
             owner=services.tracker.lease_owner,
             count=settings.shard_count or recommended,
             allowed=settings.shard_ids,
             most=settings.shards_per_process,
-            ttl=SHARD_LEASE_SECONDS if services.store.shared else None,
+            ttl=SHARD_LEASE_SECONDS if services.database.shared else None,
         )
 
     async def _close(self) -> None:
@@ -342,7 +342,7 @@ class App:
             # With several processes, another one takes the shards over at once and answers
             # the clicks this one would refuse while it drains; alone, it stays connected to
             # tell clickers it is restarting.
-            if self._services.store.shared:
+            if self._services.database.shared:
                 await self.bot.leave_gateway()
             await self._services.close()
         await self.bot.close()

@@ -4,8 +4,8 @@ for lack of credits (402); and, with ``DAILY_CREDIT_BUDGET``, every reading adde
 ledger (bot.jobs.ledger), a reading as the day turns, and one notice a day once it is spent.
 
 Credits are read (a free call) at start, every ``check_interval`` and soon after a paid
-submission, since only those spend credits. Whether a warning may go out is claimed in the job
-store, so the hourly limit holds across restarts and across replicas sharing one database. This
+submission, since only those spend credits. Whether a warning may go out is claimed in the
+database (bot.jobs.coordination), so the hourly limit holds across restarts and replicas. This
 module knows nothing of Discord: the message goes through ``notify`` (bot.app wires it to the
 admin channel), or to the log when no admin channel is set.
 """
@@ -17,8 +17,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from bot.jobs.coordination import Coordination
 from bot.jobs.spending import Day, Spending
-from bot.jobs.store import JobStore
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
 from bot.tasks import BackgroundTasks
@@ -81,7 +81,7 @@ class CreditWatch:
     def __init__(
         self,
         client: MidjourneyClient,
-        store: JobStore,
+        coordination: Coordination,
         notify: Notify | None,
         *,
         threshold: int,
@@ -94,7 +94,7 @@ class CreditWatch:
         self._client = client
         # Each reading goes into the credit budget's ledger; None keeps no ledger.
         self._spending = spending
-        self._store = store
+        self._store = coordination
         self._notify = notify
         # 0 turns the threshold off; a 402 still warns.
         self._threshold = threshold

@@ -28,10 +28,13 @@ from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
 from bot.jobs.allowances import by_option
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.coordination import Coordination
+from bot.jobs.database import Database
 from bot.jobs.leases import LEASE_SECONDS, new_owner
 from bot.jobs.pace import SharedPace
 from bot.jobs.servers import Servers
 from bot.jobs.spending import Rules, Spending
+from bot.jobs.stats import JobStats
 from bot.jobs.store import JobStore
 from bot.jobs.throttle import SUBMIT_WINDOW_SECONDS, Pace, SubmitThrottle
 from bot.jobs.tracker import Tracker
@@ -55,7 +58,10 @@ SHUTDOWN_GRACE_SECONDS = 8.0
 @dataclass
 class Services:
     settings: Settings
+    database: Database
     store: JobStore
+    stats: JobStats
+    coordination: Coordination
     session: aiohttp.ClientSession
     listener: Listener
     listen_port: int
@@ -129,7 +135,7 @@ class Services:
         (None), everything, with a line for each server in ``server_names`` (id → name)."""
         if guild_id is not None:
             report = await status.status_report(
-                self.store,
+                self.stats,
                 self.mj,
                 guild_id=guild_id,
                 callbacks="",
@@ -138,7 +144,7 @@ class Services:
             )
             return f"{report}\n{await self.spending.server_usage(guild_id)}"
         return await status.status_report(
-            self.store,
+            self.stats,
             self.mj,
             guild_id=None,
             callbacks=self.callbacks_summary(),
@@ -187,14 +193,16 @@ async def open_services(
     is raised.
     """
     async with contextlib.AsyncExitStack() as cleanup:
-        store = await JobStore.open(settings.database_url)
-        cleanup.push_async_callback(store.close)
+        database = await Database.open(settings.database_url)
+        cleanup.push_async_callback(database.close)
         log.info("job store open at %s", redact_url(settings.database_url))
+        store, stats = JobStore(database), JobStats(database)
+        coordination = Coordination(database)
         session = aiohttp.ClientSession()
         cleanup.push_async_callback(session.close)
         metrics = Metrics() if settings.metrics_enabled else None
         health = health or HealthMonitor()
-        health.watch_store(store.count_unfinished)
+        health.watch_store(stats.count_unfinished)
         listener = Listener(hmac_key=settings.webhook_hmac_key, metrics=metrics)
         listener.health = health
         # One key for every process of this bot: callback secrets and the self-check's answer.
@@ -252,7 +260,7 @@ async def open_services(
         )
         credit_watch = CreditWatch(
             mj,
-            store,
+            coordination,
             # Without an admin channel the warning goes to the log.
             None
             if settings.admin_channel_id is None
@@ -306,6 +314,7 @@ async def open_services(
         # Watchers still running when the shutdown gives up waiting stop before anything closes.
         cleanup.push_async_callback(tracker.close)
         listener.tracker = tracker
+        listener.stats = stats
         _log_callbacks(settings, port, callback_base)
         if metrics is not None:
             log.info("metrics served at /metrics on port %s", port)
@@ -320,7 +329,10 @@ async def open_services(
 
         services = Services(
             settings=settings,
+            database=database,
             store=store,
+            stats=stats,
+            coordination=coordination,
             session=session,
             listener=listener,
             listen_port=port,

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from bot.jobs.store import JobStore
+from bot.jobs.coordination import Coordination
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def lease_name(shard_id: int, count: int) -> str:
 class ShardLeases:
     def __init__(
         self,
-        store: JobStore,
+        coordination: Coordination,
         *,
         owner: str,
         count: int,
@@ -49,7 +49,7 @@ class ShardLeases:
         ttl: float | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store = store
+        self._store = coordination
         self.owner = owner
         self.count = count
         self.allowed = sorted(set(allowed)) if allowed is not None else list(range(count))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from bot.delivery.texts import one_line
-from bot.jobs.store import JobState, JobStore
+from bot.jobs.stats import JobStats
+from bot.jobs.tables import JobState
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
 
@@ -23,7 +24,7 @@ _GROUPS = (
 
 
 async def status_report(
-    store: JobStore,
+    stats: JobStats,
     client: MidjourneyClient,
     *,
     guild_id: int | None,
@@ -40,7 +41,7 @@ async def status_report(
     admins are warned of low credits, ``servers`` a line per server. ``spending`` is the
     limits in force there, ``vary_index`` how V1–V4 are numbered for the API."""
     now = time.time() if now is None else now
-    counts = await store.states_since(now - DAY, guild_id)
+    counts = await stats.states_since(now - DAY, guild_id)
     jobs = ", ".join(
         f"{sum(counts.get(state, 0) for state in states)} {name}" for name, states in _GROUPS
     )
@@ -61,7 +62,7 @@ async def status_report(
     if servers:
         lines.append("Servers:")
         lines += servers
-    failures = await store.recent_failures(FAILURES_SHOWN, guild_id)
+    failures = await stats.recent_failures(FAILURES_SHOWN, guild_id)
     if failures:
         lines.append("Last failures:")
         for job in failures:

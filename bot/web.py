@@ -23,6 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from bot import metrics as m
 from bot.health import HealthCheck, iso_time
+from bot.jobs.stats import JobStats
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import CALLBACK_PATH, CallbackVerdict
 from bot.midjourney.models import parse_callback, webhook_signature
@@ -231,6 +232,8 @@ class Listener:
         refusals: RefusalLog | None = None,
     ) -> None:
         self.tracker: Tracker | None = None
+        # Set by the bot with the tracker: /metrics counts the jobs by kind and state with it.
+        self.stats: JobStats | None = None
         # Set by the bot; without it /healthz knows only whether a tracker is attached.
         self.health: HealthCheck | None = None
         self.last_callback_at: float | None = None
@@ -346,9 +349,9 @@ class Listener:
     async def handle_metrics(self, request: web.Request) -> web.Response:
         """The Prometheus text format; jobs by kind and state are counted from the store now."""
         assert self.metrics is not None
-        if self.tracker is not None:
+        if self.stats is not None:
             try:
-                self.metrics.set_jobs(await self.tracker.store.count_by_kind_and_state())
+                self.metrics.set_jobs(await self.stats.count_by_kind_and_state())
             except Exception as exc:
                 # The other numbers are still worth a scrape; the jobs gauge is left out.
                 log.warning("metrics: jobs not counted: %s", type(exc).__name__)

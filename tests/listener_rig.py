@@ -19,6 +19,7 @@ import aiohttp
 
 from bot import metrics as m
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.stats import JobStats
 from bot.jobs.store import Job, JobKind, JobState, JobStore
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import TrackerSettings
@@ -38,6 +39,7 @@ class ListenerRig:
     api_base: str
     session: aiohttp.ClientSession
     store: JobStore
+    stats: JobStats
     api_key: str = SANDBOX_KEY
     publisher: RecordingPublisher = field(default_factory=RecordingPublisher)
     # The trackers of one rig share a key, as the replicas of one bot do.
@@ -86,6 +88,7 @@ class ListenerRig:
             metrics=listener.metrics,
         )
         listener.tracker = tracker
+        listener.stats = self.stats
         self.trackers.append(tracker)
         return tracker
 
@@ -139,6 +142,7 @@ async def listener_rig(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator
         api_base=sandbox.base_url,
         session=session,
         store=store,
+        stats=JobStats(store.database),
         api_key=sandbox.key,
     )
     try:

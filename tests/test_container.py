@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from bot.config import Settings, load_settings
-from bot.jobs.store import _sqlite_path
+from bot.jobs.database import _sqlite_path
 from bot.services import SHUTDOWN_GRACE_SECONDS
 from bot.web import Listener
 

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from bot.credits import CreditWatch, NoticeFailed
+from bot.jobs.coordination import Coordination
 from bot.jobs.store import JobStore
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError
@@ -80,7 +81,7 @@ class Rig:
         client = client or self.client()
         watch = CreditWatch(
             client,
-            store,
+            Coordination(store.database),
             notify,
             threshold=threshold,
             submit_check_spacing=spacing,

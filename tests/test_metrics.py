@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.grid import vary_custom_id
+from bot.jobs.stats import JobStats
 from bot.jobs.store import JobKind, JobState, JobStore
 from bot.jobs.types import CALLBACK_PATH
 from bot.metrics import CALLBACK_OUTCOMES, NO_METRICS, Metrics, recorder
@@ -149,7 +150,7 @@ def test_off_is_a_no_op() -> None:
 async def test_count_by_kind_and_state(tmp_path: Path) -> None:
     store = await JobStore.open(f"sqlite:///{tmp_path}/count.sqlite3")
     try:
-        counts = await store.count_by_kind_and_state()
+        counts = await JobStats(store.database).count_by_kind_and_state()
         assert set(counts) == {(k.value, s.value) for k in JobKind for s in JobState}
         assert set(counts.values()) == {0}
         for index in range(3):
@@ -167,7 +168,7 @@ async def test_count_by_kind_and_state(tmp_path: Path) -> None:
         await store.create(
             kind=JobKind.IMAGINE, requester_id=1, guild_id=None, channel_id=2, deadline_seconds=60
         )
-        counts = await store.count_by_kind_and_state()
+        counts = await JobStats(store.database).count_by_kind_and_state()
         assert counts[("upscale", "requested")] == 1
         assert counts[("upscale", "submitted")] == 2
         assert counts[("imagine", "requested")] == 1
@@ -305,7 +306,7 @@ async def test_a_store_that_fails_leaves_out_only_the_jobs(
     async def down() -> dict[tuple[str, str], int]:
         raise ConnectionRefusedError("database down")
 
-    monkeypatch.setattr(rig.store, "count_by_kind_and_state", down)
+    monkeypatch.setattr(rig.stats, "count_by_kind_and_state", down)
     samples = await scrape_listener(rig, base)
     assert sample(samples, "mjbot_upstream_requests_total", endpoint="generate", code="200") == 1
     # Left out rather than frozen at the last values.

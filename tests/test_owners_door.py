@@ -36,7 +36,7 @@ def paid_calls(sandbox: SandboxAPI) -> int:
 
 
 async def job_count(app: App) -> int:
-    return sum((await app.services.store.states_since(0)).values())
+    return sum((await app.services.stats.states_since(0)).values())
 
 
 async def answer(handle: InteractionHandle) -> str:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Mapping
 
 from bot.grid import reroll_custom_id, upscale_custom_id, vary_custom_id
+from bot.jobs.stats import JobStats
 from bot.midjourney.sandbox import SandboxAPI
 from tests.fakes.discord_double import (
     DEFAULT_MEMBER_PERMISSIONS,
@@ -71,7 +72,7 @@ async def test_a_task_made_in_another_server_is_unknown_there(harness: Harness) 
         assert "unknown" in no_upscale and no_repost == no_upscale
 
         store = app.services.tracker.store
-        stored = sum((await store.count_by_kind_and_state()).values())
+        stored = sum((await JobStats(store.database).count_by_kind_and_state()).values())
         paid, looked_up = paid_calls(sandbox), sandbox.count("record-info")
         told = [
             await answer(double, {"task_id": task, "image": 2}, bob, channel_b),
@@ -90,7 +91,7 @@ async def test_a_task_made_in_another_server_is_unknown_there(harness: Harness) 
 
         assert told == [no_upscale] * 5
         assert paid_calls(sandbox) == paid and sandbox.count("record-info") == looked_up
-        assert sum((await store.count_by_kind_and_state()).values()) == stored
+        assert sum((await JobStats(store.database).count_by_kind_and_state()).values()) == stored
         assert [m.id for m in double.messages(channel_b, ephemeral=False)] == [copy.id]
         assert not [t for t in told if "secret" in t]
 

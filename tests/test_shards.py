@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.app import UpscaleBot
 from bot.health import HealthMonitor
+from bot.jobs.coordination import Coordination
+from bot.jobs.database import Database
 from bot.jobs.store import JobStore
 from bot.shards import ShardLeases, shard_of
 from tests.jobs.conftest import postgres_schema
@@ -37,7 +39,12 @@ def process(
     allowed: list[int] | None = None,
 ) -> ShardLeases:
     return ShardLeases(
-        JobStore(engine()), owner=owner, count=count, allowed=allowed, most=most, ttl=TTL
+        Coordination(Database(engine())),
+        owner=owner,
+        count=count,
+        allowed=allowed,
+        most=most,
+        ttl=TTL,
     )
 
 
@@ -72,7 +79,7 @@ async def test_a_standby_takes_the_shard_of_a_process_that_stopped_renewing(
     assert a.held == [1]
 
 
-class CutOff(JobStore):
+class CutOff(Coordination):
     """A store whose database stops answering renewals (a network split, a failover)."""
 
     cut = False
@@ -87,7 +94,7 @@ async def test_a_process_that_cannot_renew_stops_before_its_lease_can_run_out(
     engine: Callable[[], AsyncEngine],
 ) -> None:
     now = [0.0]
-    store = CutOff(engine())
+    store = CutOff(Database(engine()))
     a = ShardLeases(store, owner="a", count=2, allowed=None, most=1, ttl=TTL, clock=lambda: now[0])
     assert (await a.step())[0] == [0]
     guild_on_0 = next(g << 22 for g in range(10) if shard_of(g << 22, 2) == 0)
@@ -128,7 +135,9 @@ async def test_only_the_shards_a_process_may_run(engine: Callable[[], AsyncEngin
 async def test_without_leases_every_allowed_shard_is_run_at_once(tmp_path: object) -> None:
     store = await JobStore.open(f"sqlite:///{tmp_path}/bot.sqlite3")
     try:
-        alone = ShardLeases(store, owner="a", count=3, allowed=None, most=None, ttl=None)
+        alone = ShardLeases(
+            Coordination(store.database), owner="a", count=3, allowed=None, most=None, ttl=None
+        )
         assert await alone.step() == ([0, 1, 2], [])
         assert await alone.step() == ([], [])
         assert all(alone.holds(shard) for shard in range(3))
@@ -145,7 +154,9 @@ async def test_a_session_back_after_its_lease_went_is_closed_not_counted_up(
     health = HealthMonitor()
     try:
         async with UpscaleBot(guild_id=None, health=health) as bot:
-            leases = ShardLeases(store, owner="a", count=2, allowed=[0], most=None, ttl=None)
+            leases = ShardLeases(
+                Coordination(store.database), owner="a", count=2, allowed=[0], most=None, ttl=None
+            )
             await leases.step()
             bot._shard_leases = leases
             with caplog.at_level(logging.WARNING, logger="bot.app"):

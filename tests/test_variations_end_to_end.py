@@ -203,7 +203,7 @@ async def test_v2_waits_until_v1_taught_the_base(harness: Harness) -> None:
         await variations_of(double, 1, alice)
         # 0 was refused (422, nothing taken), 1 was taken: the API numbers from 1.
         assert vary_indexes(sandbox) == [0, 1]
-        assert await app.services.tracker.store.api_fact(FACT) == "1"
+        assert await app.services.coordination.api_fact(FACT) == "1"
 
         await press(double, grid, vary_custom_id(task, 2), alice)
         await variations_of(double, 2, alice)

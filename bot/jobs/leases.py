@@ -14,7 +14,7 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from bot.jobs.store import JobListener, JobStore
+from bot.jobs.coordination import Coordination, JobListener
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,10 @@ def new_owner() -> str:
 
 
 class JobLeases:
-    def __init__(self, store: JobStore, ttl: float | None, owner: str | None = None) -> None:
-        self._store = store
+    def __init__(
+        self, coordination: Coordination, ttl: float | None, owner: str | None = None
+    ) -> None:
+        self._store = coordination
         # None: leases are off (SQLite), every claim succeeds.
         self.ttl = ttl
         self.owner = owner or new_owner()
@@ -86,6 +88,10 @@ class JobLeases:
         lost = (asked - held) & self._held
         self._held -= lost
         return lost
+
+    async def notify(self, job_id: str) -> None:
+        """Ring ``job_id``'s holder, whichever process it is (PostgreSQL's NOTIFY)."""
+        await self._store.notify_job(job_id)
 
     async def listen(self, on_job: Callable[[str], None], on_gap: Callable[[], None]) -> None:
         """Hear other processes' rings; again after the connection was lost, when ``on_gap``

@@ -1,5 +1,5 @@
 """The store's tables and the job's kinds and states (SQLAlchemy Core, one schema for SQLite and
-PostgreSQL). ``metadata.create_all`` adds a table a database made by an older version lacks."""
+PostgreSQL). A change here is a new revision in bot/jobs/migrations/versions."""
 
 from __future__ import annotations
 
@@ -65,44 +65,17 @@ jobs = sa.Table(
     sa.Column("deadline_at", sa.Float, nullable=False),
     sa.Column("completed_at", sa.Float),
     sa.Column("delivered_at", sa.Float),
+    sa.Column("dedupe_key", sa.String(100)),
 )
 
-LIVE_UPSCALE = sa.and_(jobs.c.kind == JobKind.UPSCALE.value, jobs.c.state != JobState.FAILED.value)
-# At most one live upscale per (grid task, image): the database refuses the second insert, so
-# dedupe holds across coroutines, processes and replicas alike.
-sa.Index(
-    "uq_live_upscale",
-    jobs.c.parent_task_id,
-    jobs.c.image_index,
-    unique=True,
-    sqlite_where=LIVE_UPSCALE,
-    postgresql_where=LIVE_UPSCALE,
-)
-# One running V<n> per (grid, image) and one running 🔄 per grid: a click while it runs gets the
-# running job back; once it is finished a new click makes another set (a new paid job).
-RUNNING = jobs.c.state.in_([s.value for s in UNFINISHED_STATES])
-RUNNING_VARY = sa.and_(jobs.c.kind == JobKind.VARY.value, RUNNING)
-RUNNING_REROLL = sa.and_(jobs.c.kind == JobKind.REROLL.value, RUNNING)
-sa.Index(
-    "uq_running_vary",
-    jobs.c.parent_task_id,
-    jobs.c.image_index,
-    unique=True,
-    sqlite_where=RUNNING_VARY,
-    postgresql_where=RUNNING_VARY,
-)
-sa.Index(
-    "uq_running_reroll",
-    jobs.c.parent_task_id,
-    unique=True,
-    sqlite_where=RUNNING_REROLL,
-    postgresql_where=RUNNING_REROLL,
-)
+# A job that must not have a twin while it lives (the same button's upscale, variation or
+# re-roll) holds a key here, given back (NULL) when its kind says so (bot.jobs.dedupe): the
+# database refuses a second holder, so dedupe holds across coroutines, processes and replicas.
+sa.Index("uq_jobs_dedupe_key", jobs.c.dedupe_key, unique=True)
 sa.Index("ix_jobs_state", jobs.c.state)
 
 # When each operator notice (the low-credit warning, …) was last sent, by whichever process: a
 # notice limited to one an hour must stay so across restarts and replicas sharing the database.
-# create_all adds the table to a database made by an older version.
 notices = sa.Table(
     "notices",
     metadata,

@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Callable
 
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.coordination import Coordination
 from bot.jobs.leases import JobLeases
 from bot.jobs.lifecycle.context import Context
 from bot.jobs.lifecycle.intake import Intake
@@ -62,6 +63,7 @@ class Tracker:
         lease_owner: str | None = None,
     ) -> None:
         base = settings.callback_base
+        coordination = Coordination(store.database)
         self._ctx = Context(
             store=store,
             client=client,
@@ -73,13 +75,13 @@ class Tracker:
             # needs the same key to recognise the callbacks of jobs made before (bot.app
             # derives it).
             secrets=callback_secrets or CallbackSecrets(secrets.token_bytes(32)),
-            leases=JobLeases(store, lease_seconds, lease_owner),
+            leases=JobLeases(coordination, lease_seconds, lease_owner),
             spending=spending or Spending(store.ledger, UNLIMITED),
             metrics=recorder(metrics),
             whispers=Whispers(store, publisher.whisper),
             throttle=throttle
             or SubmitThrottle(VENDOR_RATE, SUBMIT_WINDOW_SECONDS, max_waiting=100),
-            vary_index=VaryIndex(store, settings.vary_index_base),
+            vary_index=VaryIndex(coordination, settings.vary_index_base),
             background=BackgroundTasks(log),
             on_submitted=on_submitted,
         )

@@ -29,7 +29,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from bot.jobs.store import JobStore
+from bot.jobs.coordination import Coordination
 from bot.midjourney.errors import ApiError
 from bot.midjourney.models import GRID_SIZE
 
@@ -70,10 +70,10 @@ class TryOther(Exception):
 
 
 class VaryIndex:
-    def __init__(self, store: JobStore, configured: int | None = None) -> None:
+    def __init__(self, coordination: Coordination, configured: int | None = None) -> None:
         if configured is not None and configured not in BASES:
             raise ValueError(f"the index base is 0 or 1, not {configured!r}")
-        self._store = store
+        self._store = coordination
         self._configured = configured
         self._learned: int | None = None
 

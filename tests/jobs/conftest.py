@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.database import async_database_url
 from bot.jobs.spending import Spending
-from bot.jobs.store import Job, JobKind, JobStore, async_database_url
+from bot.jobs.store import Job, JobKind, JobStore
 from bot.jobs.tables import metadata
 from bot.jobs.throttle import Pace, SubmitThrottle
 from bot.jobs.tracker import Tracker
@@ -38,6 +40,27 @@ def crowded_windows(
     return [
         arrivals[i] for i in range(len(arrivals) - rate) if arrivals[i + rate] - arrivals[i] < per
     ]
+
+
+# A database as the release before migrations left it (tests/fixtures/release_schema_*.sql): its
+# schema and four jobs on the grid RELEASE_GRID, by id.
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+RELEASE_GRID = "grid-1"
+RELEASE_LIVE_UPSCALE = "b7068d8b956e13042d8c36bc"  # image 2, requested
+RELEASE_FAILED_UPSCALE = "f81c0a9c197bab1f11f6cf85"  # image 3
+RELEASE_RUNNING_VARY = "17a0b6dbf09c296e105a6ac8"  # image 1, submitted
+RELEASE_DELIVERED_REROLL = "02a870cdc85b3f728038d40a"
+
+
+def release_sql(dialect: str) -> str:
+    return (FIXTURES / f"release_schema_{dialect}.sql").read_text()
+
+
+def release_sqlite(path: Path) -> str:
+    """A SQLite file made by the release before migrations, with its four jobs; its URL."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(release_sql("sqlite"))
+    return f"sqlite:///{path}"
 
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -15,6 +15,7 @@ import pytest
 
 import bot.jobs.store
 from bot.jobs.admission import Budget, OverQuota, Quota
+from bot.jobs.database import Database
 from bot.jobs.spending import GENERATION_COST, UPSCALE_COST, Rules, Spending
 from bot.jobs.store import Job, JobKind, JobState, JobStore
 from tests.jobs.conftest import postgres_schema
@@ -94,7 +95,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             await opened.close()
     else:
         async with postgres_schema("day_turn_test") as engine:
-            yield JobStore(engine())
+            yield JobStore(Database(engine()))
 
 
 async def generation(store: JobStore, spending: Spending) -> Job:

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.jobs.coordination import Coordination
+from bot.jobs.database import Database
 from bot.jobs.leases import JobLeases
 from bot.jobs.store import FollowUp, JobState, JobStore
 from bot.jobs.tables import leases
@@ -48,7 +50,7 @@ async def process(
     run."""
     publisher = publisher or RecordingPublisher()
     tracker = rig.tracker(
-        store=JobStore(engine()),
+        store=JobStore(Database(engine())),
         publisher=publisher,
         lease_seconds=lease,
         callbacks=callbacks,
@@ -154,7 +156,7 @@ async def test_the_requester_hears_of_a_failure_from_the_process_that_took_the_j
     assert "Banned prompt" in second_posts.whispered[0]
     assert first_posts.whispered == []
     # The job ended: the token is not kept any longer than it is needed.
-    assert await JobStore(engine()).follow_up(outcome.job.id) is None
+    assert await JobStore(Database(engine())).follow_up(outcome.job.id) is None
 
 
 async def test_a_callback_taken_by_another_process_rings_the_owner(
@@ -236,7 +238,7 @@ async def test_a_job_put_back_after_a_429_is_sent_by_the_process_that_adopted_it
     front = web.Application()
     front.router.add_post("/api/v1/mj/generate", rate_limited)
     hung = rig.tracker(
-        store=JobStore(engine()),
+        store=JobStore(Database(engine())),
         publisher=RecordingPublisher(),
         lease_seconds=LEASE,
         callbacks=False,
@@ -274,7 +276,7 @@ async def test_a_job_put_back_after_a_429_is_sent_by_the_process_that_adopted_it
     await taker.wait_idle()
 
 
-class RenewsSlowly(JobStore):
+class RenewsSlowly(Coordination):
     """A store whose renewal lets other work of the process run while it is under way, as any
     database round trip does (a click storm makes new jobs meanwhile, jobs end meanwhile)."""
 
@@ -290,7 +292,7 @@ class RenewsSlowly(JobStore):
 async def test_jobs_taken_or_ended_during_a_renewal_are_not_lost(
     engine: Callable[[], AsyncEngine],
 ) -> None:
-    store = RenewsSlowly(engine())
+    store = RenewsSlowly(Database(engine()))
     leases = JobLeases(store, ttl=STEADY)
     assert await leases.claim("ends-meanwhile")
 

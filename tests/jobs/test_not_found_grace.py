@@ -16,6 +16,7 @@ import bot.jobs.lifecycle.submitter
 import bot.jobs.lifecycle.watcher
 import bot.jobs.store
 from bot.jobs.admission import Quota
+from bot.jobs.database import Database
 from bot.jobs.store import Job, JobKind, JobState, JobStore
 from tests.jobs.conftest import Rig, postgres_schema
 from tests.jobs.test_tracker import USER
@@ -72,7 +73,7 @@ async def store(request: pytest.FixtureRequest, rig: Rig) -> AsyncIterator[JobSt
         yield rig.store
     else:
         async with postgres_schema("grace_test") as engine:
-            yield JobStore(engine())
+            yield JobStore(Database(engine()))
 
 
 async def test_a_404_for_a_task_just_taken_after_minutes_in_the_queue_is_waited_out(

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from bot.jobs.coordination import Coordination
+from bot.jobs.database import Database
 from bot.jobs.leases import LEASE_SECONDS, new_owner
 from bot.jobs.pace import IN_FLIGHT_POLL, SharedPace
 from bot.jobs.store import JobStore
@@ -58,7 +60,7 @@ async def test_three_processes_on_postgresql_keep_the_pace_together(rig: Rig) ->
             pace = SharedPace(made, local, RATE, PER, owner=owner)
             trackers.append(
                 rig.tracker(
-                    store=JobStore(made),
+                    store=JobStore(Database(made)),
                     throttle=pace,
                     lease_seconds=LEASE_SECONDS,
                     lease_owner=owner,
@@ -120,7 +122,7 @@ async def test_a_turn_in_flight_counts_until_its_process_is_gone() -> None:
 
         slow = new_owner()
         # The slow process works on a job: its lease is live until a minute and a half from now.
-        assert await JobStore(engine()).claim_lease("its job", slow, ttl=90.0)
+        assert await Coordination(Database(engine())).claim_lease("its job", slow, ttl=90.0)
         await pace(slow).acquire()
         now += 61.0
         waits: list[float] = []

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bot.jobs.store import JobKind, JobState, JobStore, async_database_url
+from bot.jobs.database import Database, async_database_url
+from bot.jobs.store import JobKind, JobState, JobStore
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome
 from bot.midjourney.sandbox import Endpoint
@@ -143,11 +144,13 @@ async def test_a_paid_task_outlives_postgresql_cut_off(
         proxy = await CutProxy(server.host or "127.0.0.1", server.port or 5432).start()
         url = make_url(async_database_url(POSTGRES_URL)).set(host="127.0.0.1", port=proxy.port)
         store = JobStore(
-            create_async_engine(
-                url,
-                connect_args={"server_settings": {"search_path": schema}},
-                hide_parameters=True,
-                pool_pre_ping=True,
+            Database(
+                create_async_engine(
+                    url,
+                    connect_args={"server_settings": {"search_path": schema}},
+                    hide_parameters=True,
+                    pool_pre_ping=True,
+                )
             )
         )
         # A lease that outlives the outage: the job stays this process's.

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from bot.jobs.admission import Budget, Quota
+from bot.jobs.database import Database
 from bot.jobs.pace import PACE_LOCK, SharedPace
 from bot.jobs.store import JobKind, JobStore
 from bot.jobs.throttle import SubmitThrottle
@@ -47,7 +48,7 @@ async def a_job(store: JobStore, n: int, **kw: object) -> str:
 
 async def test_a_write_after_payment_does_not_wait_behind_admissions_on_the_budgets_lock() -> None:
     async with postgres_schema("pool_test") as engine:
-        store = JobStore(engine())
+        store = JobStore(Database(engine()))
         paid = await a_job(store, 0)
         quota = Quota(
             category="upscale",
@@ -70,7 +71,7 @@ async def test_a_write_after_payment_does_not_wait_behind_admissions_on_the_budg
 async def test_a_write_after_payment_does_not_wait_behind_submissions_on_the_paces_lock() -> None:
     async with postgres_schema("pool_test") as engine:
         made = engine()
-        store = JobStore(made)
+        store = JobStore(Database(made))
         paid = await a_job(store, 0)
         pace = SharedPace(
             made, SubmitThrottle(10_000, 10.0, max_waiting=10_000), 10_000, 10.0, owner="p" * 16

@@ -6,6 +6,7 @@ is given back; the credit ledger adds readings up once."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +17,11 @@ import sqlalchemy as sa
 
 from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
 from bot.jobs.allowances import Allowance, resolve
+from bot.jobs.database import Database
 from bot.jobs.ledger import KEEP, LimitRow
 from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
 from bot.jobs.tables import UNLIMITED_ROW, allowance_uses
-from tests.jobs.conftest import postgres_schema
+from tests.jobs.conftest import postgres_schema, release_sqlite
 
 GUILD, OTHER_GUILD = 1000, 2000
 DAY = "2026-12-06"
@@ -38,7 +40,7 @@ async def _sqlite(tmp_path: Path, n: int) -> AsyncIterator[list[JobStore]]:
 async def _postgres(n: int) -> AsyncIterator[list[JobStore]]:
     # One engine per store: separate connection pools, as separate processes would have.
     async with postgres_schema("spending_test") as engine:
-        yield [JobStore(engine()) for _ in range(n)]
+        yield [JobStore(Database(engine())) for _ in range(n)]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -81,7 +83,7 @@ async def generate(store: JobStore, *, user: int = 1, **kw: Any) -> Job:
 
 
 async def uses(store: JobStore) -> int:
-    async with store._engine.connect() as conn:
+    async with store.engine.connect() as conn:
         return int(
             (
                 await conn.execute(sa.select(sa.func.count()).select_from(allowance_uses))
@@ -158,7 +160,7 @@ async def test_counts_are_per_kind_per_place_and_per_day(stores: list[JobStore])
     await upscale(store, 0, guild=None, quota=quota())
     # Yesterday's upscale, stored with a day that has since turned.
     old = await upscale(store, 1, quota=quota())
-    async with store._engine.begin() as conn:
+    async with store.engine.begin() as conn:
         await conn.execute(
             allowance_uses.update()
             .where(allowance_uses.c.job_id == old.id)
@@ -293,12 +295,10 @@ def test_a_members_own_limit_beats_roles_and_the_most_generous_role_wins() -> No
 
 
 async def test_a_database_from_before_spending_control_gains_its_tables(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/old.sqlite3"
-    store = await JobStore.open(url)
-    async with store._engine.begin() as conn:
+    url = release_sqlite(tmp_path / "old.sqlite3")
+    with sqlite3.connect(tmp_path / "old.sqlite3") as conn:
         for table in ("allowance_uses", "allowance_limits", "credit_days"):
-            await conn.execute(sa.text(f"DROP TABLE {table}"))
-    await store.close()
+            conn.execute(f"DROP TABLE {table}")
     store = await JobStore.open(url)
     try:
         await upscale(store, 0, quota=quota(member_limit=1))
@@ -326,7 +326,7 @@ async def test_a_job_queued_before_midnight_is_reserved_against_the_new_day(
 ) -> None:
     store = stores[0]
     queued = await generate(store, quota=quota("generation"))
-    async with store._engine.begin() as conn:
+    async with store.engine.begin() as conn:
         await conn.execute(
             allowance_uses.update()
             .where(allowance_uses.c.job_id == queued.id)

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from bot.jobs.admission import TooManyJobs
+from bot.jobs.coordination import Coordination
+from bot.jobs.database import Database, async_database_url
+from bot.jobs.stats import JobStats
 from bot.jobs.store import (
     DuplicateJob,
     GridUse,
@@ -21,9 +24,14 @@ from bot.jobs.store import (
     JobKind,
     JobState,
     JobStore,
-    async_database_url,
 )
-from tests.jobs.conftest import POSTGRES_URL, postgres_admin, postgres_schema
+from tests.jobs.conftest import (
+    POSTGRES_URL,
+    RELEASE_LIVE_UPSCALE,
+    postgres_admin,
+    postgres_schema,
+    release_sqlite,
+)
 
 PARENT = "grid-task-0001"
 CHANNEL = 555
@@ -231,10 +239,11 @@ async def test_one_running_variation_per_image_and_reroll_per_grid(store: JobSto
     await check_variation_dedupe(store)
 
 
-async def check_api_facts(first: JobStore, second: JobStore) -> None:
+async def check_api_facts(first: Coordination, second: Coordination) -> None:
     assert await first.api_fact("vary_index_base") is None
     learned = await asyncio.gather(
-        first.learn_api_fact("vary_index_base", "1"), second.learn_api_fact("vary_index_base", "0")
+        first.learn_api_fact("vary_index_base", "1"),
+        second.learn_api_fact("vary_index_base", "0"),
     )
     assert learned[0] == learned[1] and learned[0] in ("0", "1")
     # The first value learned stays: a later answer does not overwrite it.
@@ -246,13 +255,13 @@ async def test_api_facts_keep_the_first_value_learned(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/facts.sqlite3"
     first, second = await JobStore.open(url), await JobStore.open(url)
     try:
-        await check_api_facts(first, second)
+        await check_api_facts(Coordination(first.database), Coordination(second.database))
     finally:
         await first.close()
         await second.close()
     reopened = await JobStore.open(url)
     try:
-        assert await reopened.api_fact("vary_index_base") in ("0", "1")
+        assert await Coordination(reopened.database).api_fact("vary_index_base") in ("0", "1")
     finally:
         await reopened.close()
 
@@ -434,7 +443,7 @@ async def test_per_requester_limit_of_unfinished_jobs(store: JobStore) -> None:
 HOUR = 3600.0
 
 
-async def check_notice_claims(store: JobStore, replica: JobStore) -> None:
+async def check_notice_claims(store: Coordination, replica: Coordination) -> None:
     """``replica`` is another process' connection to the same database."""
     t = 1_700_000_000.0
     assert await store.claim_notice("low", now=t, every=HOUR)
@@ -464,43 +473,37 @@ async def test_notice_claims_once_an_hour_across_processes(tmp_path: Path) -> No
     url = f"sqlite:///{tmp_path}/notices.sqlite3"
     store, replica = await JobStore.open(url), await JobStore.open(url)
     try:
-        await check_notice_claims(store, replica)
+        await check_notice_claims(Coordination(store.database), Coordination(replica.database))
     finally:
         await store.close()
         await replica.close()
 
 
 async def test_a_database_from_before_notices_gains_the_table(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/old.sqlite3"
-    old = await JobStore.open(url)
-    job = await new_job(old)
-    await old.close()
+    url = release_sqlite(tmp_path / "old.sqlite3")
     with sqlite3.connect(tmp_path / "old.sqlite3") as conn:
         conn.execute("DROP TABLE notices")
     store = await JobStore.open(url)
     try:
-        assert await store.get(job.id) == job
-        assert await store.claim_notice("low", now=time.time(), every=HOUR)
+        assert await store.get(RELEASE_LIVE_UPSCALE) is not None
+        assert await Coordination(store.database).claim_notice("low", now=time.time(), every=HOUR)
     finally:
         await store.close()
 
 
 async def test_a_database_from_before_variations_gains_their_dedupe(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/old.sqlite3"
-    old = await JobStore.open(url)
-    job = await new_job(old)
-    await old.close()
+    url = release_sqlite(tmp_path / "old.sqlite3")
     with sqlite3.connect(tmp_path / "old.sqlite3") as conn:
         conn.execute("DROP INDEX uq_running_vary")
         conn.execute("DROP INDEX uq_running_reroll")
         conn.execute("DROP TABLE api_facts")
     store = await JobStore.open(url)
     try:
-        assert await store.get(job.id) == job
+        assert await store.get(RELEASE_LIVE_UPSCALE) is not None
         await new_job(store, JobKind.VARY, index=0)
         with pytest.raises(DuplicateJob):
             await new_job(store, JobKind.VARY, index=0)
-        assert await store.learn_api_fact("vary_index_base", "0") == "0"
+        assert await Coordination(store.database).learn_api_fact("vary_index_base", "0") == "0"
     finally:
         await store.close()
 
@@ -510,7 +513,7 @@ async def test_a_database_from_before_variations_gains_their_dedupe(tmp_path: Pa
 
 async def test_dedupe_and_transitions_on_postgresql() -> None:
     async with postgres_schema("jobstore_test") as engine:
-        store = JobStore(engine())
+        store = JobStore(Database(engine()))
 
         results = await asyncio.gather(
             *(new_job(store, index=1, requester_id=n) for n in range(50)), return_exceptions=True
@@ -542,13 +545,13 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
         assert stored is not None and stored.state is JobState.SUBMITTING
         assert [j.id for j in await store.unfinished()] == [other.id]
         await check_per_requester_limit(store)
-        await check_notice_claims(store, JobStore(engine()))
-        await check_api_facts(store, JobStore(engine()))
+        await check_notice_claims(Coordination(store.database), Coordination(Database(engine())))
+        await check_api_facts(Coordination(store.database), Coordination(Database(engine())))
 
 
 async def test_variation_dedupe_on_postgresql() -> None:
     async with postgres_schema("jobstore_test") as engine:
-        await check_variation_dedupe(JobStore(engine()))
+        await check_variation_dedupe(JobStore(Database(engine())))
 
 
 async def test_states_since_and_recent_failures(store: JobStore) -> None:
@@ -557,11 +560,14 @@ async def test_states_since_and_recent_failures(store: JobStore) -> None:
     running = await new_job(store, parent="g1")
     first = await fail(store, await new_job(store, parent="g2"))
     second = await fail(store, await new_job(store, parent="g3"))
-    counts = await store.states_since(time.time() - 24 * 3600)
+    counts = await JobStats(store.database).states_since(time.time() - 24 * 3600)
     assert counts == {JobState.REQUESTED: 1, JobState.FAILED: 2}
     assert running.state is JobState.REQUESTED
-    assert [j.id for j in await store.recent_failures(5)] == [second.id, first.id]
-    assert [j.id for j in await store.recent_failures(1)] == [second.id]
+    assert [j.id for j in await JobStats(store.database).recent_failures(5)] == [
+        second.id,
+        first.id,
+    ]
+    assert [j.id for j in await JobStats(store.database).recent_failures(1)] == [second.id]
 
 
 async def test_processes_starting_together_on_a_fresh_postgresql_database_all_open() -> None:

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.jobs import texts
+from bot.jobs.database import Database
 from bot.jobs.store import FollowUp, Job, JobKind, JobState, JobStore
 from bot.jobs.tables import follow_ups, leases
 from bot.jobs.tracker import Tracker
@@ -68,7 +69,10 @@ async def started(request: pytest.FixtureRequest, rig: Rig) -> AsyncIterator[Sta
                 tracker = rig.tracker(publisher=publisher, sweep_seconds=OFTEN, **options)
             else:
                 tracker = rig.tracker(
-                    store=JobStore(engine()), publisher=publisher, lease_seconds=LEASE, **options
+                    store=JobStore(Database(engine())),
+                    publisher=publisher,
+                    lease_seconds=LEASE,
+                    **options,
                 )
             trackers.append(tracker)
             await tracker.recover()

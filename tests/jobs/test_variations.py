@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from bot.jobs.coordination import Coordination
 from bot.jobs.store import JobKind, JobState, JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import Tracker
@@ -69,7 +70,7 @@ async def test_v1_or_v4_varies_the_clicked_image_and_teaches_the_base(
     safe = 0 if number == 1 else 4
     assert vary_calls(rig) == ([safe] if safe - (number - 1) == base else [safe, number - 1 + base])
     assert rig.sandbox.credits == credits - rig.sandbox.vary_cost
-    assert await rig.store.api_fact(FACT) == str(base)
+    assert await Coordination(rig.store.database).api_fact(FACT) == str(base)
     assert f"vary index base learned: {base}" in caplog.text
     await finish(rig, outcome, 1)
     job = rig.publisher.delivered[0]
@@ -103,14 +104,14 @@ async def test_a_configured_base_is_used_without_learning(rig: Rig) -> None:
     outcome = await on_grid(tracker, JobKind.VARY, rig.grid(), 2)
     assert vary_calls(rig) == [2 + base]
     assert rig.sandbox.task(outcome.job.upstream_task_id or "").image_index == 2
-    assert await rig.store.api_fact(FACT) is None
+    assert await Coordination(rig.store.database).api_fact(FACT) is None
 
 
 async def test_the_other_process_learned_base_is_used(rig: Rig) -> None:
     base = rig.sandbox.vary_index_base
     other = await JobStore.open(rig.database_url)
     try:
-        assert await other.learn_api_fact(FACT, str(base)) == str(base)
+        assert await Coordination(other.database).learn_api_fact(FACT, str(base)) == str(base)
     finally:
         await other.close()
     outcome = await on_grid(rig.tracker(), JobKind.VARY, rig.grid(), 3)
@@ -131,7 +132,7 @@ async def test_a_grid_that_cannot_be_varied_fails_and_teaches_nothing(rig: Rig) 
     # Base 1: 0 is out of range, then 1 meets the same refusal as any index would.
     assert len(vary_calls(rig)) == 1 + rig.sandbox.vary_index_base
     assert rig.sandbox.credits == credits
-    assert await rig.store.api_fact(FACT) is None
+    assert await Coordination(rig.store.database).api_fact(FACT) is None
 
 
 async def test_concurrent_clicks_on_one_variation_make_one_job(rig: Rig) -> None:
@@ -230,7 +231,7 @@ async def test_recovery_submits_recorded_variations_and_rerolls_once(rig: Rig) -
     base = rig.sandbox.vary_index_base
     parent = rig.grid()
     # Recorded, then the bot died before the API calls; V3 waits for the base, so it is known.
-    await rig.store.learn_api_fact(FACT, str(base))
+    await Coordination(rig.store.database).learn_api_fact(FACT, str(base))
     jobs = [
         await rig.recorded(JobKind.VARY, parent, 2),
         await rig.recorded(JobKind.REROLL, parent, None),
@@ -279,7 +280,7 @@ async def test_a_refusal_that_does_not_name_the_index_teaches_nothing(rig: Rig) 
     assert outcome.failed and "flagged" in (outcome.job.error or "")
     # Not proof of the numbering: the other value is not tried, nothing is learned.
     assert vary_calls(rig) == [0] and rig.sandbox.credits == credits
-    assert await rig.store.api_fact(FACT) is None
+    assert await Coordination(rig.store.database).api_fact(FACT) is None
 
 
 async def test_a_wrong_setting_is_told_in_the_log_at_the_first_out_of_range(
@@ -320,7 +321,7 @@ async def test_a_crash_while_the_second_value_waits_its_turn_resubmits_it(rig: R
     await rig.publisher.wait_for(lambda: len(rig.publisher.marked) == 1)
     varied = [t for t in rig.sandbox.tasks() if t.task_type == "mj_vary"]
     assert [(t.parent_task_id, t.image_index) for t in varied] == [(parent, index)]
-    assert await rig.store.api_fact(FACT) == str(base)
+    assert await Coordination(rig.store.database).api_fact(FACT) == str(base)
 
 
 async def test_a_reroll_recorded_before_its_prompt_was_known_reads_it_first(rig: Rig) -> None:

@@ -64,8 +64,8 @@ class Context:
         return f"{base}{CALLBACK_PATH}{job.callback_secret}"
 
     async def notify(self, job_id: str) -> None:
-        """Ring the doorbell of a job another process may hold, through the store."""
-        await self.store.notify_job(job_id)
+        """Ring the doorbell of a job another process may hold."""
+        await self.leases.notify(job_id)
 
     @contextlib.asynccontextmanager
     async def busy(self) -> AsyncIterator[None]:
