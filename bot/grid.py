@@ -16,7 +16,6 @@ import discord
 from bot.jobs.kinds import Button, Kind, Product, buttons_under, kind_named
 from bot.jobs.kinds.base import owner_mention as owner_mention
 from bot.jobs.kinds.use import ParentUse
-from bot.jobs.store import GridUse
 from bot.midjourney.models import GRID_SIZE
 
 
@@ -114,29 +113,12 @@ def reroll_button(task_id: str, *, done: bool = False) -> discord.ui.Button[disc
     return kind_button(kind_named("reroll"), task_id, None, done=done)
 
 
-def parent_use(use: GridUse | ParentUse | None) -> ParentUse:
-    """The generic shape of what was asked of a parent. The store's ``grid_use`` still answers
-    with ``GridUse``'s three fields; the wiring of issue 22 makes it answer a ``ParentUse``, and
-    this adapter goes."""
-    if use is None:
-        return ParentUse()
-    if isinstance(use, ParentUse):
-        return use
-    asked: set[tuple[str, int | None]] = {("upscale", i) for i in use.upscaled}
-    asked |= {("vary", i) for i in use.varied}
-    if use.rerolled:
-        asked.add(("reroll", None))
-    return ParentUse(frozenset(asked))
-
-
 class ResultButtons(discord.ui.View):
     """The buttons of every kind declared under a posted result of ``product``; those ``use``
     names are shown green (if their kind turns green)."""
 
-    def __init__(
-        self, task_id: str, product: Product, use: GridUse | ParentUse | None = None
-    ) -> None:
-        asked = parent_use(use)
+    def __init__(self, task_id: str, product: Product, use: ParentUse | None = None) -> None:
+        asked = use or ParentUse()
         super().__init__(timeout=None)
         for kind in buttons_under(product):
             assert kind.button is not None
@@ -154,7 +136,7 @@ class ResultButtons(discord.ui.View):
 class GridButtons(ResultButtons):
     """Both rows of one grid; the buttons ``use`` names are shown green."""
 
-    def __init__(self, task_id: str, use: GridUse | ParentUse | None = None) -> None:
+    def __init__(self, task_id: str, use: ParentUse | None = None) -> None:
         super().__init__(task_id, Product.GRID, use)
 
 

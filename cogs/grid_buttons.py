@@ -16,7 +16,7 @@ import discord
 from bot.delivery.texts import jump_url
 from bot.grid import grid_owner, kind_button, may_upscale, number_to_index
 from bot.jobs.kinds import Kind
-from bot.jobs.store import JobKind, JobState
+from bot.jobs.store import JobState
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, Refused
 from cogs.interactions import (
@@ -156,7 +156,7 @@ async def start_on_grid(
     try:
         return await tracker.request_on_grid(
             # The tracker still takes the stored enum; the wiring of issue 22 makes it a Kind.
-            JobKind(kind.name),
+            kind.name,
             parent_task_id=task_id,
             image_index=image_index,
             requester_id=interaction.user.id,

@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery.texts import allowed_mentions, imagine_status_text
-from bot.jobs.store import JobKind
+from bot.jobs.kinds.imagine import IMAGINE
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
@@ -75,7 +75,7 @@ class ImagineCog(commands.Cog):
         # Over a limit is told privately, before the visible status line goes up; the limits are
         # checked again, atomically, when the request is stored.
         over = await self._tracker.preview(
-            JobKind.IMAGINE,
+            IMAGINE.name,
             requester_id=interaction.user.id,
             guild_id=interaction.guild_id,
             role_ids=role_ids(interaction),

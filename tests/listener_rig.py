@@ -20,7 +20,7 @@ import aiohttp
 from bot import metrics as m
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.stats import JobStats
-from bot.jobs.store import Job, JobKind, JobState, JobStore
+from bot.jobs.store import Job, JobState, JobStore
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import TrackerSettings
 from bot.midjourney.client import MidjourneyClient
@@ -29,6 +29,7 @@ from bot.midjourney.sandbox import SandboxAPI
 from bot.web import BODY_TIMEOUT_SECONDS, HEADER_TIMEOUT_SECONDS, Listener, RefusalLog
 from tests.conftest import FAST_POLL, SANDBOX_KEY, RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
+from tests.names import JobKind
 
 HMAC_KEY = "test-hmac-key"
 

@@ -150,7 +150,7 @@ async def test_a_gateway_outage_does_not_touch_jobs_in_flight(harness: Harness) 
         sandbox.task_seconds = None
         await click(double, grid, 1, alice)
         await submitted(double, grid, 1)
-        job = await app.services.tracker.store.live_upscale(grid_task(grid), 0)
+        job = await app.services.tracker.store.live_twin("upscale", grid_task(grid), 0)
         assert job is not None and job.upstream_task_id
 
         await double.drop_gateway()

@@ -32,11 +32,12 @@ from bot.delivery.texts import (
     status_text,
 )
 from bot.grid import grid_owner
-from bot.jobs.store import Job, JobKind, JobState, JobStore
+from bot.jobs.store import Job, JobState, JobStore
 from bot.jobs.types import DeliveryError
 from bot.net import NonPublicAddressError, PublicOnlyResolver, is_public
 from tests.fakes.discord_double import DiscordDouble
 from tests.harness import GRID_LABELS, loose_mentions, message_payloads
+from tests.names import JobKind
 
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff\xe0"
@@ -450,7 +451,7 @@ def make_job(
     return Job(
         id="0123456789abcdef01234567",
         kind=kind,
-        parent_task_id="grid-task" if kind is not JobKind.IMAGINE else None,
+        parent_task_id="grid-task" if kind != JobKind.IMAGINE else None,
         image_index=index if kind in (JobKind.UPSCALE, JobKind.VARY) else None,
         upstream_task_id="up-task",
         requester_id=requester,

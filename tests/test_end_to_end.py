@@ -50,7 +50,7 @@ async def test_imagine_then_upscale_posts_the_right_bytes(harness: Harness) -> N
         assert len(calls) == 1
         assert calls[0]["taskId"] == task and calls[0]["imageIndex"] == 1
         assert calls[0]["callBackUrl"].startswith("http://127.0.0.1:")
-        job = await app.services.tracker.store.live_upscale(task, 1)
+        job = await app.services.tracker.store.live_twin("upscale", task, 1)
         assert job is not None and job.state is JobState.DELIVERED and job.upstream_task_id
         assert job.result_message_id == result.id
         assert attachments_match(result, [sandbox.image_bytes(job.upstream_task_id, 0)])
@@ -83,7 +83,7 @@ async def test_second_click_never_pays_twice(harness: Harness) -> None:
         assert running.ephemeral and "already being upscaled" in running.content
         assert sandbox.count("generateUpscale") == 1
 
-        job = await app.services.tracker.store.live_upscale(grid_task(grid), 0)
+        job = await app.services.tracker.store.live_twin("upscale", grid_task(grid), 0)
         assert job is not None and job.upstream_task_id
         sandbox.complete(job.upstream_task_id)
         result = await result_for(double, 1, alice)
@@ -105,7 +105,7 @@ async def test_ack_comes_before_a_slow_api_answers(harness: Harness) -> None:
         sandbox.answer_delay = 1.0
         await click(double, grid, 3, alice)
         # Acknowledged while the API call is still under way (its answer takes a second).
-        job = await app.services.tracker.store.live_upscale(grid_task(grid), 2)
+        job = await app.services.tracker.store.live_twin("upscale", grid_task(grid), 2)
         assert job is None or job.state in (JobState.REQUESTED, JobState.SUBMITTING)
         await result_for(double, 3, alice)
 
@@ -132,7 +132,7 @@ async def test_job_running_across_a_restart_is_posted_once(harness: Harness) -> 
         sandbox.task_seconds = None
         handle = await click(double, grid, 2, alice)
         await submitted(double, grid, 2)
-        job = await app.services.tracker.store.live_upscale(grid_task(grid), 1)
+        job = await app.services.tracker.store.live_twin("upscale", grid_task(grid), 1)
         assert job is not None and job.upstream_task_id
     # The bot is down when the task finishes.
     sandbox.complete(job.upstream_task_id)

@@ -24,7 +24,7 @@ from bot.grid import (
     upscale_custom_id,
     vary_custom_id,
 )
-from bot.jobs.store import GridUse
+from bot.jobs.kinds.use import ParentUse
 
 TASK = "4edb3c5d9e0f4a1b8c2d3e4f5a6b7c8d"
 ID_ALPHABET = string.ascii_letters + string.digits + "_-"
@@ -123,7 +123,7 @@ def test_parse_agrees_with_the_template_discord_py_fullmatches() -> None:
 
 
 async def test_grid_buttons_are_two_rows_with_used_ones_green() -> None:
-    view = GridButtons(TASK, GridUse(upscaled=frozenset({1}), varied=frozenset({3})))
+    view = GridButtons(TASK, ParentUse(frozenset({("upscale", 1), ("vary", 3)})))
     buttons = view.children
     assert all(isinstance(button, discord.ui.Button) for button in buttons)
     rows = [[b.label for b in buttons if b.row == row] for row in (0, 1)]
@@ -139,7 +139,7 @@ async def test_grid_buttons_are_two_rows_with_used_ones_green() -> None:
 
 
 async def test_a_rerolled_grid_shows_its_reroll_button_green() -> None:
-    view = GridButtons(TASK, GridUse(rerolled=True))
+    view = GridButtons(TASK, ParentUse(frozenset({("reroll", None)})))
     green = [b.label for b in view.children if b.style is discord.ButtonStyle.success]
     assert green == ["🔄"]
 
@@ -171,7 +171,7 @@ async def test_grid_buttons_default_to_all_grey() -> None:
 
 
 async def test_grid_buttons_are_not_dispatchable() -> None:
-    view = GridButtons(TASK, GridUse(upscaled=frozenset({1})))
+    view = GridButtons(TASK, ParentUse(frozenset({("upscale", 1)})))
     # Why this matters: Messageable.send and Message.edit hand a dispatchable view to
     # ConnectionState.store_view. Stored, each grid's view would stay in the view store for good
     # (timeout=None), and its plain buttons, whose callbacks do nothing, would be registered

@@ -19,9 +19,10 @@ from bot.health import (
     iso_time,
 )
 from bot.jobs.stats import JobStats
-from bot.jobs.store import JobKind, JobState, JobStore
+from bot.jobs.store import JobState, JobStore
 from bot.web import Listener
 from tests.harness import Harness, click, imagine, submitted
+from tests.names import JobKind
 
 
 class FakeClock:

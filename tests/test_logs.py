@@ -252,7 +252,7 @@ async def test_every_line_about_a_job_carries_its_ids(
         grid = await imagine(double, alice, "a quiet harbour")
         await click(double, grid, 3, alice)
         await result_for(double, 3, alice)
-        job = await app.services.tracker.store.live_upscale(grid_task(grid), 2)
+        job = await app.services.tracker.store.live_twin("upscale", grid_task(grid), 2)
         assert job is not None
         reroll = await double.click(grid.id, reroll_custom_id(grid_task(grid)), alice)
         await reroll.wait_ack()

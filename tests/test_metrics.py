@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.grid import vary_custom_id
 from bot.jobs.stats import JobStats
-from bot.jobs.store import JobKind, JobState, JobStore
+from bot.jobs.store import JobState, JobStore
 from bot.jobs.types import CALLBACK_PATH
 from bot.metrics import CALLBACK_OUTCOMES, NO_METRICS, Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
@@ -25,6 +25,7 @@ from bot.midjourney.errors import ApiError, ApiUnreachable
 from tests.conftest import RunningSandbox, Serve
 from tests.harness import Harness, click, grid_task, imagine, result_for
 from tests.listener_rig import HMAC_KEY, ListenerRig, callback_body, listener_rig, signed
+from tests.names import JobKind
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

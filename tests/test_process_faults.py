@@ -114,7 +114,7 @@ async def job_in(
     try:
         async with asyncio.timeout(timeout):
             while True:
-                job = await store.live_upscale(task, number - 1)
+                job = await store.live_twin("upscale", task, number - 1)
                 if job is not None and job.state is state:
                     return job
                 await asyncio.sleep(0.02)
@@ -257,7 +257,7 @@ async def test_sigterm_lets_a_delivery_under_way_finish(rig: Rig) -> None:
 
     await delivered_once(rig, task, 2, alice)
     # The refused click left nothing to resume.
-    assert await rig.store.live_upscale(task, 2) is None
+    assert await rig.store.live_twin("upscale", task, 2) is None
     log = rig.bot.stderr()
     assert "stopped" in log
     assert not [word for word in UNCLEAN if word in log], log
@@ -308,7 +308,7 @@ async def test_sigterm_gives_up_on_a_stuck_delivery_after_the_grace(rig: Rig) ->
     code, took = await rig.bot.wait_exit(timeout=grace + 5)
     assert code == 0
     assert took >= grace  # it did wait for the delivery, as long as it was allowed to
-    job = await rig.store.live_upscale(task, 0)
+    job = await rig.store.live_twin("upscale", task, 0)
     assert job is not None and job.state is JobState.SUCCEEDED
     assert results(double, 1, alice) == []
     assert "Traceback" not in rig.bot.stderr()

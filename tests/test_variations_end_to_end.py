@@ -9,7 +9,7 @@ import discord
 import pytest
 
 from bot.grid import reroll_custom_id, upscale_button, vary_custom_id
-from bot.jobs.store import Job, JobKind, JobState, JobStore
+from bot.jobs.store import Job, JobState, JobStore
 from bot.jobs.vary_index import FACT
 from bot.midjourney.sandbox import SandboxAPI
 from tests.fakes.discord_double import DiscordDouble, InteractionHandle, StoredMessage
@@ -23,6 +23,7 @@ from tests.harness import (
     result_for,
     status_lines,
 )
+from tests.names import JobKind
 
 
 def numbered_from(harness: Harness, base: int, *, configured: bool = True) -> None:

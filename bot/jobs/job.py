@@ -1,5 +1,5 @@
 """A job as the store gives it (``Job``), the way back to its requester (``FollowUp``), what
-was asked of a grid (``GridUse``), and the store's refusal of a twin (``DuplicateJob``)."""
+and the store's refusal of a twin (``DuplicateJob``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bot.jobs.tables import FINAL_STATES, JobKind, JobState
+from bot.jobs.tables import FINAL_STATES, JobState
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class FollowUp:
 @dataclass(frozen=True)
 class Job:
     id: str
-    kind: JobKind
+    # The name of its kind (bot.jobs.kinds.kind_named gives the kind).
+    kind: str
     parent_task_id: str | None
     image_index: int | None
     upstream_task_id: str | None
@@ -65,9 +66,8 @@ class Job:
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Job:
         values = dict(row._mapping)
-        # The store's business alone (bot.jobs.dedupe).
+        # The store's business alone (the kind's Dedupe).
         values.pop("dedupe_key", None)
-        values["kind"] = JobKind(values["kind"])
         values["state"] = JobState(values["state"])
         values["result_urls"] = tuple(json.loads(values["result_urls"] or "[]"))
         values["options"] = json.loads(values["options"] or "{}")
@@ -80,12 +80,3 @@ class DuplicateJob(Exception):
     def __init__(self, job: Job) -> None:
         self.job = job
         super().__init__(f"a live {job.kind} of that grid exists: {job.label}")
-
-
-@dataclass(frozen=True)
-class GridUse:
-    """What has been asked of one grid's buttons (failed jobs aside): shown green."""
-
-    upscaled: frozenset[int] = frozenset()
-    varied: frozenset[int] = frozenset()
-    rerolled: bool = False

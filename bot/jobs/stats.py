@@ -6,8 +6,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from bot.jobs.database import Database
+from bot.jobs.kinds import all_kinds
 from bot.jobs.store import Job
-from bot.jobs.tables import UNFINISHED_STATES, JobKind, JobState, jobs
+from bot.jobs.tables import UNFINISHED_STATES, JobState, jobs
 
 
 class JobStats:
@@ -33,7 +34,7 @@ class JobStats:
         )
         async with self._database.engine.connect() as conn:
             rows = (await conn.execute(query)).fetchall()
-        counts = {(kind.value, state.value): 0 for kind in JobKind for state in JobState}
+        counts = {(kind.name, state.value): 0 for kind in all_kinds() for state in JobState}
         for kind, state, count in rows:
             counts[(str(kind), str(state))] = int(count)
         return counts

@@ -25,22 +25,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.jobs.admission import OverQuota, Quota, TooManyJobs, admission, lock_keys, refusal
 from bot.jobs.coordination import lease_row
 from bot.jobs.database import SQLITE_BUSY_SECONDS, Database
-from bot.jobs.dedupe import dedupe_key, released_kinds
 from bot.jobs.job import DuplicateJob as DuplicateJob
 from bot.jobs.job import FollowUp as FollowUp
-from bot.jobs.job import GridUse as GridUse
 from bot.jobs.job import Job as Job
+from bot.jobs.kinds import all_kinds, button_kinds, kind_named
+from bot.jobs.kinds.use import ParentUse
 from bot.jobs.ledger import Ledger
 from bot.jobs.tables import (
     FINAL_STATES,
-    GRID_BUTTON_KINDS,
     UNFINISHED_STATES,
     allowance_uses,
     follow_ups,
     jobs,
     leases,
 )
-from bot.jobs.tables import JobKind as JobKind
 from bot.jobs.tables import JobState as JobState
 
 # Pooled connections a process's counted inserts may hold at once (the pool has 15): under the
@@ -94,7 +92,7 @@ class JobStore:
     async def create(
         self,
         *,
-        kind: JobKind,
+        kind: str,
         requester_id: int,
         guild_id: int | None,
         channel_id: int,
@@ -123,7 +121,7 @@ class JobStore:
         job_id = secrets.token_hex(12)
         values = {
             "id": job_id,
-            "kind": kind.value,
+            "kind": str(kind),
             "parent_task_id": parent_task_id,
             "image_index": image_index,
             "upstream_task_id": None,
@@ -144,7 +142,7 @@ class JobStore:
             "deadline_at": now + deadline_seconds,
             "completed_at": None,
             "delivered_at": None,
-            "dedupe_key": dedupe_key(kind, parent_task_id, image_index),
+            "dedupe_key": kind_named(kind).twin_key(parent_task_id, image_index),
         }
         admitted = admission(values, max_unfinished, quota)
         insert = jobs.insert()
@@ -225,38 +223,34 @@ class JobStore:
     async def by_upstream(self, task_id: str) -> Job | None:
         return await self._one(jobs.c.upstream_task_id == task_id)
 
-    async def live_upscale(self, parent_task_id: str, image_index: int) -> Job | None:
-        return await self.live_twin(JobKind.UPSCALE, parent_task_id, image_index)
-
     async def live_twin(
-        self, kind: JobKind, parent_task_id: str, image_index: int | None
+        self, kind: str, parent_task_id: str, image_index: int | None
     ) -> Job | None:
-        """The job that makes a new ``kind`` job of that grid (and image) a duplicate."""
-        key = dedupe_key(kind, parent_task_id, image_index)
+        """The job that makes a new ``kind`` job of that parent (and image) a duplicate."""
+        key = kind_named(kind).twin_key(parent_task_id, image_index)
         if key is None:
             raise ValueError(f"{kind} jobs are not deduplicated")
         return await self._one(jobs.c.dedupe_key == key)
 
-    async def grid_use(self, parent_task_id: str, guild_id: int | None) -> GridUse:
-        """Which buttons of a grid have a job in this server that did not fail (another
-        server's jobs of a grid made outside the bot are not this server's to see)."""
+    async def grid_use(self, parent_task_id: str, guild_id: int | None) -> ParentUse:
+        """Which buttons of a parent (a grid, an image) have a job in this server that did not
+        fail (another server's jobs of a parent made outside the bot are not this server's to
+        see)."""
+        per_image = {k.name: k.button.per_image for k in button_kinds() if k.button is not None}
         place = jobs.c.guild_id.is_(None) if guild_id is None else jobs.c.guild_id == guild_id
         query = sa.select(jobs.c.kind, jobs.c.image_index).where(
             jobs.c.parent_task_id == parent_task_id,
             place,
-            jobs.c.kind.in_([k.value for k in GRID_BUTTON_KINDS]),
+            jobs.c.kind.in_(list(per_image)),
             jobs.c.state != JobState.FAILED.value,
         )
         async with self._database.engine.connect() as conn:
             rows = (await conn.execute(query)).fetchall()
-
-        def images(kind: JobKind) -> frozenset[int]:
-            return frozenset(int(index) for k, index in rows if k == kind.value)
-
-        return GridUse(
-            upscaled=images(JobKind.UPSCALE),
-            varied=images(JobKind.VARY),
-            rerolled=any(k == JobKind.REROLL.value for k, _ in rows),
+        return ParentUse(
+            frozenset(
+                (kind, int(index) if per_image[kind] and index is not None else None)
+                for kind, index in rows
+            )
         )
 
     async def unfinished(self, ids: Collection[str] | None = None) -> list[Job]:
@@ -302,11 +296,11 @@ class JobStore:
         values = _encode(fields)
         values["state"] = to_state.value
         values["updated_at"] = time.time()
-        released = released_kinds(to_state)
+        released = [k.name for k in all_kinds() if k.dedupe and not k.dedupe.holds(to_state)]
         if released:
-            # The job stops blocking a twin (bot.jobs.dedupe): its key is given back.
+            # The job stops blocking a twin (its kind's Dedupe): its key is given back.
             values["dedupe_key"] = sa.case(
-                (jobs.c.kind.in_([k.value for k in released]), sa.null()),
+                (jobs.c.kind.in_(released), sa.null()),
                 else_=jobs.c.dedupe_key,
             )
         query = (

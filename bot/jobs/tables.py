@@ -1,4 +1,4 @@
-"""The store's tables and the job's kinds and states (SQLAlchemy Core, one schema for SQLite and
+"""The store's tables and the job's states (SQLAlchemy Core, one schema for SQLite and
 PostgreSQL). A change here is a new revision in bot/jobs/migrations/versions."""
 
 from __future__ import annotations
@@ -8,19 +8,6 @@ from enum import StrEnum
 import sqlalchemy as sa
 
 from bot.jobs.categories import CATEGORIES
-
-
-class JobKind(StrEnum):
-    IMAGINE = "imagine"
-    UPSCALE = "upscale"
-    # V1–V4: four variations of one image of a grid (generateVary).
-    VARY = "vary"
-    # 🔄: the grid's prompt and options generated again.
-    REROLL = "reroll"
-
-
-# Kinds started from a button (or /upscale) under an existing grid.
-GRID_BUTTON_KINDS = frozenset((JobKind.UPSCALE, JobKind.VARY, JobKind.REROLL))
 
 
 class JobState(StrEnum):

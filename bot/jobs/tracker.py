@@ -27,7 +27,7 @@ from bot.jobs.lifecycle.keeper import Keeper
 from bot.jobs.lifecycle.submitter import Submitter
 from bot.jobs.lifecycle.watcher import Watcher
 from bot.jobs.spending import UNLIMITED, Spending
-from bot.jobs.store import Job, JobKind, JobStore
+from bot.jobs.store import Job, JobStore
 from bot.jobs.throttle import SUBMIT_WINDOW_SECONDS, VENDOR_RATE, Pace, SubmitThrottle
 from bot.jobs.types import (
     CallbackVerdict,
@@ -112,7 +112,7 @@ class Tracker:
 
     async def request_on_grid(
         self,
-        kind: JobKind,
+        kind: str,
         *,
         parent_task_id: str,
         image_index: int | None,
@@ -161,7 +161,7 @@ class Tracker:
         )
 
     async def preview(
-        self, kind: JobKind, *, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
+        self, kind: str, *, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
     ) -> Refused | None:
         """The refusal a request would meet now (shutting down, queue full, a limit), None if
         none: lets /imagine refuse privately before it posts its visible status line."""

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.database import async_database_url
 from bot.jobs.spending import Spending
-from bot.jobs.store import Job, JobKind, JobStore
+from bot.jobs.store import Job, JobStore
 from bot.jobs.tables import metadata
 from bot.jobs.throttle import Pace, SubmitThrottle
 from bot.jobs.tracker import Tracker
@@ -29,6 +29,7 @@ from bot.midjourney.sandbox import SandboxAPI
 from bot.web import Listener
 from tests.conftest import FAST_POLL, RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
+from tests.names import JobKind
 
 
 def crowded_windows(

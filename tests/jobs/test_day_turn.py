@@ -17,8 +17,9 @@ import bot.jobs.store
 from bot.jobs.admission import Budget, OverQuota, Quota
 from bot.jobs.database import Database
 from bot.jobs.spending import GENERATION_COST, UPSCALE_COST, Rules, Spending
-from bot.jobs.store import Job, JobKind, JobState, JobStore
+from bot.jobs.store import Job, JobState, JobStore
 from tests.jobs.conftest import postgres_schema
+from tests.names import JobKind
 
 BERLIN = ZoneInfo("Europe/Berlin")
 GUILD, ALICE = 10, 20

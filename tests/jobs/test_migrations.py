@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs import migrations
 from bot.jobs.database import Database, async_database_url
-from bot.jobs.store import DuplicateJob, JobKind, JobStore
+from bot.jobs.store import DuplicateJob, JobStore
 from bot.jobs.tables import jobs, metadata
 from tests.jobs.conftest import (
     POSTGRES_URL,
@@ -35,6 +35,7 @@ from tests.jobs.conftest import (
     release_sql,
     release_sqlite,
 )
+from tests.names import JobKind
 
 ROOT = Path(__file__).parents[2]
 DIALECTS = ("sqlite", "postgresql")
@@ -135,7 +136,7 @@ async def test_a_database_of_the_last_release_is_stamped_and_upgraded(
         # What the old indexes let through still goes through: a failed upscale's image, a
         # delivered re-roll's grid.
         assert (await click(JobKind.UPSCALE, 3)).image_index == 3
-        assert (await click(JobKind.REROLL, None)).kind is JobKind.REROLL
+        assert (await click(JobKind.REROLL, None)).kind == JobKind.REROLL
         # Upgrading again changes nothing.
         await migrations.upgrade(engine())
         await at_head_and_like_the_models(made)

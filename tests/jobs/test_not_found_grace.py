@@ -17,9 +17,10 @@ import bot.jobs.lifecycle.watcher
 import bot.jobs.store
 from bot.jobs.admission import Quota
 from bot.jobs.database import Database
-from bot.jobs.store import Job, JobKind, JobState, JobStore
+from bot.jobs.store import Job, JobState, JobStore
 from tests.jobs.conftest import Rig, postgres_schema
 from tests.jobs.test_tracker import USER
+from tests.names import JobKind
 
 
 class Clock:

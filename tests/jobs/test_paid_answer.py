@@ -18,12 +18,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.jobs.database import Database, async_database_url
-from bot.jobs.store import JobKind, JobState, JobStore
+from bot.jobs.store import JobState, JobStore
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome
 from bot.midjourney.sandbox import Endpoint
 from tests.fakes.cut_proxy import CutProxy
 from tests.jobs.conftest import POSTGRES_URL, Rig, postgres_schema
+from tests.names import JobKind
 
 # The store's own wait for a lock, made short so that an outage outlasts it many times over
 # without the test waiting its production length (30 s).
@@ -125,7 +126,7 @@ async def test_a_paid_task_outlives_a_locked_sqlite_store(
         outcome = await request
         assert outcome.job.upstream_task_id == task_id
         await posted_once(rig, tracker, store, kind, task_id)
-        if kind is JobKind.VARY:
+        if kind == JobKind.VARY:
             # Learned once the task id was kept, not before.
             assert await tracker.vary_index.learned() == 0
     finally:

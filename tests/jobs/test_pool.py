@@ -11,9 +11,10 @@ from typing import Any
 from bot.jobs.admission import Budget, Quota
 from bot.jobs.database import Database
 from bot.jobs.pace import PACE_LOCK, SharedPace
-from bot.jobs.store import JobKind, JobStore
+from bot.jobs.store import JobStore
 from bot.jobs.throttle import SubmitThrottle
 from tests.jobs.conftest import postgres_admin, postgres_schema
+from tests.names import JobKind
 
 # More than a pool holds (5 and 10 overflow): before, every one of them held a connection.
 STORM = 40

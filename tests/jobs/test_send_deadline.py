@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from bot.jobs import texts
-from bot.jobs.store import JobKind, JobState, JobStore
+from bot.jobs.store import JobState, JobStore
 from tests.jobs.conftest import Rig
+from tests.names import JobKind
 
 USER = 42
 

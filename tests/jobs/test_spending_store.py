@@ -19,9 +19,10 @@ from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
 from bot.jobs.allowances import Allowance, resolve
 from bot.jobs.database import Database
 from bot.jobs.ledger import KEEP, LimitRow
-from bot.jobs.store import DuplicateJob, Job, JobKind, JobState, JobStore
+from bot.jobs.store import DuplicateJob, Job, JobState, JobStore
 from bot.jobs.tables import UNLIMITED_ROW, allowance_uses
 from tests.jobs.conftest import postgres_schema, release_sqlite
+from tests.names import JobKind
 
 GUILD, OTHER_GUILD = 1000, 2000
 DAY = "2026-12-06"

@@ -16,12 +16,11 @@ import pytest
 from bot.jobs.admission import TooManyJobs
 from bot.jobs.coordination import Coordination
 from bot.jobs.database import Database, async_database_url
+from bot.jobs.kinds.use import ParentUse
 from bot.jobs.stats import JobStats
 from bot.jobs.store import (
     DuplicateJob,
-    GridUse,
     Job,
-    JobKind,
     JobState,
     JobStore,
 )
@@ -32,6 +31,7 @@ from tests.jobs.conftest import (
     postgres_schema,
     release_sqlite,
 )
+from tests.names import JobKind
 
 PARENT = "grid-task-0001"
 CHANNEL = 555
@@ -54,7 +54,7 @@ async def new_job(
     index: int | None = 0,
     **kw: Any,
 ) -> Job:
-    if kind is JobKind.IMAGINE:
+    if kind == JobKind.IMAGINE:
         parent, index = None, None
     return await store.create(
         kind=kind,
@@ -102,7 +102,7 @@ async def test_create_fills_fields_and_defaults(store: JobStore) -> None:
         options={"speed": "fast"},
         deadline_seconds=100,
     )
-    assert job.kind is JobKind.UPSCALE
+    assert job.kind == JobKind.UPSCALE
     assert job.state is JobState.REQUESTED
     assert (job.parent_task_id, job.image_index) == (PARENT, 2)
     assert (job.requester_id, job.guild_id, job.channel_id) == (USER, 1, CHANNEL)
@@ -150,7 +150,7 @@ async def test_fifty_concurrent_upscales_of_one_image_make_one_job(store: JobSto
     assert len(dupes) == 49
     assert all(d.job.id == made[0].id for d in dupes)
     assert all(d.job.state is JobState.REQUESTED for d in dupes)
-    live = await store.live_upscale(PARENT, 1)
+    live = await store.live_twin("upscale", PARENT, 1)
     assert live is not None and live.id == made[0].id
     assert len(await store.unfinished()) == 1
 
@@ -170,10 +170,10 @@ async def test_duplicate_carries_the_live_job(store: JobStore) -> None:
 async def test_a_failed_upscale_no_longer_blocks_a_new_one(store: JobStore) -> None:
     first = await new_job(store)
     await fail(store, first)
-    assert await store.live_upscale(PARENT, 0) is None
+    assert await store.live_twin("upscale", PARENT, 0) is None
     second = await new_job(store)
     assert second.id != first.id
-    live = await store.live_upscale(PARENT, 0)
+    live = await store.live_twin("upscale", PARENT, 0)
     assert live is not None and live.id == second.id
     # And once the retry fails too, a third attempt is allowed.
     await fail(store, second)
@@ -215,14 +215,14 @@ async def check_variation_dedupe(store: JobStore) -> None:
     dupes = [r for r in results if isinstance(r, DuplicateJob)]
     assert sorted(j.kind for j in made) == [JobKind.REROLL, JobKind.VARY], results
     assert len(dupes) == 38
-    vary = next(j for j in made if j.kind is JobKind.VARY)
-    reroll = next(j for j in made if j.kind is JobKind.REROLL)
+    vary = next(j for j in made if j.kind == JobKind.VARY)
+    reroll = next(j for j in made if j.kind == JobKind.REROLL)
     assert {d.job.id for d in dupes} == {vary.id, reroll.id}
     # Other images of the grid, and an upscale of the same image, are other buttons.
     assert (await new_job(store, JobKind.VARY, index=1)).id != vary.id
     await new_job(store, index=2)
     use = await store.grid_use(PARENT, 1)
-    assert (use.varied, use.upscaled, use.rerolled) == ({1, 2}, {2}, True)
+    assert use.asked == {("vary", 1), ("vary", 2), ("upscale", 2), ("reroll", None)}
     # Done (or failed), it no longer blocks: a new click makes another set, as on Midjourney.
     await walk_to_delivered(store, vary)
     again = await new_job(store, JobKind.VARY, index=2)
@@ -232,7 +232,7 @@ async def check_variation_dedupe(store: JobStore) -> None:
     await fail(store, reroll)
     assert await store.live_twin(JobKind.REROLL, PARENT, None) is None
     assert (await new_job(store, JobKind.REROLL, index=None)).id != reroll.id
-    assert (await store.grid_use(PARENT, 1)).varied == {1, 2}
+    assert images(await store.grid_use(PARENT, 1), "vary") == {1, 2}
 
 
 async def test_one_running_variation_per_image_and_reroll_per_grid(store: JobStore) -> None:
@@ -339,24 +339,29 @@ async def test_by_secret_and_by_upstream(store: JobStore) -> None:
     assert (await store.by_secret(other.callback_secret)) == other
 
 
+def images(use: ParentUse, kind: str) -> frozenset[int | None]:
+    """The images of a parent that jobs of ``kind`` were asked of."""
+    return frozenset(index for name, index in use.asked if name == kind)
+
+
 async def test_live_upscale_and_grid_use(store: JobStore) -> None:
-    assert await store.grid_use(PARENT, 1) == GridUse()
+    assert await store.grid_use(PARENT, 1) == ParentUse()
     a = await new_job(store, index=0)
     b = await new_job(store, index=1)
     c = await new_job(store, index=2)
     await new_job(store, parent="grid-task-0002", index=3)
     await walk_to_delivered(store, b)
     await fail(store, c)
-    assert (await store.grid_use(PARENT, 1)).upscaled == {0, 1}
-    assert (await store.grid_use("grid-task-0002", 1)).upscaled == {3}
+    assert images(await store.grid_use(PARENT, 1), "upscale") == {0, 1}
+    assert images(await store.grid_use("grid-task-0002", 1), "upscale") == {3}
     # Another server's use of the same grid is not shown here, nor this one's there.
-    assert (await store.grid_use("grid-task-0002", 2)).upscaled == frozenset()
-    live_a = await store.live_upscale(PARENT, 0)
+    assert images(await store.grid_use("grid-task-0002", 2), "upscale") == frozenset()
+    live_a = await store.live_twin("upscale", PARENT, 0)
     assert live_a is not None and live_a.id == a.id
-    live_b = await store.live_upscale(PARENT, 1)
+    live_b = await store.live_twin("upscale", PARENT, 1)
     assert live_b is not None and live_b.state is JobState.DELIVERED
-    assert await store.live_upscale(PARENT, 2) is None
-    assert await store.live_upscale(PARENT, 3) is None
+    assert await store.live_twin("upscale", PARENT, 2) is None
+    assert await store.live_twin("upscale", PARENT, 3) is None
 
 
 async def test_unfinished_excludes_final_jobs_in_creation_order(store: JobStore) -> None:
@@ -530,7 +535,7 @@ async def test_dedupe_and_transitions_on_postgresql() -> None:
         with pytest.raises(DuplicateJob):
             await new_job(store, index=1)
         other = await new_job(store, index=2)
-        assert (await store.grid_use(PARENT, 1)).upscaled == {1, 2}
+        assert images(await store.grid_use(PARENT, 1), "upscale") == {1, 2}
 
         assert await store.transition(other.id, (JobState.SUBMITTED,), JobState.FAILED) is None
         assert await store.get(other.id) == other

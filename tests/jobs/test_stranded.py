@@ -17,13 +17,14 @@ import sqlalchemy as sa
 
 from bot.jobs import texts
 from bot.jobs.database import Database
-from bot.jobs.store import FollowUp, Job, JobKind, JobState, JobStore
+from bot.jobs.store import FollowUp, Job, JobState, JobStore
 from bot.jobs.tables import follow_ups, leases
 from bot.jobs.tracker import Tracker
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.models import Task
 from tests.fakes.publisher import RecordingPublisher
 from tests.jobs.conftest import Rig, postgres_schema
+from tests.names import JobKind
 
 USER = 42
 # Sweeps often, so that a test waits for the sweep's outcome rather than for a guessed time.

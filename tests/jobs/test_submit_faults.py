@@ -9,11 +9,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.jobs.store import JobKind, JobState
+from bot.jobs.store import JobState
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.types import CALLBACK_PATH, CallbackVerdict, Refused
 from tests.jobs.conftest import Rig
 from tests.jobs.test_tracker import USER, job_state, recorded_click, upscale
+from tests.names import JobKind
 
 
 class FrozenClock:

@@ -12,10 +12,11 @@ from bot.jobs import texts
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.servers import Servers
 from bot.jobs.spending import Rules, Spending
-from bot.jobs.store import Job, JobKind, JobState
+from bot.jobs.store import Job, JobState
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import CALLBACK_PATH, DeliveryError, Outcome, PollPolicy, Refused
 from tests.jobs.conftest import Rig
+from tests.names import JobKind
 
 CHANNEL = 555
 USER = 42

@@ -9,13 +9,14 @@ import logging
 import pytest
 
 from bot.jobs.coordination import Coordination
-from bot.jobs.store import JobKind, JobState, JobStore
+from bot.jobs.store import JobState, JobStore
 from bot.jobs.throttle import SubmitThrottle
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Outcome, PollPolicy, Refused
 from bot.jobs.vary_index import FACT
 from tests.conftest import RunningSandbox, StartSandbox
 from tests.jobs.conftest import Rig
+from tests.names import JobKind
 
 CHANNEL = 555
 USER = 42
@@ -74,7 +75,7 @@ async def test_v1_or_v4_varies_the_clicked_image_and_teaches_the_base(
     assert f"vary index base learned: {base}" in caplog.text
     await finish(rig, outcome, 1)
     job = rig.publisher.delivered[0]
-    assert job.kind is JobKind.VARY and len(job.result_urls) == 4
+    assert job.kind == JobKind.VARY and len(job.result_urls) == 4
     assert job.prompt == "a red fox"
     assert rig.publisher.marked == [job.id]
 

@@ -27,9 +27,10 @@ from bot.jobs.kinds import (
     unregister,
 )
 from bot.jobs.kinds.use import ParentUse
-from bot.jobs.store import Job, JobKind, JobState
+from bot.jobs.store import Job, JobState
 from bot.jobs.vary_index import Sent, VaryIndex
 from bot.midjourney.models import TASK_ID_PATTERN, Task, TaskStatus
+from tests.names import JobKind
 
 TASK = "a" * 32
 P = Pieces(prompt="**a fox**", requester_id=42, number=2, started="<t:100:R>")

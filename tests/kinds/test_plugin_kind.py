@@ -14,8 +14,6 @@ from tests.fakes.discord_double import DiscordDouble, StoredMessage
 from tests.harness import GRID_LABELS, Harness, click, imagine, result_for
 from tests.kinds.sepia import Sepia, add_sepia_endpoint
 
-WIRING = "needs the tracker wired to kinds (issue 22 wiring)"
-
 
 @pytest.fixture
 def sepia(harness: Harness) -> Iterator[Sepia]:
@@ -70,7 +68,6 @@ async def test_the_sepia_button_is_under_an_upscaled_image(harness: Harness, sep
         assert [b.label for b in result.buttons()] == ["Sepia"]
 
 
-@pytest.mark.xfail(strict=True, reason=WIRING)
 async def test_sepia_is_paid_once_and_posted_once(harness: Harness, sepia: Sepia) -> None:
     double, sandbox = harness.double, harness.sandbox
     alice, bob = double.add_user("alice"), double.add_user("bob")
@@ -94,7 +91,6 @@ async def test_sepia_is_paid_once_and_posted_once(harness: Harness, sepia: Sepia
     assert len([m for m in double.messages() if "- Sepia <@" in m.content]) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=WIRING)
 async def test_sepia_running_across_a_restart_is_posted_once(
     harness: Harness, sepia: Sepia
 ) -> None:

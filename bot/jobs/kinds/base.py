@@ -168,6 +168,15 @@ class Kind:
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
 
+    def twin_key(self, parent_task_id: str | None, image_index: int | None) -> str | None:
+        """The ``jobs.dedupe_key`` a new job of this kind holds; None when it has no twins (no
+        dedupe, no parent, or no image where the rule is per image)."""
+        if self.dedupe is None or parent_task_id is None:
+            return None
+        if self.dedupe.per is Per.IMAGE and image_index is None:
+            return None
+        return self.dedupe.key(self.name, parent_task_id, image_index)
+
     # -- the channel's words ----------------------------------------------------------------
 
     def status_line(self, p: Pieces) -> str:

@@ -44,4 +44,4 @@ async def generate(call: Call, job: Job) -> Sent:
     )
 
 
-register(Imagine())
+IMAGINE = register(Imagine())

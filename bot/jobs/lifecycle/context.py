@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.kinds import Call
 from bot.jobs.leases import JobLeases
 from bot.jobs.spending import Spending
 from bot.jobs.store import Job, JobStore
@@ -62,6 +63,16 @@ class Context:
         if base is None:
             return None
         return f"{base}{CALLBACK_PATH}{job.callback_secret}"
+
+    def call(self, job: Job | None, second: int | None = None) -> Call:
+        """What a kind's paid call (or its check before one, with no job yet) may use."""
+        return Call(
+            self.client,
+            None if job is None else self.callback_url(job),
+            self.settings.watermark,
+            self.vary_index,
+            second,
+        )
 
     async def notify(self, job_id: str) -> None:
         """Ring the doorbell of a job another process may hold."""

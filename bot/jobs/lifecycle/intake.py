@@ -9,19 +9,16 @@ from typing import Any
 
 from bot.jobs import grids, texts
 from bot.jobs.admission import OverQuota, TooManyJobs
+from bot.jobs.kinds import kind_named
+from bot.jobs.kinds.imagine import IMAGINE
 from bot.jobs.lifecycle.context import Context
 from bot.jobs.lifecycle.finishing import fail
 from bot.jobs.lifecycle.submitter import Submitter
 from bot.jobs.reposts import Reposts, RepostsUsed
-from bot.jobs.store import DuplicateJob, Job, JobKind
-from bot.jobs.tables import GRID_BUTTON_KINDS
+from bot.jobs.store import DuplicateJob, Job
 from bot.jobs.types import DeliveryError, FollowUp, NotServed, Outcome, Refused, UnknownTask
-from bot.midjourney.models import GRID_SIZE, Task
 
 log = logging.getLogger(__name__)
-
-# Task types whose grid a re-roll (a text-to-image generate of its prompt) makes again.
-REROLLABLE = ("mj_txt2img",)
 
 
 class Intake:
@@ -32,7 +29,7 @@ class Intake:
 
     async def request_on_grid(
         self,
-        kind: JobKind,
+        kind: str,
         *,
         parent_task_id: str,
         image_index: int | None,
@@ -53,8 +50,8 @@ class Intake:
         server is unknown here (UnknownTask), and a job another server asked for is not
         returned: the click is refused without naming it.
         """
-        if kind not in GRID_BUTTON_KINDS:
-            raise ValueError(f"{kind} is not started from a grid")
+        if kind_named(kind).button is None:
+            raise ValueError(f"{kind} is not started from a button")
         self.check_open()
         not_now = await self._not_sendable_yet(kind, image_index)
         if not_now is not None:
@@ -127,7 +124,7 @@ class Intake:
         self.check_open()
         job = await self._create(
             role_ids,
-            kind=JobKind.IMAGINE,
+            kind=IMAGINE.name,
             prompt=prompt,
             options=options,
             requester_id=requester_id,
@@ -141,7 +138,7 @@ class Intake:
         return Outcome(await self.start(job), created=True)
 
     async def preview(
-        self, kind: JobKind, *, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
+        self, kind: str, *, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]
     ) -> Refused | None:
         """The refusal a request would meet now (shutting down, queue full, a limit), None if
         none: lets /imagine refuse privately before it posts its visible status line."""
@@ -204,7 +201,7 @@ class Intake:
         if not await self._submitter.still_served(job):
             # Recovered in a server closed since: no status line, no look-up, nothing paid.
             return await ctx.store.get(job.id) or job
-        if foreign or _lacks_parent_prompt(job):
+        if foreign or kind_named(job.kind).checks_parent(job):
             # A grid this bot never saw; or a re-roll stored before record-info told its grid's
             # prompt (a crash in between, or a grid whose own job never learned it): a
             # generation of nothing is not sent.
@@ -227,23 +224,18 @@ class Intake:
         task = await grids.finished_grid(self._ctx.client, job.parent_task_id)
         if isinstance(task, str):
             return await fail(self._ctx, job, task)
-        problem = _foreign_parent_problem(job, task)
+        problem = kind_named(job.kind).parent_problem(job, task)
         if problem is not None:
             return await fail(self._ctx, job, problem)
         if task.prompt:
             job = await self._ctx.store.update(job.id, prompt=task.prompt, options=task.options)
         return job
 
-    async def _not_sendable_yet(self, kind: JobKind, image_index: int | None) -> Refused | None:
-        """The refusal of a kind that cannot be sent yet (its own rule): V2/V3 while the index
-        base of variations is not known."""
-        if (
-            kind is JobKind.VARY
-            and image_index is not None
-            and not await self._ctx.vary_index.can_send(image_index)
-        ):
-            return Refused(texts.vary_base_unknown(image_index + 1), whole=True)
-        return None
+    async def _not_sendable_yet(self, kind: str, image_index: int | None) -> Refused | None:
+        """The refusal of a kind that cannot be sent yet, by its own rule (V2/V3 while the
+        index base of variations is not known)."""
+        reason = await kind_named(kind).may_send(self._ctx.call(None), image_index)
+        return None if reason is None else Refused(reason, whole=True)
 
     async def show_grid(
         self, task_id: str, *, requester_id: int, guild_id: int | None, channel_id: int
@@ -278,26 +270,6 @@ class Intake:
         task it did not make here (made elsewhere, or in another server: unknown here)."""
         grid = await self._ctx.store.by_upstream(task_id)
         return grid.requester_id if grid is not None and grid.guild_id == guild_id else None
-
-
-def _lacks_parent_prompt(job: Job) -> bool:
-    """A job whose paid call needs its parent grid's prompt and has none yet (a re-roll)."""
-    return job.kind is JobKind.REROLL and not job.prompt
-
-
-def _foreign_parent_problem(job: Job, task: Task) -> str | None:
-    """Why a finished task made outside the bot cannot be the job's parent (its kind's
-    checks), None if it can."""
-    if job.kind is not JobKind.UPSCALE and len(task.result_urls) < GRID_SIZE:
-        return "that task is not a grid of four images"
-    if job.image_index is not None and job.image_index >= len(task.result_urls):
-        return "that task has no such image"
-    if job.kind is JobKind.REROLL and not task.prompt:
-        return "the API does not say what that grid's prompt was"
-    if job.kind is JobKind.REROLL and task.task_type not in (None, *REROLLABLE):
-        # Its input images would be lost: a re-roll would be another, paid, picture.
-        return "only grids generated from a text prompt can be re-rolled here"
-    return None
 
 
 def _number(image_index: int | None) -> str:

@@ -13,14 +13,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bot.jobs import texts
+from bot.jobs.kinds import kind_named
 from bot.jobs.lifecycle.context import Context
 from bot.jobs.lifecycle.finishing import fail, tell
 from bot.jobs.servers import FRESH_SECONDS
-from bot.jobs.store import Job, JobKind, JobState
-from bot.jobs.tables import GRID_BUTTON_KINDS
+from bot.jobs.store import Job, JobState
 from bot.jobs.throttle import QueueFull
 from bot.jobs.types import NotServed
-from bot.jobs.vary_index import BaseUnknown, Sent, TryOther
+from bot.jobs.vary_index import BaseUnknown, TryOther
 from bot.midjourney.errors import ApiError, ApiUnreachable
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Submitter:
                         return current
                     job = claimed
                     try:
-                        sent = await send_paid_call(ctx, job, second)
+                        sent = await kind_named(job.kind).send(ctx.call(job, second), job)
                         # Until it is stored, this line is the only trace of a paid task.
                         log.info(
                             "paid call answered job=%s task=%s kind=%s",
@@ -196,7 +196,7 @@ class Submitter:
         log.info("submitted %s kind=%s", job.label, job.kind)
         if ctx.on_submitted is not None:
             ctx.on_submitted()
-        if marks_parent(job):
+        if kind_named(job.kind).button is not None:
             ctx.background.spawn(ctx.publisher.mark_grid(job))
         if not ctx.leases.holds(job.id):
             # Taken over while the store was away: the holder hears of the task id now rather
@@ -257,44 +257,6 @@ class Submitter:
         if current is not None and current.upstream_task_id is None:
             current = await store.update(job.id, upstream_task_id=task_id)
         return current or job
-
-
-def marks_parent(job: Job) -> bool:
-    """Whether the job's paid call turns its button on the parent grid green (its kind's)."""
-    return job.kind in GRID_BUTTON_KINDS
-
-
-async def send_paid_call(ctx: Context, job: Job, second: int | None) -> Sent:
-    """The job's kind's paid request (``second``: V1/V4's other index value, see vary_index)."""
-    watermark = ctx.settings.watermark
-    if job.kind is JobKind.UPSCALE:
-        assert job.parent_task_id is not None and job.image_index is not None
-        return Sent(
-            await ctx.client.upscale(
-                job.parent_task_id,
-                job.image_index,
-                watermark=watermark,
-                callback_url=ctx.callback_url(job),
-            )
-        )
-    if job.kind is JobKind.VARY:
-        assert job.parent_task_id is not None and job.image_index is not None
-        vary = functools.partial(
-            ctx.client.vary,
-            job.parent_task_id,
-            watermark=watermark,
-            callback_url=ctx.callback_url(job),
-        )
-        return await ctx.vary_index.send(job.image_index, vary, job.label, second=second)
-    return Sent(
-        await ctx.client.generate(
-            job.prompt or "",
-            speed=job.options.get("speed", "fast"),
-            aspect_ratio=job.options.get("aspect_ratio"),
-            version=job.options.get("version"),
-            callback_url=ctx.callback_url(job),
-        )
-    )
 
 
 def _why(exc: Exception) -> str:

@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from bot.jobs.kinds import kind_named
 from bot.jobs.lifecycle.context import Context
 from bot.jobs.lifecycle.finishing import expire, fail
-from bot.jobs.store import Job, JobKind, JobState
+from bot.jobs.store import Job, JobState
 from bot.jobs.types import CallbackVerdict, DeliveryError
 from bot.midjourney.errors import ApiError, ApiUnreachable
 from bot.midjourney.models import Task, TaskStatus
@@ -198,7 +199,7 @@ class Watcher:
             )
             await fail(self._ctx, job, reason)
             return True
-        urls = kept_urls(job, task)
+        urls = kind_named(job.kind).keeps(task.result_urls)
         fields: dict[str, Any] = {"result_urls": urls, "completed_at": time.time()}
         if job.prompt is None and task.prompt:
             fields["prompt"] = task.prompt
@@ -253,9 +254,3 @@ class Watcher:
                     await ctx.publisher.tidy_up(delivered)
                 return True
             return False
-
-
-def kept_urls(job: Job, task: Task) -> tuple[str, ...]:
-    """What of a finished task's results the job keeps (its kind's): an upscale its image."""
-    urls = task.result_urls
-    return urls[:1] if job.kind is JobKind.UPSCALE else urls

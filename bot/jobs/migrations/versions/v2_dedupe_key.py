@@ -6,7 +6,7 @@ Revises: baseline
 A job that must not have a twin while it lives holds a key in ``jobs.dedupe_key`` (its kind,
 grid and image), and gives it back (NULL) when its kind says so; a plain UNIQUE index refuses a
 second holder. Rows the old indexes covered get their key: a live upscale, an unfinished
-variation or re-roll. The format is bot.jobs.dedupe's, frozen here.
+variation or re-roll. The format is the kinds' `Dedupe.key` (bot/jobs/kinds/base.py), frozen here.
 """
 
 from __future__ import annotations
