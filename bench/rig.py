@@ -365,7 +365,11 @@ class Rig:
         states = state if isinstance(state, tuple) else (state,)
         deadline = time.monotonic() + timeout
         while True:
-            jobs = [await self.store.live_upscale(g.task_id, n - 1) for g in grids for n in numbers]
+            jobs = [
+                await self.store.live_twin("upscale", g.task_id, n - 1)
+                for g in grids
+                for n in numbers
+            ]
             if all(j is not None and j.state in states for j in jobs):
                 return [j for j in jobs if j is not None]
             if time.monotonic() > deadline:
