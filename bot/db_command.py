@@ -62,4 +62,6 @@ def _describe(revision: str | None) -> str:
         return f"{revision} (head)"
     if revision is None:
         return f"none (head is {head}): python -m bot db upgrade, or the bot's start, migrates it"
+    if not migrations.known(revision):
+        return f"{revision}, newer than this version (head is {head}): this version will not start"
     return f"{revision} (head is {head}): python -m bot db upgrade, or the bot's start, migrates it"

@@ -155,7 +155,6 @@ async def start_on_grid(
         return None
     try:
         return await tracker.request_on_grid(
-            # The tracker still takes the stored enum; the wiring of issue 22 makes it a Kind.
             kind.name,
             parent_task_id=task_id,
             image_index=image_index,

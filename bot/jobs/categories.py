@@ -2,7 +2,9 @@
 credits it is taken to cost). Each category names its stored value (``allowance_uses.category``),
 its ``/mj limit`` option, its setting, and its columns in ``allowance_limits`` and
 ``credit_days``. The tables, the ledger, admission, allowances and their words read them from
-here; a kind of job (bot.jobs.kinds) names the category it counts against."""
+here; a kind of job (bot.jobs.kinds) names the category it counts against. A new category is
+one entry here, an Alembic revision for its columns, and its option of /mj limit in
+cogs/admin.py (discord.py makes a command's options from its function's signature)."""
 
 from __future__ import annotations
 

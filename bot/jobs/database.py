@@ -155,6 +155,8 @@ class Database:
             # wrapped by SQLAlchemy; an unreachable or unknown host comes as a bare OSError.
             if isinstance(exc, OSError | SQLAlchemyError):
                 raise StoreUnavailable(_reason(exc, url)) from exc
+            if isinstance(exc, migrations.SchemaAhead):
+                raise StoreUnavailable(str(exc)) from exc
             raise
         return cls(engine, lease_engine=lease_engine)
 

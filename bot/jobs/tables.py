@@ -56,9 +56,34 @@ jobs = sa.Table(
 )
 
 # A job that must not have a twin while it lives (the same button's upscale, variation or
-# re-roll) holds a key here, given back (NULL) when its kind says so (bot.jobs.dedupe): the
+# re-roll) holds a key here, given back (NULL) when its kind's Dedupe stops holding: the
 # database refuses a second holder, so dedupe holds across coroutines, processes and replicas.
 sa.Index("uq_jobs_dedupe_key", jobs.c.dedupe_key, unique=True)
+# Twins are looked up by these columns (JobStore.live_twin), which finds a row with no key too.
+sa.Index("ix_jobs_parent_task_id", jobs.c.parent_task_id)
+# The release before migrations kept dedupe with a partial unique index per kind. They stay
+# while a process of that release may still share the database (a rolling deploy, a rollback):
+# it stores no key, and these still refuse its twins and ours. A later revision drops them, once
+# no such process can be running (docs/scaling.md).
+_UNFINISHED = [state.value for state in UNFINISHED_STATES]
+for _name, _columns, _where in (
+    (
+        "uq_live_upscale",
+        (jobs.c.parent_task_id, jobs.c.image_index),
+        sa.and_(jobs.c.kind == "upscale", jobs.c.state != JobState.FAILED.value),
+    ),
+    (
+        "uq_running_vary",
+        (jobs.c.parent_task_id, jobs.c.image_index),
+        sa.and_(jobs.c.kind == "vary", jobs.c.state.in_(_UNFINISHED)),
+    ),
+    (
+        "uq_running_reroll",
+        (jobs.c.parent_task_id,),
+        sa.and_(jobs.c.kind == "reroll", jobs.c.state.in_(_UNFINISHED)),
+    ),
+):
+    sa.Index(_name, *_columns, unique=True, sqlite_where=_where, postgresql_where=_where)
 sa.Index("ix_jobs_state", jobs.c.state)
 
 # When each operator notice (the low-credit warning, …) was last sent, by whichever process: a

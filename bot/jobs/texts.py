@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.jobs.kinds.base import Product
 from bot.jobs.kinds.registry import kind_named
 from bot.jobs.tables import JobState
 from bot.midjourney.errors import ApiError
@@ -78,6 +79,17 @@ def asked_elsewhere(kind: str) -> str:
     """A button whose job (of a grid made outside the bot) was asked for in another server:
     told without whose it is or where, and nothing is paid twice."""
     return f"{kind_named(kind).asked_elsewhere()}; nothing was started or charged"
+
+
+def not_a(product: Product) -> str:
+    """A button asked of a result that is not its kind's parent (U1 of an upscaled image)."""
+    if product is Product.GRID:
+        return "that task is not a grid of four images"
+    return f"that task's result is not one {product.value}"
+
+
+def unknown_kind() -> str:
+    return "this version of the bot does not know that kind of job (its plug-in is gone)"
 
 
 def reposts_used(limit: int, next_at: float | None) -> str:

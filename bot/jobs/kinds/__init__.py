@@ -17,6 +17,7 @@ from bot.jobs.kinds.registry import (
     buttons_under,
     kind_named,
     register,
+    registered,
     unregister,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "buttons_under",
     "kind_named",
     "register",
+    "registered",
     "unregister",
 ]

@@ -83,9 +83,10 @@ class Button:
     @property
     def template(self) -> str:
         """The custom_id's pattern, with groups ``task`` (and ``n``, the number 1–4)."""
+        prefix = re.escape(self.prefix)
         if self.per_image:
-            return rf"{self.prefix}:(?P<task>{TASK_ID_PATTERN}):(?P<n>[1-{GRID_SIZE}])"
-        return rf"{self.prefix}:(?P<task>{TASK_ID_PATTERN})"
+            return rf"{prefix}:(?P<task>{TASK_ID_PATTERN}):(?P<n>[1-{GRID_SIZE}])"
+        return rf"{prefix}:(?P<task>{TASK_ID_PATTERN})"
 
     def custom_id(self, task_id: str, number: int | None = None) -> str:
         """The custom_id of this button (number 1–4 per image) under the result of ``task_id``."""

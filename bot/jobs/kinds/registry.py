@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 
 from bot.jobs.kinds.base import Kind, Product
 
+_PREFIX = re.compile(r"[a-z0-9]{1,8}")
 _kinds: dict[str, Kind] = {}
 _loaded = False
 
@@ -23,6 +25,9 @@ def register(kind: Kind) -> Kind:
     if other is not None and type(other) is not type(kind):
         raise ValueError(f"kind {kind.name!r} is already {other!r}")
     if kind.button is not None:
+        if not _PREFIX.fullmatch(kind.button.prefix):
+            # Letters and digits only: a prefix is matched before the ":" of every custom_id.
+            raise ValueError(f"button prefix {kind.button.prefix!r} is not 1-8 of a-z, 0-9")
         for known in _kinds.values():
             if known.name != kind.name and known.button is not None:
                 if known.button.prefix == kind.button.prefix:
@@ -34,6 +39,13 @@ def register(kind: Kind) -> Kind:
 def unregister(name: str) -> None:
     """Forget a kind registered from outside the package (a test's, once it is done)."""
     _kinds.pop(name, None)
+
+
+def registered(name: str) -> bool:
+    """Whether a kind of that name is registered (a stored job's may not be: a plug-in
+    removed since, or a newer version's row after a rollback)."""
+    _load_builtins()
+    return name in _kinds
 
 
 def kind_named(name: str) -> Kind:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from bot.jobs import texts
+from bot.jobs.kinds import registered
 from bot.jobs.lifecycle.context import Context
 from bot.jobs.store import Job, JobState
 
@@ -32,6 +33,9 @@ async def fail(
         return await ctx.store.get(job.id) or job
     await ctx.leases.release(job.id)
     log.warning("failed %s: %s", failed.label, reason)
+    if not registered(failed.kind):
+        # Its words are its kind's: there is nothing to say it with.
+        return failed
     try:
         await ctx.publisher.announce_failure(failed, reason, follow_up)
     except Exception:

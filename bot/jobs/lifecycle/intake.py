@@ -9,7 +9,7 @@ from typing import Any
 
 from bot.jobs import grids, texts
 from bot.jobs.admission import OverQuota, TooManyJobs
-from bot.jobs.kinds import kind_named
+from bot.jobs.kinds import Product, kind_named, registered
 from bot.jobs.kinds.imagine import IMAGINE
 from bot.jobs.lifecycle.context import Context
 from bot.jobs.lifecycle.finishing import fail
@@ -50,7 +50,8 @@ class Intake:
         server is unknown here (UnknownTask), and a job another server asked for is not
         returned: the click is refused without naming it.
         """
-        if kind_named(kind).button is None:
+        button = kind_named(kind).button
+        if button is None:
             raise ValueError(f"{kind} is not started from a button")
         self.check_open()
         not_now = await self._not_sendable_yet(kind, image_index)
@@ -67,6 +68,11 @@ class Intake:
             )
             log.info("%s refused: task=%s is another server's", kind, parent_task_id)
             raise over or UnknownTask()
+        if grid is not None and not _made(grid, button.under):
+            # A button (or /upscale) asked of the wrong kind of result, e.g. U1 of an upscale:
+            # the API would be paid for it, for nothing.
+            log.info("%s refused: task=%s is a %s result", kind, parent_task_id, grid.kind)
+            raise Refused(texts.not_a(button.under))
         try:
             job = await self._create(
                 role_ids,
@@ -270,6 +276,11 @@ class Intake:
         task it did not make here (made elsewhere, or in another server: unknown here)."""
         grid = await self._ctx.store.by_upstream(task_id)
         return grid.requester_id if grid is not None and grid.guild_id == guild_id else None
+
+
+def _made(parent: Job, product: Product) -> bool:
+    """Whether the bot's job ``parent`` made a result of ``product``."""
+    return registered(parent.kind) and kind_named(parent.kind).product is product
 
 
 def _number(image_index: int | None) -> str:

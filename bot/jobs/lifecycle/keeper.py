@@ -8,8 +8,10 @@ import asyncio
 import logging
 import time
 
+from bot.jobs import texts
+from bot.jobs.kinds import registered
 from bot.jobs.lifecycle.context import Context
-from bot.jobs.lifecycle.finishing import expire
+from bot.jobs.lifecycle.finishing import expire, fail
 from bot.jobs.lifecycle.intake import Intake
 from bot.jobs.lifecycle.watcher import Watcher
 from bot.jobs.store import Job, JobState
@@ -58,6 +60,10 @@ class Keeper:
         return taken
 
     def _take_up(self, job: Job) -> None:
+        if not registered(job.kind):
+            self._ctx.in_hand.add(job.callback_secret)
+            self._ctx.background.spawn(self._end_unknown(job))
+            return
         if job.state is JobState.REQUESTED:
             # In hand from now, not from when the spawned start first runs.
             self._ctx.in_hand.add(job.callback_secret)
@@ -126,6 +132,21 @@ class Keeper:
                 self._late.add(job.id)
             log.warning("stranded %s state=%s; resumed", job.label, job.state)
             self._take_up(job)
+
+    async def _end_unknown(self, job: Job) -> None:
+        """A job of a kind no plug-in registers here cannot be sent, watched or posted: it ends
+        once, given back if it was never sent."""
+        try:
+            log.warning("%s is of kind %r, which is not registered here", job.label, job.kind)
+            await fail(
+                self._ctx,
+                job,
+                texts.unknown_kind(),
+                from_states=(job.state,),
+                give_back=job.state is JobState.REQUESTED,
+            )
+        finally:
+            self._ctx.in_hand.discard(job.callback_secret)
 
     async def _expire_in_hand(self, job: Job) -> None:
         try:

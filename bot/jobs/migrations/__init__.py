@@ -29,6 +29,23 @@ BASELINE = "baseline"
 SCHEMA_LOCK = 0x6D6A_5343_4845_4D41
 
 
+class SchemaAhead(Exception):
+    """The database is at a revision this version does not know: a newer version migrated it
+    (this one is a rollback). Nothing is changed; the newer version must run, or take it back."""
+
+    def __init__(self, found: str) -> None:
+        super().__init__(
+            f"its schema is at revision {found}, newer than this version's {head()}: run the "
+            "version that migrated it (or downgrade the schema with that version's Alembic)"
+        )
+
+
+def known(revision: str) -> bool:
+    """Whether ``revision`` is one of this version's."""
+    scripts = ScriptDirectory.from_config(config())
+    return any(script.revision == revision for script in scripts.walk_revisions())
+
+
 def config(connection: sa.Connection | None = None) -> Config:
     """Alembic's configuration, made in code; ``connection`` is the one env.py migrates."""
     made = Config()
@@ -61,6 +78,8 @@ def upgrade_connection(conn: sa.Connection) -> None:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))
     tables = set(sa.inspect(conn).get_table_names())
     before = revision(conn)
+    if before is not None and not known(before):
+        raise SchemaAhead(before)
     made = config(conn)
     if before is None and "jobs" in tables:
         baseline.complete(conn)

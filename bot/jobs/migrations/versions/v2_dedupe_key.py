@@ -7,6 +7,9 @@ A job that must not have a twin while it lives holds a key in ``jobs.dedupe_key`
 grid and image), and gives it back (NULL) when its kind says so; a plain UNIQUE index refuses a
 second holder. Rows the old indexes covered get their key: a live upscale, an unfinished
 variation or re-roll. The format is the kinds' `Dedupe.key` (bot/jobs/kinds/base.py), frozen here.
+The old partial indexes stay: a process of the release before migrations may still run beside
+this version (a rolling deploy, a rollback) and store jobs without a key, which only they refuse.
+Twins are looked up by their columns, on the new ``ix_jobs_parent_task_id``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from bot.jobs.migrations.baseline import UNFINISHED, schema
+from bot.jobs.migrations.baseline import UNFINISHED
 
 revision = "dedupe_key"
 down_revision: str | None = "baseline"
@@ -29,7 +32,6 @@ jobs = sa.table(
     sa.column("image_index", sa.Integer),
     sa.column("dedupe_key", sa.String),
 )
-OLD_INDEXES = ("uq_live_upscale", "uq_running_vary", "uq_running_reroll")
 
 
 def upgrade() -> None:
@@ -53,14 +55,11 @@ def upgrade() -> None:
         .values(dedupe_key=sa.literal("reroll:") + parent)
     )
     op.create_index("uq_jobs_dedupe_key", "jobs", ["dedupe_key"], unique=True)
-    for name in OLD_INDEXES:
-        op.drop_index(name, table_name="jobs")
+    op.create_index("ix_jobs_parent_task_id", "jobs", ["parent_task_id"])
 
 
 def downgrade() -> None:
-    for index in schema().tables["jobs"].indexes:
-        if index.name in OLD_INDEXES:
-            index.create(op.get_bind())
+    op.drop_index("ix_jobs_parent_task_id", table_name="jobs")
     op.drop_index("uq_jobs_dedupe_key", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("dedupe_key")

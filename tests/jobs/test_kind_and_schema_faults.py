@@ -1,5 +1,6 @@
-"""Review of issue 22 (kinds as plug-ins, dedupe_key, migrations): each test states what the
-bot should do; the ones marked DEFECT fail on the reviewed branch."""
+"""Faults around the kinds as plug-ins, the generic dedupe key and the migrations, found by the
+attacker's review of issue 22: a deploy rolled back and forward, an older process beside a newer
+one, a schema newer than the code, a kind no plug-in registers, a forged button."""
 
 from __future__ import annotations
 
@@ -20,10 +21,6 @@ from bot.jobs.tables import jobs
 from tests.jobs.conftest import RELEASE_GRID, Rig, release_sqlite
 from tests.jobs.test_migrations import DIALECTS, database
 from tests.names import JobKind
-
-# Each DEFECT test fails on the reviewed branch; strict, so a fix makes it fail as XPASS: drop the
-# marker then.
-defect = pytest.mark.xfail(strict=True, reason="defect found in the review of issue 22")
 
 COLUMNS = (
     "id, kind, parent_task_id, image_index, upstream_task_id, requester_id, guild_id, "
@@ -118,14 +115,13 @@ async def test_downgrade_on_sqlite_keeps_the_old_partial_indexes(tmp_path: Path)
         assert "WHERE" in indexes[name].upper(), indexes[name]
 
 
-@defect
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_a_schema_ahead_of_the_code_is_a_one_line_refusal(
     dialect: str, tmp_path: Path
 ) -> None:
-    """DEFECT: a rollback of the deployment (the database at a revision this code does not
-    know) must be refused as StoreUnavailable (one line, exit 2 in `python -m bot db`), not an
-    Alembic traceback."""
+    """A rollback of the deployment (the database at a revision this code does not know) is
+    refused as StoreUnavailable (one line, exit 2 in `python -m bot db`), not an Alembic
+    traceback."""
     async with database(dialect, tmp_path, release=False) as engine:
         made = engine()
         await migrations.upgrade(made)
@@ -136,20 +132,19 @@ async def test_a_schema_ahead_of_the_code_is_a_one_line_refusal(
             with pytest.raises(StoreUnavailable):
                 await Database.open(url)
         else:
-            # Database.open makes StoreUnavailable of these (an engine with a schema of its
-            # own cannot be given to it): Alembic's CommandError passes through as a traceback.
-            with pytest.raises((OSError, sa.exc.SQLAlchemyError)):
+            # Database.open makes StoreUnavailable of it (an engine with a schema of its own
+            # cannot be given to it), as of the driver's errors.
+            with pytest.raises(migrations.SchemaAhead):
                 await migrations.upgrade(made)
 
 
-@defect
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_a_deploy_rolled_back_and_forward_still_dedupes(dialect: str, tmp_path: Path) -> None:
-    """DEFECT: deploy (head), roll back to the release before migrations (its start re-creates
+    """Deploy (head), roll back to the release before migrations (its start re-creates
     the three partial indexes with create_all(checkfirst); its inserts leave dedupe_key NULL),
     roll forward (at head already: nothing migrates). A click on the image the old release is
-    upscaling must get the running job back (DuplicateJob), not a RuntimeError after five
-    retries, and the old indexes must not be left behind."""
+    upscaling gets the running job back (DuplicateJob), not a RuntimeError after five
+    retries."""
     async with database(dialect, tmp_path, release=False) as engine:
         made = engine()
         await migrations.upgrade(made)
@@ -185,14 +180,12 @@ class Ghost(Upscale):
     button = None
 
 
-@defect
 async def test_a_failed_job_of_an_unregistered_kind_gives_its_dedupe_key_back(
     tmp_path: Path,
 ) -> None:
-    """DEFECT: transition() releases dedupe_key only for kinds registered in this process. A
-    job of a kind whose plug-in is gone (removed, or a newer version's row after a rollback)
-    that fails keeps its key for ever: once the plug-in is back, every click on that image is
-    a 'duplicate' of a failed job, and nothing can be asked of it again."""
+    """A job of a kind whose plug-in is gone (removed, or a newer version's row after a
+    rollback) that fails gives its key back: once the plug-in is back, a click on that image is
+    a new job, not a 'duplicate' of a failed one."""
     store = await JobStore.open(f"sqlite:///{tmp_path}/jobs.sqlite3")
     register(Ghost())
     try:
@@ -226,14 +219,11 @@ async def test_a_failed_job_of_an_unregistered_kind_gives_its_dedupe_key_back(
         await store.close()
 
 
-@defect
 async def test_an_integrity_error_that_is_not_the_dedupe_is_not_retried_or_renamed(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (low): create() treats every IntegrityError of a job with a dedupe key as a twin:
-    a clash on another unique column (callback_secret here) is retried five times and ends as
-    'could not insert the job after repeated conflicts' — or as DuplicateJob when a twin
-    happens to exist — instead of the driver's error."""
+    """An IntegrityError on another unique column (callback_secret here) is the driver's error,
+    not a twin retried five times or a DuplicateJob of whatever twin exists."""
     store = await JobStore.open(f"sqlite:///{tmp_path}/jobs.sqlite3")
     try:
 
@@ -256,12 +246,9 @@ async def test_an_integrity_error_that_is_not_the_dedupe_is_not_retried_or_renam
         await store.close()
 
 
-@defect
 async def test_a_button_under_the_wrong_product_pays_nothing(rig: Rig) -> None:
-    """DEFECT (pre-existing, now cheap to fix): U<n> asked of a task the bot knows is an IMAGE
-    (an upscale it delivered, e.g. by /upscale with that task id) is sent to the API: a
-    paid call the kind's Button(under=GRID) says makes no sense. The registry knows the
-    parent's product; the intake should refuse before paying."""
+    """U<n> asked of a task the bot knows is an IMAGE (an upscale it delivered) is refused
+    before anything is paid: the kind's Button says under which product it goes."""
     tracker = rig.tracker()
     grid = rig.grid()
     first = await tracker.request_on_grid(
@@ -299,11 +286,9 @@ async def test_a_button_under_the_wrong_product_pays_nothing(rig: Rig) -> None:
             if job is not None and job.finished:
                 break
             await asyncio.sleep(0.05)
-        print("second job:", job)
     assert rig.sandbox.count("generateUpscale") == calls
 
 
-@defect
 @pytest.mark.parametrize("state", ["requested", "submitted"])
 async def test_a_job_of_an_unregistered_kind_at_recovery(
     rig: Rig, state: str, caplog: pytest.LogCaptureFixture
@@ -337,34 +322,31 @@ async def test_a_job_of_an_unregistered_kind_at_recovery(
     await rig.publisher.wait_for(lambda: ok.id in rig.publisher.tidied)
     await asyncio.sleep(0.5)  # ten sweeps
     crashes = [r for r in caplog.records if r.exc_info and "gone" in str(r.exc_info[1])]
-    print(f"{len(crashes)} tracebacks naming the unknown kind in 10 sweeps")
     after = await rig.store.get(stray.id)
     assert after is not None
-    print("stray:", after.state, after.error)
     assert after.state is JobState.FAILED
     assert len(crashes) <= 1
 
 
-@defect
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_an_older_process_still_running_after_the_upgrade_keeps_dedupe(
     dialect: str, tmp_path: Path
 ) -> None:
-    """DEFECT: docs/scaling.md says to run `python -m bot db upgrade` once before the new
-    processes start; processes of the release before migrations still running then insert
-    without dedupe_key, and the revision dropped the indexes that deduplicated them. A click
-    the old process is upscaling is paid again by a new process (and by another old one)."""
+    """A process of the release before migrations still running after the upgrade (a rolling
+    deploy) stores jobs without dedupe_key: the release's partial indexes, kept, refuse its
+    twins, and a new process finds its job by its columns: nothing is paid twice."""
     async with database(dialect, tmp_path, release=True) as engine:
         made = engine()
         await migrations.upgrade(made)
         async with made.begin() as conn:
-            # Two old processes take the same click: nothing refuses the second.
             await conn.execute(sa.text(old_row(31, "upscale", "grid-7", 0, "submitted")))
-            try:
+        # A second old process takes the same click: the release's own index refuses it.
+        try:
+            async with made.begin() as conn:
                 await conn.execute(sa.text(old_row(32, "upscale", "grid-7", 0, "requested")))
-                old_twin_refused = False
-            except IntegrityError:
-                old_twin_refused = True
+            old_twin_refused = False
+        except IntegrityError:
+            old_twin_refused = True
         store = JobStore(Database(made))
         with pytest.raises(DuplicateJob):
             await store.create(
@@ -379,11 +361,9 @@ async def test_an_older_process_still_running_after_the_upgrade_keeps_dedupe(
         assert old_twin_refused
 
 
-@defect
 def test_a_plugin_prefix_cannot_claim_another_kinds_custom_ids() -> None:
-    """DEFECT (low): Button.template puts the prefix into the regex unescaped, and register()
-    only refuses an equal prefix: a plug-in whose prefix is "mj." parses every U<n> click
-    (discord.py would dispatch "mju:…" to whichever DynamicItem it meets first)."""
+    """A plug-in's button prefix is letters and digits, and matched literally: "mj." would
+    otherwise parse every U<n> click."""
     from bot.jobs.kinds import Button, Product
 
     class Dotted(Upscale):
