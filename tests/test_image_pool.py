@@ -156,3 +156,14 @@ async def test_reencodes_through_the_pool_share_its_budget() -> None:
     )
     assert all(r is not None for r in results)
     assert budget.reserved == [512 * 512] * 4 and budget.in_use == 0
+
+
+def test_the_reencoded_bytes_are_those_pillow_encodes_in_memory() -> None:
+    # The JPEG goes through a scratch file (the encoder then leaves the GIL): same bytes.
+    data = noisy_png(300, 200)
+    fitted = reencode(data, len(data) // 2)
+    assert fitted is not None
+    with PIL.Image.open(io.BytesIO(data)) as source:
+        expected = io.BytesIO()
+        source.convert("RGB").save(expected, "JPEG", quality=90, optimize=True)
+    assert fitted == expected.getvalue()

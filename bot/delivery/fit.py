@@ -7,7 +7,10 @@ import contextlib
 import io
 import logging
 import math
+import os
+import tempfile
 import time
+from typing import IO
 
 import PIL.Image
 import PIL.ImageOps
@@ -144,6 +147,17 @@ def _opaque(picture: PIL.Image.Image) -> PIL.Image.Image:
 
 
 def _jpeg(picture: PIL.Image.Image, quality: int, icc_profile: bytes | None) -> bytes:
-    out = io.BytesIO()
-    picture.save(out, "JPEG", quality=quality, optimize=True, icc_profile=icc_profile)
-    return out.getvalue()
+    # Into a file with a descriptor, Pillow encodes and writes in C without the GIL. Into a
+    # BytesIO, an optimized JPEG is encoded in one call that holds it, and the event loop, meant
+    # to run beside this thread, stops for as long: 70 ms for a 2048 px picture (bench.jobcost).
+    with _scratch_file() as out:
+        picture.save(out, "JPEG", quality=quality, optimize=True, icc_profile=icc_profile)
+        out.seek(0)
+        return out.read()
+
+
+def _scratch_file() -> IO[bytes]:
+    """An anonymous file in memory where the system has them (Linux), else a temporary one."""
+    if hasattr(os, "memfd_create"):
+        return open(os.memfd_create("reencode", os.MFD_CLOEXEC), "w+b")
+    return tempfile.TemporaryFile()
