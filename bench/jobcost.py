@@ -53,7 +53,6 @@ from bench.rig import (
     bench_gc_paused,
     percentile,
     print_figure,
-    print_latency,
     running_bot,
     wait_until,
 )
@@ -282,13 +281,21 @@ async def burst(rig: Rig, grids: list[str]) -> bool:
         f"burst: {len(tasks)} results completed at once ({reencodes(rig) - reencoded} re-encodes), "
         f"{len(acks)} clicks meanwhile; all posted in {ended - started:.2f} s"
     )
-    print_latency("    completion → posted, burst", posted)
-    print_latency("    ack of the clicks during the burst", [a.ack_seconds for a in acks])
+    print(f"    completion → posted: {spread(posted)}")
+    print(f"    ack of the clicks during the burst: {spread([a.ack_seconds for a in acks])}")
     return print_figure(
         "    event loop's longest stall during the burst",
         f"{max(lags, default=0) * 1000:.1f} ms ({len(lags)} ticks 2 ms or more late)",
         f"≤ {TARGET_STALL_MS:g} ms",
         max(lags, default=0) * 1000 <= TARGET_STALL_MS,
+    )
+
+
+def spread(seconds: list[float]) -> str:
+    ms = [s * 1000 for s in seconds]
+    return (
+        f"n={len(ms)}  p50={statistics.median(ms):.1f} ms  p99={percentile(ms, 0.99):.1f} ms  "
+        f"max={max(ms):.1f} ms"
     )
 
 
