@@ -71,7 +71,7 @@ class ImagePool:
 
     @property
     def running(self) -> int:
-        """Threads at work now (for tests and the bench)."""
+        """Slots taken now: work handed to a thread and not yet done (for tests)."""
         return self._running
 
     async def run(self, func: Callable[..., T], /, *args: object) -> T:
