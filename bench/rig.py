@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -263,6 +264,8 @@ class Rig:
     env: dict[str, str]
     users: list[int] = field(default_factory=list)
     gc_log: Path | None = None
+    lag_log: Path | None = None
+    profile: Path | None = None
 
     @property
     def listener(self) -> str:
@@ -280,6 +283,23 @@ class Rig:
             if begun <= until and begun + took >= since:
                 pauses.append((begun, took, int(generation)))
         return pauses
+
+    def loop_lags(self, since: float, until: float) -> list[float]:
+        """How late (seconds) the bot's loop probe fired, each time it was 2 ms or more late,
+        for the ticks due within [since, until]; needs ``trace_cost=True``."""
+        if self.lag_log is None or not self.lag_log.exists():
+            return []
+        lags = []
+        for line in self.lag_log.read_text().splitlines():
+            due, late = (float(v) for v in line.split())
+            if since <= due <= until:
+                lags.append(late)
+        return lags
+
+    def profiling(self, on: bool) -> None:
+        """Start (True) or stop and write (False) the bot's cProfile; needs a ``profile`` path
+        given to ``running_bot``."""
+        self.bot._signal(signal.SIGUSR1 if on else signal.SIGUSR2)
 
     @property
     def proc(self) -> ProcStat:
@@ -430,6 +450,9 @@ async def running_bot(
     env: Mapping[str, str] | None = None,
     users: int = 1,
     trace_gc: bool = False,
+    trace_cost: bool = False,
+    profile: Path | None = None,
+    sandbox: BenchSandbox | None = None,
     **sandbox_options: Any,
 ) -> AsyncIterator[Rig]:
     """Start the double, the sandbox (served here, as the remote API) and one bot process.
@@ -437,13 +460,21 @@ async def running_bot(
     ``callbacks``: PUBLIC_URL names the bot's listener, so the sandbox calls back; without it the
     bot polls. ``env`` adds or overrides bot settings (UNTHROTTLED is always applied).
     ``trace_gc``: the bot process logs its garbage-collection pauses (bench/gctrace), read with
-    ``Rig.gc_pauses``.
+    ``Rig.gc_pauses``. ``trace_cost``: the bot's event loop is probed for stalls
+    (bench/costtrace), read with ``Rig.loop_lags``, and with ``profile`` (an absolute path) its
+    main thread can be profiled with cProfile (``Rig.profiling``) into that file; not with
+    ``trace_gc`` (one sitecustomize).
+    ``sandbox``: one made by the script (a subclass), instead of a BenchSandbox of
+    ``sandbox_options``.
     """
+    if trace_gc and trace_cost:
+        raise ValueError("trace_gc and trace_cost each need the bot's sitecustomize")
     sandbox_options.setdefault("task_seconds", None)
     sandbox_options.setdefault("image_size", 64)
     # The sandbox charges credits like the vendor; a bench must not run out.
     sandbox_options.setdefault("credits", 10**9)
-    sandbox = BenchSandbox(api_key=API_KEY, **sandbox_options)
+    if sandbox is None:
+        sandbox = BenchSandbox(api_key=API_KEY, **sandbox_options)
     runner, api_port = await serve(sandbox.app)
     try:
         async with DiscordDouble() as double:
@@ -468,11 +499,28 @@ async def running_bot(
                     gc_log = Path(tmp) / "gc.log"
                     bot_env["PYTHONPATH"] = f"{Path(__file__).parent / 'gctrace'}:{REPO_ROOT}"
                     bot_env["BENCH_GC_LOG"] = str(gc_log)
+                lag_log = None
+                if trace_cost:
+                    lag_log = Path(tmp) / "lag.log"
+                    bot_env["PYTHONPATH"] = f"{Path(__file__).parent / 'costtrace'}:{REPO_ROOT}"
+                    bot_env["BENCH_LOOP_LAG"] = str(lag_log)
+                    if profile is not None:
+                        bot_env["BENCH_PROFILE"] = str(profile)
                 bot = BotProcess(double, bot_env, Path(tmp))
                 store = await JobStore.open(database_url)
                 try:
                     await bot.start(timeout=30)
-                    rig = Rig(double, sandbox, bot, store, port, bot_env, gc_log=gc_log)
+                    rig = Rig(
+                        double,
+                        sandbox,
+                        bot,
+                        store,
+                        port,
+                        bot_env,
+                        gc_log=gc_log,
+                        lag_log=lag_log,
+                        profile=profile,
+                    )
                     rig.users = [double.add_user(f"bencher{n}") for n in range(users)]
                     yield rig
                 finally:

@@ -18,6 +18,7 @@ import discord
 from bot.credits import NoticeFailed
 from bot.delivery.fetch import ImageFetcher
 from bot.delivery.fit import fit
+from bot.delivery.pool import ImagePool
 from bot.delivery.texts import (
     allowed_mentions,
     failure_text,
@@ -41,10 +42,18 @@ TOO_LARGE_CODE = 40005
 class DiscordPublisher:
     """The tracker's Publisher on top of a discord.py client's REST side."""
 
-    def __init__(self, client: discord.Client, store: JobStore, fetcher: ImageFetcher) -> None:
+    def __init__(
+        self,
+        client: discord.Client,
+        store: JobStore,
+        fetcher: ImageFetcher,
+        pool: ImagePool | None = None,
+    ) -> None:
         self._client = client
         self._store = store
         self._fetcher = fetcher
+        # Re-encodes of every delivery share one bounded pool.
+        self._pool = pool or ImagePool()
         self._grid_locks: dict[int, asyncio.Lock] = {}
 
     async def close(self) -> None:
@@ -152,7 +161,7 @@ class DiscordPublisher:
         limit = self.upload_limit(guild_id)
         refusals = 0
         while True:
-            files, links = await fit(images, urls, limit, label)
+            files, links = await fit(images, urls, limit, label, self._pool)
             started = time.perf_counter()
             try:
                 message = await channel.send(
