@@ -67,6 +67,11 @@ class Intake:
             )
             log.info("%s refused: task=%s is another server's", kind, parent_task_id)
             raise over or UnknownTask()
+        if grid is not None:
+            problem = await kind_named(kind).grid_problem(self._ctx.call(None), grid)
+            if problem is not None:
+                log.info("%s refused: %s cannot be made again", kind, grid.label)
+                raise Refused(problem)
         try:
             job = await self._create(
                 role_ids,
