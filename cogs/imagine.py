@@ -25,6 +25,7 @@ PROMPT_MAX = 2000
 # Midjourney's own default omni-reference strength, sent when subject_strength is not given.
 OMNI_DEFAULT = 100
 OMNI_MAX = 1000
+IMAGES_TAKEN = "✅ Your images were taken: the grid will be posted in this channel."
 # The API takes one taskType and one fileUrls list: one role of images per /imagine.
 ROLE_TASK_TYPES = {
     "image": "mj_img2img",
@@ -124,32 +125,28 @@ class ImagineCog(commands.Cog):
             )
         }
         role = next((r for r, found in given.items() if found), None)
-        status = imagine_status_text(prompt, interaction.user.id, time.time())
         if role is None:
             # The visible answer is the status message itself; it is removed once the grid is
             # up.
             response = await interaction.response.send_message(
-                status, allowed_mentions=allowed_mentions()
+                imagine_status_text(prompt, interaction.user.id, time.time()),
+                allowed_mentions=allowed_mentions(),
             )
             acked(self._metrics, interaction, "imagine", started)
             status_message_id = response.message_id
         else:
-            # Downloading and checking the images may take longer than Discord waits.
-            await interaction.response.defer(thinking=True)
+            # Checking the images may take longer than Discord waits: deferred, privately, so a
+            # refusal stays private; the visible status line is posted once they are taken.
+            await interaction.response.defer(ephemeral=True, thinking=True)
             acked(self._metrics, interaction, "imagine", started)
             try:
                 options.update(await self._images(interaction, role, given[role]))
             except AttachmentRefused as refused:
-                with contextlib.suppress(discord.HTTPException):
-                    await interaction.delete_original_response()
                 await tell(interaction, f"❌ Not started: {refused.reason}.")
                 return
             if role == "subject":
                 options[OMNI_STRENGTH] = str(subject_strength or OMNI_DEFAULT)
-            message = await interaction.edit_original_response(
-                content=status, allowed_mentions=allowed_mentions()
-            )
-            status_message_id = message.id
+            status_message_id = None
         try:
             await self._tracker.request_imagine(
                 prompt=prompt,
@@ -162,11 +159,17 @@ class ImagineCog(commands.Cog):
                 follow_up=follow_up_for(interaction),
             )
         except Refused as refused:
-            await self._tracker.forget_images(tuple(options.get(IMAGES, "").split()))
+            if role is not None:
+                await self._tracker.forget_images(tuple(options.get(IMAGES, "").split()))
+                await tell(interaction, refused.sentence("Not started"))
+                return
             # The visible "generating" line would be a lie: take it back, say why privately.
             with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
             await tell(interaction, refused.sentence("Not started"))
+            return
+        if role is not None:
+            await tell(interaction, IMAGES_TAKEN)
 
     async def _images(
         self,
