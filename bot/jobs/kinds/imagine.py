@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.jobs.categories import GENERATION
 from bot.jobs.image_inputs import OMNI_STRENGTH, TASK_TYPE, InputsGone, references
@@ -36,22 +36,24 @@ async def generate(call: Call, job: Job) -> Sent:
     """The job's prompt and options generated (an /imagine, a re-roll of its grid). Its images
     are the same links each time it is sent; raises InputsGone, before paying, once they are
     no longer to be had."""
-    file_urls: tuple[str, ...] = ()
+    # Only what the job has: a generation from a prompt alone is the call it always was.
+    images: dict[str, Any] = {}
+    if TASK_TYPE in job.options:
+        images["task_type"] = job.options[TASK_TYPE]
+    if OMNI_STRENGTH in job.options:
+        images["omni_strength"] = int(job.options[OMNI_STRENGTH])
     if references(job.options):
         if call.inputs is None:
             raise InputsGone("the bot cannot serve the images it was made from")
-        file_urls = await call.inputs.urls(job.options, call.public_base)
-    ow = job.options.get(OMNI_STRENGTH)
+        images["file_urls"] = await call.inputs.urls(job.options, call.public_base)
     return Sent(
         await call.client.generate(
             job.prompt or "",
-            task_type=job.options.get(TASK_TYPE, "mj_txt2img"),
             speed=job.options.get("speed", "fast"),
             aspect_ratio=job.options.get("aspect_ratio"),
             version=job.options.get("version"),
-            omni_strength=None if ow is None else int(ow),
-            file_urls=file_urls,
             callback_url=call.callback_url,
+            **images,
         )
     )
 
