@@ -20,6 +20,13 @@ varied in turn. The vendors' docs give its ``imageIndex`` as 0–3 and as 1–4,
 chooses which range is accepted (a value outside it is a 422, nothing charged); the task records
 the 0-based image that was varied, and its paramJson carries the parent's prompt and options.
 
+A generation of ``mj_img2img``, ``mj_style_reference`` or ``mj_omni_reference`` needs
+``fileUrls``; the sandbox fetches each with its own HTTP session before charging, as the vendor
+must, and answers 422 naming fileUrls (never the link, which may carry a token) when one cannot
+be fetched or is no image. What it fetched is in ``fetched``, and the light squares of that grid
+are the images' mean colour, so a test can tell the grid depends on them. ``ow`` (1–1000) is
+taken with ``mj_omni_reference`` only.
+
 With ``errors_as_http_status`` (the default) the HTTP status equals ``code``; without it every
 answer is HTTP 200 and only the body's ``code`` tells an error, the other reading of the docs.
 """
