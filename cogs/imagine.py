@@ -148,7 +148,7 @@ class ImagineCog(commands.Cog):
                 options[OMNI_STRENGTH] = str(subject_strength or OMNI_DEFAULT)
             status_message_id = None
         try:
-            await self._tracker.request_imagine(
+            outcome = await self._tracker.request_imagine(
                 prompt=prompt,
                 options=options,
                 requester_id=interaction.user.id,
@@ -168,7 +168,7 @@ class ImagineCog(commands.Cog):
                 await interaction.delete_original_response()
             await tell(interaction, refused.sentence("Not started"))
             return
-        if role is not None:
+        if role is not None and not outcome.failed:
             await tell(interaction, IMAGES_TAKEN)
 
     async def _images(
