@@ -408,13 +408,10 @@ class SandboxAPI:
     def add_generation(
         self, task_id: str | None = None, prompt: str = "a sandbox picture", **params: Any
     ) -> str:
-        """Seed an already successful generation that no client started; returns its id."""
-        task = self._new_task(
-            task_id or uuid.uuid4().hex,
-            "mj_txt2img",
-            {"taskType": "mj_txt2img", "prompt": prompt, "speed": "fast", **params},
-            origin=None,
-        )
+        """Seed an already successful generation that no client started (of ``taskType``, from
+        ``params``, mj_txt2img by default; its fileUrls are not fetched); returns its id."""
+        params = {"taskType": "mj_txt2img", "prompt": prompt, "speed": "fast", **params}
+        task = self._new_task(task_id or uuid.uuid4().hex, params["taskType"], params, origin=None)
         task.success_flag = SUCCESS
         task.completed_at = task.created_at
         log.info("sandbox: seeded generation %s", task.task_id)
