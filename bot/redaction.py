@@ -38,10 +38,11 @@ _SEP = r"(?:/|%2[Ff])"
 # One path segment, as far as it can run in a URL.
 _SEGMENT = r"[^/%\s\"'<>?#&]+(?:%(?!2[Ff])[^/%\s\"'<>?#&]*)*"
 # Secrets made per job or per click, which no list of settings can hold: the callback path's
-# secret, Discord's webhook and interaction tokens (discord.py logs its routes at debug
-# level), and any password in a URL's user info.
+# secret, the token of an image given to /imagine, Discord's webhook and interaction tokens
+# (discord.py logs its routes at debug level), and any password in a URL's user info.
 _PATTERNS = (
     (re.compile(rf"({_SEP}callbacks{_SEP}midjourney{_SEP}){_SEGMENT}"), r"\1***"),
+    (re.compile(rf"({_SEP}inputs{_SEP}){_SEGMENT}"), r"\1***"),
     (re.compile(rf"({_SEP}webhooks{_SEP}\d+{_SEP}){_SEGMENT}"), r"\1***"),
     (re.compile(rf"({_SEP}interactions{_SEP}\d+{_SEP}){_SEGMENT}"), r"\1***"),
     (re.compile(r"(\b[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1***@"),

@@ -23,6 +23,7 @@ import discord
 from bot import status
 from bot.config import Settings
 from bot.credits import CreditWatch
+from bot.delivery.attachments import DISCORD_ATTACHMENT_HOSTS, MB, AttachmentChecker
 from bot.delivery.fetch import ImageFetcher
 from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
@@ -75,6 +76,8 @@ class Services:
     # None unless METRICS_ENABLED: nothing is recorded and /metrics does not exist.
     metrics: Metrics | None
     sandbox: SandboxAPI | None
+    # The images attached to /imagine, downloaded from Discord and checked.
+    attachments: AttachmentChecker
     # Where the API is told to call back; None when only polling can finish jobs.
     callback_base: str | None
     _cleanup: contextlib.AsyncExitStack = field(repr=False)
@@ -242,6 +245,18 @@ async def open_services(
         fetcher = ImageFetcher((*settings.result_hosts, urlsplit(api_base).hostname or ""))
         publisher = DiscordPublisher(discord_client, store, fetcher)
         cleanup.push_async_callback(publisher.close)
+        # Attachments come from Discord's CDN, or from wherever the Discord API is (a test's
+        # double, which discord.py is pointed at): that host is trusted with the token already.
+        api_host = urlsplit(discord.http.Route.BASE).hostname or ""
+        attachments = AttachmentChecker(
+            ImageFetcher(
+                (*DISCORD_ATTACHMENT_HOSTS, api_host),
+                public_only=(*DISCORD_ATTACHMENT_HOSTS, "discord.com"),
+                max_bytes=settings.image_input_max_mb * MB,
+            ),
+            settings.image_input_max_mb,
+        )
+        cleanup.push_async_callback(attachments.close)
         spending = Spending(
             store.ledger,
             Rules(
@@ -301,6 +316,7 @@ async def open_services(
                 vary_index_base=settings.vary_index_base,
                 max_jobs_per_user=settings.max_jobs_per_user,
                 grid_reposts_per_hour=settings.grid_reposts_per_hour,
+                image_input_days=settings.image_input_days,
                 poll=poll or PollPolicy(),
             ),
             callback_secrets=keys,
@@ -345,6 +361,7 @@ async def open_services(
             selfcheck=selfcheck,
             metrics=metrics,
             sandbox=sandbox,
+            attachments=attachments,
             callback_base=callback_base,
             _cleanup=cleanup.pop_all(),
         )

@@ -1,9 +1,11 @@
-"""The aiohttp listener: the callback route the API calls, and a health check.
+"""The aiohttp listener: the callback route the API calls, the images given to /imagine that the
+API fetches (``/inputs/<token>.<ext>``), and a health check.
 
 The callback route faces the internet. Every refusal is a quick 4xx; none of them touches the job
 store, the API or Discord. The first refusals of each minute are logged one line each, the rest
 counted and summed up in one line (RefusalLog), so a flood of forgeries cannot choose how much is
-written. The path carries a job's secret, so neither the path nor the secret is ever logged.
+written. The path carries a job's secret, so neither the path nor the secret is ever logged; an
+image's token is a capability as well, kept out of the log the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from bot import metrics as m
 from bot.health import HealthCheck, iso_time
+from bot.jobs.image_inputs import INPUTS_PATH
 from bot.jobs.stats import JobStats
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import CALLBACK_PATH, CallbackVerdict
@@ -46,6 +49,8 @@ _TIMESTAMP_MAX_DIGITS = 12
 REFUSAL_LOG_BURST = 10
 REFUSAL_LOG_WINDOW_SECONDS = 60.0
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# A kept image's name: its token (secrets.token_urlsafe(32)) and its extension.
+_INPUT_RE = re.compile(r"[A-Za-z0-9_-]{43}\.(?:png|jpg|webp|gif)")
 # The callback route's answers by outcome (mjbot_callbacks_total); any other status is "refused".
 # 404 covers a malformed secret too: no job can have it. 400 and 415: an unreadable body.
 _CALLBACK_OUTCOMES = {
@@ -250,6 +255,7 @@ class Listener:
             # Off, the route does not exist (404): the numbers reveal the bot's volume.
             self.app.router.add_get("/metrics", self.handle_metrics)
         self.app.router.add_get("/healthz", self.handle_health)
+        self.app.router.add_get(INPUTS_PATH + "{name}", self.handle_input)
         self._runner: web.AppRunner | None = None
 
     def _refuse(
@@ -345,6 +351,25 @@ class Listener:
             body, status = {"ok": False, "status": "starting"}, 503
         body["last_callback_at"] = iso_time(self.last_callback_at)
         return web.json_response(body, status=status, headers={hdrs.CACHE_CONTROL: "no-store"})
+
+    async def handle_input(self, request: web.Request) -> web.StreamResponse:
+        """A kept image, to whoever has its link, while it is kept; anything else is a 404
+        that names no token."""
+        name = request.match_info["name"]
+        image = None
+        if _INPUT_RE.fullmatch(name) and self.tracker is not None:
+            try:
+                image = await self.tracker.image_input(name)
+            except Exception as exc:
+                log.warning("image input not read: %s", type(exc).__name__)
+                return web.Response(status=503, text="try again later")
+        if image is None:
+            return self._refuse(request, 404, "unknown image input", "not found")
+        return web.Response(
+            body=image.data,
+            content_type=image.content_type,
+            headers={hdrs.CACHE_CONTROL: "private, no-store"},
+        )
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         """The Prometheus text format; jobs by kind and state are counted from the store now."""

@@ -28,7 +28,7 @@ async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Servic
             bot, services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics
         )
     )
-    await bot.add_cog(ImagineCog(services.tracker, metrics=metrics))
+    await bot.add_cog(ImagineCog(services.tracker, services.attachments, metrics=metrics))
 
     def is_owner(user_id: int) -> bool:
         # Filled in at login (bot.app: the application's owner or team, and OWNER_IDS).

@@ -214,3 +214,19 @@ grid_reposts = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
 )
 sa.Index("ix_reposts_requester", grid_reposts.c.requester_id, grid_reposts.c.at)
+
+# Images a member attached to /imagine, kept so the API can fetch them from the bot's listener
+# (PUBLIC_URL/inputs/<token>.<ext>) for IMAGE_INPUT_DAYS, from any process: the token is the
+# only key, and whoever holds the link may fetch the image (bot.jobs.image_inputs).
+image_inputs = sa.Table(
+    "image_inputs",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("guild_id", sa.BigInteger),
+    sa.Column("requester_id", sa.BigInteger, nullable=False),
+    sa.Column("content_type", sa.String(32), nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+sa.Index("ix_image_inputs_expires_at", image_inputs.c.expires_at)

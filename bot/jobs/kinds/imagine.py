@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.jobs.categories import GENERATION
+from bot.jobs.image_inputs import OMNI_STRENGTH, TASK_TYPE, InputsGone, references
 from bot.jobs.kinds.base import Call, Kind, Pieces, Product, owner_mention
 from bot.jobs.kinds.registry import register
 from bot.jobs.vary_index import Sent
@@ -32,7 +33,19 @@ class Imagine(Kind):
 
 
 async def generate(call: Call, job: Job) -> Sent:
-    """The job's prompt and options generated (an /imagine, a re-roll of its grid)."""
+    """The job's prompt and options generated (an /imagine, a re-roll of its grid). Its images
+    are the same links each time it is sent; raises InputsGone, before paying, once they are
+    no longer to be had."""
+    # Only what the job has: a generation from a prompt alone is the call it always was.
+    images: dict[str, Any] = {}
+    if TASK_TYPE in job.options:
+        images["task_type"] = job.options[TASK_TYPE]
+    if OMNI_STRENGTH in job.options:
+        images["omni_strength"] = int(job.options[OMNI_STRENGTH])
+    if references(job.options):
+        if call.inputs is None:
+            raise InputsGone("the bot cannot serve the images it was made from")
+        images["file_urls"] = await call.inputs.urls(job.options, call.public_base)
     return Sent(
         await call.client.generate(
             job.prompt or "",
@@ -40,6 +53,7 @@ async def generate(call: Call, job: Job) -> Sent:
             aspect_ratio=job.options.get("aspect_ratio"),
             version=job.options.get("version"),
             callback_url=call.callback_url,
+            **images,
         )
     )
 
