@@ -32,9 +32,9 @@ class Imagine(Kind):
         # A generation with images is priced by its task type (an omni reference at twice a
         # text one); every one counts as a generation for the allowances all the same.
         key = cost_key_named(job.options.get("task_type", ""))
-        return (
-            key.name if key is not None and key.category is self.category else super().cost_key(job)
-        )
+        if key is None or key.category is not self.category:
+            return super().cost_key(job)
+        return key.name
 
     async def send(self, call: Call, job: Job) -> Sent:
         return await generate(call, job)
