@@ -153,6 +153,7 @@ class Services:
             callbacks=self.callbacks_summary(),
             low_credit_threshold=self.settings.low_credit_threshold,
             spending=self.spending.summary(),
+            costs=await self.spending.costs_line(),
             vary_index=await self.vary_index_summary(),
             servers=await self.spending.server_lines(server_names or {}),
         )

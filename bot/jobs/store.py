@@ -16,6 +16,7 @@ import json
 import secrets
 import time
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -144,6 +145,8 @@ class JobStore:
             "delivered_at": None,
             "dedupe_key": kind_named(kind).twin_key(parent_task_id, image_index),
         }
+        if quota is not None:
+            quota = replace(quota, cost_key=kind_named(kind).cost_key(Job.from_values(values)))
         admitted = admission(values, max_unfinished, quota)
         insert = jobs.insert()
         if admitted is not None:
@@ -187,6 +190,7 @@ class JobStore:
                                 guild_id=guild_id,
                                 requester_id=requester_id,
                                 category=quota.category,
+                                cost_key=quota.key,
                                 at=now,
                             )
                         )

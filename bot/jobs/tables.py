@@ -152,6 +152,8 @@ allowance_uses = sa.Table(
     sa.Column("guild_id", sa.BigInteger),
     sa.Column("requester_id", sa.BigInteger, nullable=False),
     sa.Column("category", sa.String(16), nullable=False),
+    # What the budget reserves it at (bot.jobs.cost_keys): its kind's cost key.
+    sa.Column("cost_key", sa.String(32), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
     # When the API was known to have taken it (it may have been charged by then); NULL before.
     sa.Column("paid_at", sa.Float),
@@ -176,8 +178,7 @@ allowance_limits = sa.Table(
 UNLIMITED_ROW = -1
 
 # The credit budget's ledger, a row per day of QUOTA_TIMEZONE: credits spent as the readings
-# of the credit endpoint show them (drops add up, top-ups do not count), the last reading, and
-# what a generation and an upscale were seen to cost, to reserve for jobs taken since.
+# of the credit endpoint show them (drops add up, top-ups do not count) and the last reading.
 credit_days = sa.Table(
     "credit_days",
     metadata,
@@ -185,8 +186,16 @@ credit_days = sa.Table(
     sa.Column("spent", sa.Integer, nullable=False),
     sa.Column("last_credits", sa.Integer, nullable=False),
     sa.Column("read_at", sa.Float, nullable=False),
-    # A cost per cost category: generation_cost, upscale_cost.
-    *(sa.Column(c.cost_column, sa.Integer, nullable=False) for c in CATEGORIES),
+)
+
+# What a job of each cost key (bot.jobs.cost_keys) was seen to cost, a row per day it was
+# learnt on: a day without its own row for a key goes by the last day's, else the default.
+credit_costs = sa.Table(
+    "credit_costs",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("key", sa.String(32), primary_key=True),
+    sa.Column("cost", sa.Integer, nullable=False),
 )
 
 # The owner's door, per Discord server: whether an owner allowed it (/mj server allow: true) or

@@ -173,6 +173,11 @@ class Kind:
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
 
+    def cost_key(self, job: Job) -> str:
+        """What the budget reserves the job at and learns the cost of (bot.jobs.cost_keys): its
+        category's own key unless the kind tells its jobs apart."""
+        return self.category.name
+
     def twin_key(self, parent_task_id: str | None, image_index: int | None) -> str | None:
         """The ``jobs.dedupe_key`` a new job of this kind holds; None when it has no twins (no
         dedupe, no parent, or no image where the rule is per image)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bot.jobs.categories import GENERATION
+from bot.jobs.cost_keys import cost_key_named
 from bot.jobs.image_inputs import OMNI_STRENGTH, TASK_TYPE, InputsGone, references
 from bot.jobs.kinds.base import Call, Kind, Pieces, Product, owner_mention
 from bot.jobs.kinds.registry import register
@@ -27,6 +28,14 @@ class Imagine(Kind):
 
     def failure_what(self, p: Pieces) -> str:
         return f"Generation of {p.prompt}"
+
+    def cost_key(self, job: Job) -> str:
+        # A generation with images is priced by its task type (an omni reference at twice a
+        # text one); every one counts as a generation for the allowances all the same.
+        key = cost_key_named(job.options.get("task_type", ""))
+        if key is None or key.category is not self.category:
+            return super().cost_key(job)
+        return key.name
 
     async def send(self, call: Call, job: Job) -> Sent:
         return await generate(call, job)

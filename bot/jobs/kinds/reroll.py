@@ -16,7 +16,7 @@ from bot.jobs.kinds.base import (
     Product,
     owner_mention,
 )
-from bot.jobs.kinds.imagine import generate
+from bot.jobs.kinds.imagine import IMAGINE, generate
 from bot.jobs.kinds.registry import register
 from bot.jobs.vary_index import Sent
 from bot.midjourney.models import Task
@@ -58,6 +58,10 @@ class Reroll(Kind):
 
     def asked_elsewhere(self) -> str:
         return "that grid is being re-rolled elsewhere through this bot"
+
+    def cost_key(self, job: Job) -> str:
+        # The grid's options are copied: it costs what the grid's generation cost.
+        return IMAGINE.cost_key(job)
 
     async def send(self, call: Call, job: Job) -> Sent:
         return await generate(call, job)
