@@ -28,7 +28,11 @@ async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Servic
             bot, services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics
         )
     )
-    await bot.add_cog(ImagineCog(services.tracker, metrics=metrics))
+    await bot.add_cog(
+        ImagineCog(
+            services.tracker, translates=services.server_settings.translates, metrics=metrics
+        )
+    )
 
     def is_owner(user_id: int) -> bool:
         # Filled in at login (bot.app: the application's owner or team, and OWNER_IDS).
@@ -48,5 +52,6 @@ async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Servic
             services.spending,
             is_owner=is_owner,
             server_names=server_names,
+            server_settings=services.server_settings,
         )
     )

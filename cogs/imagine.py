@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -12,6 +13,7 @@ from discord.ext import commands
 
 from bot.delivery.texts import allowed_mentions, imagine_status_text
 from bot.jobs.kinds.imagine import IMAGINE
+from bot.jobs.params import read_params
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
@@ -26,13 +28,21 @@ def _choices(values: tuple[str, ...]) -> list[app_commands.Choice[str]]:
 
 
 class ImagineCog(commands.Cog):
-    def __init__(self, tracker: Tracker, *, metrics: Recorder) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        translates: Callable[[int | None], Awaitable[bool]],
+        metrics: Recorder,
+    ) -> None:
         self._tracker = tracker
+        # Whether a server's admins asked for prompts to be translated (/mj translation).
+        self._translates = translates
         self._metrics = metrics
 
     @app_commands.command(name="imagine", description="Generate four images from a prompt")
     @app_commands.describe(
-        prompt="What to draw (English, at most 2000 characters)",
+        prompt="What to draw, with Midjourney's --ar, --v, --s, --c, --w (at most 2000 characters)",
         aspect_ratio="Width:height of the images",
         version="Midjourney model version",
         speed="relaxed is cheapest, turbo fastest",
@@ -49,10 +59,17 @@ class ImagineCog(commands.Cog):
         speed: str | None = None,
     ) -> None:
         started = time.monotonic()
-        prompt = prompt.strip()
+        typed_prompt = prompt.strip()
+        params = read_params(typed_prompt)
+        prompt = params.prompt
+        typed = {"speed": speed, "aspect_ratio": aspect_ratio, "version": version}
         # Choices and lengths are enforced by Discord's client only: check them again.
         problem = None
-        if not prompt or len(prompt) > PROMPT_MAX:
+        if params.problems:
+            problem = "the prompt's parameters cannot be sent:\n- " + "\n- ".join(params.problems)
+        elif not prompt and typed_prompt:
+            problem = "the prompt has parameters only: say what to draw too"
+        elif not prompt or len(prompt) > PROMPT_MAX:
             problem = f"the prompt must be 1 to {PROMPT_MAX} characters"
         elif "\x00" in prompt:
             # PostgreSQL cannot store it: refused here on either database.
@@ -63,6 +80,8 @@ class ImagineCog(commands.Cog):
             problem = f"version must be one of {', '.join(VERSIONS)}"
         elif speed is not None and speed not in SPEEDS:
             problem = f"speed must be one of {', '.join(SPEEDS)}"
+        elif disagree := _disagreements(typed, params.options):
+            problem = disagree
         elif interaction.channel_id is None:
             problem = "/imagine works in a channel only"
         if problem is not None:
@@ -83,14 +102,13 @@ class ImagineCog(commands.Cog):
         if over is not None:
             await tell(interaction, over.sentence("Not started"))
             return
-        options = {"speed": speed or "fast"}
-        if aspect_ratio:
-            options["aspect_ratio"] = aspect_ratio
-        if version:
-            options["version"] = version
+        options = {"speed": "fast", **params.options}
+        options.update({key: value for key, value in typed.items() if value})
+        if await self._translates(interaction.guild_id):
+            options["translate"] = "on"
         # The visible answer is the status message itself; it is removed once the grid is up.
         response = await interaction.response.send_message(
-            imagine_status_text(prompt, interaction.user.id, time.time()),
+            imagine_status_text(prompt, interaction.user.id, time.time(), options),
             allowed_mentions=allowed_mentions(),
         )
         acked(self._metrics, interaction, "imagine", started)
@@ -110,3 +128,19 @@ class ImagineCog(commands.Cog):
             with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
             await tell(interaction, refused.sentence("Not started"))
+
+
+# A parameter typed in the prompt, by the option of /imagine that sets the same thing.
+_FLAG_OF = {"speed": "--fast, --relax or --turbo", "aspect_ratio": "--ar", "version": "--v"}
+
+
+def _disagreements(typed: dict[str, str | None], flags: dict[str, str]) -> str | None:
+    """An option and a parameter that ask for different things: neither wins, both are named."""
+    both = [
+        f"the {key} option says {typed[key]} and the prompt's {_FLAG_OF[key]} says {flags[key]}"
+        for key in _FLAG_OF
+        if typed[key] and key in flags and flags[key] != typed[key]
+    ]
+    if not both:
+        return None
+    return "; ".join(both) + ": give one of them"

@@ -51,6 +51,10 @@ class MidjourneyClient:
         speed: str = "fast",
         aspect_ratio: str | None = None,
         version: str | None = None,
+        stylization: int | None = None,
+        variety: int | None = None,
+        weirdness: int | None = None,
+        translate: bool = False,
         callback_url: str | None = None,
     ) -> str:
         body: dict[str, Any] = {"taskType": "mj_txt2img", "prompt": prompt, "speed": speed}
@@ -58,6 +62,15 @@ class MidjourneyClient:
             body["aspectRatio"] = aspect_ratio
         if version:
             body["version"] = version
+        for name, number in (
+            ("stylization", stylization),
+            ("variety", variety),
+            ("weirdness", weirdness),
+        ):
+            if number is not None:
+                body[name] = number
+        if translate:
+            body["enableTranslation"] = True
         if callback_url:
             body["callBackUrl"] = callback_url
         return await self.submit("/api/v1/mj/generate", body)

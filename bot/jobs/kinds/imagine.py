@@ -39,9 +39,18 @@ async def generate(call: Call, job: Job) -> Sent:
             speed=job.options.get("speed", "fast"),
             aspect_ratio=job.options.get("aspect_ratio"),
             version=job.options.get("version"),
+            stylization=_number(job.options.get("stylization")),
+            variety=_number(job.options.get("variety")),
+            weirdness=_number(job.options.get("weirdness")),
+            translate=job.options.get("translate") == "on",
             callback_url=call.callback_url,
         )
     )
+
+
+def _number(value: str | None) -> int | None:
+    # Stored as text, like every option; read_params wrote only whole numbers.
+    return None if value is None else int(value)
 
 
 IMAGINE = register(Imagine())
