@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.jobs.categories import GENERATION
 from bot.jobs.kinds.base import Call, Kind, Pieces, Product, owner_mention
 from bot.jobs.kinds.registry import register
+from bot.jobs.params import RANGES
 from bot.jobs.vary_index import Sent
 
 if TYPE_CHECKING:
     from bot.jobs.store import Job
+
+
+# Options of the prompt's typed parameters sent as whole numbers of the same name.
+TYPED_NUMBERS = tuple(RANGES)
 
 
 class Imagine(Kind):
@@ -33,24 +38,23 @@ class Imagine(Kind):
 
 async def generate(call: Call, job: Job) -> Sent:
     """The job's prompt and options generated (an /imagine, a re-roll of its grid)."""
+    # The typed parameters' fields only when the job has them: left out, the API's defaults
+    # apply. Stored as text, like every option; read_params wrote only whole numbers.
+    typed: dict[str, Any] = {
+        name: int(job.options[name]) for name in TYPED_NUMBERS if name in job.options
+    }
+    if job.options.get("translate") == "on":
+        typed["translate"] = True
     return Sent(
         await call.client.generate(
             job.prompt or "",
             speed=job.options.get("speed", "fast"),
             aspect_ratio=job.options.get("aspect_ratio"),
             version=job.options.get("version"),
-            stylization=_number(job.options.get("stylization")),
-            variety=_number(job.options.get("variety")),
-            weirdness=_number(job.options.get("weirdness")),
-            translate=job.options.get("translate") == "on",
+            **typed,
             callback_url=call.callback_url,
         )
     )
-
-
-def _number(value: str | None) -> int | None:
-    # Stored as text, like every option; read_params wrote only whole numbers.
-    return None if value is None else int(value)
 
 
 IMAGINE = register(Imagine())
