@@ -62,7 +62,7 @@ class ImagineCog(commands.Cog):
         typed_prompt = prompt.strip()
         params = read_params(typed_prompt)
         prompt = params.prompt
-        typed = {"speed": speed, "aspect_ratio": aspect_ratio, "version": version}
+        chosen = {"speed": speed, "aspect_ratio": aspect_ratio, "version": version}
         # Choices and lengths are enforced by Discord's client only: check them again.
         problem = None
         if params.problems:
@@ -80,7 +80,7 @@ class ImagineCog(commands.Cog):
             problem = f"version must be one of {', '.join(VERSIONS)}"
         elif speed is not None and speed not in SPEEDS:
             problem = f"speed must be one of {', '.join(SPEEDS)}"
-        elif disagree := _disagreements(typed, params.options):
+        elif disagree := _disagreements(chosen, params.options):
             problem = disagree
         elif interaction.channel_id is None:
             problem = "/imagine works in a channel only"
@@ -103,7 +103,7 @@ class ImagineCog(commands.Cog):
             await tell(interaction, over.sentence("Not started"))
             return
         options = {"speed": "fast", **params.options}
-        options.update({key: value for key, value in typed.items() if value})
+        options.update({key: value for key, value in chosen.items() if value})
         if await self._translates(interaction.guild_id):
             options["translate"] = "on"
         # The visible answer is the status message itself; it is removed once the grid is up.
@@ -131,15 +131,19 @@ class ImagineCog(commands.Cog):
 
 
 # A parameter typed in the prompt, by the option of /imagine that sets the same thing.
-_FLAG_OF = {"speed": "--fast, --relax or --turbo", "aspect_ratio": "--ar", "version": "--v"}
+_FLAG_OF = {
+    "speed": "--fast, --relax or --turbo",
+    "aspect_ratio": "--ar",
+    "version": "--v or --niji",
+}
 
 
-def _disagreements(typed: dict[str, str | None], flags: dict[str, str]) -> str | None:
+def _disagreements(chosen: dict[str, str | None], flags: dict[str, str]) -> str | None:
     """An option and a parameter that ask for different things: neither wins, both are named."""
     both = [
-        f"the {key} option says {typed[key]} and the prompt's {_FLAG_OF[key]} says {flags[key]}"
+        f"the {key} option says {chosen[key]} and the prompt's {_FLAG_OF[key]} says {flags[key]}"
         for key in _FLAG_OF
-        if typed[key] and key in flags and flags[key] != typed[key]
+        if chosen[key] and key in flags and flags[key] != chosen[key]
     ]
     if not both:
         return None
