@@ -143,13 +143,6 @@ def _prompt_and_options(param_json: object) -> tuple[str | None, dict[str, str]]
     version = _version(params.get("version"))
     if version is not None:
         options["version"] = version
-    # What the typed parameters set (bot/jobs/params.py), for a re-roll to send again.
-    for name, high in (("stylization", 1000), ("variety", 100), ("weirdness", 3000)):
-        number = params.get(name)
-        if isinstance(number, int) and not isinstance(number, bool) and 0 <= number <= high:
-            options[name] = str(number)
-    if params.get("enableTranslation") is True:
-        options["translate"] = "on"
     return (prompt if isinstance(prompt, str) else None), options
 
 
