@@ -7,6 +7,7 @@ from discord.ext import commands
 
 from bot.delivery.texts import one_line
 from bot.metrics import recorder
+from bot.midjourney.sandbox import FAIL_MARKER
 from bot.services import Services
 from cogs.admin import AdminCog
 from cogs.buttons import ButtonsCog
@@ -28,9 +29,14 @@ async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Servic
             bot, services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics
         )
     )
+    # The sandbox fails a generation whose prompt has its marker: /imagine leaves it there.
+    kept = (FAIL_MARKER.removeprefix("--"),) if services.sandbox is not None else ()
     await bot.add_cog(
         ImagineCog(
-            services.tracker, translates=services.server_settings.translates, metrics=metrics
+            services.tracker,
+            translates=services.server_settings.translates,
+            metrics=metrics,
+            kept_params=kept,
         )
     )
 

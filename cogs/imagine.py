@@ -34,8 +34,11 @@ class ImagineCog(commands.Cog):
         *,
         translates: Callable[[int | None], Awaitable[bool]],
         metrics: Recorder,
+        kept_params: tuple[str, ...] = (),
     ) -> None:
         self._tracker = tracker
+        # Parameters left in the prompt as text: the sandbox's own, in sandbox mode.
+        self._kept_params = kept_params
         # Whether a server's admins asked for prompts to be translated (/mj translation).
         self._translates = translates
         self._metrics = metrics
@@ -60,7 +63,7 @@ class ImagineCog(commands.Cog):
     ) -> None:
         started = time.monotonic()
         typed_prompt = prompt.strip()
-        params = read_params(typed_prompt)
+        params = read_params(typed_prompt, kept=self._kept_params)
         prompt = params.prompt
         chosen = {"speed": speed, "aspect_ratio": aspect_ratio, "version": version}
         # Choices and lengths are enforced by Discord's client only: check them again.

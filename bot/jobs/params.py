@@ -14,6 +14,7 @@ picture the member did not ask for.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from bot.midjourney.models import ASPECT_RATIOS, VERSIONS
@@ -109,8 +110,9 @@ class Params:
     problems: tuple[str, ...] = ()
 
 
-def read_params(text: str) -> Params:
-    """``text``'s parameters taken out; the text unchanged when it has none."""
+def read_params(text: str, *, kept: Collection[str] = ()) -> Params:
+    """``text``'s parameters taken out; the text unchanged when it has none. The names in
+    ``kept`` are left in the prompt as text (the sandbox's ``--fail``, which it reads there)."""
     words = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(text)]
     options: dict[str, str] = {}
     given: dict[str, str] = {}
@@ -124,6 +126,8 @@ def read_params(text: str) -> Params:
         if flag is None:
             continue
         name = flag[1].lower()
+        if name in kept:
+            continue
         value = words[i][2] if i < len(words) and not _FLAG.match(words[i][2]) else None
         key, setting, problem, takes = _one(name, value)
         if takes:

@@ -154,3 +154,9 @@ def test_round_trips() -> None:
         assert read_params(params.prompt + params_text(params.options)).options == {
             k: v for k, v in options.items() if (k, v) != ("speed", "fast")
         }
+
+
+def test_kept_names_stay_in_the_prompt_as_text() -> None:
+    params = read_params("this will --fail --ar 16:9", kept=("fail",))
+    assert params.prompt == "this will --fail" and params.options == {"aspect_ratio": "16:9"}
+    assert read_params("this will --fail").problems
