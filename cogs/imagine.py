@@ -13,7 +13,7 @@ from discord.ext import commands
 
 from bot.delivery.texts import allowed_mentions, imagine_status_text
 from bot.jobs.kinds.imagine import IMAGINE
-from bot.jobs.params import read_params
+from bot.jobs.params import TYPED, read_params
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
@@ -107,6 +107,9 @@ class ImagineCog(commands.Cog):
             return
         options = {"speed": "fast", **params.options}
         options.update({key: value for key, value in chosen.items() if value})
+        if params.options:
+            # Its lines show the parameters sent; a prompt without any keeps today's lines.
+            options[TYPED] = "on"
         if await self._translates(interaction.guild_id):
             options["translate"] = "on"
         # The visible answer is the status message itself; it is removed once the grid is up.

@@ -541,7 +541,13 @@ def test_texts_of_a_variation_and_a_reroll_and_whose_grid_they_are() -> None:
 
 
 def test_every_line_that_shows_the_prompt_shows_the_parameters_sent() -> None:
-    options = {"speed": "turbo", "aspect_ratio": "16:9", "version": "7", "stylization": "250"}
+    options = {
+        "speed": "turbo",
+        "aspect_ratio": "16:9",
+        "version": "7",
+        "stylization": "250",
+        "typed_params": "on",
+    }
     shown = "**a <@99> \\_fox\\_** --ar 16:9 --v 7 --s 250 --turbo"
     member = 123456789012345678
     for kind in (JobKind.IMAGINE, JobKind.REROLL, JobKind.UPSCALE, JobKind.VARY):
@@ -554,9 +560,11 @@ def test_every_line_that_shows_the_prompt_shows_the_parameters_sent() -> None:
     imagine = replace(make_job(JobKind.IMAGINE), options=options)
     assert result_text(imagine) == "**a red fox in snow** --ar 16:9 --v 7 --s 250 --turbo - <@4242>"
     assert shown in failure_text(replace(imagine, prompt="a <@99> _fox_"), "x")
-    # The default speed alone is not a parameter anyone typed: the line stays as it was.
-    plain = replace(imagine, options={"speed": "fast"})
-    assert result_text(plain) == "**a red fox in snow** - <@4242>"
+    # The default speed is not written; options chosen without typed parameters show nothing.
+    fast = replace(imagine, options={"speed": "fast", "typed_params": "on"})
+    assert result_text(fast) == "**a red fox in snow** - <@4242>"
+    chosen = replace(imagine, options={k: v for k, v in options.items() if k != "typed_params"})
+    assert result_text(chosen) == "**a red fox in snow** - <@4242>"
 
 
 def test_allowed_mentions_name_every_field_discord_would_otherwise_parse() -> None:

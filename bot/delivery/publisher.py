@@ -122,7 +122,7 @@ class DiscordPublisher:
             guild_id,
             task.result_urls[:GRID_SIZE],
             stem=task.task_id,
-            content=grid_text(task.prompt, requester_id, task.options),
+            content=grid_text(task.prompt, requester_id),
             view=GridButtons(task.task_id, use),
             requester_id=requester_id,
             # Each /upscale without an image posts a grid of its own: a nonce of its own too.

@@ -9,7 +9,7 @@ import discord
 
 from bot.jobs.kinds import Pieces, kind_named
 from bot.jobs.kinds.base import owner_mention
-from bot.jobs.params import params_text
+from bot.jobs.params import shown_params
 from bot.jobs.store import Job
 
 PROMPT_LIMIT = 1500
@@ -41,7 +41,8 @@ def one_line(text: str) -> str:
 
 
 def prompt_text(prompt: str | None, options: dict[str, str] | None = None) -> str:
-    """The prompt in bold, then the parameters that were sent with it (``--ar 16:9 --s 250``)."""
+    """The prompt in bold, then, when it had parameters typed in it, those that were sent with it
+    (``--ar 16:9 --s 250``)."""
     if not prompt:
         return "**(no prompt known)**"
     cleaned = discord.utils.escape_markdown(one_line(prompt))
@@ -56,7 +57,7 @@ def _params(options: dict[str, str]) -> str:
     return re.sub(
         r"(?<= )[^ ]+",
         lambda m: m[0] if m[0].startswith("--") else discord.utils.escape_markdown(one_line(m[0])),
-        params_text(options),
+        shown_params(options),
     )
 
 
@@ -87,9 +88,9 @@ def result_text(job: Job) -> str:
     return kind_named(job.kind).result_line(pieces(job))
 
 
-def grid_text(prompt: str | None, requester_id: int, options: dict[str, str] | None = None) -> str:
+def grid_text(prompt: str | None, requester_id: int) -> str:
     """The line above a grid's four images."""
-    return f"{prompt_text(prompt, options)}{owner_mention(requester_id)}"
+    return f"{prompt_text(prompt)}{owner_mention(requester_id)}"
 
 
 def failure_text(job: Job, reason: str) -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from bot.midjourney.models import ASPECT_RATIOS, VERSIONS
 
+# The option key saying the prompt had parameters typed in it ("on"): its lines show them.
+TYPED = "typed_params"
 # Option keys (a job's ``options``) of the ranges the API documents.
 RANGES: dict[str, tuple[int, int]] = {
     "stylization": (0, 1000),
@@ -207,6 +209,12 @@ def _number(key: str, value: str | None) -> tuple[str | None, str | None, str | 
         down = number - number % VARIETY_STEP
         return None, None, f"the API takes steps of 5: use {down} or {down + 5}", True
     return key, str(number), None, True
+
+
+def shown_params(options: dict[str, str]) -> str:
+    """What a line showing the job's prompt adds after it: every parameter sent, when the prompt
+    had any typed in it (``TYPED`` in its options), else nothing, as before parameters."""
+    return params_text(options) if options.get(TYPED) == "on" else ""
 
 
 def params_text(options: dict[str, str]) -> str:

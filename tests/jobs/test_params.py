@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bot.jobs.params import UNSUPPORTED, params_text, read_params
+from bot.jobs.params import UNSUPPORTED, params_text, read_params, shown_params
 from bot.midjourney.models import ASPECT_RATIOS
 
 
@@ -160,3 +160,9 @@ def test_kept_names_stay_in_the_prompt_as_text() -> None:
     params = read_params("this will --fail --ar 16:9", kept=("fail",))
     assert params.prompt == "this will --fail" and params.options == {"aspect_ratio": "16:9"}
     assert read_params("this will --fail").problems
+
+
+def test_only_a_prompt_with_typed_parameters_shows_them() -> None:
+    assert shown_params({"aspect_ratio": "2:3", "speed": "turbo"}) == ""
+    typed = {"aspect_ratio": "2:3", "speed": "turbo", "typed_params": "on"}
+    assert shown_params(typed) == " --ar 2:3 --turbo"
