@@ -2,7 +2,8 @@
 
 Pure text work, no Discord and no store: ``read_params`` takes the prompt as typed and gives the
 prompt to send (the parameters taken out) and the options they set, or every problem found;
-``params_text`` writes options back as parameters, for the lines that show a job's prompt.
+``params_text`` writes options back as parameters, and ``shown_params`` says what the lines that
+show a job's prompt add after it (nothing unless the prompt had parameters, ``TYPED``).
 
 A parameter starts a word: ``--`` then a letter, after a space or at the start (``a--b``, an em
 dash or ``-->`` are prompt text). Names are read in any case (``--AR`` is ``--ar``). The API has
@@ -200,8 +201,7 @@ def _version(value: str | None) -> tuple[str | None, str | None, str | None, boo
 def _number(key: str, value: str | None) -> tuple[str | None, str | None, str | None, bool]:
     low, high = RANGES[key]
     if value is None or not _INTEGER.match(value):
-        taken = value is not None and not value.startswith("--")
-        return None, None, f"give a whole number from {low} to {high}", taken
+        return None, None, f"give a whole number from {low} to {high}", value is not None
     number = int(value)
     if not low <= number <= high:
         return None, None, f"give a whole number from {low} to {high}", True
