@@ -33,6 +33,7 @@ from bot.jobs.coordination import Coordination
 from bot.jobs.database import Database
 from bot.jobs.leases import LEASE_SECONDS, new_owner
 from bot.jobs.pace import SharedPace
+from bot.jobs.server_settings import ServerSettings
 from bot.jobs.servers import Servers
 from bot.jobs.spending import Rules, Spending
 from bot.jobs.stats import JobStats
@@ -70,6 +71,7 @@ class Services:
     publisher: DiscordPublisher
     credit_watch: CreditWatch
     spending: Spending
+    server_settings: ServerSettings
     tracker: Tracker
     health: HealthMonitor
     selfcheck: SelfCheck
@@ -145,7 +147,9 @@ class Services:
                 spending=await self.spending.server_summary(guild_id),
                 vary_index=await self.vary_index_summary(),
             )
-            return f"{report}\n{await self.spending.server_usage(guild_id)}"
+            on = await self.server_settings.translates(guild_id)
+            translation = f"Translation of prompts: {'on' if on else 'off'} (/mj translation)"
+            return f"{report}\n{await self.spending.server_usage(guild_id)}\n{translation}"
         return await status.status_report(
             self.stats,
             self.mj,
@@ -357,6 +361,7 @@ async def open_services(
             publisher=publisher,
             credit_watch=credit_watch,
             spending=spending,
+            server_settings=ServerSettings(store.engine),
             tracker=tracker,
             health=health,
             selfcheck=selfcheck,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -15,6 +16,7 @@ from bot.delivery.attachments import Attachment, AttachmentChecker, AttachmentRe
 from bot.delivery.texts import allowed_mentions, imagine_status_text
 from bot.jobs.image_inputs import IMAGES, OMNI_STRENGTH, TASK_TYPE
 from bot.jobs.kinds.imagine import IMAGINE
+from bot.jobs.params import TYPED, read_params
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
@@ -40,15 +42,25 @@ def _choices(values: tuple[str, ...]) -> list[app_commands.Choice[str]]:
 
 class ImagineCog(commands.Cog):
     def __init__(
-        self, tracker: Tracker, attachments: AttachmentChecker, *, metrics: Recorder
+        self,
+        tracker: Tracker,
+        attachments: AttachmentChecker,
+        *,
+        translates: Callable[[int | None], Awaitable[bool]],
+        metrics: Recorder,
+        kept_params: tuple[str, ...] = (),
     ) -> None:
         self._tracker = tracker
         self._attachments = attachments
+        # Parameters left in the prompt as text: the sandbox's own, in sandbox mode.
+        self._kept_params = kept_params
+        # Whether a server's admins asked for prompts to be translated (/mj translation).
+        self._translates = translates
         self._metrics = metrics
 
     @app_commands.command(name="imagine", description="Generate four images from a prompt")
     @app_commands.describe(
-        prompt="What to draw (English, at most 2000 characters)",
+        prompt="What to draw, with Midjourney's --ar, --v, --s, --c, --w (at most 2000 characters)",
         aspect_ratio="Width:height of the images",
         version="Midjourney model version",
         speed="relaxed is cheapest, turbo fastest",
@@ -75,10 +87,17 @@ class ImagineCog(commands.Cog):
         subject_strength: app_commands.Range[int, 1, OMNI_MAX] | None = None,
     ) -> None:
         started = time.monotonic()
-        prompt = prompt.strip()
+        typed_prompt = prompt.strip()
+        params = read_params(typed_prompt, kept=self._kept_params)
+        prompt = params.prompt
+        chosen = {"speed": speed, "aspect_ratio": aspect_ratio, "version": version}
         # Choices and lengths are enforced by Discord's client only: check them again.
         problem = None
-        if not prompt or len(prompt) > PROMPT_MAX:
+        if params.problems:
+            problem = "the prompt's parameters cannot be sent:\n- " + "\n- ".join(params.problems)
+        elif not prompt and typed_prompt:
+            problem = "the prompt has parameters only: say what to draw too"
+        elif not prompt or len(prompt) > PROMPT_MAX:
             problem = f"the prompt must be 1 to {PROMPT_MAX} characters"
         elif "\x00" in prompt:
             # PostgreSQL cannot store it: refused here on either database.
@@ -89,6 +108,8 @@ class ImagineCog(commands.Cog):
             problem = f"version must be one of {', '.join(VERSIONS)}"
         elif speed is not None and speed not in SPEEDS:
             problem = f"speed must be one of {', '.join(SPEEDS)}"
+        elif disagree := _disagreements(chosen, params.options):
+            problem = disagree
         elif interaction.channel_id is None:
             problem = "/imagine works in a channel only"
         else:
@@ -111,11 +132,13 @@ class ImagineCog(commands.Cog):
         if over is not None:
             await tell(interaction, over.sentence("Not started"))
             return
-        options = {"speed": speed or "fast"}
-        if aspect_ratio:
-            options["aspect_ratio"] = aspect_ratio
-        if version:
-            options["version"] = version
+        options = {"speed": "fast", **params.options}
+        options.update({key: value for key, value in chosen.items() if value})
+        if params.options:
+            # Its lines show the parameters sent; a prompt without any keeps today's lines.
+            options[TYPED] = "on"
+        if await self._translates(interaction.guild_id):
+            options["translate"] = "on"
         given = {
             role: [a for a in attachments if a is not None]
             for role, attachments in (
@@ -129,7 +152,7 @@ class ImagineCog(commands.Cog):
             # The visible answer is the status message itself; it is removed once the grid is
             # up.
             response = await interaction.response.send_message(
-                imagine_status_text(prompt, interaction.user.id, time.time()),
+                imagine_status_text(prompt, interaction.user.id, time.time(), options),
                 allowed_mentions=allowed_mentions(),
             )
             acked(self._metrics, interaction, "imagine", started)
@@ -223,3 +246,23 @@ def _images_problem(
     if subject_strength is not None and not 1 <= subject_strength <= OMNI_MAX:
         return f"subject_strength must be from 1 to {OMNI_MAX}"
     return None
+
+
+# A parameter typed in the prompt, by the option of /imagine that sets the same thing.
+_FLAG_OF = {
+    "speed": "--fast, --relax or --turbo",
+    "aspect_ratio": "--ar",
+    "version": "--v or --niji",
+}
+
+
+def _disagreements(chosen: dict[str, str | None], flags: dict[str, str]) -> str | None:
+    """An option and a parameter that ask for different things: neither wins, both are named."""
+    both = [
+        f"the {key} option says {chosen[key]} and the prompt's {_FLAG_OF[key]} says {flags[key]}"
+        for key in _FLAG_OF
+        if chosen[key] and key in flags and flags[key] != chosen[key]
+    ]
+    if not both:
+        return None
+    return "; ".join(both) + ": give one of them"

@@ -211,6 +211,15 @@ servers = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("updated_by", sa.BigInteger, nullable=False),
 )
+# What a server's admins set for it (bot/jobs/server_settings.py); no row: every setting off.
+server_settings = sa.Table(
+    "server_settings",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("translate", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_by", sa.BigInteger, nullable=False),
+)
 # One row per re-post of a grid (/upscale without an image: a record-info call and four
 # downloads), for GRID_REPOSTS_PER_HOUR (bot.jobs.reposts); a row older than the hour is dead
 # and goes at its member's next re-post.

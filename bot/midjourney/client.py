@@ -54,6 +54,10 @@ class MidjourneyClient:
         version: str | None = None,
         omni_strength: int | None = None,
         file_urls: Sequence[str] = (),
+        stylization: int | None = None,
+        variety: int | None = None,
+        weirdness: int | None = None,
+        translate: bool = False,
         callback_url: str | None = None,
     ) -> str:
         body: dict[str, Any] = {"taskType": task_type, "prompt": prompt, "speed": speed}
@@ -65,6 +69,15 @@ class MidjourneyClient:
             body["ow"] = omni_strength
         if file_urls:
             body["fileUrls"] = list(file_urls)
+        for name, number in (
+            ("stylization", stylization),
+            ("variety", variety),
+            ("weirdness", weirdness),
+        ):
+            if number is not None:
+                body[name] = number
+        if translate:
+            body["enableTranslation"] = True
         if callback_url:
             body["callBackUrl"] = callback_url
         return await self.submit("/api/v1/mj/generate", body)

@@ -186,9 +186,11 @@ def test_python_m_bot_db_on_a_sqlite_file(tmp_path: Path) -> None:
     assert bot_db("current", url).stdout.strip() == f"{head} (head)"
     assert bot_db("upgrade", url).stdout.strip() == f"{head} (head)"
     history = bot_db("history", url)
-    revisions = [line.split(":")[0] for line in history.stdout.splitlines()]
-    assert revisions[0] == "baseline" and revisions[-1] == head
-    assert len(revisions) == len(set(revisions))
+    names = [line.split(":")[0] for line in history.stdout.splitlines()]
+    # Oldest first, one line per revision file.
+    versions = Path(migrations.__file__).parent / "versions"
+    assert names[0] == "baseline" and names[-1] == head
+    assert len(set(names)) == len(names) == len(list(versions.glob("v*.py")))
 
 
 def test_python_m_bot_db_on_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:

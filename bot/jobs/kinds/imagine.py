@@ -9,10 +9,15 @@ from bot.jobs.cost_keys import cost_key_named
 from bot.jobs.image_inputs import OMNI_STRENGTH, TASK_TYPE, InputsGone, references
 from bot.jobs.kinds.base import Call, Kind, Pieces, Product, owner_mention
 from bot.jobs.kinds.registry import register
+from bot.jobs.params import RANGES
 from bot.jobs.vary_index import Sent
 
 if TYPE_CHECKING:
     from bot.jobs.store import Job
+
+
+# Options of the prompt's typed parameters sent as whole numbers of the same name.
+TYPED_NUMBERS = tuple(RANGES)
 
 
 class Imagine(Kind):
@@ -45,6 +50,13 @@ async def generate(call: Call, job: Job) -> Sent:
     """The job's prompt and options generated (an /imagine, a re-roll of its grid). Its images
     are the same links each time it is sent; raises InputsGone, before paying, once they are
     no longer to be had."""
+    # The typed parameters' fields only when the job has them: left out, the API's defaults
+    # apply. Stored as text, like every option; read_params wrote only whole numbers.
+    typed: dict[str, Any] = {
+        name: int(job.options[name]) for name in TYPED_NUMBERS if name in job.options
+    }
+    if job.options.get("translate") == "on":
+        typed["translate"] = True
     # Only what the job has: a generation from a prompt alone is the call it always was.
     images: dict[str, Any] = {}
     if TASK_TYPE in job.options:
@@ -61,6 +73,7 @@ async def generate(call: Call, job: Job) -> Sent:
             speed=job.options.get("speed", "fast"),
             aspect_ratio=job.options.get("aspect_ratio"),
             version=job.options.get("version"),
+            **typed,
             callback_url=call.callback_url,
             **images,
         )
