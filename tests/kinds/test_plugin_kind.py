@@ -4,6 +4,7 @@ its dedupe, and a restart while it runs. Nothing under bot/ or cogs/ names it.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -110,3 +111,29 @@ async def test_sepia_running_across_a_restart_is_posted_once(
         await sepia_result(double, alice)
     assert len([m for m in double.messages() if "- Sepia <@" in m.content]) == 1
     assert len(sepia_calls(sandbox)) == 1
+
+
+async def test_a_storm_of_sepia_clicks_is_one_paid_job(harness: Harness, sepia: Sepia) -> None:
+    double, sandbox = harness.double, harness.sandbox
+    users = [double.add_user(f"toner{n}") for n in range(20)]
+    async with harness.running():
+        result, task = await upscaled(double, users[0], "a fox, twenty clicks")
+        button = result.button(label="Sepia")
+        assert button.custom_id is not None
+        handles = await asyncio.gather(
+            *(double.click(result.id, button.custom_id, user) for user in users)
+        )
+        assert all(ack.accepted for ack in await asyncio.gather(*(h.wait_ack() for h in handles)))
+        # Whoever's click came first is the requester; every other click is told, privately.
+        await double.wait_for_message(
+            lambda m: "- Sepia <@" in m.content and len(m.attachments) == 1
+        )
+        await double.wait_for(
+            lambda: (
+                sum("already" in m.content and "toned" in m.content for m in double.messages())
+                == 19
+                or None
+            )
+        )
+    assert [c["taskId"] for c in sepia_calls(sandbox)] == [task]
+    assert len([m for m in double.messages() if "- Sepia <@" in m.content]) == 1
