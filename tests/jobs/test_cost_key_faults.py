@@ -1,11 +1,10 @@
-"""Review of issue 23's cost keys: a defect found, marked xfail(strict=True) so the suite stays
-green until it is fixed (SQLite file and the local PostgreSQL)."""
+"""Faults the review of issue 23 found in the cost keys, fixed (SQLite file and the local
+PostgreSQL): a key never seen alone is reserved at no less than its category's learnt cost, and a
+reading a job straddles teaches no cost."""
 
 from __future__ import annotations
 
 import time
-
-import pytest
 
 from bot.jobs.admission import Budget, OverQuota, Quota
 from bot.jobs.store import JobStore
@@ -15,10 +14,6 @@ from tests.names import JobKind
 __all__ = ["stores"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key's learnt cost only ever rises: one straddled reading inflates it for good",
-)
 async def test_a_cost_inflated_by_a_charge_stamped_late_comes_back_down(
     stores: list[JobStore],
 ) -> None:
@@ -51,11 +46,6 @@ async def test_a_cost_inflated_by_a_charge_stamped_late_comes_back_down(
 IMG2IMG = {"task_type": "mj_img2img"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key never seen alone is reserved at its configured default, not its category's "
-    "learnt cost",
-)
 async def test_image_prompts_are_reserved_at_least_at_what_a_generation_was_seen_to_cost(
     stores: list[JobStore],
 ) -> None:
