@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.jobs.cost_keys import COST_KEYS, CostKey
+from bot.jobs.cost_keys import COST_KEYS, CostKey, category_key
 from bot.jobs.tables import UNFINISHED_STATES, allowance_uses, credit_costs, credit_days, jobs
 
 
@@ -119,8 +119,19 @@ def _costs(budget: Budget) -> dict[str, sa.ColumnElement[Any]]:
     """What a job of each cost key (by name) is taken to cost on the budget's day: what the
     readings showed by that day, else the budget's defaults. A new day goes by the last day's
     costs until its own readings teach more: reserved at the defaults, its jobs could pass the
-    budget when they were seen to cost more."""
-    return {key.name: _learnt(budget, key) for key in COST_KEYS}
+    budget when they were seen to cost more. A key is reserved at no less than ``times`` its
+    category key's cost (bot.jobs.cost_keys.floored, the same rule in Python)."""
+    learnt = {key.name: _learnt(budget, key) for key in COST_KEYS}
+    return {key.name: _floored(learnt, key) for key in COST_KEYS}
+
+
+def _floored(learnt: dict[str, sa.ColumnElement[Any]], key: CostKey) -> sa.ColumnElement[Any]:
+    own, base = learnt[key.name], category_key(key)
+    if base is key:
+        return own
+    floor = learnt[base.name] * key.times
+    # A CASE rather than GREATEST/MAX: the same SQL on SQLite and PostgreSQL.
+    return sa.case((own >= floor, own), else_=floor)
 
 
 def _learnt(budget: Budget, key: CostKey) -> sa.ColumnElement[Any]:

@@ -54,3 +54,21 @@ def default_costs(category_costs: Mapping[str, int]) -> dict[str, int]:
     """What a job of each key is taken to cost before readings, from its category's (by the
     category's cost_column: ``generation_cost``, ``upscale_cost``)."""
     return {key.name: key.times * category_costs[key.category.cost_column] for key in COST_KEYS}
+
+
+def category_key(key: CostKey) -> CostKey:
+    """The key named as ``key``'s category: what its category was seen to cost."""
+    own = cost_key_named(key.category.name)
+    if own is None:
+        raise LookupError(f"no cost key named as the category {key.category.name}")
+    return own
+
+
+def floored(costs: Mapping[str, int]) -> dict[str, int]:
+    """What a job of each key is reserved at: its own learnt cost, yet no less than ``times`` its
+    category key's. A key seldom seen alone in an interval (image prompts among text prompts)
+    would otherwise stay at its default while generations were seen to cost more."""
+    return {
+        key.name: max(costs[key.name], key.times * costs[category_key(key).name])
+        for key in COST_KEYS
+    }

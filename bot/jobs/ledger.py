@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bot.jobs import categories, cost_keys
 from bot.jobs.admission import same_place
 from bot.jobs.tables import (
+    UNFINISHED_STATES,
     JobState,
     allowance_limits,
     allowance_uses,
@@ -287,19 +288,44 @@ class Ledger:
         )
         counts = {str(key): int(n) for key, n in taken}
         # Only a drop that one cost key alone can explain tells what it costs (an interval of
-        # several keys teaches nothing), and only upwards: a job is stamped paid after its
-        # charge, so an interval can hold one charged before it and make the key look cheaper
-        # than it is. The day starts from the defaults or the last day's costs, which are thus
-        # a floor.
+        # several keys teaches nothing), and only an interval no job straddles: a job is stamped
+        # paid after its charge, so one in flight at either reading can have its charge and its
+        # stamp in different intervals, making a key look dearer than it is (and, reserved at
+        # that for good, refusing jobs the budget has room for). Still only upwards: a charge
+        # the stamps cannot place (a request asked and charged around a reading within the
+        # clock's resolution, a job whose use row is gone) must never lower what is reserved.
         if drop <= 0 or len(counts) != 1:
             return
         ((key, n),) = counts.items()
-        if key not in defaults:
+        if key not in defaults or await self._straddled(conn, last.read_at, at):
             return
         cost = -(-drop // n)
         known = await self._costs(conn, day, defaults)
         if cost > known[key]:
             await self._set_cost(conn, day, key, cost)
+
+    @staticmethod
+    async def _straddled(conn: AsyncConnection, since: float, at: float) -> bool:
+        """Whether a job may have been in flight at the reading of ``since`` or of ``at``: one
+        stamped paid between them yet asked before the first (it may have been charged before
+        it), or one asked by the second, unfinished and not stamped (it may be charged before
+        it and stamped after). Queued ones count too: when a request went out is not stored."""
+        use, job = allowance_uses.c, jobs.c
+        query = (
+            sa.select(sa.func.count())
+            .select_from(allowance_uses.outerjoin(jobs, job.id == use.job_id))
+            .where(
+                sa.or_(
+                    sa.and_(use.paid_at > since, use.paid_at <= at, use.at < since),
+                    sa.and_(
+                        use.paid_at.is_(None),
+                        use.at <= at,
+                        job.state.in_([s.value for s in UNFINISHED_STATES]),
+                    ),
+                )
+            )
+        )
+        return bool((await conn.execute(query)).scalar_one())
 
     async def _begin_day(
         self, day: str, since: float, credits: int, at: float, defaults: dict[str, int]
@@ -322,9 +348,11 @@ class Ledger:
                 )
                 .group_by(allowance_uses.c.cost_key)
             )
+            # Counted as the budget reserves them; stored as learnt (the floor is applied on use).
+            reserved = cost_keys.floored(costs)
             # A key no release of this code names (a later one's) counts at the dearest.
-            dearest = costs[cost_keys.COST_KEYS[-1].name]
-            spent = sum(int(n) * costs.get(str(key), dearest) for key, n in taken)
+            dearest = reserved[cost_keys.COST_KEYS[-1].name]
+            spent = sum(int(n) * reserved.get(str(key), dearest) for key, n in taken)
             await conn.execute(
                 credit_days.insert().values(day=day, spent=spent, last_credits=credits, read_at=at)
             )
@@ -353,7 +381,7 @@ class Ledger:
 
     async def costs(self, day: str, defaults: dict[str, int]) -> dict[str, int]:
         """What a job of each cost key was seen to cost by day ``day`` (its readings, or the
-        last day's before it), as the budget counts them; the key's default where no day
-        showed it."""
+        last day's before it), as learnt: the key's default where no day showed it (the budget
+        reserves no less than cost_keys.floored of these)."""
         async with self._engine.connect() as conn:
             return await self._costs(conn, day, defaults)

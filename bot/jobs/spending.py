@@ -31,7 +31,7 @@ from bot.jobs.allowances import (
     set_or_not,
     target_mention,
 )
-from bot.jobs.cost_keys import COST_KEYS, default_costs
+from bot.jobs.cost_keys import COST_KEYS, default_costs, floored
 from bot.jobs.kinds.registry import kind_named
 from bot.jobs.ledger import CATEGORIES, KEEP, CreditDay, Ledger
 from bot.jobs.servers import ServerRules, Servers
@@ -394,8 +394,9 @@ class Spending:
         return await self.servers.rules(guild_id)
 
     async def _costs(self) -> dict[str, int]:
-        """What a job of each cost key is taken to cost today, as the budget counts."""
-        return await self.ledger.costs(self.today().key, default_costs(DEFAULT_COSTS))
+        """What a job of each cost key is taken to cost today, as the budget counts: learnt,
+        yet no less than ``times`` its category key's (bot.jobs.cost_keys.floored)."""
+        return floored(await self.ledger.costs(self.today().key, default_costs(DEFAULT_COSTS)))
 
     @staticmethod
     def _cost(used: dict[str, int], costs: dict[str, int]) -> int:
