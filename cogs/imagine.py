@@ -16,7 +16,7 @@ from bot.delivery.attachments import Attachment, AttachmentChecker, AttachmentRe
 from bot.delivery.texts import allowed_mentions, imagine_status_text
 from bot.jobs.image_inputs import IMAGES, OMNI_STRENGTH, TASK_TYPE
 from bot.jobs.kinds.imagine import IMAGINE
-from bot.jobs.params import TYPED, read_params
+from bot.jobs.params import TYPED, read_params, visible
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import Refused
 from bot.metrics import Recorder
@@ -95,9 +95,9 @@ class ImagineCog(commands.Cog):
         problem = None
         if params.problems:
             problem = "the prompt's parameters cannot be sent:\n- " + "\n- ".join(params.problems)
-        elif not prompt and typed_prompt:
+        elif not visible(prompt) and params.options:
             problem = "the prompt has parameters only: say what to draw too"
-        elif not prompt or len(prompt) > PROMPT_MAX:
+        elif not visible(prompt) or len(prompt) > PROMPT_MAX:
             problem = f"the prompt must be 1 to {PROMPT_MAX} characters"
         elif "\x00" in prompt:
             # PostgreSQL cannot store it: refused here on either database.

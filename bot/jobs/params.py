@@ -15,6 +15,7 @@ picture the member did not ask for.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -101,6 +102,15 @@ _WORD = re.compile(r"\S+")
 _FLAG = re.compile(r"--([A-Za-z]\S*)\Z")
 _INTEGER = re.compile(r"[0-9]{1,7}\Z")
 _VERSION = re.compile(r"([0-9])(?:\.([0-9]))?\Z")
+# What is left of a parameter written otherwise (Midjourney reads an em dash for "--", as phones
+# make one of it): a dash-like start, maybe an invisible character, then a name. After a letter
+# or digit it is prompt text ("a--b").
+_LEFTOVER = re.compile(
+    r"(?<![A-Za-z0-9])(?:--|[\u2014\u2015]|[\u2010-\u2013\u2212\ufe63\uff0d]{2})"
+    r"[\u200b-\u200d\u2060\ufeff]*([A-Za-z]\w*)"
+)
+# Characters a prompt may hold that show nothing: a prompt of only these is no prompt.
+_BLANKS = frozenset("\u2800\u3164\u115f\u1160\uffa0")
 
 
 @dataclass(frozen=True)
@@ -148,14 +158,27 @@ def read_params(text: str, *, kept: Collection[str] = ()) -> Params:
             continue
         options.setdefault(key, setting)
         given.setdefault(key, shown)
-    if not cuts:
-        return Params(text)
-    kept, at = [], 0
-    for start, end in cuts:
-        kept.append(text[at:start].strip())
-        at = end
-    kept.append(text[at:].strip())
-    return Params(" ".join(k for k in kept if k), options, tuple(problems))
+    if cuts:
+        parts, at = [], 0
+        for start, end in cuts:
+            parts.append(text[at:start].strip())
+            at = end
+        parts.append(text[at:].strip())
+        text = " ".join(part for part in parts if part)
+    for leftover in _LEFTOVER.finditer(text):
+        if leftover[1].lower() not in kept:
+            shown = leftover.group().replace("`", "'")[:40]
+            problems.append(f"`{shown}`: write a parameter as --name, after a space")
+    return Params(text, options, tuple(problems))
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` shows anything: not only spaces, controls, format characters (zero
+    width) or blank glyphs."""
+    return any(
+        unicodedata.category(ch) not in ("Cf", "Cc", "Zs", "Zl", "Zp") and ch not in _BLANKS
+        for ch in text
+    )
 
 
 def _one(name: str, value: str | None) -> tuple[str | None, str | None, str | None, bool]:
@@ -163,8 +186,8 @@ def _one(name: str, value: str | None) -> tuple[str | None, str | None, str | No
     if name in _SPEEDS:
         return "speed", _SPEEDS[name], None, False
     if name == "niji":
-        if value is not None and _INTEGER.match(value):
-            if value == "6":
+        if value is not None and (_INTEGER.match(value) or _VERSION.match(value)):
+            if value in ("6", "6.0"):
                 return "version", "niji6", None, True
             return None, None, "the API has niji 6 only: use --niji 6", True
         return "version", "niji6", None, False

@@ -590,6 +590,8 @@ class SandboxAPI:
         for name, (low, high) in INT_RANGES.items():
             if name in params and not _is_int_in(params[name], low, high):
                 raise _ApiError(422, f"{name} must be an integer from {low} to {high}")
+        if "variety" in params and params["variety"] % 5:
+            raise _ApiError(422, "variety must be a multiple of 5")
         file_urls = params.get("fileUrls", [])
         if not isinstance(file_urls, list) or not all(isinstance(u, str) for u in file_urls):
             raise _ApiError(422, "fileUrls must be a list of URLs")
