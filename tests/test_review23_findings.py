@@ -8,6 +8,7 @@ import io
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -18,7 +19,9 @@ from PIL import Image
 import bot.delivery.attachments as attachments_module
 from bot.delivery.attachments import Attachment, AttachmentChecker
 from bot.delivery.fetch import ImageFetcher
-from bot.jobs.image_inputs import KeptImage
+from bot.jobs.image_inputs import ImageInputs, InputsGone, KeptImage
+from bot.jobs.store import JobStore
+from bot.midjourney.errors import ApiError
 from bot.web import Listener
 from tests.conftest import Serve, StartSandbox
 from tests.test_image_inputs import generate as _generate
@@ -164,3 +167,31 @@ async def test_the_sandbox_decodes_input_images_off_the_event_loop(
     assert status == 200, answer
     # The bot's heartbeat, callbacks and every interaction wait while one image is decoded.
     assert max(gaps) < 0.1, f"the loop stalled {max(gaps):.2f} s"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a vendor's 400/422 msg reaches the member as it is, links included"
+)
+def test_a_vendors_refusal_naming_an_input_link_tells_the_member_no_token() -> None:
+    token = "Q" * 43
+    link = "https://cdn.discordapp.com/attachments/1/2/a.png?ex=6a000000&is=69ff0000&hm=abcdef"
+    error = ApiError(422, f"fileUrls: https://bot.example/inputs/{token}.png, {link} unreachable")
+    told = error.user_message
+    assert token not in told and "hm=abcdef" not in told, told
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a Discord link expiring in seconds is sent: the API fetches it after it expired",
+)
+async def test_a_discord_link_about_to_expire_is_not_sent(tmp_path: Path) -> None:
+    store = await JobStore.open(f"sqlite:///{tmp_path}/inputs.sqlite3")
+    try:
+        inputs = ImageInputs(store.engine, 7)
+        soon = format(int(time.time()) + 5, "x")
+        link = f"https://cdn.discordapp.com/attachments/1/2/a.png?ex={soon}&is=0&hm=00"
+        # Relaxed jobs wait upstream for minutes; even fast ones are fetched after the answer.
+        with pytest.raises(InputsGone):
+            await inputs.urls({"images": link, "speed": "relaxed"}, None)
+    finally:
+        await store.close()
