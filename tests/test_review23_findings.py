@@ -49,10 +49,6 @@ async def bombs(serve: Serve) -> AsyncIterator[tuple[AttachmentChecker, str, int
     await checker.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attachments are decoded with no bound on pixels in flight (no PixelBudget/pool)",
-)
 async def test_a_burst_of_small_decompression_bombs_is_decoded_a_bounded_number_at_once(
     bombs: tuple[AttachmentChecker, str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
