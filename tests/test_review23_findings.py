@@ -120,9 +120,6 @@ async def inputs_server(serve: Serve) -> str:
     return await serve(app)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="SandboxAPI.fetched keeps every input image's bytes for the process's life"
-)
 async def test_a_sandbox_bot_does_not_keep_every_input_image_it_fetched(
     start_sandbox: StartSandbox, inputs_server: str
 ) -> None:
@@ -136,9 +133,6 @@ async def test_a_sandbox_bot_does_not_keep_every_input_image_it_fetched(
     assert len(sandbox.api.fetched) < 10
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the sandbox decodes fileUrls images on the bot's event loop"
-)
 async def test_the_sandbox_decodes_input_images_off_the_event_loop(
     start_sandbox: StartSandbox, inputs_server: str
 ) -> None:
