@@ -159,9 +159,6 @@ async def test_the_sandbox_decodes_input_images_off_the_event_loop(
     assert max(gaps) < 0.1, f"the loop stalled {max(gaps):.2f} s"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a vendor's 400/422 msg reaches the member as it is, links included"
-)
 def test_a_vendors_refusal_naming_an_input_link_tells_the_member_no_token() -> None:
     token = "Q" * 43
     link = "https://cdn.discordapp.com/attachments/1/2/a.png?ex=6a000000&is=69ff0000&hm=abcdef"
