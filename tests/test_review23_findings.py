@@ -166,10 +166,6 @@ def test_a_vendors_refusal_naming_an_input_link_tells_the_member_no_token() -> N
     assert token not in told and "hm=abcdef" not in told, told
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Discord link expiring in seconds is sent: the API fetches it after it expired",
-)
 async def test_a_discord_link_about_to_expire_is_not_sent(tmp_path: Path) -> None:
     store = await JobStore.open(f"sqlite:///{tmp_path}/inputs.sqlite3")
     try:
