@@ -1,5 +1,6 @@
-"""Review of issue 23 (images in /imagine, cost keys) as an attacker: each test shows a defect
-found, marked xfail(strict=True) so the suite stays green until it is fixed."""
+"""Images in /imagine under attack (the review of issue 23): decompression bombs in a burst,
+a kept image opened in a browser, the sandbox's memory and event loop in the bot's process, a
+vendor's refusal quoting input links, and a Discord link about to expire."""
 
 from __future__ import annotations
 
