@@ -25,6 +25,7 @@ from bot.config import Settings
 from bot.credits import CreditWatch
 from bot.delivery.attachments import DISCORD_ATTACHMENT_HOSTS, MB, AttachmentChecker
 from bot.delivery.fetch import ImageFetcher
+from bot.delivery.pool import ImagePool
 from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
 from bot.jobs.allowances import by_option
@@ -248,7 +249,9 @@ async def open_services(
 
         mj = MidjourneyClient(session, api_base, api_key, metrics=metrics)
         fetcher = ImageFetcher((*settings.result_hosts, urlsplit(api_base).hostname or ""))
-        publisher = DiscordPublisher(discord_client, store, fetcher)
+        # One pool and pixel budget for results and attachments: both decode images.
+        pool = ImagePool()
+        publisher = DiscordPublisher(discord_client, store, fetcher, pool=pool)
         cleanup.push_async_callback(publisher.close)
         # Attachments come from Discord's CDN, or from wherever the Discord API is (a test's
         # double, which discord.py is pointed at): that host is trusted with the token already.
@@ -260,6 +263,7 @@ async def open_services(
                 max_bytes=settings.image_input_max_mb * MB,
             ),
             settings.image_input_max_mb,
+            pool,
         )
         cleanup.push_async_callback(attachments.close)
         spending = Spending(

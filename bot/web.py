@@ -365,10 +365,19 @@ class Listener:
                 return web.Response(status=503, text="try again later")
         if image is None:
             return self._refuse(request, 404, "unknown image input", "not found")
+        ext = name.rsplit(".", 1)[-1]
         return web.Response(
             body=image.data,
             content_type=image.content_type,
-            headers={hdrs.CACHE_CONTROL: "private, no-store"},
+            # The bytes are a member's upload: a browser given the link must show them as the
+            # image type they were checked to be, never sniff and run them as a page.
+            headers={
+                hdrs.CACHE_CONTROL: "private, no-store",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "sandbox; default-src 'none'",
+                hdrs.CONTENT_DISPOSITION: f'inline; filename="image.{ext}"',
+                "Referrer-Policy": "no-referrer",
+            },
         )
 
     async def handle_metrics(self, request: web.Request) -> web.Response:

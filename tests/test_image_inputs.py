@@ -4,6 +4,7 @@ before paying), the attachment checks, and the redaction of a token in a URL."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -20,6 +21,7 @@ from bot.delivery.attachments import Attachment, AttachmentChecker, AttachmentRe
 from bot.delivery.fetch import ImageFetcher
 from bot.jobs.image_inputs import ImageInputs, InputsGone, attachment_expiry
 from bot.jobs.store import JobStore
+from bot.midjourney.sandbox import FetchedInput
 from bot.redaction import RedactingFilter
 from tests.conftest import SANDBOX_KEY, RunningSandbox, Serve, StartSandbox
 
@@ -67,7 +69,10 @@ async def test_the_sandbox_fetches_the_images_of_an_image_task_and_tints_its_gri
     url = f"{image_server}/red.png"
     status, answer = await generate(sandbox, taskType=task_type, fileUrls=[url])
     assert (status, answer["code"]) == (200, 200), answer
-    assert sandbox.api.fetched == [(url, png())]
+    data = png()
+    assert list(sandbox.api.fetched) == [
+        FetchedInput(url, hashlib.sha256(data).hexdigest(), len(data))
+    ]
     task_id = answer["data"]["taskId"]
     sandbox.api.complete(task_id)
     with Image.open(io.BytesIO(sandbox.api.image_bytes(task_id, 1))) as grid:

@@ -4,6 +4,7 @@ sandbox fetching them as the API would."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -19,6 +20,11 @@ from bot.jobs.image_inputs import INPUTS_PATH
 from bot.jobs.tables import image_inputs, jobs
 from tests.fakes.discord_double import DiscordDouble, InteractionHandle, StoredMessage
 from tests.harness import GRID_LABELS, Harness, grid_task
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
 
 RED, BLUE = (200, 30, 40), (20, 60, 220)
 
@@ -118,7 +124,7 @@ async def test_each_role_reaches_the_api_as_its_task_type_with_images_it_can_fet
         base = app.services.callback_base
         assert all(url.startswith(f"{base}{INPUTS_PATH}") for url in body["fileUrls"])
         # The sandbox fetched each from the bot's listener: the very bytes attached.
-        assert [data for _url, data in sandbox.fetched] == [data for _name, data in attached]
+        assert [f.sha256 for f in sandbox.fetched] == [sha256(d) for _name, d in attached]
         assert await kept_count(app) == len(attached)
         if tint is not None:
             task = grid_task(grid)
@@ -173,7 +179,7 @@ async def test_a_refused_image_is_told_privately_and_nothing_is_kept_or_paid(
         text = await private_text(handle, double)
         assert text.startswith("❌") and reason in text, text
         assert not [m for m in double.messages(ephemeral=False) if "refused" in m.content]
-        assert sandbox.count("generate") == 0 and sandbox.fetched == []
+        assert sandbox.count("generate") == 0 and not sandbox.fetched
         assert sandbox.credits == credits
         assert await kept_count(app) == 0
         assert await app.services.store.unfinished_keys() == []
@@ -252,12 +258,12 @@ async def test_a_job_stored_before_a_restart_sends_the_same_images_once(
         await double.wait_for(
             lambda: any("Generating" in m.content for m in double.messages(ephemeral=False)) or None
         )
-    assert sandbox.count("generate") == 1 and sandbox.fetched == []
+    assert sandbox.count("generate") == 1 and not sandbox.fetched
     async with harness.running():
         await grid_of(double, "after a restart")
     first, second = [c.body for c in sandbox.calls if c.endpoint == "generate"]
     assert first["fileUrls"] == second["fileUrls"]
-    assert [data for _url, data in sandbox.fetched] == [png(RED)]
+    assert [f.sha256 for f in sandbox.fetched] == [sha256(png(RED))]
 
 
 async def test_without_a_public_address_the_discord_link_is_sent_and_an_expired_one_fails_unpaid(

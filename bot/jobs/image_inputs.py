@@ -34,6 +34,10 @@ IMAGES = "images"
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 CONTENT_TYPES = {ext: content_type for content_type, ext in EXTENSIONS.items()}
 DAY = 86400.0
+# How long a Discord link must still live when the job is sent: the API fetches it after it
+# answers, and a relaxed job waits upstream for minutes, often longer, before it does.
+LINK_MARGIN_SECONDS = 600.0
+RELAXED_LINK_MARGIN_SECONDS = 3600.0
 
 
 class InputsGone(Exception):
@@ -156,15 +160,18 @@ class ImageInputs:
         return result.rowcount or 0
 
     async def problem(self, options: Mapping[str, str]) -> str | None:
-        """Why a job with these options cannot be sent now (its images are gone), or None."""
+        """Why a job with these options cannot be sent now (its images are gone, or its Discord
+        links expire before the API would fetch them), or None."""
         refs = references(options)
         tokens = tuple(t for t in map(_token_of, refs) if t is not None)
         if len(await self.kept(tokens)) < len(set(tokens)):
             return "the images it was made from are no longer kept by the bot"
+        relaxed = options.get("speed") == "relaxed"
+        margin = RELAXED_LINK_MARGIN_SECONDS if relaxed else LINK_MARGIN_SECONDS
         now = self._clock()
         for ref in refs:
             expiry = attachment_expiry(ref) if _token_of(ref) is None else None
-            if expiry is not None and expiry <= now:
+            if expiry is not None and expiry <= now + margin:
                 return "the Discord links of the images it was made from have expired"
         return None
 

@@ -23,7 +23,8 @@ the 0-based image that was varied, and its paramJson carries the parent's prompt
 A generation of ``mj_img2img``, ``mj_style_reference`` or ``mj_omni_reference`` needs
 ``fileUrls``; the sandbox fetches each with its own HTTP session before charging, as the vendor
 must, and answers 422 naming fileUrls (never the link, which may carry a token) when one cannot
-be fetched or is no image. What it fetched is in ``fetched``, and the light squares of that grid
+be fetched or is no image. The last inputs it fetched are in ``fetched`` (their URL, SHA-256
+and size, not their bytes: SANDBOX=1 runs for the bot's life), and the light squares of that grid
 are the images' mean colour, so a test can tell the grid depends on them. ``ow`` (1–1000) is
 taken with ``mj_omni_reference`` only.
 
@@ -45,6 +46,7 @@ import struct
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -110,6 +112,10 @@ OMNI_TASK_TYPE = "mj_omni_reference"
 MAX_FILE_URLS = 5
 MAX_INPUT_BYTES = 32 * 1024 * 1024
 INPUT_FETCH_SECONDS = 10.0
+# Input images remembered in ``fetched`` (for tests), and the side an input is decoded down to
+# before its mean colour is taken.
+FETCHED_KEPT = 8
+MEAN_SIDE = 64
 
 DEFAULT_MESSAGES: dict[int, str] = {
     400: "bad request",
@@ -130,6 +136,14 @@ FAILED: Final = 2
 
 _FILE_ROUTE = "mj-sandbox-file"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class FetchedInput(NamedTuple):
+    """An input image the sandbox fetched: its bytes are not kept."""
+
+    url: str
+    sha256: str
+    size: int
 
 
 class SandboxCall(NamedTuple):
@@ -288,8 +302,9 @@ class SandboxAPI:
         self.callback_bases = None if callback_bases is None else tuple(callback_bases)
 
         self.calls: list[SandboxCall] = []
-        # Every input image fetched from a generation's fileUrls: (URL, bytes).
-        self.fetched: list[tuple[str, bytes]] = []
+        # The last input images fetched from generations' fileUrls, bounded: sandbox mode runs
+        # inside the bot's process for as long as it does.
+        self.fetched: deque[FetchedInput] = deque(maxlen=FETCHED_KEPT)
         self.callback_attempts: list[CallbackAttempt] = []
         self._tasks: dict[str, SandboxTask] = {}
         self._faults: dict[str, list[_ApiError]] = {}
@@ -607,7 +622,9 @@ class SandboxAPI:
         if task_type in IMAGE_TASK_TYPES:
             if not file_urls or len(file_urls) > MAX_FILE_URLS:
                 raise _ApiError(422, f"fileUrls must hold 1 to {MAX_FILE_URLS} images")
-            tint = _mean_colour([await self._fetch_input(url) for url in file_urls])
+            inputs = [await self._fetch_input(url) for url in file_urls]
+            # Decoding takes long enough to stall the bot's loop it shares in sandbox mode.
+            tint = await asyncio.to_thread(_mean_colour, inputs)
         self._charge(self.generation_cost)
         task = self._new_task(
             uuid.uuid4().hex,
@@ -641,7 +658,7 @@ class SandboxAPI:
             raise _ApiError(422, "fileUrls: an image could not be fetched") from None
         if status != 200 or len(data) > MAX_INPUT_BYTES:
             raise _ApiError(422, f"fileUrls: an image could not be fetched (HTTP {status})")
-        self.fetched.append((url, data))
+        self.fetched.append(FetchedInput(url, hashlib.sha256(data).hexdigest(), len(data)))
         self._notify()
         return data
 
@@ -1070,13 +1087,18 @@ def _render(task_id: str, index: int, size: int, tint: bytes | None = None) -> l
 
 
 def _mean_colour(images: Sequence[bytes]) -> bytes:
-    """The mean RGB colour of the images (a 422 naming fileUrls for one that is no image)."""
+    """The mean RGB colour of the images (a 422 naming fileUrls for one that is no image), from
+    their first frame, decoded small where the format allows (in a thread: it takes time)."""
     totals = [0, 0, 0]
     for data in images:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.seek(0)
-                pixel = image.convert("RGB").resize((1, 1)).getpixel((0, 0))
+                # A JPEG is decoded at up to 1/8 of its size; others whole, then reduced.
+                image.draft("RGB", (MEAN_SIDE, MEAN_SIDE))
+                rgb = image.convert("RGB")
+                small = rgb.reduce(max(1, min(rgb.size) // MEAN_SIDE))
+                pixel = small.resize((1, 1)).getpixel((0, 0))
         except (OSError, ValueError, Image.DecompressionBombError):
             raise _ApiError(422, "fileUrls: a file is not an image") from None
         assert isinstance(pixel, tuple)

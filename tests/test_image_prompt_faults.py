@@ -1,5 +1,6 @@
-"""Review of issue 23 (images in /imagine, cost keys) as an attacker: each test shows a defect
-found, marked xfail(strict=True) so the suite stays green until it is fixed."""
+"""Images in /imagine under attack (the review of issue 23): decompression bombs in a burst,
+a kept image opened in a browser, the sandbox's memory and event loop in the bot's process, a
+vendor's refusal quoting input links, and a Discord link about to expire."""
 
 from __future__ import annotations
 
@@ -49,10 +50,6 @@ async def bombs(serve: Serve) -> AsyncIterator[tuple[AttachmentChecker, str, int
     await checker.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attachments are decoded with no bound on pixels in flight (no PixelBudget/pool)",
-)
 async def test_a_burst_of_small_decompression_bombs_is_decoded_a_bounded_number_at_once(
     bombs: tuple[AttachmentChecker, str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,9 +89,6 @@ class _Tracker:
         return KeptImage("image/gif", b"GIF89a<html><script>alert(document.domain)</script>")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="/inputs/ answers without nosniff, a sandbox CSP or an attachment"
-)
 async def test_a_kept_image_is_served_so_no_browser_renders_it_as_a_page() -> None:
     listener = Listener()
     listener.tracker = cast(Any, _Tracker())
@@ -110,6 +104,8 @@ async def test_a_kept_image_is_served_so_no_browser_renders_it_as_a_page() -> No
         await listener.close()
     assert headers.get("X-Content-Type-Options") == "nosniff"
     assert "sandbox" in headers.get("Content-Security-Policy", "")
+    assert headers.get("Content-Disposition") == 'inline; filename="image.gif"'
+    assert headers.get("Referrer-Policy") == "no-referrer"
 
 
 @pytest.fixture
@@ -124,9 +120,6 @@ async def inputs_server(serve: Serve) -> str:
     return await serve(app)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="SandboxAPI.fetched keeps every input image's bytes for the process's life"
-)
 async def test_a_sandbox_bot_does_not_keep_every_input_image_it_fetched(
     start_sandbox: StartSandbox, inputs_server: str
 ) -> None:
@@ -140,9 +133,6 @@ async def test_a_sandbox_bot_does_not_keep_every_input_image_it_fetched(
     assert len(sandbox.api.fetched) < 10
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the sandbox decodes fileUrls images on the bot's event loop"
-)
 async def test_the_sandbox_decodes_input_images_off_the_event_loop(
     start_sandbox: StartSandbox, inputs_server: str
 ) -> None:
@@ -169,9 +159,6 @@ async def test_the_sandbox_decodes_input_images_off_the_event_loop(
     assert max(gaps) < 0.1, f"the loop stalled {max(gaps):.2f} s"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a vendor's 400/422 msg reaches the member as it is, links included"
-)
 def test_a_vendors_refusal_naming_an_input_link_tells_the_member_no_token() -> None:
     token = "Q" * 43
     link = "https://cdn.discordapp.com/attachments/1/2/a.png?ex=6a000000&is=69ff0000&hm=abcdef"
@@ -180,10 +167,6 @@ def test_a_vendors_refusal_naming_an_input_link_tells_the_member_no_token() -> N
     assert token not in told and "hm=abcdef" not in told, told
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Discord link expiring in seconds is sent: the API fetches it after it expired",
-)
 async def test_a_discord_link_about_to_expire_is_not_sent(tmp_path: Path) -> None:
     store = await JobStore.open(f"sqlite:///{tmp_path}/inputs.sqlite3")
     try:
