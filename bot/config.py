@@ -89,6 +89,10 @@ class Settings:
     daily_credits_per_server: int | None = None
     # /upscale without an image, per member per server per rolling hour: None is unlimited.
     grid_reposts_per_hour: int | None = 10
+    # Images given to /imagine (bot.jobs.image_inputs): how many days they are kept and served
+    # to the API, and the largest one taken, in MB.
+    image_input_days: int = 7
+    image_input_max_mb: int = 10
     # Gateway shards (bot.shards): None asks Discord how many; which ones this process may run
     # (None: any), and how many of them at once (None: all it may).
     shard_count: int | None = None
@@ -241,6 +245,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         allowed_guild_ids=read_snowflakes(env, "ALLOWED_GUILD_IDS", "server"),
         daily_credits_per_server=read_allowance(env, "DAILY_CREDITS_PER_SERVER", None),
         grid_reposts_per_hour=read_allowance(env, "GRID_REPOSTS_PER_HOUR", 10),
+        image_input_days=read_int(env, "IMAGE_INPUT_DAYS", 7, 1, 365),
+        image_input_max_mb=read_int(env, "IMAGE_INPUT_MAX_MB", 10, 1, 50),
         shard_count=shard_count,
         shard_ids=shard_ids,
         shards_per_process=shards_per_process,

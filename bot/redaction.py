@@ -1,4 +1,5 @@
-"""Secrets kept out of log lines: the configured ones, and those of known URL shapes."""
+"""Secrets kept out of log lines: the configured ones, and those of known URL shapes; and out
+of outside text shown to members (``without_links_secrets``)."""
 
 from __future__ import annotations
 
@@ -38,14 +39,27 @@ _SEP = r"(?:/|%2[Ff])"
 # One path segment, as far as it can run in a URL.
 _SEGMENT = r"[^/%\s\"'<>?#&]+(?:%(?!2[Ff])[^/%\s\"'<>?#&]*)*"
 # Secrets made per job or per click, which no list of settings can hold: the callback path's
-# secret, Discord's webhook and interaction tokens (discord.py logs its routes at debug
-# level), and any password in a URL's user info.
+# secret, the token of an image given to /imagine, Discord's webhook and interaction tokens
+# (discord.py logs its routes at debug level), and any password in a URL's user info.
+_INPUT_TOKEN = (re.compile(rf"({_SEP}inputs{_SEP}){_SEGMENT}"), r"\1***")
 _PATTERNS = (
     (re.compile(rf"({_SEP}callbacks{_SEP}midjourney{_SEP}){_SEGMENT}"), r"\1***"),
+    _INPUT_TOKEN,
     (re.compile(rf"({_SEP}webhooks{_SEP}\d+{_SEP}){_SEGMENT}"), r"\1***"),
     (re.compile(rf"({_SEP}interactions{_SEP}\d+{_SEP}){_SEGMENT}"), r"\1***"),
     (re.compile(r"(\b[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1***@"),
 )
+
+
+# A URL's query string: a signed Discord link's ex, is and hm, or any other signature.
+_QUERY = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s?#\"'<>]*)\?[^\s#\"'<>]*")
+
+
+def without_links_secrets(text: str) -> str:
+    """Text from outside (a vendor's refusal) with its URLs' query strings cut and its /inputs/
+    tokens blanked, before it is shown to members: it may quote a fileUrl back."""
+    pattern, replacement = _INPUT_TOKEN
+    return pattern.sub(replacement, _QUERY.sub(r"\1", text))
 
 
 class RedactingFilter(logging.Filter):

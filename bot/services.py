@@ -23,7 +23,9 @@ import discord
 from bot import status
 from bot.config import Settings
 from bot.credits import CreditWatch
+from bot.delivery.attachments import DISCORD_ATTACHMENT_HOSTS, MB, AttachmentChecker
 from bot.delivery.fetch import ImageFetcher
+from bot.delivery.pool import ImagePool
 from bot.delivery.publisher import DiscordPublisher
 from bot.health import HealthMonitor
 from bot.jobs.allowances import by_option
@@ -32,6 +34,7 @@ from bot.jobs.coordination import Coordination
 from bot.jobs.database import Database
 from bot.jobs.leases import LEASE_SECONDS, new_owner
 from bot.jobs.pace import SharedPace
+from bot.jobs.server_settings import ServerSettings
 from bot.jobs.servers import Servers
 from bot.jobs.spending import Rules, Spending
 from bot.jobs.stats import JobStats
@@ -69,12 +72,15 @@ class Services:
     publisher: DiscordPublisher
     credit_watch: CreditWatch
     spending: Spending
+    server_settings: ServerSettings
     tracker: Tracker
     health: HealthMonitor
     selfcheck: SelfCheck
     # None unless METRICS_ENABLED: nothing is recorded and /metrics does not exist.
     metrics: Metrics | None
     sandbox: SandboxAPI | None
+    # The images attached to /imagine, downloaded from Discord and checked.
+    attachments: AttachmentChecker
     # Where the API is told to call back; None when only polling can finish jobs.
     callback_base: str | None
     _cleanup: contextlib.AsyncExitStack = field(repr=False)
@@ -142,7 +148,9 @@ class Services:
                 spending=await self.spending.server_summary(guild_id),
                 vary_index=await self.vary_index_summary(),
             )
-            return f"{report}\n{await self.spending.server_usage(guild_id)}"
+            on = await self.server_settings.translates(guild_id)
+            translation = f"Translation of prompts: {'on' if on else 'off'} (/mj translation)"
+            return f"{report}\n{await self.spending.server_usage(guild_id)}\n{translation}"
         return await status.status_report(
             self.stats,
             self.mj,
@@ -150,6 +158,7 @@ class Services:
             callbacks=self.callbacks_summary(),
             low_credit_threshold=self.settings.low_credit_threshold,
             spending=self.spending.summary(),
+            costs=await self.spending.costs_line(),
             vary_index=await self.vary_index_summary(),
             servers=await self.spending.server_lines(server_names or {}),
         )
@@ -240,8 +249,23 @@ async def open_services(
 
         mj = MidjourneyClient(session, api_base, api_key, metrics=metrics)
         fetcher = ImageFetcher((*settings.result_hosts, urlsplit(api_base).hostname or ""))
-        publisher = DiscordPublisher(discord_client, store, fetcher)
+        # One pool and pixel budget for results and attachments: both decode images.
+        pool = ImagePool()
+        publisher = DiscordPublisher(discord_client, store, fetcher, pool=pool)
         cleanup.push_async_callback(publisher.close)
+        # Attachments come from Discord's CDN, or from wherever the Discord API is (a test's
+        # double, which discord.py is pointed at): that host is trusted with the token already.
+        api_host = urlsplit(discord.http.Route.BASE).hostname or ""
+        attachments = AttachmentChecker(
+            ImageFetcher(
+                (*DISCORD_ATTACHMENT_HOSTS, api_host),
+                public_only=(*DISCORD_ATTACHMENT_HOSTS, "discord.com"),
+                max_bytes=settings.image_input_max_mb * MB,
+            ),
+            settings.image_input_max_mb,
+            pool,
+        )
+        cleanup.push_async_callback(attachments.close)
         spending = Spending(
             store.ledger,
             Rules(
@@ -301,6 +325,7 @@ async def open_services(
                 vary_index_base=settings.vary_index_base,
                 max_jobs_per_user=settings.max_jobs_per_user,
                 grid_reposts_per_hour=settings.grid_reposts_per_hour,
+                image_input_days=settings.image_input_days,
                 poll=poll or PollPolicy(),
             ),
             callback_secrets=keys,
@@ -340,11 +365,13 @@ async def open_services(
             publisher=publisher,
             credit_watch=credit_watch,
             spending=spending,
+            server_settings=ServerSettings(store.engine),
             tracker=tracker,
             health=health,
             selfcheck=selfcheck,
             metrics=metrics,
             sandbox=sandbox,
+            attachments=attachments,
             callback_base=callback_base,
             _cleanup=cleanup.pop_all(),
         )

@@ -31,6 +31,7 @@ async def status_report(
     callbacks: str,
     low_credit_threshold: int = 0,
     spending: str | None = None,
+    costs: str | None = None,
     vary_index: str | None = None,
     servers: list[str] | None = None,
     now: float | None = None,
@@ -39,7 +40,8 @@ async def status_report(
     no account, no callback URL, nothing of another server. Without, the owners' report:
     ``callbacks`` says how results reach the bot, ``low_credit_threshold`` (0: none) when the
     admins are warned of low credits, ``servers`` a line per server. ``spending`` is the
-    limits in force there, ``vary_index`` how V1–V4 are numbered for the API."""
+    limits in force there, ``costs`` (owners) what a job of each cost key is taken to cost,
+    ``vary_index`` how V1–V4 are numbered for the API."""
     now = time.time() if now is None else now
     counts = await stats.states_since(now - DAY, guild_id)
     jobs = ", ".join(
@@ -57,6 +59,10 @@ async def status_report(
         lines += [f"API account: {credits}", f"Callbacks: {callbacks}"]
     if spending is not None:
         lines.append(f"Daily limits: {spending}")
+    if costs is not None:
+        lines.append(
+            f"Credits per job (learnt from the credit readings, else the defaults): {costs}"
+        )
     if vary_index is not None:
         lines.append(f"Variations: {vary_index}")
     if servers:

@@ -1,9 +1,11 @@
-"""The aiohttp listener: the callback route the API calls, and a health check.
+"""The aiohttp listener: the callback route the API calls, the images given to /imagine that the
+API fetches (``/inputs/<token>.<ext>``), and a health check.
 
 The callback route faces the internet. Every refusal is a quick 4xx; none of them touches the job
 store, the API or Discord. The first refusals of each minute are logged one line each, the rest
 counted and summed up in one line (RefusalLog), so a flood of forgeries cannot choose how much is
-written. The path carries a job's secret, so neither the path nor the secret is ever logged.
+written. The path carries a job's secret, so neither the path nor the secret is ever logged; an
+image's token is a capability as well, kept out of the log the same way.
 """
 
 from __future__ import annotations
@@ -14,19 +16,17 @@ import json
 import logging
 import re
 import time
-from collections import Counter
-from collections.abc import Callable
-from typing import Any, Protocol
 
 from aiohttp import hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from bot import metrics as m
 from bot.health import HealthCheck, iso_time
+from bot.jobs.image_inputs import INPUTS_PATH
 from bot.jobs.stats import JobStats
 from bot.jobs.tracker import Tracker
 from bot.jobs.types import CALLBACK_PATH, CallbackVerdict
 from bot.midjourney.models import parse_callback, webhook_signature
+from bot.refusals import RefusalLog, ServerLog
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,9 @@ HEADER_TIMEOUT_SECONDS = 15.0
 # Unix seconds have 10 digits for centuries; a longer "number" is refused before int() is asked
 # to convert thousands of digits (which raises rather than answers).
 _TIMESTAMP_MAX_DIGITS = 12
-# Refusals logged one line each per window; beyond them they are counted and summed up in one line
-# at the window's end.
-REFUSAL_LOG_BURST = 10
-REFUSAL_LOG_WINDOW_SECONDS = 60.0
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# A kept image's name: its token (secrets.token_urlsafe(32)) and its extension.
+_INPUT_RE = re.compile(r"[A-Za-z0-9_-]{43}\.(?:png|jpg|webp|gif)")
 # The callback route's answers by outcome (mjbot_callbacks_total); any other status is "refused".
 # 404 covers a malformed secret too: no job can have it. 400 and 415: an unreadable body.
 _CALLBACK_OUTCOMES = {
@@ -55,10 +53,6 @@ _CALLBACK_OUTCOMES = {
     400: m.MALFORMED,
     415: m.MALFORMED,
 }
-
-
-# The logger aiohttp's connection handler reports to (instead of its shared aiohttp.server).
-_http_log = logging.getLogger(f"{__name__}.http")
 
 
 def _signature_problem(request: web.Request, task_id: str, key: str) -> str | None:
@@ -80,137 +74,6 @@ def _signature_problem(request: web.Request, task_id: str, key: str) -> str | No
     if not hmac.compare_digest(webhook_signature(key, task_id, timestamp), signature):
         return "bad signature"
     return None
-
-
-class _Cancellable(Protocol):
-    def cancel(self) -> None: ...
-
-
-# How a refusal log asks to be called back later: ``(delay in seconds, callback) → handle``.
-Schedule = Callable[[float, Callable[[], None]], _Cancellable]
-
-
-class RefusalLog:
-    """The callback route's refusal lines, bounded whatever a sender does.
-
-    The first ``burst`` refusals of a window of ``window`` seconds are logged one line each, as
-    they come (a wrong HMAC key or PUBLIC_URL shows at once); the rest of that window's are only
-    counted, by status, and said in one summary line when the window ends: a forged flood writes
-    ``burst + 1`` lines a window instead of a line a request. A window begins with the first
-    refusal after the last one ended, so a quiet window logs nothing at all.
-
-    The summary comes from a timer (``schedule``, the running loop's ``call_later`` unless
-    given), so it is written even when the flood stops; ``close`` writes what is pending at once
-    and cancels the timer. ``clock`` (seconds, monotonic) is injectable for tests. Lines hold the
-    status, the peer and the reason only: never the path, so never a secret.
-    """
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        *,
-        burst: int = REFUSAL_LOG_BURST,
-        window: float = REFUSAL_LOG_WINDOW_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-        schedule: Schedule | None = None,
-    ) -> None:
-        if burst < 0 or window <= 0:
-            raise ValueError("burst must be >= 0 and window > 0")
-        self._log = logger
-        self._burst = burst
-        self._window = window
-        self._clock = clock
-        self._schedule = schedule
-        self._started: float | None = None  # when the current window began; None: no window
-        self._logged = 0
-        self._left_out: Counter[int] = Counter()
-        self._timer: _Cancellable | None = None
-
-    def refused(self, status: int, remote: str | None, why: str) -> None:
-        """Log one refusal, or count it when this window's lines are spent."""
-        now = self._clock()
-        if self._started is not None and now - self._started >= self._window:
-            self._end_window(now)
-        if self._started is None:
-            self._started = now
-        if self._logged < self._burst:
-            self._logged += 1
-            self._log.warning("callback refused %d from %s: %s", status, remote, why)
-            return
-        if not self._left_out:
-            self._start_timer(self._started + self._window - now)
-        self._left_out[status] += 1
-
-    @property
-    def left_out(self) -> dict[int, int]:
-        """The refusals of the current window counted but not logged yet, by status."""
-        return dict(self._left_out)
-
-    def window_ended(self) -> None:
-        """The timer's callback: the window is over; say what it left out."""
-        self._timer = None
-        self._end_window(self._clock())
-
-    def close(self) -> None:
-        """Say what is pending now rather than never, and stop the timer."""
-        self._end_window(self._clock())
-
-    def _end_window(self, now: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._left_out and self._started is not None:
-            elapsed = min(max(now - self._started, 0.0), self._window)
-            self._log.warning(
-                "callbacks refused: %s more in the last %s s not logged one by one (%s)",
-                f"{self._left_out.total():,}",
-                f"{elapsed:.1f}".removesuffix(".0"),
-                ", ".join(
-                    f"{status}: {count:,}"
-                    for status, count in sorted(
-                        self._left_out.items(), key=lambda item: (-item[1], item[0])
-                    )
-                ),
-            )
-        self._started = None
-        self._logged = 0
-        self._left_out.clear()
-
-    def _start_timer(self, delay: float) -> None:
-        delay = max(delay, 0.0)
-        if self._schedule is not None:
-            self._timer = self._schedule(delay, self.window_ended)
-        else:
-            self._timer = asyncio.get_running_loop().call_later(delay, self.window_ended)
-
-
-class _ServerLog(logging.LoggerAdapter[logging.Logger]):
-    """What aiohttp's connection handler logs for one listener.
-
-    aiohttp answers malformed HTTP (a bad request line, header or chunk) with 400 itself and logs
-    a traceback whose message quotes the offending bytes, which can be a request line holding a
-    callback secret. Such a fault becomes one refusal naming only its kind, counted in the
-    listener's refusal log like any other, so a flood of garbage is bounded too. What aiohttp
-    logs at debug level (non-HTTP bytes sent to the port, common on the internet) stays a debug
-    line, also without the bytes.
-    """
-
-    def __init__(self, refusals: RefusalLog) -> None:
-        super().__init__(_http_log, {})
-        self._refusals = refusals
-
-    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info")
-        if not isinstance(exc, HttpProcessingError):
-            super().log(level, msg, *args, **kwargs)
-            return
-        # aiohttp logs "Error handling request from %s" with the peer as the only argument.
-        remote = str(args[0]) if args else None
-        fault = f"malformed HTTP ({type(exc).__name__})"
-        if level >= logging.WARNING:
-            self._refusals.refused(exc.code, remote, fault)
-        else:
-            super().log(level, "refused %d from %s: %s", exc.code, remote, fault)
 
 
 class Listener:
@@ -250,6 +113,7 @@ class Listener:
             # Off, the route does not exist (404): the numbers reveal the bot's volume.
             self.app.router.add_get("/metrics", self.handle_metrics)
         self.app.router.add_get("/healthz", self.handle_health)
+        self.app.router.add_get(INPUTS_PATH + "{name}", self.handle_input)
         self._runner: web.AppRunner | None = None
 
     def _refuse(
@@ -346,6 +210,34 @@ class Listener:
         body["last_callback_at"] = iso_time(self.last_callback_at)
         return web.json_response(body, status=status, headers={hdrs.CACHE_CONTROL: "no-store"})
 
+    async def handle_input(self, request: web.Request) -> web.StreamResponse:
+        """A kept image, to whoever has its link, while it is kept; anything else is a 404
+        that names no token."""
+        name = request.match_info["name"]
+        image = None
+        if _INPUT_RE.fullmatch(name) and self.tracker is not None:
+            try:
+                image = await self.tracker.image_input(name)
+            except Exception as exc:
+                log.warning("image input not read: %s", type(exc).__name__)
+                return web.Response(status=503, text="try again later")
+        if image is None:
+            return self._refuse(request, 404, "unknown image input", "not found")
+        ext = name.rsplit(".", 1)[-1]
+        return web.Response(
+            body=image.data,
+            content_type=image.content_type,
+            # The bytes are a member's upload: a browser given the link must show them as the
+            # image type they were checked to be, never sniff and run them as a page.
+            headers={
+                hdrs.CACHE_CONTROL: "private, no-store",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "sandbox; default-src 'none'",
+                hdrs.CONTENT_DISPOSITION: f'inline; filename="image.{ext}"',
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+
     async def handle_metrics(self, request: web.Request) -> web.Response:
         """The Prometheus text format; jobs by kind and state are counted from the store now."""
         assert self.metrics is not None
@@ -375,7 +267,8 @@ class Listener:
             # parser inflate bombs or fail outside the handler. Encoded bodies get a 415.
             auto_decompress=False,
             # An adapter, not a Logger: aiohttp only calls its debug() and exception().
-            logger=_ServerLog(self.refusals),
+            # The logger aiohttp's connection handler reports to (not its shared aiohttp.server).
+            logger=ServerLog(self.refusals, logging.getLogger(f"{__name__}.http")),
             # A stalled request must not hold a shutdown past the host's SIGKILL.
             shutdown_timeout=2.0,
         )

@@ -7,6 +7,7 @@ from discord.ext import commands
 
 from bot.delivery.texts import one_line
 from bot.metrics import recorder
+from bot.midjourney.sandbox import FAIL_MARKER
 from bot.services import Services
 from cogs.admin import AdminCog
 from cogs.buttons import ButtonsCog
@@ -28,7 +29,17 @@ async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Servic
             bot, services.tracker, allowed=services.settings.upscale_allowed, metrics=metrics
         )
     )
-    await bot.add_cog(ImagineCog(services.tracker, metrics=metrics))
+    # The sandbox fails a generation whose prompt has its marker: /imagine leaves it there.
+    kept = (FAIL_MARKER.removeprefix("--"),) if services.sandbox is not None else ()
+    await bot.add_cog(
+        ImagineCog(
+            services.tracker,
+            services.attachments,
+            translates=services.server_settings.translates,
+            metrics=metrics,
+            kept_params=kept,
+        )
+    )
 
     def is_owner(user_id: int) -> bool:
         # Filled in at login (bot.app: the application's owner or team, and OWNER_IDS).
@@ -48,5 +59,6 @@ async def add_cogs(bot: commands.Bot | commands.AutoShardedBot, services: Servic
             services.spending,
             is_owner=is_owner,
             server_names=server_names,
+            server_settings=services.server_settings,
         )
     )

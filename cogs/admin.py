@@ -1,5 +1,6 @@
-"""/mj status, /mj usage and /mj limit (what a server's admins see and set for their members), and
-/mj server (where the bot spends, under which caps: its owners only). All answered privately."""
+"""/mj status, /mj usage, /mj limit and /mj translation (what a server's admins see and set for
+their members and their server), and /mj server (where the bot spends, under which caps: its
+owners only). All answered privately."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.jobs.server_settings import ServerSettings
 from bot.jobs.servers import ServerRules
 from bot.jobs.spending import Spending
 from bot.setting_parsers import parse_allowance
@@ -36,9 +38,11 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
         *,
         is_owner: Callable[[int], bool],
         server_names: ServerNames,
+        server_settings: ServerSettings,
     ) -> None:
         self._status_report = status_report
         self._spending = spending
+        self._server_settings = server_settings
         self._is_owner = is_owner
         self._server_names = server_names
         super().__init__()
@@ -117,6 +121,33 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
             reset=reset,
             by=interaction.user.id,
         )
+        await tell(interaction, text)
+
+    @app_commands.command(
+        name="translation", description="Translate /imagine prompts to English (admins only)"
+    )
+    @app_commands.describe(state="on: the API translates prompts; off: they are sent as typed")
+    @app_commands.choices(state=[app_commands.Choice(name=v, value=v) for v in ("on", "off")])
+    async def translation(self, interaction: discord.Interaction[Any], state: str) -> None:
+        # Discord's default permissions can be changed by any server: the bot checks itself.
+        if interaction.guild_id is None or not interaction.permissions.manage_guild:
+            await tell(interaction, ONLY_ADMINS.format(what="change translation"))
+            return
+        if state not in ("on", "off"):
+            await tell(interaction, "❌ state must be on or off.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        on = state == "on"
+        await self._server_settings.set_translation(
+            interaction.guild_id, on, by=interaction.user.id
+        )
+        if on:
+            text = (
+                "✅ The API now translates /imagine prompts in this server to English "
+                "(and re-rolls of grids made with it on)."
+            )
+        else:
+            text = "✅ /imagine prompts in this server are now sent as typed, untranslated."
         await tell(interaction, text)
 
     # -- /mj server: the owners' door ----------------------------------------------------------

@@ -47,6 +47,8 @@ class Harness:
         }
         # Tasks finish as soon as they are created; a test that needs one running sets None.
         self.sandbox = SandboxAPI(task_seconds=0, image_size=16)
+        # The listener's port (0: any free one); a test that sets PUBLIC_URL fixes it.
+        self.port = 0
         # More App keyword arguments for the bots started from now on.
         self.bot_options: dict[str, Any] = {}
         self._runner: web.AppRunner | None = None
@@ -64,7 +66,7 @@ class Harness:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[App]:
-        settings = replace(load_settings(self.env), port=0)
+        settings = replace(load_settings(self.env), port=self.port)
         sandbox = self.sandbox if settings.sandbox else None
         app = App(
             settings,

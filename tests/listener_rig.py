@@ -26,7 +26,8 @@ from bot.jobs.types import TrackerSettings
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.models import webhook_signature
 from bot.midjourney.sandbox import SandboxAPI
-from bot.web import BODY_TIMEOUT_SECONDS, HEADER_TIMEOUT_SECONDS, Listener, RefusalLog
+from bot.refusals import RefusalLog
+from bot.web import BODY_TIMEOUT_SECONDS, HEADER_TIMEOUT_SECONDS, Listener
 from tests.conftest import FAST_POLL, SANDBOX_KEY, RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
 from tests.names import JobKind

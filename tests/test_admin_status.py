@@ -56,6 +56,10 @@ async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
         ) in report.content
         assert "out of credits" in report.content
         assert "Variations: not learned yet: V1 and V4 work and teach it" in report.content
+        assert (
+            "Credits per job (learnt from the credit readings, else the defaults): generation 8, "
+            "upscale 2, image prompt 8, style reference 8, omni reference 16"
+        ) in report.content
 
 
 async def test_status_says_when_public_url_does_not_reach_the_bot(harness: Harness) -> None:

@@ -56,6 +56,8 @@ SETTING_NAMES = (
     "ALLOWED_GUILD_IDS",
     "DAILY_CREDITS_PER_SERVER",
     "GRID_REPOSTS_PER_HOUR",
+    "IMAGE_INPUT_DAYS",
+    "IMAGE_INPUT_MAX_MB",
     "SHARD_COUNT",
     "SHARD_IDS",
     "SHARDS_PER_PROCESS",
@@ -328,6 +330,8 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("ALLOWED_GUILD_IDS", {"ALLOWED_GUILD_IDS": "123456789012345678; 223456789012345678"}),
         ("GRID_REPOSTS_PER_HOUR", {"GRID_REPOSTS_PER_HOUR": "-1"}),
         ("GRID_REPOSTS_PER_HOUR", {"GRID_REPOSTS_PER_HOUR": "ten"}),
+        ("IMAGE_INPUT_DAYS", {"IMAGE_INPUT_DAYS": "0"}),
+        ("IMAGE_INPUT_MAX_MB", {"IMAGE_INPUT_MAX_MB": "51"}),
         ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "Mars/Olympus"}),
         ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "../../etc/passwd"}),
         ("QUOTA_TIMEZONE", {"QUOTA_TIMEZONE": "+02:00"}),
@@ -583,6 +587,13 @@ def test_python_m_bot_reads_dotenv_and_never_prints_secrets(tmp_path: Path) -> N
     assert "DISCORD_TOKEN" not in lines[0]
     for secret in (TOKEN, API_KEY):
         assert secret not in result.stderr + result.stdout
+
+
+def test_image_input_settings_default_to_a_week_and_ten_mb() -> None:
+    settings = load_settings(MINIMAL)
+    assert (settings.image_input_days, settings.image_input_max_mb) == (7, 10)
+    changed = load_settings({**MINIMAL, "IMAGE_INPUT_DAYS": "30", "IMAGE_INPUT_MAX_MB": "25"})
+    assert (changed.image_input_days, changed.image_input_max_mb) == (30, 25)
 
 
 def test_spending_defaults_protect_a_new_owner() -> None:

@@ -540,6 +540,33 @@ def test_texts_of_a_variation_and_a_reroll_and_whose_grid_they_are() -> None:
         assert grid_owner(result_text(make_job(kind, requester=member))) == member
 
 
+def test_every_line_that_shows_the_prompt_shows_the_parameters_sent() -> None:
+    options = {
+        "speed": "turbo",
+        "aspect_ratio": "16:9",
+        "version": "7",
+        "stylization": "250",
+        "typed_params": "on",
+    }
+    shown = "**a <@99> \\_fox\\_** --ar 16:9 --v 7 --s 250 --turbo"
+    member = 123456789012345678
+    for kind in (JobKind.IMAGINE, JobKind.REROLL, JobKind.UPSCALE, JobKind.VARY):
+        job = replace(make_job(kind, prompt="a <@99> _fox_", requester=member), options=options)
+        assert shown in result_text(job)
+        if kind in (JobKind.IMAGINE, JobKind.REROLL):
+            assert shown in status_text(job)
+        if kind != JobKind.UPSCALE:
+            assert grid_owner(result_text(job)) == member
+    imagine = replace(make_job(JobKind.IMAGINE), options=options)
+    assert result_text(imagine) == "**a red fox in snow** --ar 16:9 --v 7 --s 250 --turbo - <@4242>"
+    assert shown in failure_text(replace(imagine, prompt="a <@99> _fox_"), "x")
+    # The default speed is not written; options chosen without typed parameters show nothing.
+    fast = replace(imagine, options={"speed": "fast", "typed_params": "on"})
+    assert result_text(fast) == "**a red fox in snow** - <@4242>"
+    chosen = replace(imagine, options={k: v for k, v in options.items() if k != "typed_params"})
+    assert result_text(chosen) == "**a red fox in snow** - <@4242>"
+
+
 def test_allowed_mentions_name_every_field_discord_would_otherwise_parse() -> None:
     assert allowed_mentions().to_dict() == {"parse": []}
     assert allowed_mentions(4242).to_dict() == {"parse": [], "users": [4242]}

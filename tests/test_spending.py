@@ -346,4 +346,12 @@ async def test_the_credit_budget_holds_in_a_storm_and_tells_the_admins_once(
         usage = await double.slash("mj usage", {}, double.owner_id)
         report = (await usage.wait_followup()).content
         assert "**Credits spent today, every server:** 10 of 10." in report
+        assert (
+            "**Credits per job, as the budget counts them:** generation 8, upscale 2, image "
+            "prompt 8, style reference 8, omni reference 16."
+        ) in report
+        assert (
+            "Credits per job"
+            not in (await (await double.slash("mj usage", {}, admin)).wait_followup()).content
+        )
     assert start - sandbox.credits == 10

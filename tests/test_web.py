@@ -24,7 +24,8 @@ from yarl import URL
 from bot.jobs.store import JobState
 from bot.jobs.types import CALLBACK_PATH
 from bot.midjourney.models import webhook_signature
-from bot.web import MAX_CALLBACK_BYTES, RefusalLog
+from bot.refusals import RefusalLog
+from bot.web import MAX_CALLBACK_BYTES
 from tests.conftest import RunningSandbox
 from tests.fakes.publisher import RecordingPublisher
 from tests.listener_rig import HMAC_KEY, ListenerRig, callback_body, listener_rig, signed

@@ -1,5 +1,6 @@
-"""Download a result image safely: trusted hosts only, public addresses for the vendors' hosts,
-redirects checked hop by hop, a size cap, and bytes that really are an image."""
+"""Download a result image (or an image attached to /imagine) safely: trusted hosts only, public
+addresses for the vendors' hosts, redirects checked hop by hop, a size cap, and bytes that really
+are an image."""
 
 from __future__ import annotations
 
@@ -107,6 +108,15 @@ class ImageFetcher:
         return None
 
     async def fetch(self, url: str, stem: str) -> Image:
+        data = await self.download(url)
+        kind = image_kind(data)
+        if kind is None:
+            raise DeliveryError("the result file is not an image", retry=False)
+        return Image(data, f"{stem}.{kind}")
+
+    async def download(self, url: str) -> bytes:
+        """The bytes at ``url``, every hop checked, at most the cap; what they are is the
+        caller's to check."""
         for _ in range(MAX_REDIRECTS + 1):
             refusal = self._refusal(url)
             if refusal is not None:
@@ -138,8 +148,5 @@ class ImageFetcher:
                 ) from exc
             if data is None:
                 raise DeliveryError("the result image is larger than the bot accepts", retry=False)
-            kind = image_kind(data)
-            if kind is None:
-                raise DeliveryError("the result file is not an image", retry=False)
-            return Image(data, f"{stem}.{kind}")
+            return data
         raise DeliveryError("the result image is behind too many redirects", retry=False)

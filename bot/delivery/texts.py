@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import discord
 
 from bot.jobs.kinds import Pieces, kind_named
 from bot.jobs.kinds.base import owner_mention
+from bot.jobs.params import shown_params
 from bot.jobs.store import Job
 
 PROMPT_LIMIT = 1500
@@ -38,19 +40,31 @@ def one_line(text: str) -> str:
     )
 
 
-def prompt_text(prompt: str | None) -> str:
+def prompt_text(prompt: str | None, options: dict[str, str] | None = None) -> str:
+    """The prompt in bold, then, when it had parameters typed in it, those that were sent with it
+    (``--ar 16:9 --s 250``)."""
     if not prompt:
         return "**(no prompt known)**"
     cleaned = discord.utils.escape_markdown(one_line(prompt))
     if len(cleaned) > PROMPT_LIMIT:
         cleaned = cleaned[:PROMPT_LIMIT] + "…"
-    return f"**{cleaned}**"
+    return f"**{cleaned}**{_params(options or {})}"
+
+
+def _params(options: dict[str, str]) -> str:
+    # The values come from fixed lists and whole numbers (read_params, parse_record_info), and
+    # are escaped all the same, like any stored text; a flag's own dashes are the bot's.
+    return re.sub(
+        r"(?<= )[^ ]+",
+        lambda m: m[0] if m[0].startswith("--") else discord.utils.escape_markdown(one_line(m[0])),
+        shown_params(options),
+    )
 
 
 def pieces(job: Job) -> Pieces:
     """The parts of ``job`` its kind's lines are made of."""
     return Pieces(
-        prompt=prompt_text(job.prompt),
+        prompt=prompt_text(job.prompt, job.options),
         requester_id=job.requester_id,
         number=(job.image_index or 0) + 1,
         started=f"<t:{int(job.created_at)}:R>",
@@ -61,10 +75,13 @@ def status_text(job: Job) -> str:
     return kind_named(job.kind).status_line(pieces(job))
 
 
-def imagine_status_text(prompt: str, requester_id: int, started_at: float) -> str:
+def imagine_status_text(
+    prompt: str, requester_id: int, started_at: float, options: dict[str, str] | None = None
+) -> str:
     """/imagine's own answer, before its job is stored."""
     started = f"<t:{int(started_at)}:R>"
-    return kind_named("imagine").status_line(Pieces(prompt_text(prompt), requester_id, 1, started))
+    shown = prompt_text(prompt, options)
+    return kind_named("imagine").status_line(Pieces(shown, requester_id, 1, started))
 
 
 def result_text(job: Job) -> str:

@@ -14,8 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.jobs.categories import CATEGORIES
-from bot.jobs.tables import UNFINISHED_STATES, allowance_uses, credit_days, jobs
+from bot.jobs.cost_keys import COST_KEYS, CostKey, category_key
+from bot.jobs.tables import UNFINISHED_STATES, allowance_uses, credit_costs, credit_days, jobs
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,13 @@ class Budget:
     day: str
     credits: int
     # What a job of each cost category is taken to cost until readings have shown it: a field
-    # per category, named as its credit_days column (bot.jobs.categories).
+    # per category, named as its cost_column (bot.jobs.categories); a cost key's default is a
+    # multiple of its category's (bot.jobs.cost_keys).
     generation_cost: int
     upscale_cost: int
+
+    def default_cost(self, key: CostKey) -> int:
+        return key.times * int(getattr(self, key.category.cost_column))
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,9 @@ class Quota:
 
     ``category`` is what the job counts as ("generation" or "upscale"); ``since`` is when the
     day began. A None limit is unlimited; the server's limits (its jobs, and its credits counted
-    with the costs the budget uses) apply only in a server.
+    with the costs the budget uses) apply only in a server. ``cost_key`` is what the budget
+    reserves it at (bot.jobs.cost_keys; None: its category's own key), set by the store from
+    the job's kind.
     """
 
     category: str
@@ -45,6 +51,11 @@ class Quota:
     server_limit: int | None = None
     budget: Budget | None = None
     server_credits: Budget | None = None
+    cost_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.cost_key or self.category
 
 
 class OverQuota(Exception):
@@ -105,26 +116,34 @@ def _member_uses(values: dict[str, Any], quota: Quota) -> sa.ScalarSelect[int]:
 
 
 def _costs(budget: Budget) -> dict[str, sa.ColumnElement[Any]]:
-    """What a job of each cost category (by name) is taken to cost on the budget's day: what
-    the readings showed by that day, else the budget's defaults. A new day goes by the last
-    day's costs until its own first reading: reserved at the defaults, its jobs could pass the
-    budget when they were seen to cost more."""
-    return {
-        c.name: _learnt(budget, credit_days.c[c.cost_column], getattr(budget, c.cost_column))
-        for c in CATEGORIES
-    }
+    """What a job of each cost key (by name) is taken to cost on the budget's day: what the
+    readings showed by that day, else the budget's defaults. A new day goes by the last day's
+    costs until its own readings teach more: reserved at the defaults, its jobs could pass the
+    budget when they were seen to cost more. A key is reserved at no less than ``times`` its
+    category key's cost (bot.jobs.cost_keys.floored, the same rule in Python)."""
+    learnt = {key.name: _learnt(budget, key) for key in COST_KEYS}
+    return {key.name: _floored(learnt, key) for key in COST_KEYS}
 
 
-def _learnt(budget: Budget, column: sa.Column[Any], default: float) -> sa.ColumnElement[Any]:
+def _floored(learnt: dict[str, sa.ColumnElement[Any]], key: CostKey) -> sa.ColumnElement[Any]:
+    own, base = learnt[key.name], category_key(key)
+    if base is key:
+        return own
+    floor = learnt[base.name] * key.times
+    # A CASE rather than GREATEST/MAX: the same SQL on SQLite and PostgreSQL.
+    return sa.case((own >= floor, own), else_=floor)
+
+
+def _learnt(budget: Budget, key: CostKey) -> sa.ColumnElement[Any]:
     # Day keys are ISO dates: their order as text is the calendar's.
     last = (
-        sa.select(column)
-        .where(credit_days.c.day <= budget.day)
-        .order_by(credit_days.c.day.desc())
+        sa.select(credit_costs.c.cost)
+        .where(credit_costs.c.key == key.name, credit_costs.c.day <= budget.day)
+        .order_by(credit_costs.c.day.desc())
         .limit(1)
         .scalar_subquery()
     )
-    return sa.func.coalesce(last, default)
+    return sa.func.coalesce(last, budget.default_cost(key))
 
 
 def _ledger(budget: Budget, column: sa.Column[Any], default: float) -> sa.ColumnElement[Any]:
@@ -133,13 +152,16 @@ def _ledger(budget: Budget, column: sa.Column[Any], default: float) -> sa.Column
 
 
 def _cost_of_uses(budget: Budget) -> sa.ColumnElement[Any]:
+    # A key no release of this code names (a later one's) is reserved at the last, the dearest.
     *first, (_, last) = _costs(budget).items()
-    cost = sa.case(*((allowance_uses.c.category == name, c) for name, c in first), else_=last)
+    cost = sa.case(*((allowance_uses.c.cost_key == name, c) for name, c in first), else_=last)
     return sa.func.coalesce(sa.func.sum(cost), 0)
 
 
 def _this_job(budget: Budget, quota: Quota) -> sa.ColumnElement[Any]:
-    return _costs(budget)[quota.category]
+    costs = _costs(budget)
+    key = quota.key if quota.key in costs else COST_KEYS[-1].name
+    return costs[key]
 
 
 def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:
@@ -148,7 +170,7 @@ def _budget_left(budget: Budget, quota: Quota) -> sa.ColumnElement[bool]:
 
     A job is not in the last reading yet when the API took it after that reading began, or has
     not been taken yet (queued, or its request under way): such jobs are reserved at what their
-    kind is taken to cost. One taken just before a reading may be counted twice until the next
+    cost key is taken to cost. One taken just before a reading may be counted twice until the next
     reading, never none.
     """
     pending = (

@@ -1,10 +1,11 @@
-"""Cost categories as data: what a job counts against (a daily allowance per member, the
-credits it is taken to cost). Each category names its stored value (``allowance_uses.category``),
-its ``/mj limit`` option, its setting, and its columns in ``allowance_limits`` and
-``credit_days``. The tables, the ledger, admission, allowances and their words read them from
-here; a kind of job (bot.jobs.kinds) names the category it counts against. A new category is
-one entry here, an Alembic revision for its columns, and its option of /mj limit in
-cogs/admin.py (discord.py makes a command's options from its function's signature)."""
+"""Cost categories as data: what a job counts against (a daily allowance per member) and the
+default cost its cost keys follow (bot.jobs.cost_keys: what the budget learns apart). Each
+category names its stored value (``allowance_uses.category``), its ``/mj limit`` option, its
+setting, and its column in ``allowance_limits``. The tables, the ledger, admission, allowances
+and their words read them from here; a kind of job (bot.jobs.kinds) names the category it
+counts against. A new category is one entry here, an Alembic revision for its column, and its
+option of /mj limit in cogs/admin.py (discord.py makes a command's options from its function's
+signature)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class CostCategory:
     # What one job is taken to cost before readings of the credit endpoint have shown it
     # (kie.ai's and midapi.ai's list prices are at or under these).
     default_cost: int
-    # The credit_days column of what one was seen to cost.
+    # The name its default cost goes by among Budget's fields and the ledger's record_credits
+    # keywords (once a credit_days column: costs are rows of credit_costs per cost key now).
     cost_column: str
     # How /mj usage and refusals name it, and what one job of it is called.
     plural: str

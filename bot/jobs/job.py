@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,12 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Job:
-        values = dict(row._mapping)
+        return cls.from_values(dict(row._mapping))
+
+    @classmethod
+    def from_values(cls, stored: Mapping[str, Any]) -> Job:
+        """The job of a ``jobs`` row's values, as stored or about to be."""
+        values = dict(stored)
         # The store's business alone (the kind's Dedupe).
         values.pop("dedupe_key", None)
         values["state"] = JobState(values["state"])

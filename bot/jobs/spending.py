@@ -31,6 +31,7 @@ from bot.jobs.allowances import (
     set_or_not,
     target_mention,
 )
+from bot.jobs.cost_keys import COST_KEYS, default_costs, floored
 from bot.jobs.kinds.registry import kind_named
 from bot.jobs.ledger import CATEGORIES, KEEP, CreditDay, Ledger
 from bot.jobs.servers import ServerRules, Servers
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 # have shown it (bot.jobs.categories declares them).
 GENERATION_COST = categories.GENERATION.default_cost
 UPSCALE_COST = categories.UPSCALE.default_cost
+# The same by each category's cost_column, as Budget and the ledger take them.
+DEFAULT_COSTS = {c.cost_column: c.default_cost for c in categories.CATEGORIES}
 TOP_USERS = 5
 
 
@@ -149,8 +152,7 @@ class Spending:
 
     @staticmethod
     def _budget(day: Day, credits: int) -> Budget:
-        costs = {c.cost_column: c.default_cost for c in categories.CATEGORIES}
-        return Budget(day.key, credits, **costs)
+        return Budget(day.key, credits, **DEFAULT_COSTS)
 
     def refusal(self, exc: OverQuota | TooManyJobs, kind: str, requester_id: int) -> Refused:
         """What the requester is told for a limit that refused their request."""
@@ -192,7 +194,7 @@ class Spending:
             day.start,
             credits,
             at,
-            **{c.cost_column: c.default_cost for c in categories.CATEGORIES},
+            **DEFAULT_COSTS,
         )
 
     def budget_spent(self, credit_day: CreditDay | None) -> bool:
@@ -338,7 +340,7 @@ class Spending:
         day = self.today()
         rules = await self._rules(guild_id)
         total, top = await self.ledger.server_uses(guild_id, day.start, TOP_USERS)
-        used = await self.ledger.member_uses(guild_id, None, day.start)
+        used = await self.ledger.server_keys(guild_id, day.start)
         credits = self._cost(used, await self._costs())
         lines = [
             f"**This server today:** {total} of {amount(rules.jobs)} jobs, about {credits} of "
@@ -351,10 +353,20 @@ class Spending:
         return "\n".join(lines)
 
     async def budget_usage(self) -> str:
-        """The bot-wide credits of the day, for owners."""
+        """The bot-wide credits of the day, for owners, and what each cost key is taken to
+        cost."""
         ledger = await self.credits_today()
         spent = "no reading yet" if ledger is None else f"{ledger.spent}"
-        return f"**Credits spent today, every server:** {spent} of {amount(self.rules.budget)}."
+        return (
+            f"**Credits spent today, every server:** {spent} of {amount(self.rules.budget)}.\n"
+            f"**Credits per job, as the budget counts them:** {await self.costs_line()}."
+        )
+
+    async def costs_line(self) -> str:
+        """What a job of each cost key is taken to cost today (learnt from the credit
+        readings, else the defaults), for owners."""
+        costs = await self._costs()
+        return ", ".join(f"{key.words} {costs[key.name]}" for key in COST_KEYS)
 
     async def server_lines(self, names: dict[int, str]) -> list[str]:
         """A line per server the bot is in (``names``) or an owner decided something for:
@@ -382,11 +394,12 @@ class Spending:
         return await self.servers.rules(guild_id)
 
     async def _costs(self) -> dict[str, int]:
-        """What a job of each cost category is taken to cost today, as the budget counts."""
-        defaults = (c.default_cost for c in categories.CATEGORIES)
-        costs = await self.ledger.costs(self.today().key, *defaults)
-        return dict(zip(CATEGORIES, costs, strict=True))
+        """What a job of each cost key is taken to cost today, as the budget counts: learnt,
+        yet no less than ``times`` its category key's (bot.jobs.cost_keys.floored)."""
+        return floored(await self.ledger.costs(self.today().key, default_costs(DEFAULT_COSTS)))
 
     @staticmethod
     def _cost(used: dict[str, int], costs: dict[str, int]) -> int:
-        return sum(used.get(name, 0) * cost for name, cost in costs.items())
+        # A key no release of this code names (a later one's) counts at the dearest.
+        dearest = costs[COST_KEYS[-1].name]
+        return sum(n * costs.get(key, dearest) for key, n in used.items())

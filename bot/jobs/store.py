@@ -16,6 +16,7 @@ import json
 import secrets
 import time
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ from bot.jobs.database import SQLITE_BUSY_SECONDS, Database
 from bot.jobs.job import DuplicateJob as DuplicateJob
 from bot.jobs.job import FollowUp as FollowUp
 from bot.jobs.job import Job as Job
-from bot.jobs.kinds import Per, all_kinds, button_kinds, kind_named
+from bot.jobs.kinds import button_kinds, kind_named
 from bot.jobs.kinds.use import ParentUse
 from bot.jobs.ledger import Ledger
 from bot.jobs.tables import (
@@ -40,6 +41,7 @@ from bot.jobs.tables import (
     leases,
 )
 from bot.jobs.tables import JobState as JobState
+from bot.jobs.twins import key_after, twin_of, twin_refused
 
 # Pooled connections a process's counted inserts may hold at once (the pool has 15): under the
 # budget's lock they run one at a time anyway.
@@ -144,6 +146,8 @@ class JobStore:
             "delivered_at": None,
             "dedupe_key": kind_named(kind).twin_key(parent_task_id, image_index),
         }
+        if quota is not None:
+            quota = replace(quota, cost_key=kind_named(kind).cost_key(Job.from_values(values)))
         admitted = admission(values, max_unfinished, quota)
         insert = jobs.insert()
         if admitted is not None:
@@ -187,12 +191,13 @@ class JobStore:
                                 guild_id=guild_id,
                                 requester_id=requester_id,
                                 category=quota.category,
+                                cost_key=quota.key,
                                 at=now,
                             )
                         )
                 return await self._require(job_id)
             except IntegrityError as exc:
-                if values["dedupe_key"] is None or not _twin_refused(exc):
+                if values["dedupe_key"] is None or not twin_refused(exc):
                     raise
                 existing = await self.live_twin(kind, parent_task_id or "", image_index)
                 if existing is not None:
@@ -226,21 +231,8 @@ class JobStore:
     async def live_twin(
         self, kind: str, parent_task_id: str, image_index: int | None
     ) -> Job | None:
-        """The job that makes a new ``kind`` job of that parent (and image) a duplicate: found
-        by its columns and its kind's Dedupe, so also one a process of the release before
-        migrations stored without a key."""
-        rule = kind_named(kind).dedupe
-        if rule is None or (rule.per is Per.IMAGE and image_index is None):
-            raise ValueError(f"{kind} jobs are not deduplicated")
-        holding = [state.value for state in JobState if rule.holds(state)]
-        conditions = [
-            jobs.c.kind == kind,
-            jobs.c.parent_task_id == parent_task_id,
-            jobs.c.state.in_(holding),
-        ]
-        if rule.per is Per.IMAGE:
-            conditions.append(jobs.c.image_index == image_index)
-        return await self._one(*conditions)
+        """The job that makes a new ``kind`` job of that parent (and image) a duplicate."""
+        return await self._one(*twin_of(kind, parent_task_id, image_index))
 
     async def grid_use(self, parent_task_id: str, guild_id: int | None) -> ParentUse:
         """Which buttons of a parent (a grid, an image) have a job in this server that did not
@@ -306,16 +298,9 @@ class JobStore:
         values = _encode(fields)
         values["state"] = to_state.value
         values["updated_at"] = time.time()
-        released = [k.name for k in all_kinds() if k.dedupe and not k.dedupe.holds(to_state)]
-        if to_state is JobState.FAILED:
-            # No rule holds a failed job, whatever its kind: also one no plug-in registers now.
-            values["dedupe_key"] = sa.null()
-        elif released:
-            # The job stops blocking a twin (its kind's Dedupe): its key is given back.
-            values["dedupe_key"] = sa.case(
-                (jobs.c.kind.in_(released), sa.null()),
-                else_=jobs.c.dedupe_key,
-            )
+        key = key_after(to_state)
+        if key is not None:
+            values["dedupe_key"] = key
         query = (
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]))
@@ -392,24 +377,6 @@ class JobStore:
         if job is None:
             raise LookupError(f"job {job_id} vanished")
         return job
-
-
-# What a refused twin's IntegrityError names: the key's index, or one the release before
-# migrations made (SQLite names the columns, PostgreSQL the index).
-_TWIN_INDEXES = (
-    "uq_jobs_dedupe_key",
-    "jobs.dedupe_key",
-    "uq_live_upscale",
-    "uq_running_vary",
-    "uq_running_reroll",
-    "jobs.parent_task_id",
-)
-
-
-def _twin_refused(exc: IntegrityError) -> bool:
-    """Whether the insert was refused for a twin, not for another unique column."""
-    said = str(exc.orig)
-    return any(name in said for name in _TWIN_INDEXES)
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, Any]:

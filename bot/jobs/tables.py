@@ -152,6 +152,8 @@ allowance_uses = sa.Table(
     sa.Column("guild_id", sa.BigInteger),
     sa.Column("requester_id", sa.BigInteger, nullable=False),
     sa.Column("category", sa.String(16), nullable=False),
+    # What the budget reserves it at (bot.jobs.cost_keys): its kind's cost key.
+    sa.Column("cost_key", sa.String(32), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
     # When the API was known to have taken it (it may have been charged by then); NULL before.
     sa.Column("paid_at", sa.Float),
@@ -176,8 +178,7 @@ allowance_limits = sa.Table(
 UNLIMITED_ROW = -1
 
 # The credit budget's ledger, a row per day of QUOTA_TIMEZONE: credits spent as the readings
-# of the credit endpoint show them (drops add up, top-ups do not count), the last reading, and
-# what a generation and an upscale were seen to cost, to reserve for jobs taken since.
+# of the credit endpoint show them (drops add up, top-ups do not count) and the last reading.
 credit_days = sa.Table(
     "credit_days",
     metadata,
@@ -185,8 +186,16 @@ credit_days = sa.Table(
     sa.Column("spent", sa.Integer, nullable=False),
     sa.Column("last_credits", sa.Integer, nullable=False),
     sa.Column("read_at", sa.Float, nullable=False),
-    # A cost per cost category: generation_cost, upscale_cost.
-    *(sa.Column(c.cost_column, sa.Integer, nullable=False) for c in CATEGORIES),
+)
+
+# What a job of each cost key (bot.jobs.cost_keys) was seen to cost, a row per day it was
+# learnt on: a day without its own row for a key goes by the last day's, else the default.
+credit_costs = sa.Table(
+    "credit_costs",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("key", sa.String(32), primary_key=True),
+    sa.Column("cost", sa.Integer, nullable=False),
 )
 
 # The owner's door, per Discord server: whether an owner allowed it (/mj server allow: true) or
@@ -202,6 +211,15 @@ servers = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("updated_by", sa.BigInteger, nullable=False),
 )
+# What a server's admins set for it (bot/jobs/server_settings.py); no row: every setting off.
+server_settings = sa.Table(
+    "server_settings",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("translate", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_by", sa.BigInteger, nullable=False),
+)
 # One row per re-post of a grid (/upscale without an image: a record-info call and four
 # downloads), for GRID_REPOSTS_PER_HOUR (bot.jobs.reposts); a row older than the hour is dead
 # and goes at its member's next re-post.
@@ -214,3 +232,19 @@ grid_reposts = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
 )
 sa.Index("ix_reposts_requester", grid_reposts.c.requester_id, grid_reposts.c.at)
+
+# Images a member attached to /imagine, kept so the API can fetch them from the bot's listener
+# (PUBLIC_URL/inputs/<token>.<ext>) for IMAGE_INPUT_DAYS, from any process: the token is the
+# only key, and whoever holds the link may fetch the image (bot.jobs.image_inputs).
+image_inputs = sa.Table(
+    "image_inputs",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("guild_id", sa.BigInteger),
+    sa.Column("requester_id", sa.BigInteger, nullable=False),
+    sa.Column("content_type", sa.String(32), nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+sa.Index("ix_image_inputs_expires_at", image_inputs.c.expires_at)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.coordination import Coordination
+from bot.jobs.image_inputs import ImageInputs, KeptImage
 from bot.jobs.leases import JobLeases
 from bot.jobs.lifecycle.context import Context
 from bot.jobs.lifecycle.intake import Intake
@@ -83,6 +84,7 @@ class Tracker:
             or SubmitThrottle(VENDOR_RATE, SUBMIT_WINDOW_SECONDS, max_waiting=100),
             vary_index=VaryIndex(coordination, settings.vary_index_base),
             background=BackgroundTasks(log),
+            inputs=ImageInputs(store.engine, settings.image_input_days),
             on_submitted=on_submitted,
         )
         self._watcher = Watcher(self._ctx, send=self._send_requested)
@@ -159,6 +161,31 @@ class Tracker:
             role_ids=role_ids,
             follow_up=follow_up,
         )
+
+    async def image_reference(
+        self,
+        *,
+        guild_id: int | None,
+        requester_id: int,
+        content_type: str,
+        data: bytes,
+        link: str,
+    ) -> str:
+        """What a job's options name an image checked for /imagine by: kept by the bot and
+        served to the API while the bot has a public address, else its Discord ``link``."""
+        if not self.callbacks_enabled:
+            return link
+        return await self._ctx.inputs.keep(
+            guild_id=guild_id, requester_id=requester_id, content_type=content_type, data=data
+        )
+
+    async def forget_images(self, references: tuple[str, ...]) -> None:
+        """Delete the kept images of a request that was not taken."""
+        await self._ctx.inputs.forget(references)
+
+    async def image_input(self, name: str) -> KeptImage | None:
+        """The kept image the listener serves as ``name``, None when unknown or expired."""
+        return await self._ctx.inputs.read(name)
 
     async def preview(
         self, kind: str, *, requester_id: int, guild_id: int | None, role_ids: tuple[int, ...]

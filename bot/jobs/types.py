@@ -157,6 +157,8 @@ class TrackerSettings:
     vary_index_base: int | None = None
     max_jobs_per_user: int | None = None
     grid_reposts_per_hour: int | None = None
+    # IMAGE_INPUT_DAYS: how long the images members gave /imagine are served to the API.
+    image_input_days: float = 7
     # Tries of a post that may succeed later, before it waits for the next ring.
     delivery_retries: int = 3
     poll: PollPolicy = field(default_factory=PollPolicy)

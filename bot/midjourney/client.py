@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -48,16 +48,36 @@ class MidjourneyClient:
         self,
         prompt: str,
         *,
+        task_type: str = "mj_txt2img",
         speed: str = "fast",
         aspect_ratio: str | None = None,
         version: str | None = None,
+        omni_strength: int | None = None,
+        file_urls: Sequence[str] = (),
+        stylization: int | None = None,
+        variety: int | None = None,
+        weirdness: int | None = None,
+        translate: bool = False,
         callback_url: str | None = None,
     ) -> str:
-        body: dict[str, Any] = {"taskType": "mj_txt2img", "prompt": prompt, "speed": speed}
+        body: dict[str, Any] = {"taskType": task_type, "prompt": prompt, "speed": speed}
         if aspect_ratio:
             body["aspectRatio"] = aspect_ratio
         if version:
             body["version"] = version
+        if omni_strength is not None:
+            body["ow"] = omni_strength
+        if file_urls:
+            body["fileUrls"] = list(file_urls)
+        for name, number in (
+            ("stylization", stylization),
+            ("variety", variety),
+            ("weirdness", weirdness),
+        ):
+            if number is not None:
+                body[name] = number
+        if translate:
+            body["enableTranslation"] = True
         if callback_url:
             body["callBackUrl"] = callback_url
         return await self.submit("/api/v1/mj/generate", body)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from bot.redaction import without_links_secrets
+
 # The vendor's codes (docs/reference/midjourney-api.md) in words for the person who clicked.
 _USER_MESSAGES = {
     400: "the request was not valid",
@@ -23,8 +25,9 @@ _USER_MESSAGES = {
 _NOT_TAKEN = frozenset({400, 401, 402, 404, 422, 429, 501, 505})
 
 
-# A refusal may quote the request back, callBackUrl and its per-job secret included; the message
-# reaches log lines and the person who clicked.
+# A refusal may quote the request back, callBackUrl and its per-job secret included, or a
+# fileUrl with its /inputs/ token or a signed Discord link; the message reaches log lines and
+# the person who clicked.
 _CALLBACK_SECRET = re.compile(r"(callbacks/midjourney/)[A-Za-z0-9_-]+")
 
 
@@ -33,7 +36,7 @@ class ApiError(Exception):
 
     def __init__(self, code: int, msg: str = "") -> None:
         self.code = code
-        self.msg = _CALLBACK_SECRET.sub(r"\1…", msg)[:300]
+        self.msg = without_links_secrets(_CALLBACK_SECRET.sub(r"\1…", msg))[:300]
         super().__init__(f"API error {code}: {self.msg}")
 
     @property

@@ -143,6 +143,9 @@ def _prompt_and_options(param_json: object) -> tuple[str | None, dict[str, str]]
     version = _version(params.get("version"))
     if version is not None:
         options["version"] = version
+    if params.get("enableTranslation") is True:
+        # A re-roll of a grid that was translated is translated again: else another picture.
+        options["translate"] = "on"
     return (prompt if isinstance(prompt, str) else None), options
 
 

@@ -20,6 +20,14 @@ varied in turn. The vendors' docs give its ``imageIndex`` as 0–3 and as 1–4,
 chooses which range is accepted (a value outside it is a 422, nothing charged); the task records
 the 0-based image that was varied, and its paramJson carries the parent's prompt and options.
 
+A generation of ``mj_img2img``, ``mj_style_reference`` or ``mj_omni_reference`` needs
+``fileUrls``; the sandbox fetches each with its own HTTP session before charging, as the vendor
+must, and answers 422 naming fileUrls (never the link, which may carry a token) when one cannot
+be fetched or is no image. The last inputs it fetched are in ``fetched`` (their URL, SHA-256
+and size, not their bytes: SANDBOX=1 runs for the bot's life), and the light squares of that grid
+are the images' mean colour, so a test can tell the grid depends on them. ``ow`` (1–1000) is
+taken with ``mj_omni_reference`` only.
+
 With ``errors_as_http_status`` (the default) the HTTP status equals ``code``; without it every
 answer is HTTP 200 and only the body's ``code`` tells an error, the other reading of the docs.
 """
@@ -31,12 +39,14 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import io
 import json
 import logging
 import struct
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +55,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeGuard
 
 import aiohttp
 from aiohttp import web
+from PIL import Image
 from yarl import URL
 
 from bot.midjourney.models import GRID_SIZE, webhook_signature
@@ -95,6 +106,16 @@ VARY_TASK_TYPE = "mj_vary"
 # What a variation's paramJson takes over from its parent, so its prompt can be read back.
 VARY_INHERITED_PARAMS = ("prompt", "speed", "aspectRatio", "version")
 FAIL_MARKER = "--fail"
+# Task types made from images: fileUrls required, each fetched before anything is charged.
+IMAGE_TASK_TYPES = frozenset(("mj_img2img", "mj_style_reference", "mj_omni_reference"))
+OMNI_TASK_TYPE = "mj_omni_reference"
+MAX_FILE_URLS = 5
+MAX_INPUT_BYTES = 32 * 1024 * 1024
+INPUT_FETCH_SECONDS = 10.0
+# Input images remembered in ``fetched`` (for tests), and the side an input is decoded down to
+# before its mean colour is taken.
+FETCHED_KEPT = 8
+MEAN_SIDE = 64
 
 DEFAULT_MESSAGES: dict[int, str] = {
     400: "bad request",
@@ -115,6 +136,14 @@ FAILED: Final = 2
 
 _FILE_ROUTE = "mj-sandbox-file"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class FetchedInput(NamedTuple):
+    """An input image the sandbox fetched: its bytes are not kept."""
+
+    url: str
+    sha256: str
+    size: int
 
 
 class SandboxCall(NamedTuple):
@@ -160,6 +189,8 @@ class SandboxTask:
     error_code: int | None = None
     error_message: str | None = None
     fail_message: str | None = None
+    # The mean colour of the images it was made from (fileUrls), which tints its grid.
+    tint: bytes | None = None
     timer: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -271,6 +302,9 @@ class SandboxAPI:
         self.callback_bases = None if callback_bases is None else tuple(callback_bases)
 
         self.calls: list[SandboxCall] = []
+        # The last input images fetched from generations' fileUrls, bounded: sandbox mode runs
+        # inside the bot's process for as long as it does.
+        self.fetched: deque[FetchedInput] = deque(maxlen=FETCHED_KEPT)
         self.callback_attempts: list[CallbackAttempt] = []
         self._tasks: dict[str, SandboxTask] = {}
         self._faults: dict[str, list[_ApiError]] = {}
@@ -328,11 +362,17 @@ class SandboxAPI:
         if task.task_type == UPSCALE_TASK_TYPE:
             # Only _from_grid makes upscales, always from one image of a parent.
             assert task.parent_task_id is not None and task.image_index is not None
+            parent = self._tasks.get(task.parent_task_id)
             return _scale(
-                _render(task.parent_task_id, task.image_index, self.image_size),
+                _render(
+                    task.parent_task_id,
+                    task.image_index,
+                    self.image_size,
+                    None if parent is None else parent.tint,
+                ),
                 self.upscale_factor,
             )
-        return _render(task_id, index, self.image_size)
+        return _render(task_id, index, self.image_size, task.tint)
 
     def fail_next(
         self, endpoint: Endpoint, code: int, msg: str | None = None, http_status: int | None = None
@@ -383,13 +423,10 @@ class SandboxAPI:
     def add_generation(
         self, task_id: str | None = None, prompt: str = "a sandbox picture", **params: Any
     ) -> str:
-        """Seed an already successful generation that no client started; returns its id."""
-        task = self._new_task(
-            task_id or uuid.uuid4().hex,
-            "mj_txt2img",
-            {"taskType": "mj_txt2img", "prompt": prompt, "speed": "fast", **params},
-            origin=None,
-        )
+        """Seed an already successful generation that no client started (of ``taskType``, from
+        ``params``, mj_txt2img by default; its fileUrls are not fetched); returns its id."""
+        params = {"taskType": "mj_txt2img", "prompt": prompt, "speed": "fast", **params}
+        task = self._new_task(task_id or uuid.uuid4().hex, params["taskType"], params, origin=None)
         task.success_flag = SUCCESS
         task.completed_at = task.created_at
         log.info("sandbox: seeded generation %s", task.task_id)
@@ -568,13 +605,26 @@ class SandboxAPI:
         for name, (low, high) in INT_RANGES.items():
             if name in params and not _is_int_in(params[name], low, high):
                 raise _ApiError(422, f"{name} must be an integer from {low} to {high}")
+        if "variety" in params and params["variety"] % 5:
+            raise _ApiError(422, "variety must be a multiple of 5")
         file_urls = params.get("fileUrls", [])
         if not isinstance(file_urls, list) or not all(isinstance(u, str) for u in file_urls):
             raise _ApiError(422, "fileUrls must be a list of URLs")
         if not isinstance(params.get("enableTranslation", False), bool):
             raise _ApiError(422, "enableTranslation must be a boolean")
+        if "ow" in params and (
+            task_type != OMNI_TASK_TYPE or not _is_int_in(params["ow"], 1, 1000)
+        ):
+            raise _ApiError(422, "ow must be an integer from 1 to 1000, with mj_omni_reference")
         _check_optional_string(params, "waterMark")
         callback_url = self._check_callback_url(params)
+        tint = None
+        if task_type in IMAGE_TASK_TYPES:
+            if not file_urls or len(file_urls) > MAX_FILE_URLS:
+                raise _ApiError(422, f"fileUrls must hold 1 to {MAX_FILE_URLS} images")
+            inputs = [await self._fetch_input(url) for url in file_urls]
+            # Decoding takes long enough to stall the bot's loop it shares in sandbox mode.
+            tint = await asyncio.to_thread(_mean_colour, inputs)
         self._charge(self.generation_cost)
         task = self._new_task(
             uuid.uuid4().hex,
@@ -583,10 +633,34 @@ class SandboxAPI:
             origin=request.url.origin(),
             callback_url=callback_url,
         )
+        task.tint = tint
         if FAIL_MARKER in prompt:
             task.fail_message = "Image generation failed: the prompt asked the sandbox to fail"
         self._start(task)
         return {"taskId": task.task_id}
+
+    async def _fetch_input(self, url: str) -> bytes:
+        """An input image, fetched as the vendor would before taking the task: one that cannot
+        be fetched or read is a 422 naming fileUrls (never the URL: it may carry a token)."""
+        if _http_url(url) is None:
+            raise _ApiError(422, "fileUrls must be http(s) URLs")
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.get(
+                url,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=INPUT_FETCH_SECONDS),
+            ) as response:
+                data = await response.content.read(MAX_INPUT_BYTES + 1)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError):
+            raise _ApiError(422, "fileUrls: an image could not be fetched") from None
+        if status != 200 or len(data) > MAX_INPUT_BYTES:
+            raise _ApiError(422, f"fileUrls: an image could not be fetched (HTTP {status})")
+        self.fetched.append(FetchedInput(url, hashlib.sha256(data).hexdigest(), len(data)))
+        self._notify()
+        return data
 
     async def _do_upscale(self, request: web.Request, body: Any) -> dict[str, str]:
         return self._from_grid(
@@ -981,14 +1055,15 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _render(task_id: str, index: int, size: int) -> list[bytes]:
+def _render(task_id: str, index: int, size: int, tint: bytes | None = None) -> list[bytes]:
     """A deterministic 8x8 checkerboard per (task, index), its own quadrant drawn inverted.
 
     The inverted quadrant sits where ``index`` sits in the Midjourney 2x2 grid, so a person looking
-    at an upscale can tell which of the four it came from.
+    at an upscale can tell which of the four it came from. A task made from images has its light
+    squares in their mean colour (``tint``), so a test can tell its grid depends on them.
     """
     digest = hashlib.sha256(f"{task_id}:{index}".encode()).digest()
-    light, dark = digest[0:3], digest[3:6]
+    light, dark = tint or digest[0:3], digest[3:6]
     colours = {
         (False, False): light,
         (False, True): dark,
@@ -1009,6 +1084,27 @@ def _render(task_id: str, index: int, size: int) -> list[bytes]:
         )
         rows.extend([row] * (bounds[cell_y + 1] - bounds[cell_y]))
     return rows
+
+
+def _mean_colour(images: Sequence[bytes]) -> bytes:
+    """The mean RGB colour of the images (a 422 naming fileUrls for one that is no image), from
+    their first frame, decoded small where the format allows (in a thread: it takes time)."""
+    totals = [0, 0, 0]
+    for data in images:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.seek(0)
+                # A JPEG is decoded at up to 1/8 of its size; others whole, then reduced.
+                image.draft("RGB", (MEAN_SIDE, MEAN_SIDE))
+                rgb = image.convert("RGB")
+                small = rgb.reduce(max(1, min(rgb.size) // MEAN_SIDE))
+                pixel = small.resize((1, 1)).getpixel((0, 0))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            raise _ApiError(422, "fileUrls: a file is not an image") from None
+        assert isinstance(pixel, tuple)
+        for channel in range(3):
+            totals[channel] += int(pixel[channel])
+    return bytes(total // len(images) for total in totals)
 
 
 def _scale(rows: Iterable[bytes], factor: int) -> list[bytes]:

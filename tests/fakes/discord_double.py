@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import mimetypes
 import re
 import secrets
 import time
@@ -49,6 +51,7 @@ API_PREFIX = "/api/v10"
 GATEWAY_PATH = "/gateway"
 ATTACHMENT_PATH = "/attachments"
 DEFAULT_ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024
+ATTACHMENT_LINK_SECONDS = 24 * 3600
 # aiohttp refuses bodies over 1 MiB by default; uploads must reach the double's own 413 check.
 MAX_REQUEST_BODY = 512 * 1024 * 1024
 
@@ -181,6 +184,8 @@ class StoredAttachment:
     data: bytes
     content_type: str | None = None
     description: str | None = None
+    # What the interaction says its size is, when not its length.
+    declared_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -522,6 +527,9 @@ class DiscordDouble:
         # Discord refuses a first callback later than 3 s with 10062; None disables the check.
         self.ack_deadline = ack_deadline
         self.attachment_size_limit = DEFAULT_ATTACHMENT_SIZE_LIMIT
+        # How long an attachment link works, as Discord signs it (``ex``: its expiry, hex Unix
+        # seconds); the double refuses an expired link as Discord does.
+        self.attachment_link_seconds = ATTACHMENT_LINK_SECONDS
         self.app_permissions = DEFAULT_APP_PERMISSIONS
         # What the bot may do in one channel, where it differs from app_permissions (an admin
         # denied it Attach Files there, say): sent as the interaction's app_permissions.
@@ -1005,9 +1013,16 @@ class DiscordDouble:
             channel["permissions"] = str(DEFAULT_MEMBER_PERMISSIONS)
             resolved.setdefault("channels", {})[str(value)] = channel
             return str(value)
-        if option_type == 11 and isinstance(value, tuple) and len(value) == 2:
-            filename, data = value
-            stored = StoredAttachment(self._snowflake(), str(filename), bytes(data))
+        if option_type == 11 and isinstance(value, tuple) and len(value) in (2, 3):
+            # (filename, bytes) or (filename, bytes, declared size): a client may declare any.
+            filename, data = value[0], bytes(value[1])
+            stored = StoredAttachment(
+                self._snowflake(),
+                str(filename),
+                data,
+                mimetypes.guess_type(str(filename))[0],
+                declared_size=int(value[2]) if len(value) == 3 else None,
+            )
             self._slash_uploads[stored.id] = stored
             attachments = resolved.setdefault("attachments", {})
             attachments[str(stored.id)] = self._attachment_json(stored, ephemeral=True)
@@ -1276,11 +1291,20 @@ class DiscordDouble:
         }
 
     def _attachment_json(self, attachment: StoredAttachment, *, ephemeral: bool) -> Json:
-        url = f"{self.base_url}{ATTACHMENT_PATH}/{attachment.id}/{attachment.filename}"
+        expiry = int(time.time() + self.attachment_link_seconds)
+        signature = hashlib.sha256(f"{attachment.id}:{expiry}".encode()).hexdigest()
+        url = (
+            f"{self.base_url}{ATTACHMENT_PATH}/{attachment.id}/{attachment.filename}"
+            f"?ex={expiry:x}&is={int(time.time()):x}&hm={signature}"
+        )
         data: Json = {
             "id": str(attachment.id),
             "filename": attachment.filename,
-            "size": len(attachment.data),
+            "size": (
+                len(attachment.data)
+                if attachment.declared_size is None
+                else attachment.declared_size
+            ),
             "url": url,
             "proxy_url": url,
             "content_type": attachment.content_type,
@@ -1434,6 +1458,9 @@ class DiscordDouble:
 
     async def _handle_attachment(self, request: web.Request) -> web.StreamResponse:
         attachment_id = int(request.match_info["attachment"])
+        expiry = request.query.get("ex")
+        if expiry is not None and int(expiry, 16) <= time.time():
+            return web.Response(status=404, text="This content is no longer available.")
         for stored in self._all_attachments():
             if stored.id == attachment_id:
                 return web.Response(

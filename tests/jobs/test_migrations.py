@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bot.jobs import migrations
 from bot.jobs.database import Database, async_database_url
 from bot.jobs.store import DuplicateJob, JobStore
-from bot.jobs.tables import jobs, metadata
+from bot.jobs.tables import allowance_uses, jobs, metadata
 from tests.jobs.conftest import (
     POSTGRES_URL,
     RELEASE_DELIVERED_REROLL,
@@ -186,7 +186,11 @@ def test_python_m_bot_db_on_a_sqlite_file(tmp_path: Path) -> None:
     assert bot_db("current", url).stdout.strip() == f"{head} (head)"
     assert bot_db("upgrade", url).stdout.strip() == f"{head} (head)"
     history = bot_db("history", url)
-    assert [line.split(":")[0] for line in history.stdout.splitlines()] == ["baseline", head]
+    names = [line.split(":")[0] for line in history.stdout.splitlines()]
+    # Oldest first, one line per revision file.
+    versions = Path(migrations.__file__).parent / "versions"
+    assert names[0] == "baseline" and names[-1] == head
+    assert len(set(names)) == len(names) == len(list(versions.glob("v*.py")))
 
 
 def test_python_m_bot_db_on_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
@@ -197,3 +201,46 @@ def test_python_m_bot_db_on_a_database_that_cannot_be_opened_is_one_line(tmp_pat
     assert len(failed.stderr.strip().splitlines()) == 1
     assert failed.stderr.startswith("DATABASE_URL sqlite:///")
     assert "cannot be opened" in failed.stderr
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_a_release_database_keeps_its_learnt_costs_and_counted_requests(
+    dialect: str, tmp_path: Path
+) -> None:
+    async with database(dialect, tmp_path, release=True) as engine:
+        made = engine()
+        async with made.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO credit_days (day, spent, last_credits, read_at, generation_cost,"
+                    " upscale_cost) VALUES ('2026-12-05', 40, 960, 1.0, 11, 3),"
+                    " ('2026-12-06', 0, 960, 2.0, 12, 3)"
+                )
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO allowance_uses (job_id, guild_id, requester_id, category, at)"
+                    " VALUES ('a', 1, 5, 'generation', 1.0), ('b', 1, 5, 'upscale', 2.0)"
+                )
+            )
+        await migrations.upgrade(made)
+        await at_head_and_like_the_models(made)
+        ledger = JobStore(Database(made)).ledger
+        day = await ledger.credit_day("2026-12-05")
+        assert day is not None and (day.spent, day.generation_cost, day.upscale_cost) == (40, 11, 3)
+        # The next day, and one with no reading yet, go by the last costs learnt; a key the
+        # release did not know starts from its default.
+        defaults = {"generation": 8, "upscale": 2, "mj_omni_reference": 16}
+        assert await ledger.costs("2026-12-09", defaults) == {
+            "generation": 12,
+            "upscale": 3,
+            "mj_omni_reference": 16,
+        }
+        async with made.connect() as conn:
+            counted = await conn.execute(
+                sa.select(allowance_uses.c.job_id, allowance_uses.c.cost_key)
+            )
+            assert {str(job): str(key) for job, key in counted} == {
+                "a": "generation",
+                "b": "upscale",
+            }

@@ -222,6 +222,16 @@ async def test_imagine_and_reroll_generate_the_prompt_with_its_options() -> None
         assert kind_named(name).keeps(("a", "b", "c", "d")) == ("a", "b", "c", "d")
 
 
+async def test_imagine_and_reroll_send_the_typed_parameters_and_translation() -> None:
+    options = {"speed": "fast", "stylization": "250", "variety": "5", "weirdness": "0"}
+    for name in ("imagine", "reroll"):
+        client = FakeClient()
+        await kind_named(name).send(call(client), job(name, options={**options, "translate": "on"}))
+        ((_, _, sent),) = client.calls
+        assert sent["stylization"] == 250 and sent["variety"] == 5 and sent["weirdness"] == 0
+        assert sent["translate"] is True
+
+
 async def test_vary_sends_through_the_index_base() -> None:
     client = FakeClient()
     kind = kind_named("vary")

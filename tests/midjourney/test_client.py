@@ -91,6 +91,28 @@ async def test_generate_sends_the_optional_fields(
     }
 
 
+async def test_generate_sends_the_typed_parameters_fields(
+    client: MidjourneyClient, sandbox: RunningSandbox
+) -> None:
+    await client.generate("a fox", stylization=0, variety=100, weirdness=3000, translate=True)
+    assert last_body(sandbox, "generate") == {
+        "taskType": "mj_txt2img",
+        "prompt": "a fox",
+        "speed": "fast",
+        "stylization": 0,
+        "variety": 100,
+        "weirdness": 3000,
+        "enableTranslation": True,
+    }
+    # Left out when not given: the API's own defaults apply.
+    await client.generate("a fox", translate=False)
+    assert last_body(sandbox, "generate") == {
+        "taskType": "mj_txt2img",
+        "prompt": "a fox",
+        "speed": "fast",
+    }
+
+
 async def test_upscale_sends_task_and_index_only(
     client: MidjourneyClient, sandbox: RunningSandbox
 ) -> None:

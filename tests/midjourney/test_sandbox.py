@@ -532,6 +532,27 @@ async def test_generate_rejects_bad_parameters_with_422(
     assert api.sandbox.credits == 1000
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"stylization": 1001}, "stylization must be an integer from 0 to 1000"),
+        ({"variety": -1}, "variety must be an integer from 0 to 100"),
+        ({"weirdness": 3001}, "weirdness must be an integer from 0 to 3000"),
+        ({"aspectRatio": "3:7"}, "aspectRatio must be one of"),
+        ({"version": "5"}, "version must be one of"),
+        ({"enableTranslation": "yes"}, "enableTranslation must be a boolean"),
+    ],
+)
+async def test_a_bad_typed_parameter_field_is_a_422_naming_it(
+    start: Start, change: dict[str, Any], named: str
+) -> None:
+    api = await start()
+    body = {"taskType": "mj_txt2img", "prompt": "a fox", "speed": "fast", **change}
+    status, envelope = await api.call("POST", GENERATE, body=body)
+    assert (status, envelope["code"]) == (422, 422) and named in envelope["msg"]
+    assert api.sandbox.credits == 1000
+
+
 async def test_generate_accepts_the_longest_prompt_and_optional_fields(start: Start) -> None:
     api = await start()
     await api.generate("x" * 2000, aspectRatio="16:9", version="niji6", variety=100, waterMark="w")

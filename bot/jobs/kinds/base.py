@@ -15,6 +15,7 @@ from bot.jobs.tables import JobState
 from bot.midjourney.models import GRID_SIZE, TASK_ID_PATTERN, Task, is_task_id
 
 if TYPE_CHECKING:
+    from bot.jobs.image_inputs import ImageInputs
     from bot.jobs.store import Job
     from bot.jobs.vary_index import Sent, VaryIndex
     from bot.midjourney.client import MidjourneyClient
@@ -141,13 +142,16 @@ def owner_mention(user_id: int) -> str:
 @dataclass(frozen=True)
 class Call:
     """What a kind's paid call may use: the API client, the job's callback URL, the watermark,
-    and the index base of generateVary (``second``: the other base, to send again)."""
+    the index base of generateVary (``second``: the other base, to send again), and the images
+    members gave (``inputs``, served under ``public_base``: PUBLIC_URL, or None)."""
 
     client: MidjourneyClient
     callback_url: str | None
     watermark: str | None
     vary_index: VaryIndex
     second: int | None = None
+    inputs: ImageInputs | None = None
+    public_base: str | None = None
 
 
 class Kind:
@@ -168,6 +172,11 @@ class Kind:
 
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
+
+    def cost_key(self, job: Job) -> str:
+        """What the budget reserves the job at and learns the cost of (bot.jobs.cost_keys): its
+        category's own key unless the kind tells its jobs apart."""
+        return self.category.name
 
     def twin_key(self, parent_task_id: str | None, image_index: int | None) -> str | None:
         """The ``jobs.dedupe_key`` a new job of this kind holds; None when it has no twins (no
@@ -221,6 +230,11 @@ class Kind:
     def keeps(self, urls: tuple[str, ...]) -> tuple[str, ...]:
         """What its finished task's result URLs keep."""
         return urls
+
+    async def grid_problem(self, call: Call, grid: Job) -> str | None:
+        """Why it cannot be made from ``grid`` (the bot's job that made it) now, for the
+        clicker, before anything is stored or paid; None when it can."""
+        return None
 
     def checks_parent(self, job: Job) -> bool:
         """Whether its parent must be looked at before paying though the bot made it."""

@@ -16,7 +16,7 @@ from bot.jobs.kinds.base import (
     Product,
     owner_mention,
 )
-from bot.jobs.kinds.imagine import generate
+from bot.jobs.kinds.imagine import IMAGINE, generate
 from bot.jobs.kinds.registry import register
 from bot.jobs.vary_index import Sent
 from bot.midjourney.models import Task
@@ -59,8 +59,18 @@ class Reroll(Kind):
     def asked_elsewhere(self) -> str:
         return "that grid is being re-rolled elsewhere through this bot"
 
+    def cost_key(self, job: Job) -> str:
+        # The grid's options are copied: it costs what the grid's generation cost.
+        return IMAGINE.cost_key(job)
+
     async def send(self, call: Call, job: Job) -> Sent:
         return await generate(call, job)
+
+    async def grid_problem(self, call: Call, grid: Job) -> str | None:
+        # A grid made from images is made again from the same ones, while they are to be had.
+        if call.inputs is None:
+            return None
+        return await call.inputs.problem(grid.options)
 
     def checks_parent(self, job: Job) -> bool:
         # Stored before record-info told its grid's prompt (a crash in between, or a grid whose
@@ -74,7 +84,8 @@ class Reroll(Kind):
         if not task.prompt:
             return "the API does not say what that grid's prompt was"
         if task.task_type not in (None, *REROLLABLE):
-            # Its input images would be lost: a re-roll would be another, paid, picture.
+            # A grid made outside the bot: record-info does not give its input images, so a
+            # re-roll would be another, paid, picture.
             return "only grids generated from a text prompt can be re-rolled here"
         return None
 

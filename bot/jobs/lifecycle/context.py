@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from bot.jobs.callback_secrets import CallbackSecrets
+from bot.jobs.image_inputs import ImageInputs
 from bot.jobs.kinds import Call
 from bot.jobs.leases import JobLeases
 from bot.jobs.spending import Spending
@@ -39,6 +40,8 @@ class Context:
     throttle: Pace
     vary_index: VaryIndex
     background: BackgroundTasks
+    # The images members gave /imagine, served to the API (bot.jobs.image_inputs).
+    inputs: ImageInputs
     # Told each time the API took a paid request (the low-credit watch reads credits then).
     on_submitted: Callable[[], None] | None = None
     # Jobs a start of this process has in hand, from before their INSERT to the end of
@@ -72,6 +75,8 @@ class Context:
             self.settings.watermark,
             self.vary_index,
             second,
+            self.inputs,
+            self.settings.callback_base,
         )
 
     async def notify(self, job_id: str) -> None:

@@ -73,6 +73,11 @@ class Intake:
             # the API would be paid for it, for nothing.
             log.info("%s refused: task=%s is a %s result", kind, parent_task_id, grid.kind)
             raise Refused(texts.not_a(button.under))
+        if grid is not None:
+            problem = await kind_named(kind).grid_problem(self._ctx.call(None), grid)
+            if problem is not None:
+                log.info("%s refused: %s cannot be made again", kind, grid.label)
+                raise Refused(problem)
         try:
             job = await self._create(
                 role_ids,

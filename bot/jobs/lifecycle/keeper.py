@@ -100,11 +100,15 @@ class Keeper:
         nothing works on: its watcher crashed, or its start raised. One past its deadline fails
         as at the deadline; any other is resumed as at a start, so a watcher that keeps
         crashing is started again once a sweep, never in a loop. Follow-ups past their
-        interaction's life are deleted too."""
+        interaction's life, and images given to /imagine past IMAGE_INPUT_DAYS, are deleted
+        too."""
         ctx = self._ctx
         forgotten = await ctx.store.sweep_follow_ups()
         if forgotten:
             log.info("deleted %d expired follow-ups", forgotten)
+        images = await ctx.inputs.sweep()
+        if images:
+            log.info("deleted %d expired image inputs", images)
         if ctx.leases.enabled:
             held = ctx.leases.held()
             keys = await ctx.store.unfinished_keys(held) if held else []

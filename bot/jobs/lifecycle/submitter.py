@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bot.jobs import texts
+from bot.jobs.image_inputs import InputsGone
 from bot.jobs.kinds import kind_named
 from bot.jobs.lifecycle.context import Context
 from bot.jobs.lifecycle.finishing import fail, tell
@@ -136,6 +137,10 @@ class Submitter:
                         "the bot could not make that request",
                         from_states=(JobState.SUBMITTING,),
                     )
+                except InputsGone as gone:
+                    # Checked before the request was made: nothing was sent.
+                    log.info("submit impossible %s: its images are gone", job.label)
+                    return await fail(ctx, job, gone.reason, from_states=(JobState.SUBMITTING,))
                 except BaseUnknown:
                     # Only a job stored before the base was forgotten (a changed setting) gets
                     # here: nothing was sent.
