@@ -301,24 +301,26 @@ class JobStore:
         key = key_after(to_state)
         if key is not None:
             values["dedupe_key"] = key
+        # RETURNING gives the row as written, so no second read follows the write.
         query = (
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]))
             .values(**values)
+            .returning(*jobs.c)
         )
         async with self._database.engine.begin() as conn:
-            result = await conn.execute(query)
+            row = (await conn.execute(query)).first()
+            if row is None:
+                return None
             use = allowance_uses.c.job_id == job_id
-            if result.rowcount == 1 and give_back:
+            if give_back:
                 await conn.execute(allowance_uses.delete().where(use))
-            elif result.rowcount == 1 and paid:
+            elif paid:
                 stamp = allowance_uses.update().where(use, allowance_uses.c.paid_at.is_(None))
                 await conn.execute(stamp.values(paid_at=values["updated_at"]))
-            if result.rowcount == 1 and to_state in FINAL_STATES:
+            if to_state in FINAL_STATES:
                 await conn.execute(follow_ups.delete().where(follow_ups.c.job_id == job_id))
-        if result.rowcount != 1:
-            return None
-        return await self._require(job_id)
+        return Job.from_row(row)
 
     async def taken_at(self, job_id: str) -> float | None:
         """When the API was known to have taken the job's paid request (its use's ``paid_at``);
@@ -332,9 +334,12 @@ class JobStore:
         """Change fields that are not the state (message ids, for instance)."""
         values = _encode(fields)
         values["updated_at"] = time.time()
+        query = jobs.update().where(jobs.c.id == job_id).values(**values).returning(*jobs.c)
         async with self._database.engine.begin() as conn:
-            await conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
-        return await self._require(job_id)
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise LookupError(f"job {job_id} vanished")
+        return Job.from_row(row)
 
     async def follow_up(self, job_id: str) -> FollowUp | None:
         """The job's way back to its requester, while it lives (the job is unfinished)."""
