@@ -80,6 +80,9 @@ async def make_grid(rig: Rig, user: int) -> tuple[StoredMessage, str]:
     )
     parsed = parse_upscale_custom_id(grid.buttons()[0].custom_id or "")
     assert parsed is not None
+    # Its "generating" line goes once the grid is up: a kill before that would leave it, and
+    # the tests' own status lines are the ones they look at.
+    await rig.double.wait_for(lambda: not status_lines(rig.double) or None)
     return grid, parsed[0]
 
 
