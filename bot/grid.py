@@ -84,13 +84,14 @@ def may_upscale(policy: str, user_id: int, owner_id: int | None, *, manages: boo
 
 
 def kind_button(
-    kind: Kind, task_id: str, number: int | None, *, done: bool = False
+    kind: Kind, task_id: str, number: int | None, *, done: bool = False, count: int = GRID_SIZE
 ) -> discord.ui.Button[discord.ui.View]:
-    """``kind``'s button (number 1–4 for a button per image) under the result of ``task_id``."""
+    """``kind``'s button (number 1–4 for a button per image) under the result of ``task_id``,
+    one of ``count`` items."""
     button = kind.button
     assert button is not None, f"{kind.name} has no button"
     return discord.ui.Button(
-        label=button.label_of(number),
+        label=button.label_of(number, count),
         custom_id=button.custom_id(task_id, number),
         style=discord.ButtonStyle.success if done else discord.ButtonStyle.secondary,
         row=button.row,
@@ -117,15 +118,21 @@ class ResultButtons(discord.ui.View):
     """The buttons of every kind declared under a posted result of ``product``; those ``use``
     names are shown green (if their kind turns green)."""
 
-    def __init__(self, task_id: str, product: Product, use: ParentUse | None = None) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        product: Product,
+        use: ParentUse | None = None,
+        count: int = GRID_SIZE,
+    ) -> None:
         asked = use or ParentUse()
         super().__init__(timeout=None)
         for kind in buttons_under(product):
             assert kind.button is not None
-            for number in kind.button.numbers():
+            for number in kind.button.numbers(count):
                 index = None if number is None else number - 1
                 done = kind.button.turns_green and asked.has(kind.name, index)
-                self.add_item(kind_button(kind, task_id, number, done=done))
+                self.add_item(kind_button(kind, task_id, number, done=done, count=count))
 
     def is_dispatchable(self) -> bool:
         # Clicks are dispatched to the DynamicItems of cogs/grid_buttons.py, which survive restarts;
@@ -140,6 +147,7 @@ class GridButtons(ResultButtons):
         super().__init__(task_id, Product.GRID, use)
 
 
-def result_buttons(task_id: str, product: Product) -> ResultButtons | None:
-    """The buttons under a newly posted result of ``product``; None when no kind has one."""
-    return ResultButtons(task_id, product) if buttons_under(product) else None
+def result_buttons(task_id: str, product: Product, count: int = GRID_SIZE) -> ResultButtons | None:
+    """The buttons under a newly posted result of ``product`` (``count`` items); None when no
+    kind has one."""
+    return ResultButtons(task_id, product, count=count) if buttons_under(product) else None

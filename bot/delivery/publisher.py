@@ -95,7 +95,8 @@ class DiscordPublisher:
         async with lock:
             use = await self._store.grid_use(job.parent_task_id, job.guild_id)
             message = self._channel(job).get_partial_message(job.grid_message_id)
-            view = ResultButtons(job.parent_task_id, button.under, use)
+            count = kind_named(job.kind).parent_count(job)
+            view = ResultButtons(job.parent_task_id, button.under, use, count)
             try:
                 await message.edit(view=view, allowed_mentions=allowed_mentions())
             except discord.HTTPException as exc:

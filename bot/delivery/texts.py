@@ -68,6 +68,7 @@ def pieces(job: Job) -> Pieces:
         requester_id=job.requester_id,
         number=(job.image_index or 0) + 1,
         started=f"<t:{int(job.created_at)}:R>",
+        options=job.options,
     )
 
 

@@ -6,7 +6,8 @@ its methods; nothing here knows discord.py: the channel's words come in already 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar
 
@@ -29,6 +30,8 @@ class Product(StrEnum):
 
     GRID = "grid"
     IMAGE = "image"
+    # One or more videos (a batch), posted as attachments or links.
+    VIDEO = "video"
 
 
 class Per(StrEnum):
@@ -80,6 +83,8 @@ class Button:
     order: int = 0
     # Shown green once a job of the kind was asked of its parent (and did not fail).
     turns_green: bool = True
+    # The label of a button per image under a result of one item (a batch of one video).
+    alone: str | None = None
 
     @property
     def template(self) -> str:
@@ -109,12 +114,15 @@ class Button:
         number = match.groupdict().get("n")
         return match["task"], None if number is None else int(number) - 1
 
-    def label_of(self, number: int | None) -> str:
+    def label_of(self, number: int | None, count: int = GRID_SIZE) -> str:
+        """The label of button ``number`` under a result of ``count`` items."""
+        if count == 1 and self.alone is not None:
+            return self.alone
         return self.label.format(n=number)
 
-    def numbers(self) -> tuple[int | None, ...]:
-        """The buttons of one posted result: 1–4 per image, or the one."""
-        return tuple(range(1, GRID_SIZE + 1)) if self.per_image else (None,)
+    def numbers(self, count: int = GRID_SIZE) -> tuple[int | None, ...]:
+        """The buttons of one posted result of ``count`` items: one per item, or the one."""
+        return tuple(range(1, min(count, GRID_SIZE) + 1)) if self.per_image else (None,)
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,8 @@ class Pieces:
     number: int
     # When the job started, as a Discord timestamp ("<t:…:R>").
     started: str
+    # The job's stored options (a video's motion, its extension's number).
+    options: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def mention(self) -> str:
@@ -152,6 +162,11 @@ class Call:
     second: int | None = None
     inputs: ImageInputs | None = None
     public_base: str | None = None
+    # VIDEO_QUALITY and VIDEO_BATCH_SIZE, stored in a new video job's options.
+    video_quality: str = "sd"
+    video_batch: int = 1
+    # The index base of generateVideoExtend, learnt as generateVary's is.
+    extend_index: VaryIndex | None = None
 
 
 class Kind:
@@ -169,6 +184,8 @@ class Kind:
     needs_grid: ClassVar[bool] = False
     # The word for what the button does, in "may not {verb} this grid".
     verb: ClassVar[str] = ""
+    # Made only from a result the bot posted and knows (a video needs its parent's image URL).
+    own_parent_only: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
@@ -227,14 +244,23 @@ class Kind:
         """The paid request; its task id (and what its answer teaches)."""
         raise NotImplementedError
 
-    def keeps(self, urls: tuple[str, ...]) -> tuple[str, ...]:
-        """What its finished task's result URLs keep."""
+    def keeps(self, urls: tuple[str, ...], job: Job | None = None) -> tuple[str, ...]:
+        """What its finished task's result URLs keep (of ``job``, when known)."""
         return urls
 
-    async def grid_problem(self, call: Call, grid: Job) -> str | None:
+    def options_of(self, call: Call, parent: Job) -> dict[str, str]:
+        """The new job's options, made from its parent's (the bot's job that made it): what
+        its paid call and its texts need, fixed when it is asked for."""
+        return parent.options
+
+    async def grid_problem(self, call: Call, grid: Job, image_index: int | None) -> str | None:
         """Why it cannot be made from ``grid`` (the bot's job that made it) now, for the
         clicker, before anything is stored or paid; None when it can."""
         return None
+
+    def parent_count(self, job: Job) -> int:
+        """How many items its parent's result holds (the buttons under it)."""
+        return GRID_SIZE
 
     def checks_parent(self, job: Job) -> bool:
         """Whether its parent must be looked at before paying though the bot made it."""

@@ -66,7 +66,7 @@ class Reroll(Kind):
     async def send(self, call: Call, job: Job) -> Sent:
         return await generate(call, job)
 
-    async def grid_problem(self, call: Call, grid: Job) -> str | None:
+    async def grid_problem(self, call: Call, grid: Job, image_index: int | None) -> str | None:
         # A grid made from images is made again from the same ones, while they are to be had.
         if call.inputs is None:
             return None

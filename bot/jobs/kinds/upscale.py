@@ -57,7 +57,7 @@ class Upscale(Kind):
             )
         )
 
-    def keeps(self, urls: tuple[str, ...]) -> tuple[str, ...]:
+    def keeps(self, urls: tuple[str, ...], job: Job | None = None) -> tuple[str, ...]:
         # The API may answer with more than the one image upscaled.
         return urls[:1]
 

@@ -68,13 +68,17 @@ class Intake:
             )
             log.info("%s refused: task=%s is another server's", kind, parent_task_id)
             raise over or UnknownTask()
+        if grid is None and kind_named(kind).own_parent_only:
+            # Made from what only the bot's own job knows (an upscale's image URL).
+            log.info("%s refused: task=%s is not one the bot made here", kind, parent_task_id)
+            raise UnknownTask()
         if grid is not None and not _made(grid, button.under):
             # A button (or /upscale) asked of the wrong kind of result, e.g. U1 of an upscale:
             # the API would be paid for it, for nothing.
             log.info("%s refused: task=%s is a %s result", kind, parent_task_id, grid.kind)
             raise Refused(texts.not_a(button.under))
         if grid is not None:
-            problem = await kind_named(kind).grid_problem(self._ctx.call(None), grid)
+            problem = await kind_named(kind).grid_problem(self._ctx.call(None), grid, image_index)
             if problem is not None:
                 log.info("%s refused: %s cannot be made again", kind, grid.label)
                 raise Refused(problem)
@@ -89,7 +93,11 @@ class Intake:
                 channel_id=channel_id,
                 grid_message_id=grid_message_id,
                 prompt=grid.prompt if grid is not None else None,
-                options=grid.options if grid is not None else None,
+                options=(
+                    kind_named(kind).options_of(self._ctx.call(None), grid)
+                    if grid is not None
+                    else None
+                ),
                 follow_up=follow_up,
             )
         except DuplicateJob as dup:

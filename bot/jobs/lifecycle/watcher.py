@@ -199,7 +199,7 @@ class Watcher:
             )
             await fail(self._ctx, job, reason)
             return True
-        urls = kind_named(job.kind).keeps(task.result_urls)
+        urls = kind_named(job.kind).keeps(task.result_urls, job)
         fields: dict[str, Any] = {"result_urls": urls, "completed_at": time.time()}
         if job.prompt is None and task.prompt:
             fields["prompt"] = task.prompt
