@@ -34,6 +34,9 @@ VENDOR_RESULT_HOSTS = (
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMATS = ("text", "json")
 UPSCALE_ALLOWED = ("anyone", "requester")
+VIDEO_QUALITIES = ("sd", "hd")
+# The API's videoBatchSize.
+VIDEO_BATCH_SIZES = ("1", "2", "4")
 
 
 # Hosts whose disk is wiped at every restart or deploy, known by a variable each sets in its
@@ -71,6 +74,11 @@ class Settings:
     submit_rate: int = 20
     # generateVary's imageIndex base (0: V1 is 0, 1: V1 is 1); None learns it (bot.jobs.vary_index).
     vary_index_base: int | None = None
+    # generateVideoExtend's index base, learnt the same way when None.
+    extend_index_base: int | None = None
+    # 🎬 Animate: sd (480p) or hd (720p), and videos per click (1, 2 or 4).
+    video_quality: str = "sd"
+    video_batch_size: int = 1
     queue_limit: int = 100
     metrics_enabled: bool = False
     admin_channel_id: int | None = None
@@ -205,6 +213,21 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             f"got {vary_base!r}"
         )
 
+    extend_base = (read_text(env, "MJ_EXTEND_INDEX_BASE") or "auto").lower()
+    if extend_base not in ("auto", "0", "1"):
+        raise SettingsError(
+            "MJ_EXTEND_INDEX_BASE must be auto, 0 (the first video is index 0) or 1 (the first "
+            f"video is index 1), got {extend_base!r}"
+        )
+    video_quality = (read_text(env, "VIDEO_QUALITY") or "sd").lower()
+    if video_quality not in VIDEO_QUALITIES:
+        raise SettingsError(f"VIDEO_QUALITY must be sd (480p) or hd (720p), got {video_quality!r}")
+    batch_raw = read_text(env, "VIDEO_BATCH_SIZE") or "1"
+    if batch_raw not in VIDEO_BATCH_SIZES:
+        raise SettingsError(
+            f"VIDEO_BATCH_SIZE must be 1, 2 or 4 (videos per click), got {batch_raw!r}"
+        )
+
     shard_count = read_optional_int(env, "SHARD_COUNT", 1, MAX_SHARDS)
     shard_ids = _shard_ids(env, shard_count)
     shards_per_process = read_optional_int(env, "SHARDS_PER_PROCESS", 1, MAX_SHARDS)
@@ -232,6 +255,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         upscale_allowed=allowed,
         submit_rate=read_int(env, "MJ_SUBMIT_RATE", 20, 1, 1000),
         vary_index_base=None if vary_base == "auto" else int(vary_base),
+        extend_index_base=None if extend_base == "auto" else int(extend_base),
+        video_quality=video_quality,
+        video_batch_size=int(batch_raw),
         queue_limit=read_int(env, "QUEUE_LIMIT", 100, 0, 100_000),
         metrics_enabled=read_flag(env, "METRICS_ENABLED"),
         admin_channel_id=read_snowflake(env, "ADMIN_CHANNEL_ID", "channel"),

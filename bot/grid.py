@@ -64,10 +64,11 @@ def number_to_index(number: int) -> int:
     return number - 1
 
 
-# The owner's mention closes the first line (before " (re-roll)" on a re-roll's grid); a prompt
-# may contain mentions of its own earlier.
+# The owner's mention closes the first line (before " (re-roll)" on a re-roll's grid), after
+# what the result is (the kinds' result lines); a prompt may contain mentions of its own earlier.
 _OWNER_RE = re.compile(
-    rf" - (?:Variations \(image #[1-{GRID_SIZE}]\) )?<@(?P<id>[0-9]{{15,21}})>(?: \(re-roll\))?\Z"
+    rf" - (?:Variations \(image #[1-{GRID_SIZE}]\) |Image #[1-{GRID_SIZE}] |Video \([^)]*\) )?"
+    r"<@(?P<id>[0-9]{15,21})>(?: \(re-roll\))?\Z"
 )
 
 

@@ -49,6 +49,15 @@ def expired(state: JobState, deadline_seconds: float) -> str:
     return f"no result from Midjourney within {round(deadline_seconds / 60)} minutes"
 
 
+def extend_base_unknown(number: int) -> str:
+    return (
+        f"⏩ {number} cannot start yet: the bot has not learned how the Midjourney API numbers "
+        "the videos of a batch (from 0 or from 1, its docs do not say), and a wrong guess would "
+        "extend another video. A click on the first video's ⏩ teaches it once, or an admin sets "
+        "MJ_EXTEND_INDEX_BASE; nothing was charged"
+    )
+
+
 def vary_base_unknown(number: int) -> str:
     return (
         f"V{number} cannot start yet: the bot has not learned how the Midjourney API numbers "

@@ -155,6 +155,11 @@ class TrackerSettings:
     watermark: str | None = None
     # MJ_VARY_INDEX_BASE: how generateVary counts images, when set rather than learned.
     vary_index_base: int | None = None
+    # MJ_EXTEND_INDEX_BASE: how generateVideoExtend counts the videos of a batch.
+    extend_index_base: int | None = None
+    # VIDEO_QUALITY and VIDEO_BATCH_SIZE: what a 🎬 click asks for.
+    video_quality: str = "sd"
+    video_batch: int = 1
     max_jobs_per_user: int | None = None
     grid_reposts_per_hour: int | None = None
     # IMAGE_INPUT_DAYS: how long the images members gave /imagine are served to the API.

@@ -18,6 +18,8 @@ from bot.net import read_capped
 log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 1024 * 1024
+VIDEO_MOTIONS = ("low", "high")
+VIDEO_BATCHES = (1, 2, 4)
 
 
 class MidjourneyClient:
@@ -120,6 +122,61 @@ class MidjourneyClient:
             watermark,
             callback_url,
         )
+
+    async def video(
+        self,
+        image_url: str,
+        *,
+        prompt: str,
+        motion: str,
+        hd: bool = False,
+        batch: int = 1,
+        watermark: str | None = None,
+        callback_url: str | None = None,
+    ) -> str:
+        """Short videos (``batch`` of them) animating the image at ``image_url``."""
+        if motion not in VIDEO_MOTIONS or batch not in VIDEO_BATCHES or not prompt:
+            raise ValueError(
+                f"a video needs a prompt, a motion of {VIDEO_MOTIONS}, a batch of {VIDEO_BATCHES}"
+            )
+        body: dict[str, Any] = {
+            "taskType": "mj_video_hd" if hd else "mj_video",
+            "prompt": prompt,
+            "fileUrls": [image_url],
+            "motion": motion,
+            "videoBatchSize": batch,
+        }
+        if watermark:
+            body["waterMark"] = watermark
+        if callback_url:
+            body["callBackUrl"] = callback_url
+        return await self.submit("/api/v1/mj/generate", body)
+
+    async def extend_video(
+        self,
+        task_id: str,
+        index: int,
+        *,
+        watermark: str | None = None,
+        callback_url: str | None = None,
+    ) -> str:
+        """The video ``index`` of the video task ``task_id``, extended by Midjourney's own
+        continuation (``mj_video_extend_auto``); ``index`` is sent exactly as given, 0–4 (its
+        base is the caller's, as vary's)."""
+        if not is_task_id(task_id) or type(index) is not int or index not in range(GRID_SIZE + 1):
+            raise ValueError(
+                f"generateVideoExtend needs a valid task id and an index from 0 to {GRID_SIZE}"
+            )
+        body: dict[str, Any] = {
+            "taskId": task_id,
+            "index": index,
+            "taskType": "mj_video_extend_auto",
+        }
+        if watermark:
+            body["waterMark"] = watermark
+        if callback_url:
+            body["callBackUrl"] = callback_url
+        return await self.submit("/api/v1/mj/generateVideoExtend", body)
 
     async def record_info(self, task_id: str) -> Task:
         data = await self._call("GET", "/api/v1/mj/record-info", params={"taskId": task_id})

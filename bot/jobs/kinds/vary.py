@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from bot.jobs import texts
 from bot.jobs.categories import GENERATION
 from bot.jobs.kinds.base import Button, Call, Dedupe, Hold, Kind, Per, Pieces, Product
 from bot.jobs.kinds.registry import register
@@ -50,7 +49,7 @@ class Vary(Kind):
     async def may_send(self, call: Call, image_index: int | None) -> str | None:
         # V2/V3 wait until the API's numbering is known: a wrong guess varies another picture.
         if image_index is not None and not await call.vary_index.can_send(image_index):
-            return texts.vary_base_unknown(image_index + 1)
+            return call.vary_index.unknown(image_index + 1)
         return None
 
     async def send(self, call: Call, job: Job) -> Sent:

@@ -39,6 +39,8 @@ class Context:
     whispers: Whispers
     throttle: Pace
     vary_index: VaryIndex
+    # generateVideoExtend's index base, learnt apart.
+    extend_index: VaryIndex
     background: BackgroundTasks
     # The images members gave /imagine, served to the API (bot.jobs.image_inputs).
     inputs: ImageInputs
@@ -77,6 +79,9 @@ class Context:
             second,
             self.inputs,
             self.settings.callback_base,
+            self.settings.video_quality,
+            self.settings.video_batch,
+            self.extend_index,
         )
 
     async def notify(self, job_id: str) -> None:

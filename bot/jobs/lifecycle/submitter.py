@@ -115,7 +115,7 @@ class Submitter:
                         await turn.done()
                     job = await self._submitted(job, sent.task_id)
                     if sent.teaches is not None:
-                        await ctx.vary_index.learn(sent.teaches, job.label)
+                        await (sent.learner or ctx.vary_index).learn(sent.teaches, job.label)
                     return job
                 except TryOther as other:
                     # The refusal took nothing: ``requested`` again while it waits its turn, so a
@@ -141,15 +141,10 @@ class Submitter:
                     # Checked before the request was made: nothing was sent.
                     log.info("submit impossible %s: its images are gone", job.label)
                     return await fail(ctx, job, gone.reason, from_states=(JobState.SUBMITTING,))
-                except BaseUnknown:
+                except BaseUnknown as unknown:
                     # Only a job stored before the base was forgotten (a changed setting) gets
                     # here: nothing was sent.
-                    return await fail(
-                        ctx,
-                        job,
-                        texts.vary_base_unknown((job.image_index or 0) + 1),
-                        from_states=(JobState.SUBMITTING,),
-                    )
+                    return await fail(ctx, job, unknown.reason, from_states=(JobState.SUBMITTING,))
                 except (ApiError, ApiUnreachable) as exc:
                     pause = ctx.settings.retry.resend_after(exc, resent)
                     if pause is not None:
