@@ -164,6 +164,7 @@ async def start_on_grid(
             grid_message_id=grid_message_id,
             role_ids=role_ids(interaction),
             follow_up=follow_up_for(interaction),
+            upload_limit=interaction.filesize_limit,
         )
     except Refused as refused:
         await tell(interaction, refused.sentence(lead))

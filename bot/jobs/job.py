@@ -13,6 +13,10 @@ import sqlalchemy as sa
 
 from bot.jobs.tables import FINAL_STATES, JobState
 
+# A job's option: the upload limit in bytes of the channel it was asked in, as its interaction
+# told it (Discord's limit there may be above the guild's: a member's Nitro, a boost).
+UPLOAD_LIMIT = "upload_limit"
+
 
 @dataclass(frozen=True)
 class FollowUp:

@@ -137,6 +137,7 @@ class Tracker:
         grid_message_id: int | None,
         role_ids: tuple[int, ...] = (),
         follow_up: FollowUp | None = None,
+        upload_limit: int | None = None,
     ) -> Outcome:
         """See Intake.request_on_grid: a grid's button, or the job that makes it a duplicate."""
         return await self._intake.request_on_grid(
@@ -149,6 +150,7 @@ class Tracker:
             grid_message_id=grid_message_id,
             role_ids=role_ids,
             follow_up=follow_up,
+            upload_limit=upload_limit,
         )
 
     async def request_imagine(

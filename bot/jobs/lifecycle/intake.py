@@ -9,6 +9,7 @@ from typing import Any
 
 from bot.jobs import grids, texts
 from bot.jobs.admission import OverQuota, TooManyJobs
+from bot.jobs.job import UPLOAD_LIMIT
 from bot.jobs.kinds import Product, kind_named, registered
 from bot.jobs.kinds.imagine import IMAGINE
 from bot.jobs.lifecycle.context import Context
@@ -39,6 +40,7 @@ class Intake:
         grid_message_id: int | None,
         role_ids: tuple[int, ...] = (),
         follow_up: FollowUp | None = None,
+        upload_limit: int | None = None,
     ) -> Outcome:
         """Start what a grid's button asks for (an upscale, V<n>, 🔄) of ``parent_task_id``, or
         return the job that makes it a duplicate: the live upscale of that image, the running
@@ -48,7 +50,8 @@ class Intake:
         daily allowance or the credit budget, V2/V3 before the index base of variations is
         known); ``role_ids`` are the requester's roles there. A grid the bot made in another
         server is unknown here (UnknownTask), and a job another server asked for is not
-        returned: the click is refused without naming it.
+        returned: the click is refused without naming it. ``upload_limit`` is what the clicked
+        channel takes in bytes (the interaction's), kept with a video job for its post.
         """
         button = kind_named(kind).button
         if button is None:
@@ -93,11 +96,7 @@ class Intake:
                 channel_id=channel_id,
                 grid_message_id=grid_message_id,
                 prompt=grid.prompt if grid is not None else None,
-                options=(
-                    kind_named(kind).options_of(self._ctx.call(None), grid)
-                    if grid is not None
-                    else None
-                ),
+                options=self._options(kind, grid, upload_limit),
                 follow_up=follow_up,
             )
         except DuplicateJob as dup:
@@ -126,6 +125,18 @@ class Intake:
         )
         self._ctx.whispers.remember(job.id, follow_up)
         return Outcome(await self.start(job, foreign=grid is None), created=True)
+
+    def _options(
+        self, kind: str, parent: Job | None, upload_limit: int | None
+    ) -> dict[str, str] | None:
+        """A new job's options: its kind's, from its parent's; a video's post needs the
+        channel's upload limit, which the interaction tells and the guild may not."""
+        if parent is None:
+            return None
+        options = kind_named(kind).options_of(self._ctx.call(None), parent)
+        if kind_named(kind).product is Product.VIDEO and upload_limit is not None:
+            options = {**options, UPLOAD_LIMIT: str(upload_limit)}
+        return options
 
     async def request_imagine(
         self,
