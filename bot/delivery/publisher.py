@@ -228,7 +228,7 @@ class DiscordPublisher:
 
         async def shrink(video: Video, share: int) -> Video | None:
             data = await self._videos.fit(video.data, share, job.label)
-            return None if data is None else Video(data, f"{video.filename.rsplit('.')[0]}.mp4")
+            return None if data is None else Video(data, f"{video.filename.rsplit('.', 1)[0]}.mp4")
 
         async def draft(limit: int) -> Draft:
             kept = await share_limit(videos, limit, lambda video: len(video.data), shrink)
