@@ -114,26 +114,38 @@ class ImageFetcher:
             raise DeliveryError("the result file is not an image", retry=False)
         return Image(data, f"{stem}.{kind}")
 
-    async def download(self, url: str) -> bytes:
-        """The bytes at ``url``, every hop checked, at most the cap; what they are is the
-        caller's to check."""
+    async def download(
+        self,
+        url: str,
+        *,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
+        what: str = "image",
+    ) -> bytes:
+        """The bytes at ``url``, every hop checked, at most the cap (``max_bytes`` instead of
+        the fetcher's, for a video); what they are is the caller's to check. ``what`` the
+        result is goes into the reasons of a failure."""
+        cap = self._max if max_bytes is None else max_bytes
+        limits = (
+            self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout, connect=10)
+        )
         for _ in range(MAX_REDIRECTS + 1):
             refusal = self._refusal(url)
             if refusal is not None:
                 raise DeliveryError(refusal, retry=False)
             try:
                 async with self._session.get(
-                    url, allow_redirects=False, timeout=self._timeout
+                    url, allow_redirects=False, timeout=limits
                 ) as response:
                     if response.status in (301, 302, 303, 307, 308):
                         url = urljoin(url, response.headers.get("Location", ""))
                         continue
                     if response.status != 200:
                         raise DeliveryError(
-                            f"the result image could not be downloaded (HTTP {response.status})",
+                            f"the result {what} could not be downloaded (HTTP {response.status})",
                             retry=response.status >= 500 or response.status == 429,
                         )
-                    data = await read_capped(response, self._max)
+                    data = await read_capped(response, cap)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
                     exc.os_error, NonPublicAddressError
@@ -144,9 +156,12 @@ class ImageFetcher:
                         retry=False,
                     ) from exc
                 raise DeliveryError(
-                    f"the result image could not be downloaded ({type(exc).__name__})", retry=True
+                    f"the result {what} could not be downloaded ({type(exc).__name__})",
+                    retry=True,
                 ) from exc
             if data is None:
-                raise DeliveryError("the result image is larger than the bot accepts", retry=False)
+                raise DeliveryError(
+                    f"the result {what} is larger than the bot accepts", retry=False
+                )
             return data
-        raise DeliveryError("the result image is behind too many redirects", retry=False)
+        raise DeliveryError(f"the result {what} is behind too many redirects", retry=False)

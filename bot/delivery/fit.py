@@ -10,7 +10,8 @@ import math
 import os
 import tempfile
 import time
-from typing import IO
+from collections.abc import Awaitable, Callable, Sequence
+from typing import IO, TypeVar
 
 import PIL.Image
 import PIL.ImageOps
@@ -19,6 +20,8 @@ from bot.delivery.fetch import Image
 from bot.delivery.pool import ImagePool, PixelBudget
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Re-encoding an image that does not fit the upload limit: JPEG, because every Discord client
 # shows it inline; first at lower qualities, then at smaller sizes at the lowest one.
@@ -42,21 +45,37 @@ async def fit(
     """What to attach within ``limit`` bytes in all, re-encoding what is too large (in
     ``pool``), and the links of what still does not fit (a result is never lost). The files keep
     the urls' order, which is the order of the grid."""
-    kept: dict[int, Image] = {}
-    left = limit
-    # Smallest first, each taking at most an equal share of what is left: small images go
-    # as they are and the large ones share the rest fairly.
-    by_size = sorted(range(len(images)), key=lambda i: len(images[i].data))
-    for position, index in enumerate(by_size):
-        share = left // (len(by_size) - position)
-        image = images[index]
-        fitted = image if len(image.data) <= share else await _shrunk(image, share, label, pool)
-        if fitted is not None:
-            kept[index] = fitted
-            left -= len(fitted.data)
+
+    async def shrink(image: Image, share: int) -> Image | None:
+        return await _shrunk(image, share, label, pool)
+
+    kept = await share_limit(images, limit, lambda image: len(image.data), shrink)
     files = [kept[i] for i in range(len(images)) if i in kept]
     links = [url for i, url in enumerate(urls) if i not in kept]
     return files, links
+
+
+async def share_limit(
+    items: Sequence[T],
+    limit: int,
+    size: Callable[[T], int],
+    shrink: Callable[[T, int], Awaitable[T | None]],
+) -> dict[int, T]:
+    """The items (by their index) to attach within ``limit`` bytes in all, each as it is or as
+    ``shrink`` made it fit its share (None: it cannot be)."""
+    kept: dict[int, T] = {}
+    left = limit
+    # Smallest first, each taking at most an equal share of what is left: small files go
+    # as they are and the large ones share the rest fairly.
+    by_size = sorted(range(len(items)), key=lambda i: size(items[i]))
+    for position, index in enumerate(by_size):
+        share = left // (len(by_size) - position)
+        item = items[index]
+        fitted = item if size(item) <= share else await shrink(item, share)
+        if fitted is not None:
+            kept[index] = fitted
+            left -= size(fitted)
+    return kept
 
 
 async def _shrunk(image: Image, limit: int, label: str, pool: ImagePool) -> Image | None:

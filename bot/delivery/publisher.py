@@ -11,13 +11,15 @@ import io
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
 import discord
 
 from bot.credits import NoticeFailed
 from bot.delivery.fetch import ImageFetcher
-from bot.delivery.fit import fit
+from bot.delivery.fit import fit, share_limit
 from bot.delivery.pool import ImagePool
 from bot.delivery.texts import (
     allowed_mentions,
@@ -26,6 +28,15 @@ from bot.delivery.texts import (
     grid_text,
     result_text,
     status_text,
+    video_link,
+    with_lines,
+)
+from bot.delivery.video import (
+    DOWNLOAD_TIMEOUT,
+    MAX_VIDEO_BYTES,
+    Video,
+    VideoFitter,
+    video_kind,
 )
 from bot.grid import GridButtons, ResultButtons, result_buttons
 from bot.jobs.kinds import Product, kind_named
@@ -37,6 +48,21 @@ log = logging.getLogger(__name__)
 
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 TOO_LARGE_CODE = 40005
+# What an interaction may say a channel's upload limit is, to be believed.
+TOLD_LIMITS = range(1024 * 1024, 1024**3 + 1)
+# The vendor keeps results about 15 days: a video's link is promised for a day less.
+RESULTS_KEPT = 14 * 24 * 3600
+TOO_LARGE = "too large for this channel"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One try at a result's post: its text, its files (name, bytes) and how many links it has
+    instead of files."""
+
+    text: str
+    files: tuple[tuple[str, bytes], ...]
+    links: int
 
 
 class DiscordPublisher:
@@ -48,12 +74,14 @@ class DiscordPublisher:
         store: JobStore,
         fetcher: ImageFetcher,
         pool: ImagePool | None = None,
+        videos: VideoFitter | None = None,
     ) -> None:
         self._client = client
         self._store = store
         self._fetcher = fetcher
-        # Re-encodes of every delivery share one bounded pool.
+        # Re-encodes of every delivery share one bounded pool, and videos' one encoder.
         self._pool = pool or ImagePool()
+        self._videos = videos or VideoFitter()
         self._grid_locks: dict[int, asyncio.Lock] = {}
 
     async def close(self) -> None:
@@ -63,7 +91,13 @@ class DiscordPublisher:
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self._client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
 
-    def upload_limit(self, guild_id: int | None) -> int:
+    def upload_limit(self, guild_id: int | None, job: Job | None = None) -> int:
+        """What a post in the job's channel may carry: what the interaction that asked for it
+        said (its attachment_size_limit, kept in the job's options), else the server's limit
+        as discord.py knows it, else Discord's default."""
+        told = job.options.get("upload_limit", "") if job is not None else ""
+        if told.isdigit() and int(told) in TOLD_LIMITS:
+            return int(told)
         guild = self._client.get_guild(guild_id) if guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
@@ -104,6 +138,8 @@ class DiscordPublisher:
 
     async def deliver(self, job: Job) -> int:
         product = kind_named(job.kind).product
+        if product is Product.VIDEO:
+            return await self._post_videos(job)
         urls = job.result_urls[:GRID_SIZE] if product is Product.GRID else job.result_urls[:1]
         if job.upstream_task_id is None and product is Product.GRID:
             # The buttons name the grid's task: a grid without them would look broken.
@@ -158,16 +194,103 @@ class DiscordPublisher:
         images = await asyncio.gather(
             *(self._fetcher.fetch(url, f"{stem}_{i}") for i, url in enumerate(urls))
         )
+
+        async def draft(limit: int) -> Draft:
+            files, links = await fit(images, urls, limit, label, self._pool)
+            text = "\n".join((content, *links))
+            return Draft(text, tuple((i.filename, i.data) for i in files), len(links))
+
         channel = self._client.get_partial_messageable(channel_id, guild_id=guild_id)
-        limit = self.upload_limit(guild_id)
+        return await self._send_within(
+            channel,
+            self.upload_limit(guild_id),
+            draft,
+            view=view,
+            requester_id=requester_id,
+            nonce=nonce,
+            label=label,
+        )
+
+    async def _post_videos(self, job: Job) -> int:
+        """The videos of a batch in one message: attached as they are, re-encoded to fit the
+        channel, or as links (a paid video is never lost to its size)."""
+        urls = job.result_urls[:GRID_SIZE]
+        if not urls:
+            raise DeliveryError("the API reported success but gave no video", retry=False)
+        stem = job.upstream_task_id or job.id
+        # One after another: each is tens of MB held in memory until the post.
+        got = [await self._video(url, f"{stem}_{i}", job.label) for i, url in enumerate(urls)]
+        # The place in the batch of each video downloaded.
+        places = [i for i, video in enumerate(got) if isinstance(video, Video)]
+        videos = [video for video in got if isinstance(video, Video)]
+        unfetched = {i: why for i, why in enumerate(got) if isinstance(why, str)}
+        expires = int((job.completed_at or time.time()) + RESULTS_KEPT)
+
+        async def shrink(video: Video, share: int) -> Video | None:
+            data = await self._videos.fit(video.data, share, job.label)
+            return None if data is None else Video(data, f"{video.filename.rsplit('.', 1)[0]}.mp4")
+
+        async def draft(limit: int) -> Draft:
+            kept = await share_limit(videos, limit, lambda video: len(video.data), shrink)
+            attached = {places[k]: video for k, video in kept.items()}
+            lines = [
+                video_link(i + 1, url, unfetched.get(i, TOO_LARGE), expires)
+                for i, url in enumerate(urls)
+                if i not in attached
+            ]
+            files = tuple((attached[i].filename, attached[i].data) for i in sorted(attached))
+            return Draft(with_lines(job, lines), files, len(lines))
+
+        task = job.upstream_task_id
+        return await self._send_within(
+            self._channel(job),
+            self.upload_limit(job.guild_id, job),
+            draft,
+            view=result_buttons(task, Product.VIDEO, count=len(urls)) if task else None,
+            requester_id=job.requester_id,
+            nonce=job.id,
+            label=job.label,
+        )
+
+    async def _video(self, url: str, stem: str, label: str) -> Video | str:
+        """The video at ``url``, or why it is posted as its link; raises a DeliveryError that
+        may be retried (the host's 5xx, a lost connection): a later try may attach it."""
+        try:
+            data = await self._fetcher.download(
+                url, max_bytes=MAX_VIDEO_BYTES, timeout=DOWNLOAD_TIMEOUT, what="video"
+            )
+        except DeliveryError as exc:
+            if exc.retry:
+                raise
+            log.info("video linked %s file=%s: %s", label, stem, exc.reason)
+            return "the bot could not download it"
+        kind = video_kind(data)
+        if kind is None:
+            log.info("video linked %s file=%s bytes=%d: not a video", label, stem, len(data))
+            return "the file is not a video the bot knows"
+        return Video(data, f"{stem}.{kind}")
+
+    async def _send_within(
+        self,
+        channel: discord.PartialMessageable,
+        limit: int,
+        draft: Callable[[int], Awaitable[Draft]],
+        *,
+        view: discord.ui.View | None,
+        requester_id: int,
+        nonce: str | int,
+        label: str,
+    ) -> int:
+        """Post what ``draft`` makes of ``limit`` bytes; when Discord refuses it as too large
+        anyway, make it again within less."""
         refusals = 0
         while True:
-            files, links = await fit(images, urls, limit, label, self._pool)
+            post = await draft(limit)
             started = time.perf_counter()
             try:
                 message = await channel.send(
-                    "\n".join((content, *links)),
-                    files=[discord.File(io.BytesIO(i.data), filename=i.filename) for i in files],
+                    post.text,
+                    files=[discord.File(io.BytesIO(d), filename=n) for n, d in post.files],
                     view=view or discord.utils.MISSING,
                     # A re-sent post after a crash is refused by Discord as the same message.
                     nonce=nonce,
@@ -177,12 +300,12 @@ class DiscordPublisher:
                 raise DeliveryError(forbidden_reason(), retry=False) from exc
             except discord.HTTPException as exc:
                 too_large = exc.status == 413 or exc.code == TOO_LARGE_CODE
-                if not (too_large and files):
+                if not (too_large and post.files):
                     raise DeliveryError(
                         f"Discord refused the post ({exc.status})", retry=exc.status >= 500
                     ) from exc
                 refusals += 1
-                sent = sum(len(i.data) for i in files)
+                sent = sum(len(d) for _, d in post.files)
                 # Discord's real limit is below the one it advertised: halving what it refused
                 # steps past the gaps between its limits (10, 25, 50, 100 MiB). If that is
                 # refused too, the post carries links only, which no size limit refuses.
@@ -199,8 +322,8 @@ class DiscordPublisher:
                 "posted %s message=%s files=%d links=%d post_ms=%.1f",
                 label,
                 message.id,
-                len(files),
-                len(links),
+                len(post.files),
+                post.links,
                 (time.perf_counter() - started) * 1000,
             )
             return message.id

@@ -14,6 +14,7 @@ from bot.jobs.store import Job
 
 PROMPT_LIMIT = 1500
 REASON_LIMIT = 400
+MESSAGE_LIMIT = 2000
 
 
 def allowed_mentions(requester_id: int | None = None) -> discord.AllowedMentions:
@@ -40,14 +41,16 @@ def one_line(text: str) -> str:
     )
 
 
-def prompt_text(prompt: str | None, options: dict[str, str] | None = None) -> str:
-    """The prompt in bold, then, when it had parameters typed in it, those that were sent with it
-    (``--ar 16:9 --s 250``)."""
+def prompt_text(
+    prompt: str | None, options: dict[str, str] | None = None, limit: int = PROMPT_LIMIT
+) -> str:
+    """The prompt in bold (cut after ``limit`` characters), then, when it had parameters typed
+    in it, those that were sent with it (``--ar 16:9 --s 250``)."""
     if not prompt:
         return "**(no prompt known)**"
     cleaned = discord.utils.escape_markdown(one_line(prompt))
-    if len(cleaned) > PROMPT_LIMIT:
-        cleaned = cleaned[:PROMPT_LIMIT] + "…"
+    if len(cleaned) > limit:
+        cleaned = cleaned[:limit] + "…"
     return f"**{cleaned}**{_params(options or {})}"
 
 
@@ -61,10 +64,10 @@ def _params(options: dict[str, str]) -> str:
     )
 
 
-def pieces(job: Job) -> Pieces:
+def pieces(job: Job, prompt_limit: int = PROMPT_LIMIT) -> Pieces:
     """The parts of ``job`` its kind's lines are made of."""
     return Pieces(
-        prompt=prompt_text(job.prompt, job.options),
+        prompt=prompt_text(job.prompt, job.options, prompt_limit),
         requester_id=job.requester_id,
         number=(job.image_index or 0) + 1,
         started=f"<t:{int(job.created_at)}:R>",
@@ -85,8 +88,28 @@ def imagine_status_text(
     return kind_named("imagine").status_line(Pieces(shown, requester_id, 1, started))
 
 
-def result_text(job: Job) -> str:
-    return kind_named(job.kind).result_line(pieces(job))
+def result_text(job: Job, prompt_limit: int = PROMPT_LIMIT) -> str:
+    return kind_named(job.kind).result_line(pieces(job, prompt_limit))
+
+
+def video_link(number: int, url: str, why: str, expires: int) -> str:
+    """The line of a video that is not attached (``why``: a clause), with when its link dies."""
+    return (
+        f"Video #{number}: {url} (not attached: {why}; the link works until about <t:{expires}:D>)"
+    )
+
+
+def with_lines(job: Job, lines: list[str]) -> str:
+    """The job's result line, then ``lines`` (its videos' links), within one message: the
+    prompt is cut shorter when it must be, a link never."""
+    tail = "".join(f"\n{line}" for line in lines)
+    room = MESSAGE_LIMIT - len(tail)
+    limit = PROMPT_LIMIT
+    text = result_text(job)
+    while len(text) > room and limit > 0:
+        limit = max(0, limit - (len(text) - room))
+        text = result_text(job, limit)
+    return text + tail
 
 
 def grid_text(prompt: str | None, requester_id: int) -> str:
