@@ -28,6 +28,12 @@ and size, not their bytes: SANDBOX=1 runs for the bot's life), and the light squ
 are the images' mean colour, so a test can tell the grid depends on them. ``ow`` (1–1000) is
 taken with ``mj_omni_reference`` only.
 
+A video (``mj_video``, ``mj_video_hd``) needs ``motion`` (low|high) and exactly one image in
+``fileUrls`` (fetched like the others); ``videoBatchSize`` 1, 2 or 4 makes that many videos,
+served as small real MP4 files (``video_bytes_of``). generateVideoExtend makes one longer video
+of one video of a finished video task (``index`` from ``extend_index_base``), at most four times
+over; a fifth is a 422, nothing charged.
+
 With ``errors_as_http_status`` (the default) the HTTP status equals ``code``; without it every
 answer is HTTP 200 and only the body's ``code`` tells an error, the other reading of the docs.
 """
@@ -59,18 +65,27 @@ from PIL import Image
 from yarl import URL
 
 from bot.midjourney.models import GRID_SIZE, webhook_signature
+from bot.midjourney.sandbox_video import make_mp4
 from bot.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
 Endpoint = Literal[
-    "generate", "generateUpscale", "generateVary", "record-info", "credit", "download-url", "files"
+    "generate",
+    "generateUpscale",
+    "generateVary",
+    "generateVideoExtend",
+    "record-info",
+    "credit",
+    "download-url",
+    "files",
 ]
 ENDPOINTS: frozenset[str] = frozenset(
     (
         "generate",
         "generateUpscale",
         "generateVary",
+        "generateVideoExtend",
         "record-info",
         "credit",
         "download-url",
@@ -109,6 +124,16 @@ FAIL_MARKER = "--fail"
 # Task types made from images: fileUrls required, each fetched before anything is charged.
 IMAGE_TASK_TYPES = frozenset(("mj_img2img", "mj_style_reference", "mj_omni_reference"))
 OMNI_TASK_TYPE = "mj_omni_reference"
+# Videos: made from one image, a batch of 1, 2 or 4; an extension is one video, and a video is
+# extended at most four times (about 21 s), as on Midjourney.
+VIDEO_TASK_TYPES = frozenset(("mj_video", "mj_video_hd"))
+HD_VIDEO_TASK_TYPE = "mj_video_hd"
+EXTEND_TASK_TYPES = frozenset(("mj_video_extend_auto", "mj_video_extend_manual"))
+MOTIONS = frozenset(("low", "high"))
+VIDEO_BATCH_SIZES = (1, 2, 4)
+MAX_EXTENSIONS = 4
+# HD is priced at three times SD (third-party price lists).
+HD_TIMES = 3
 MAX_FILE_URLS = 5
 MAX_INPUT_BYTES = 32 * 1024 * 1024
 INPUT_FETCH_SECONDS = 10.0
@@ -191,13 +216,23 @@ class SandboxTask:
     fail_message: str | None = None
     # The mean colour of the images it was made from (fileUrls), which tints its grid.
     tint: bytes | None = None
+    # A video's: how many times it was extended, and whether it is HD.
+    extensions: int = 0
+    hd: bool = False
     timer: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def result_count(self) -> int:
         if self.endpoint is not None:
             return self.endpoint.results
-        return 1 if self.task_type == UPSCALE_TASK_TYPE else GRID_SIZE
+        if self.task_type in VIDEO_TASK_TYPES:
+            batch = self.params.get("videoBatchSize", 1)
+            return batch if isinstance(batch, int) else 1
+        return 1 if self.task_type in (UPSCALE_TASK_TYPE, *EXTEND_TASK_TYPES) else GRID_SIZE
+
+    @property
+    def is_video(self) -> bool:
+        return self.task_type in VIDEO_TASK_TYPES or self.task_type in EXTEND_TASK_TYPES
 
 
 @dataclass(frozen=True)
@@ -253,6 +288,11 @@ class SandboxAPI:
     answering. ``api_key``: the only bearer accepted; ``None`` accepts any non-empty one.
     ``image_size``: side of each generated image; an upscale is ``upscale_factor`` times larger.
     ``vary_index_base``: 0 or 1, the first ``imageIndex`` generateVary accepts.
+    ``video_cost``: what an SD video costs (HD three times, a batch that many times; an extension
+    as one video); ``extend_index_base``: the first ``index`` generateVideoExtend accepts;
+    ``video_seconds`` and ``extend_seconds``: a video's length and what an extension adds;
+    ``video_bytes``: each video is padded to at least that many bytes (0: as made), so that a
+    test can make one too large for a channel.
     ``callback_retry_delays``: pauses before each retry of a callback not answered with 200.
     ``webhook_hmac_key``: when set, callbacks are signed the way kie.ai signs them.
     ``callback_bases``: when given, a callBackUrl must lie under one of these URLs (same origin,
@@ -273,6 +313,11 @@ class SandboxAPI:
         upscale_cost: int = 2,
         vary_cost: int = 8,
         vary_index_base: int = 0,
+        video_cost: int = 16,
+        extend_index_base: int = 0,
+        video_seconds: float = 5.0,
+        extend_seconds: float = 4.0,
+        video_bytes: int = 0,
         image_size: int = 256,
         upscale_factor: int = 2,
         errors_as_http_status: bool = True,
@@ -285,6 +330,8 @@ class SandboxAPI:
             raise ValueError("image_size and upscale_factor must be positive")
         if isinstance(vary_index_base, bool) or vary_index_base not in (0, 1):
             raise ValueError("vary_index_base must be 0 or 1")
+        if isinstance(extend_index_base, bool) or extend_index_base not in (0, 1):
+            raise ValueError("extend_index_base must be 0 or 1")
         self.task_seconds = task_seconds
         self.answer_delay = answer_delay
         self.api_key = api_key
@@ -293,6 +340,11 @@ class SandboxAPI:
         self.upscale_cost = upscale_cost
         self.vary_cost = vary_cost
         self.vary_index_base = vary_index_base
+        self.video_cost = video_cost
+        self.extend_index_base = extend_index_base
+        self.video_seconds = video_seconds
+        self.extend_seconds = extend_seconds
+        self.video_bytes = video_bytes
         self.image_size = image_size
         self.upscale_factor = upscale_factor
         self.errors_as_http_status = errors_as_http_status
@@ -319,6 +371,7 @@ class SandboxAPI:
         self.app.router.add_post("/api/v1/mj/generate", self._generate)
         self.app.router.add_post("/api/v1/mj/generateUpscale", self._generate_upscale)
         self.app.router.add_post("/api/v1/mj/generateVary", self._generate_vary)
+        self.app.router.add_post("/api/v1/mj/generateVideoExtend", self._generate_video_extend)
         self.app.router.add_get("/api/v1/mj/record-info", self._record_info)
         self.app.router.add_get("/api/v1/chat/credit", self._credit)
         self.app.router.add_post("/api/v1/common/download-url", self._download_url)
@@ -501,6 +554,18 @@ class SandboxAPI:
             self._png_cache[key] = encode_png(rows, {"Source": f"mj sandbox {source}"})
         return self._png_cache[key]
 
+    def video_bytes_of(self, task_id: str, index: int) -> bytes:
+        """The MP4 a video task's result ``index`` is served as: a real, playable video as long
+        as the task's (an extension's is longer), padded to ``video_bytes``."""
+        task = self.task(task_id)
+        if not task.is_video or not 0 <= index < task.result_count:
+            raise IndexError(f"task {task_id} has no video {index + 1}")
+        seconds = self.video_seconds + self.extend_seconds * task.extensions
+        width, height = (384, 216) if task.hd else (256, 144)
+        return make_mp4(
+            seconds, f"{task_id}:{index}", width=width, height=height, pad_to=self.video_bytes
+        )
+
     async def close(self) -> None:
         """Cancel pending task timers and callback deliveries; close the callback session."""
         # A held handler would keep the server's shutdown waiting for its answer.
@@ -524,6 +589,9 @@ class SandboxAPI:
     async def _generate_vary(self, request: web.Request) -> web.Response:
         return await self._handle(request, "generateVary", self._do_vary)
 
+    async def _generate_video_extend(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "generateVideoExtend", self._do_video_extend)
+
     async def _record_info(self, request: web.Request) -> web.Response:
         return await self._handle(request, "record-info", self._do_record_info)
 
@@ -540,7 +608,12 @@ class SandboxAPI:
             self._take_fault("files")
             task_id, index = self._parse_file_name(name)
             task = self._tasks.get(task_id)
-            if task is None or task.success_flag != SUCCESS or index >= task.result_count:
+            if (
+                task is None
+                or task.success_flag != SUCCESS
+                or index >= task.result_count
+                or name.endswith(".mp4") != task.is_video
+            ):
                 raise _ApiError(404, f"no such file: {name}")
         except _ApiError as error:
             # Anyone can ask for files on the bot's public listener: guesses fill neither the
@@ -548,6 +621,10 @@ class SandboxAPI:
             return self._error_response("files", error, level=logging.DEBUG)
         self._record("files", name)
         await self._hold_answer("files")
+        if task.is_video:
+            # Made by ffmpeg in a child process: the loop the bot shares in sandbox mode waits.
+            video = await asyncio.to_thread(self.video_bytes_of, task_id, index)
+            return web.Response(body=video, content_type="video/mp4")
         body = self.image_bytes(task_id, index)
         # Served as what the bytes are: a subclass may serve JPEG results (bench.jobcost).
         content_type = "image/jpeg" if body.startswith(b"\xff\xd8\xff") else "image/png"
@@ -610,6 +687,9 @@ class SandboxAPI:
         file_urls = params.get("fileUrls", [])
         if not isinstance(file_urls, list) or not all(isinstance(u, str) for u in file_urls):
             raise _ApiError(422, "fileUrls must be a list of URLs")
+        cost = self.generation_cost
+        if task_type in VIDEO_TASK_TYPES:
+            cost = self._video_cost(params, file_urls, hd=task_type == HD_VIDEO_TASK_TYPE)
         if not isinstance(params.get("enableTranslation", False), bool):
             raise _ApiError(422, "enableTranslation must be a boolean")
         if "ow" in params and (
@@ -619,13 +699,13 @@ class SandboxAPI:
         _check_optional_string(params, "waterMark")
         callback_url = self._check_callback_url(params)
         tint = None
-        if task_type in IMAGE_TASK_TYPES:
+        if task_type in IMAGE_TASK_TYPES or task_type in VIDEO_TASK_TYPES:
             if not file_urls or len(file_urls) > MAX_FILE_URLS:
                 raise _ApiError(422, f"fileUrls must hold 1 to {MAX_FILE_URLS} images")
             inputs = [await self._fetch_input(url) for url in file_urls]
             # Decoding takes long enough to stall the bot's loop it shares in sandbox mode.
             tint = await asyncio.to_thread(_mean_colour, inputs)
-        self._charge(self.generation_cost)
+        self._charge(cost)
         task = self._new_task(
             uuid.uuid4().hex,
             task_type,
@@ -634,8 +714,68 @@ class SandboxAPI:
             callback_url=callback_url,
         )
         task.tint = tint
+        task.hd = task_type == HD_VIDEO_TASK_TYPE
         if FAIL_MARKER in prompt:
             task.fail_message = "Image generation failed: the prompt asked the sandbox to fail"
+        self._start(task)
+        return {"taskId": task.task_id}
+
+    def _video_cost(self, params: dict[str, Any], file_urls: list[str], *, hd: bool) -> int:
+        """What a video of ``params`` costs, once they are checked as the vendor documents."""
+        if len(file_urls) != 1:
+            raise _ApiError(422, "fileUrls must hold exactly one image for a video")
+        if not _is_one_of(params.get("motion"), MOTIONS):
+            raise _ApiError(422, f"motion must be one of {sorted(MOTIONS)}")
+        batch = params.get("videoBatchSize", 1)
+        if not _is_int_in(batch, 1, 4) or batch not in VIDEO_BATCH_SIZES:
+            raise _ApiError(422, "videoBatchSize must be 1, 2 or 4")
+        return self.video_cost * batch * (HD_TIMES if hd else 1)
+
+    async def _do_video_extend(self, request: web.Request, body: Any) -> dict[str, str]:
+        """A video made longer: one video of a finished video task's batch, extended."""
+        params = _require_object(body)
+        parent_id = params.get("taskId")
+        if not isinstance(parent_id, str) or not parent_id:
+            raise _ApiError(422, "taskId is required")
+        task_type = params.get("taskType")
+        if not _is_one_of(task_type, EXTEND_TASK_TYPES):
+            raise _ApiError(422, f"taskType must be one of {sorted(EXTEND_TASK_TYPES)}")
+        prompt = params.get("prompt")
+        if task_type == "mj_video_extend_manual" and (
+            not isinstance(prompt, str) or not prompt.strip()
+        ):
+            raise _ApiError(422, "prompt is required with mj_video_extend_manual")
+        _check_optional_string(params, "waterMark")
+        callback_url = self._check_callback_url(params)
+        parent = self._tasks.get(parent_id)
+        if parent is None:
+            raise _ApiError(404, f"task {parent_id} not found")
+        if not parent.is_video:
+            raise _ApiError(422, f"task {parent_id} is not a video task")
+        if parent.success_flag != SUCCESS:
+            raise _ApiError(422, f"task {parent_id} did not succeed")
+        first = self.extend_index_base
+        last = first + parent.result_count - 1
+        index = params.get("index")
+        if not _is_int_in(index, first, last):
+            raise _ApiError(422, f"index must be an integer from {first} to {last}")
+        if parent.extensions >= MAX_EXTENSIONS:
+            raise _ApiError(422, f"the video was extended {MAX_EXTENSIONS} times: no more")
+        self._charge(self.video_cost * (HD_TIMES if parent.hd else 1))
+        inherited: dict[str, Any] = {
+            k: parent.params[k] for k in ("prompt", "motion") if k in parent.params
+        }
+        task = self._new_task(
+            uuid.uuid4().hex,
+            task_type,
+            {**inherited, **params},
+            origin=request.url.origin(),
+            callback_url=callback_url,
+            parent_task_id=parent_id,
+            image_index=index - first,
+        )
+        task.extensions = parent.extensions + 1
+        task.hd = parent.hd
         self._start(task)
         return {"taskId": task.task_id}
 
@@ -703,7 +843,7 @@ class SandboxAPI:
         parent = self._tasks.get(parent_id)
         if parent is None:
             raise _ApiError(404, f"task {parent_id} not found")
-        if parent.task_type == UPSCALE_TASK_TYPE:
+        if parent.task_type == UPSCALE_TASK_TYPE or parent.is_video:
             raise _ApiError(422, f"task {parent_id} is not a generation task")
         if parent.success_flag == RUNNING:
             raise _ApiError(422, f"task {parent_id} is still generating")
@@ -1001,8 +1141,9 @@ class SandboxAPI:
 
     def _result_urls(self, task: SandboxTask, origin: URL) -> list[str]:
         route = self.app.router[_FILE_ROUTE]
+        extension = "mp4" if task.is_video else "png"
         return [
-            str(origin.join(route.url_for(name=f"{task.task_id}_0_{index}.png")))
+            str(origin.join(route.url_for(name=f"{task.task_id}_0_{index}.{extension}")))
             for index in range(task.result_count)
         ]
 
@@ -1010,7 +1151,7 @@ class SandboxAPI:
     def _parse_file_name(name: str) -> tuple[str, int]:
         stem, dot, extension = name.rpartition(".")
         task_id, _, index = stem.rpartition("_0_")
-        if not dot or extension != "png" or not task_id or not index.isdigit():
+        if not dot or extension not in ("png", "mp4") or not task_id or not index.isdigit():
             raise _ApiError(404, f"no such file: {name}")
         return task_id, int(index)
 
