@@ -39,6 +39,7 @@ from bot.delivery.video import (
     video_kind,
 )
 from bot.grid import GridButtons, ResultButtons, result_buttons
+from bot.jobs.job import UPLOAD_LIMIT
 from bot.jobs.kinds import Product, kind_named
 from bot.jobs.store import Job, JobStore
 from bot.jobs.types import DeliveryError, FollowUp
@@ -95,7 +96,7 @@ class DiscordPublisher:
         """What a post in the job's channel may carry: what the interaction that asked for it
         said (its attachment_size_limit, kept in the job's options), else the server's limit
         as discord.py knows it, else Discord's default."""
-        told = job.options.get("upload_limit", "") if job is not None else ""
+        told = job.options.get(UPLOAD_LIMIT, "") if job is not None else ""
         if told.isdigit() and int(told) in TOLD_LIMITS:
             return int(told)
         guild = self._client.get_guild(guild_id) if guild_id else None
