@@ -51,8 +51,9 @@ async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
         assert f"- **Test Guild** `{double.guild_id}`: ✅ served" in report.content
         assert "Callbacks: expected at" in report.content
         assert (
-            "Daily limits: 20 generations and 40 upscales per member, unlimited jobs per server "
-            "unless an owner set its own, budget unlimited credits; the day turns at midnight UTC"
+            "Daily limits: 20 generations, 40 upscales and 5 videos per member, unlimited jobs "
+            "per server unless an owner set its own, budget unlimited credits; the day turns at "
+            "midnight UTC"
         ) in report.content
         assert "out of credits" in report.content
         assert "Variations: not learned yet: V1 and V4 work and teach it" in report.content

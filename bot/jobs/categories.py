@@ -55,8 +55,21 @@ UPSCALE = CostCategory(
     plural="upscales",
     one="upscale",
 )
+# 🎬 Animate and ⏩ Extend: one click is one use of the allowance, whatever the batch (its cost
+# key tells a batch of 4 from one video). A default cost of 16 keeps an SD video at or over what
+# the vendors list, as the other defaults do.
+VIDEOS = CostCategory(
+    name="video",
+    option="videos",
+    setting="DAILY_VIDEOS_PER_USER",
+    default_daily=5,
+    default_cost=16,
+    cost_column="video_cost",
+    plural="videos",
+    one="video",
+)
 # In the order their columns, options and lines appear.
-CATEGORIES: tuple[CostCategory, ...] = (GENERATION, UPSCALE)
+CATEGORIES: tuple[CostCategory, ...] = (GENERATION, UPSCALE, VIDEOS)
 
 
 def category_named(name: str) -> CostCategory:

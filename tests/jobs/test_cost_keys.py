@@ -24,7 +24,7 @@ from tests.names import JobKind
 
 DAY, NEXT_DAY = "2026-12-06", "2026-12-07"
 OMNI = {"task_type": "mj_omni_reference"}
-DEFAULTS = {"generation_cost": 8, "upscale_cost": 2}
+DEFAULTS = {"generation_cost": 8, "upscale_cost": 2, "video_cost": 16}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -98,7 +98,11 @@ async def test_each_job_counts_as_its_category_and_is_reserved_at_its_kinds_key(
         up.id: ("upscale", "upscale"),
     }
     # The allowances see generations and an upscale, whatever they cost.
-    assert await store.ledger.member_uses(GUILD, 1, 0.0) == {"generation": 9, "upscale": 1}
+    assert await store.ledger.member_uses(GUILD, 1, 0.0) == {
+        "generation": 9,
+        "upscale": 1,
+        "video": 0,
+    }
 
 
 async def test_a_storm_of_omni_reference_jobs_never_passes_the_budget(
