@@ -357,7 +357,9 @@ async def test_the_credit_budget_holds_in_a_storm_and_tells_the_admins_once(
         assert "**Credits spent today, every server:** 10 of 10." in report
         assert (
             "**Credits per job, as the budget counts them:** generation 8, upscale 2, image "
-            "prompt 8, style reference 8, omni reference 16."
+            "prompt 8, style reference 8, omni reference 16, video 16, video extension 16, "
+            "video ×2 32, HD video 48, HD video extension 48, video ×4 64, HD video ×2 96, "
+            "HD video ×4 192."
         ) in report
         assert (
             "Credits per job"

@@ -63,6 +63,10 @@ class CreditDay:
     def upscale_cost(self) -> int:
         return self.costs[cost_keys.UPSCALE_KEY.name]
 
+    @property
+    def video_cost(self) -> int:
+        return self.costs[cost_keys.VIDEO_KEY.name]
+
 
 async def upsert(
     engine: AsyncEngine, table: sa.Table, key: dict[str, Any], values: dict[str, Any]

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.jobs.admission import Budget, OverQuota, Quota
+from bot.jobs.cost_keys import default_costs
 from bot.jobs.spending import Rules, Spending
 from bot.jobs.store import Job, JobState, JobStore
 from bot.jobs.tables import allowance_uses
@@ -160,7 +161,9 @@ async def test_a_key_is_learnt_from_the_readings_it_alone_explains(
     await ledger.record_credits(DAY, since, 907, time.time(), **DEFAULTS)
     day = await ledger.credit_day(DAY)
     assert day is not None and day.spent == 93
+    # Every key's row is written by the day's first reading; the videos' stay at their defaults.
     assert dict(day.costs) == {
+        **default_costs(DEFAULTS),
         "generation": 8,
         "upscale": 3,
         "mj_img2img": 8,
@@ -192,5 +195,7 @@ async def test_a_new_day_starts_from_the_last_days_cost_of_each_key(
     # /mj status and /mj usage tell the owners, each key by its words.
     spending = Spending(ledger, Rules(), now=lambda: time.time() + 86400 * 400)
     assert await spending.costs_line() == (
-        "generation 8, upscale 2, image prompt 8, style reference 8, omni reference 25"
+        "generation 8, upscale 2, image prompt 8, style reference 8, omni reference 25, "
+        "video 16, video extension 16, video ×2 32, HD video 48, HD video extension 48, "
+        "video ×4 64, HD video ×2 96, HD video ×4 192"
     )
