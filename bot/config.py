@@ -86,6 +86,8 @@ class Settings:
     # Daily allowances: None is unlimited, 0 forbids.
     daily_imagines_per_user: int | None = 20
     daily_upscales_per_user: int | None = 40
+    # 🎬 Animate and ⏩ Extend: a click is one use, whatever the batch of videos it makes.
+    daily_videos_per_user: int | None = 5
     daily_jobs_per_server: int | None = None
     quota_timezone: str = "UTC"
     daily_credit_budget: int | None = None
@@ -264,6 +266,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         low_credit_threshold=read_int(env, "LOW_CREDIT_THRESHOLD", 100, 0, 1_000_000_000),
         daily_imagines_per_user=read_allowance(env, "DAILY_IMAGINES_PER_USER", 20),
         daily_upscales_per_user=read_allowance(env, "DAILY_UPSCALES_PER_USER", 40),
+        daily_videos_per_user=read_allowance(env, "DAILY_VIDEOS_PER_USER", 5),
         daily_jobs_per_server=read_allowance(env, "DAILY_JOBS_PER_SERVER", None),
         quota_timezone=read_timezone(env, "QUOTA_TIMEZONE"),
         daily_credit_budget=read_allowance(env, "DAILY_CREDIT_BUDGET", None),

@@ -67,8 +67,8 @@ def budget_text(spent: int | None, budget: int, day: Day) -> str:
     measured = "no reading yet" if spent is None else f"**{spent}** by the last reading"
     return (
         f"⛔ The daily credit budget of {budget} credits (`DAILY_CREDIT_BUDGET`) is reached: "
-        f"spent today {measured}, with the jobs under way reserved. New generations and "
-        f"upscales are refused until <t:{int(day.end)}:f>."
+        f"spent today {measured}, with the jobs under way reserved. New generations, "
+        f"upscales and videos are refused until <t:{int(day.end)}:f>."
     )
 
 

@@ -94,6 +94,7 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
         target="The role or member",
         imagines="Generations per day: a number, 0 to forbid, or unlimited",
         upscales="Upscales per day: a number, 0 to forbid, or unlimited",
+        videos="Animate and Extend clicks per day: a number, 0 to forbid, or unlimited",
         reset="Remove this role's or member's limits (the settings or roles apply again)",
     )
     async def limit(
@@ -102,13 +103,16 @@ class AdminCog(commands.GroupCog, name="mj", description="Midjourney upscale bot
         target: discord.Member | discord.Role,
         imagines: str | None = None,
         upscales: str | None = None,
+        videos: str | None = None,
         reset: bool = False,
     ) -> None:
         # Discord's default permissions can be changed by any server: the bot checks itself.
         if interaction.guild_id is None or not interaction.permissions.manage_guild:
             await tell(interaction, ONLY_ADMINS.format(what="change limits"))
             return
-        numbers = await _numbers(interaction, reset, imagines=imagines, upscales=upscales)
+        numbers = await _numbers(
+            interaction, reset, imagines=imagines, upscales=upscales, videos=videos
+        )
         if numbers is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)

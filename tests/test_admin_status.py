@@ -51,14 +51,17 @@ async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
         assert f"- **Test Guild** `{double.guild_id}`: ✅ served" in report.content
         assert "Callbacks: expected at" in report.content
         assert (
-            "Daily limits: 20 generations and 40 upscales per member, unlimited jobs per server "
-            "unless an owner set its own, budget unlimited credits; the day turns at midnight UTC"
+            "Daily limits: 20 generations, 40 upscales and 5 videos per member, unlimited jobs "
+            "per server unless an owner set its own, budget unlimited credits; the day turns at "
+            "midnight UTC"
         ) in report.content
         assert "out of credits" in report.content
         assert "Variations: not learned yet: V1 and V4 work and teach it" in report.content
         assert (
             "Credits per job (learnt from the credit readings, else the defaults): generation 8, "
-            "upscale 2, image prompt 8, style reference 8, omni reference 16"
+            "upscale 2, image prompt 8, style reference 8, omni reference 16, video 16, video "
+            "extension 16, video ×2 32, HD video 48, HD video extension 48, video ×4 64, HD video "
+            "×2 96, HD video ×4 192"
         ) in report.content
 
 

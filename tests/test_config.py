@@ -49,6 +49,7 @@ SETTING_NAMES = (
     "LOW_CREDIT_THRESHOLD",
     "DAILY_IMAGINES_PER_USER",
     "DAILY_UPSCALES_PER_USER",
+    "DAILY_VIDEOS_PER_USER",
     "DAILY_JOBS_PER_SERVER",
     "QUOTA_TIMEZONE",
     "DAILY_CREDIT_BUDGET",
@@ -322,6 +323,10 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("DAILY_UPSCALES_PER_USER", {"DAILY_UPSCALES_PER_USER": "1000001"}),
         ("DAILY_UPSCALES_PER_USER", {"DAILY_UPSCALES_PER_USER": "４０"}),
         ("DAILY_UPSCALES_PER_USER", {"DAILY_UPSCALES_PER_USER": "none"}),
+        ("DAILY_VIDEOS_PER_USER", {"DAILY_VIDEOS_PER_USER": "-1"}),
+        ("DAILY_VIDEOS_PER_USER", {"DAILY_VIDEOS_PER_USER": "five"}),
+        ("DAILY_VIDEOS_PER_USER", {"DAILY_VIDEOS_PER_USER": "1.5"}),
+        ("DAILY_VIDEOS_PER_USER", {"DAILY_VIDEOS_PER_USER": "1000001"}),
         ("DAILY_JOBS_PER_SERVER", {"DAILY_JOBS_PER_SERVER": "unlimted"}),
         ("DAILY_CREDIT_BUDGET", {"DAILY_CREDIT_BUDGET": "2,000"}),
         ("DAILY_CREDITS_PER_SERVER", {"DAILY_CREDITS_PER_SERVER": "-5"}),
@@ -600,6 +605,7 @@ def test_spending_defaults_protect_a_new_owner() -> None:
     settings = load_settings(MINIMAL)
     assert settings.daily_imagines_per_user == 20
     assert settings.daily_upscales_per_user == 40
+    assert settings.daily_videos_per_user == 5
     assert settings.daily_jobs_per_server is None
     assert settings.daily_credit_budget is None
     assert settings.quota_timezone == "UTC"
@@ -611,6 +617,7 @@ def test_spending_settings_take_numbers_zero_and_unlimited() -> None:
         env(
             DAILY_IMAGINES_PER_USER="0",
             DAILY_UPSCALES_PER_USER="Unlimited",
+            DAILY_VIDEOS_PER_USER=" 12 ",
             DAILY_JOBS_PER_SERVER=" 500 ",
             DAILY_CREDIT_BUDGET="2000",
             QUOTA_TIMEZONE="Europe/Berlin",
@@ -619,6 +626,7 @@ def test_spending_settings_take_numbers_zero_and_unlimited() -> None:
     )
     assert settings.daily_imagines_per_user == 0
     assert settings.daily_upscales_per_user is None
+    assert settings.daily_videos_per_user == 12
     assert settings.daily_jobs_per_server == 500
     assert settings.daily_credit_budget == 2000
     assert settings.quota_timezone == "Europe/Berlin"
@@ -631,6 +639,17 @@ def test_shard_settings_default_to_discord_s_advice_and_every_shard() -> None:
         None,
         None,
         None,
+    )
+
+
+def test_the_videos_allowance_reads_as_the_others_and_names_itself_when_bad() -> None:
+    assert load_settings(env(DAILY_VIDEOS_PER_USER="0")).daily_videos_per_user == 0
+    assert load_settings(env(DAILY_VIDEOS_PER_USER="unlimited")).daily_videos_per_user is None
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env(DAILY_VIDEOS_PER_USER="five a day"))
+    assert str(caught.value) == (
+        "DAILY_VIDEOS_PER_USER must be a whole number from 0 to 1000000 or unlimited, "
+        "not 'five a day'"
     )
 
 

@@ -130,7 +130,12 @@ async def test_role_and_member_limits_set_in_discord(harness: Harness) -> None:
         made = await double.slash("mj limit", {"target": patrons, "upscales": "3"}, admin)
         told = await made.wait_followup()
         assert told.ephemeral and told.content.startswith(
-            f"✅ <@&{patrons}>: (not set) generations and 3 upscales a day."
+            f"✅ <@&{patrons}>: (not set) generations, 3 upscales and (not set) videos a day."
+        )
+        # /mj limit has an option per cost category: the videos allowance too.
+        videos = await double.slash("mj limit", {"target": patrons, "videos": "2"}, admin)
+        assert (await videos.wait_followup()).content.startswith(
+            f"✅ <@&{patrons}>: (not set) generations, 3 upscales and 2 videos a day."
         )
 
         grid = await imagine(double, alice, "a lighthouse")
@@ -151,7 +156,9 @@ async def test_role_and_member_limits_set_in_discord(harness: Harness) -> None:
         )
         # A member's own limit beats the settings and the roles.
         own = await double.slash("mj limit", {"target": alice, "upscales": "unlimited"}, admin)
-        assert "unlimited upscales a day" in (await own.wait_followup()).content
+        assert (
+            "unlimited upscales and (not set) videos a day" in (await own.wait_followup()).content
+        )
         await click(double, second, 2, alice)
         await result_for(double, 2, alice)
         reset = await double.slash("mj limit", {"target": alice, "reset": True}, admin)
@@ -216,7 +223,9 @@ async def test_usage_for_a_member_and_for_admins(harness: Harness) -> None:
         own = await double.slash("mj usage", {}, alice)
         text = (await own.wait_followup()).content
         assert re.fullmatch(
-            r"You, today: 1 of 20 generations, 1 of 40 upscales; resets <t:\d+:R>\.", text
+            r"You, today: 1 of 20 generations, 1 of 40 upscales, 0 of 5 videos; "
+            r"resets <t:\d+:R>\.",
+            text,
         )
         nosy = await double.slash("mj usage", {"member": bob}, alice)
         await nosy.wait_ack()
@@ -348,7 +357,9 @@ async def test_the_credit_budget_holds_in_a_storm_and_tells_the_admins_once(
         assert "**Credits spent today, every server:** 10 of 10." in report
         assert (
             "**Credits per job, as the budget counts them:** generation 8, upscale 2, image "
-            "prompt 8, style reference 8, omni reference 16."
+            "prompt 8, style reference 8, omni reference 16, video 16, video extension 16, "
+            "video ×2 32, HD video 48, HD video extension 48, video ×4 64, HD video ×2 96, "
+            "HD video ×4 192."
         ) in report
         assert (
             "Credits per job"

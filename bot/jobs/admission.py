@@ -29,6 +29,7 @@ class Budget:
     # multiple of its category's (bot.jobs.cost_keys).
     generation_cost: int
     upscale_cost: int
+    video_cost: int
 
     def default_cost(self, key: CostKey) -> int:
         return key.times * int(getattr(self, key.category.cost_column))
@@ -38,7 +39,7 @@ class Budget:
 class Quota:
     """The daily limits a new job must stay within, checked in the step that stores it.
 
-    ``category`` is what the job counts as ("generation" or "upscale"); ``since`` is when the
+    ``category`` is what the job counts as ("generation", "upscale", "video"); ``since`` is when the
     day began. A None limit is unlimited; the server's limits (its jobs, and its credits counted
     with the costs the budget uses) apply only in a server. ``cost_key`` is what the budget
     reserves it at (bot.jobs.cost_keys; None: its category's own key), set by the store from

@@ -27,6 +27,7 @@ class Allowance:
 
     imagines: int | None
     upscales: int | None
+    videos: int | None
 
     def of(self, category: str) -> int | None:
         number: int | None = getattr(self, categories.category_named(category).option)
@@ -77,9 +78,16 @@ def noun(category: str, n: int) -> str:
     return named.one if n == 1 else named.plural
 
 
+def listed(parts: list[str]) -> str:
+    """ "a, b and c"."""
+    if len(parts) < 2:
+        return "".join(parts)
+    return f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
 def per_category(numbers: dict[str, int | None]) -> str:
-    """ "20 generations and 40 upscales": a daily number of each cost category."""
-    return " and ".join(f"{amount(number)} {noun(name, 2)}" for name, number in numbers.items())
+    """ "20 generations, 40 upscales and 5 videos": a daily number of each cost category."""
+    return listed([f"{amount(number)} {noun(name, 2)}" for name, number in numbers.items()])
 
 
 def target_mention(guild_id: int, target_type: str, target_id: int) -> str:

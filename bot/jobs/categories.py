@@ -3,9 +3,10 @@ default cost its cost keys follow (bot.jobs.cost_keys: what the budget learns ap
 category names its stored value (``allowance_uses.category``), its ``/mj limit`` option, its
 setting, and its column in ``allowance_limits``. The tables, the ledger, admission, allowances
 and their words read them from here; a kind of job (bot.jobs.kinds) names the category it
-counts against. A new category is one entry here, an Alembic revision for its column, and its
-option of /mj limit in cogs/admin.py (discord.py makes a command's options from its function's
-signature)."""
+counts against. A new category is one entry here, an Alembic revision for its column, a field
+named as its option in Rules, Allowance and LimitRow and one named as its cost_column in Budget,
+its setting in bot/config.py, and its option of /mj limit in cogs/admin.py (discord.py makes a
+command's options from its function's signature)."""
 
 from __future__ import annotations
 
@@ -55,8 +56,21 @@ UPSCALE = CostCategory(
     plural="upscales",
     one="upscale",
 )
+# 🎬 Animate and ⏩ Extend: one click is one use of the allowance, whatever the batch (its cost
+# key tells a batch of 4 from one video). A default cost of 16 keeps an SD video at or over what
+# the vendors list, as the other defaults do.
+VIDEOS = CostCategory(
+    name="video",
+    option="videos",
+    setting="DAILY_VIDEOS_PER_USER",
+    default_daily=5,
+    default_cost=16,
+    cost_column="video_cost",
+    plural="videos",
+    one="video",
+)
 # In the order their columns, options and lines appear.
-CATEGORIES: tuple[CostCategory, ...] = (GENERATION, UPSCALE)
+CATEGORIES: tuple[CostCategory, ...] = (GENERATION, UPSCALE, VIDEOS)
 
 
 def category_named(name: str) -> CostCategory:

@@ -43,6 +43,7 @@ class LimitRow:
     # this row; -1 (UNLIMITED_ROW): unlimited.
     imagines: int | None
     upscales: int | None
+    videos: int | None
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class CreditDay:
     @property
     def upscale_cost(self) -> int:
         return self.costs[cost_keys.UPSCALE_KEY.name]
+
+    @property
+    def video_cost(self) -> int:
+        return self.costs[cost_keys.VIDEO_KEY.name]
 
 
 async def upsert(
@@ -124,7 +129,7 @@ class Ledger:
         **numbers: int | None,
     ) -> None:
         """Set numbers of a role's or member's row (by cost category option: ``imagines``,
-        ``upscales``; KEEP leaves one as it is), making the row if need be."""
+        ``upscales``, ``videos``; KEEP leaves one as it is), making the row if need be."""
         options = {c.option: c.limit_column for c in categories.CATEGORIES}
         unknown = set(numbers) - set(options)
         if unknown:

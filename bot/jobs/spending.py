@@ -25,6 +25,7 @@ from bot.jobs.allowances import (
     by_option,
     daily_numbers,
     falls_back,
+    listed,
     noun,
     per_category,
     resolve,
@@ -40,10 +41,11 @@ from bot.jobs.types import NotServed, Refused
 
 log = logging.getLogger(__name__)
 
-# What a generation and an upscale are taken to cost before readings of the credit endpoint
-# have shown it (bot.jobs.categories declares them).
+# What a generation, an upscale and a video are taken to cost before readings of the credit
+# endpoint have shown it (bot.jobs.categories declares them).
 GENERATION_COST = categories.GENERATION.default_cost
 UPSCALE_COST = categories.UPSCALE.default_cost
+VIDEO_COST = categories.VIDEOS.default_cost
 # The same by each category's cost_column, as Budget and the ledger take them.
 DEFAULT_COSTS = {c.cost_column: c.default_cost for c in categories.CATEGORIES}
 TOP_USERS = 5
@@ -76,6 +78,7 @@ class Rules:
 
     imagines: int | None = categories.GENERATION.default_daily
     upscales: int | None = categories.UPSCALE.default_daily
+    videos: int | None = categories.VIDEOS.default_daily
     server_jobs: int | None = None
     budget: int | None = None
     timezone: str = "UTC"
@@ -315,7 +318,7 @@ class Spending:
                 f"{amount(server.jobs)} jobs and {amount(server.credits)} credits a day."
             )
         return (
-            f"{lead}{who}: {' and '.join(parts)} a day. A member's own limit beats their roles'; "
+            f"{lead}{who}: {listed(parts)} a day. A member's own limit beats their roles'; "
             f"with several roles the most generous counts. What was used today still counts.{caps}"
         )
 

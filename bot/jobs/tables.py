@@ -171,7 +171,7 @@ allowance_limits = sa.Table(
     sa.Column("guild_id", sa.BigInteger, primary_key=True),
     sa.Column("target_type", sa.String(8), primary_key=True),
     sa.Column("target_id", sa.BigInteger, primary_key=True),
-    # A number per cost category: imagines, upscales.
+    # A number per cost category: imagines, upscales, videos.
     *(sa.Column(c.limit_column, sa.Integer) for c in CATEGORIES),
     sa.Column("updated_at", sa.Float, nullable=False),
 )

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.jobs.admission import Budget, OverQuota, Quota
+from bot.jobs.cost_keys import default_costs
 from bot.jobs.spending import Rules, Spending
 from bot.jobs.store import Job, JobState, JobStore
 from bot.jobs.tables import allowance_uses
@@ -24,7 +25,7 @@ from tests.names import JobKind
 
 DAY, NEXT_DAY = "2026-12-06", "2026-12-07"
 OMNI = {"task_type": "mj_omni_reference"}
-DEFAULTS = {"generation_cost": 8, "upscale_cost": 2}
+DEFAULTS = {"generation_cost": 8, "upscale_cost": 2, "video_cost": 16}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -98,7 +99,11 @@ async def test_each_job_counts_as_its_category_and_is_reserved_at_its_kinds_key(
         up.id: ("upscale", "upscale"),
     }
     # The allowances see generations and an upscale, whatever they cost.
-    assert await store.ledger.member_uses(GUILD, 1, 0.0) == {"generation": 9, "upscale": 1}
+    assert await store.ledger.member_uses(GUILD, 1, 0.0) == {
+        "generation": 9,
+        "upscale": 1,
+        "video": 0,
+    }
 
 
 async def test_a_storm_of_omni_reference_jobs_never_passes_the_budget(
@@ -156,7 +161,9 @@ async def test_a_key_is_learnt_from_the_readings_it_alone_explains(
     await ledger.record_credits(DAY, since, 907, time.time(), **DEFAULTS)
     day = await ledger.credit_day(DAY)
     assert day is not None and day.spent == 93
+    # Every key's row is written by the day's first reading; the videos' stay at their defaults.
     assert dict(day.costs) == {
+        **default_costs(DEFAULTS),
         "generation": 8,
         "upscale": 3,
         "mj_img2img": 8,
@@ -188,5 +195,7 @@ async def test_a_new_day_starts_from_the_last_days_cost_of_each_key(
     # /mj status and /mj usage tell the owners, each key by its words.
     spending = Spending(ledger, Rules(), now=lambda: time.time() + 86400 * 400)
     assert await spending.costs_line() == (
-        "generation 8, upscale 2, image prompt 8, style reference 8, omni reference 25"
+        "generation 8, upscale 2, image prompt 8, style reference 8, omni reference 25, "
+        "video 16, video extension 16, video ×2 32, HD video 48, HD video extension 48, "
+        "video ×4 64, HD video ×2 96, HD video ×4 192"
     )

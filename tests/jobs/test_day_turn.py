@@ -16,7 +16,7 @@ import pytest
 import bot.jobs.store
 from bot.jobs.admission import Budget, OverQuota, Quota
 from bot.jobs.database import Database
-from bot.jobs.spending import GENERATION_COST, UPSCALE_COST, Rules, Spending
+from bot.jobs.spending import GENERATION_COST, UPSCALE_COST, VIDEO_COST, Rules, Spending
 from bot.jobs.store import Job, JobState, JobStore
 from tests.jobs.conftest import postgres_schema
 from tests.names import JobKind
@@ -59,7 +59,7 @@ async def test_an_allowance_used_up_late_in_the_day_is_back_after_local_midnight
         clock[0] = spending.today().end + 60
         await generate()
         used = await store.ledger.member_uses(GUILD, ALICE, yesterday)
-        assert used == {"generation": 2, "upscale": 0}
+        assert used == {"generation": 2, "upscale": 0, "video": 0}
     finally:
         await store.close()
 
@@ -115,7 +115,7 @@ async def fits(store: JobStore, spending: Spending, credits: int) -> bool:
     """Whether one more generation fits in a budget of ``credits`` today: what the budget
     counts as spent and reserved, seen from outside."""
     day = spending.today()
-    budget = Budget(day.key, credits, GENERATION_COST, UPSCALE_COST)
+    budget = Budget(day.key, credits, GENERATION_COST, UPSCALE_COST, VIDEO_COST)
     quota = Quota(category="generation", since=day.start, budget=budget)
     refused = await store.refusal(
         requester_id=ALICE, guild_id=GUILD, max_unfinished=None, quota=quota

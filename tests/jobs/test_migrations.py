@@ -16,12 +16,16 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs import migrations
+from bot.jobs.allowances import Allowance
 from bot.jobs.database import Database, async_database_url
+from bot.jobs.ledger import LimitRow
+from bot.jobs.spending import Rules, Spending
 from bot.jobs.store import DuplicateJob, JobStore
 from bot.jobs.tables import allowance_uses, jobs, metadata
 from tests.jobs.conftest import (
@@ -244,3 +248,44 @@ async def test_a_release_database_keeps_its_learnt_costs_and_counted_requests(
                 "a": "generation",
                 "b": "upscale",
             }
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_limits_set_before_the_videos_allowance_are_kept_and_leave_videos_unset(
+    dialect: str, tmp_path: Path
+) -> None:
+    async with database(dialect, tmp_path, release=False) as engine:
+        made = engine()
+        async with made.begin() as conn:
+            # The revision before videos_allowance, with /mj limit rows in it.
+            await conn.run_sync(
+                lambda sync: command.upgrade(migrations.config(sync), "server_translation")
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO allowance_limits (guild_id, target_type, target_id, imagines,"
+                    " upscales, updated_at) VALUES (1, 'role', 7, 100, -1, 1.0),"
+                    " (1, 'member', 5, 3, NULL, 2.0)"
+                )
+            )
+        await migrations.upgrade(made)
+        await at_head_and_like_the_models(made)
+        ledger = JobStore(Database(made)).ledger
+        assert await ledger.limits(1) == [
+            LimitRow("member", 5, 3, None, None),
+            LimitRow("role", 7, 100, -1, None),
+        ]
+        # Not set anywhere: the member's videos are the settings'; the rest as before.
+        spending = Spending(ledger, Rules(videos=4))
+        assert await spending.allowance(1, 5, (7,)) == Allowance(3, None, 4)
+        await ledger.set_limit(1, "role", 7, videos=9, now=3.0)
+        assert await spending.allowance(1, 5, (7,)) == Allowance(3, None, 9)
+        # And back: the downgrade drops the column and keeps the rows.
+        async with made.begin() as conn:
+            await conn.run_sync(
+                lambda sync: command.downgrade(migrations.config(sync), "server_translation")
+            )
+            rows = await conn.execute(
+                sa.text("SELECT target_id, imagines, upscales FROM allowance_limits")
+            )
+            assert sorted(tuple(row) for row in rows) == [(5, 3, None), (7, 100, -1)]

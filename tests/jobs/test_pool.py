@@ -54,7 +54,7 @@ async def test_a_write_after_payment_does_not_wait_behind_admissions_on_the_budg
         quota = Quota(
             category="upscale",
             since=time.time() - 3600,
-            budget=Budget("2026-12-07", 10**6, generation_cost=8, upscale_cost=2),
+            budget=Budget("2026-12-07", 10**6, generation_cost=8, upscale_cost=2, video_cost=16),
         )
         admin = await postgres_admin()
         try:

@@ -26,7 +26,11 @@ async def test_a_click_recorded_before_a_long_outage_is_not_paid_for_at_restart(
     await rig.publisher.wait_for(lambda: len(rig.publisher.failures) == 1)
     assert rig.publisher.failures == [(job.id, texts.waited_too_long())]
     assert rig.sandbox.count("generateUpscale") == 0
-    assert await rig.store.ledger.member_uses(1, USER, 0) == {"generation": 0, "upscale": 0}
+    assert await rig.store.ledger.member_uses(1, USER, 0) == {
+        "generation": 0,
+        "upscale": 0,
+        "video": 0,
+    }
 
 
 async def test_a_store_fault_while_putting_back_a_refused_request_loses_nothing(

@@ -26,6 +26,8 @@ from tests.names import JobKind
 
 GUILD, OTHER_GUILD = 1000, 2000
 DAY = "2026-12-06"
+# What a job of each cost category is taken to cost before readings (Budget's fields).
+COSTS = {"generation_cost": 8, "upscale_cost": 2, "video_cost": 16}
 
 
 async def _sqlite(tmp_path: Path, n: int) -> AsyncIterator[list[JobStore]]:
@@ -125,7 +127,7 @@ async def test_a_storm_of_a_whole_server_never_passes_its_limit(stores: list[Job
 
 async def test_a_storm_never_passes_a_servers_credits(stores: list[JobStore]) -> None:
     # 2 per upscale: 12 of the 30 requests fit in the server's 24 credits, whoever asks.
-    credits = Budget(DAY, 24, generation_cost=8, upscale_cost=2)
+    credits = Budget(DAY, 24, **COSTS)
     limit = quota(server_credits=credits)
     results = await asyncio.gather(
         *(upscale(stores[n % 3], n, user=100 + n, quota=limit) for n in range(30)),
@@ -144,7 +146,7 @@ async def test_a_storm_never_passes_a_servers_credits(stores: list[JobStore]) ->
 
 async def test_a_storm_never_passes_the_credit_budget(stores: list[JobStore]) -> None:
     # 8 per generation, 2 per upscale until readings say otherwise: 5 generations fit in 40.
-    budget = Budget(DAY, 40, generation_cost=8, upscale_cost=2)
+    budget = Budget(DAY, 40, **COSTS)
     limit = quota("generation", budget=budget)
     results = await asyncio.gather(
         *(generate(stores[n % 3], user=n, quota=limit) for n in range(12)),
@@ -174,10 +176,12 @@ async def test_counts_are_per_kind_per_place_and_per_day(stores: list[JobStore])
     assert await store.ledger.member_uses(GUILD, 1, time.time() - 3600) == {
         "generation": 1,
         "upscale": 1,
+        "video": 0,
     }
     assert await store.ledger.member_uses(None, 1, time.time() - 3600) == {
         "generation": 0,
         "upscale": 1,
+        "video": 0,
     }
 
 
@@ -230,24 +234,20 @@ async def test_the_credit_ledger_adds_each_drop_once(stores: list[JobStore]) -> 
     ledger = stores[0].ledger
     since = time.time() - 3600
     now = time.time()
-    await ledger.record_credits(DAY, since, 1000, now, generation_cost=8, upscale_cost=2)
+    await ledger.record_credits(DAY, since, 1000, now, **COSTS)
     day = await ledger.credit_day(DAY)
     assert day is not None and (day.spent, day.last_credits) == (0, 1000)
     # Three upscales taken by the API, then a reading that only they explain: 3 each.
     for n in range(3):
         job = await upscale(stores[0], n, quota=quota())
         await stores[0].transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTED, paid=True)
-    await ledger.record_credits(DAY, since, 991, time.time() + 1, generation_cost=8, upscale_cost=2)
+    await ledger.record_credits(DAY, since, 991, time.time() + 1, **COSTS)
     day = await ledger.credit_day(DAY)
     assert day is not None and (day.spent, day.upscale_cost, day.generation_cost) == (9, 3, 8)
     # A top-up spends nothing; a reading older than the last one is ignored.
-    await ledger.record_credits(
-        DAY, since, 5000, time.time() + 2, generation_cost=8, upscale_cost=2
-    )
-    await ledger.record_credits(DAY, since, 10, now + 1.5, generation_cost=8, upscale_cost=2)
-    await ledger.record_credits(
-        DAY, since, 4990, time.time() + 3, generation_cost=8, upscale_cost=2
-    )
+    await ledger.record_credits(DAY, since, 5000, time.time() + 2, **COSTS)
+    await ledger.record_credits(DAY, since, 10, now + 1.5, **COSTS)
+    await ledger.record_credits(DAY, since, 4990, time.time() + 3, **COSTS)
     day = await ledger.credit_day(DAY)
     assert day is not None and (day.spent, day.last_credits) == (19, 4990)
 
@@ -257,13 +257,11 @@ async def test_readings_from_several_processes_at_once_count_each_drop_once(
 ) -> None:
     since = time.time() - 3600
     base = time.time()
-    await stores[0].ledger.record_credits(DAY, since, 1000, base, generation_cost=8, upscale_cost=2)
+    await stores[0].ledger.record_credits(DAY, since, 1000, base, **COSTS)
     # Ten readings of 900 (one drop of 100) from three processes at once.
     await asyncio.gather(
         *(
-            stores[n % 3].ledger.record_credits(
-                DAY, since, 900, base + 1 + n / 100, generation_cost=8, upscale_cost=2
-            )
+            stores[n % 3].ledger.record_credits(DAY, since, 900, base + 1 + n / 100, **COSTS)
             for n in range(10)
         )
     )
@@ -276,10 +274,11 @@ async def test_limits_set_keep_the_other_number_and_reset(stores: list[JobStore]
     await ledger.set_limit(GUILD, "role", 7, imagines=100, now=1.0)
     await ledger.set_limit(GUILD, "role", 7, upscales=UNLIMITED_ROW, now=2.0)
     await ledger.set_limit(GUILD, "member", 1, imagines=5, upscales=KEEP, now=3.0)
+    await ledger.set_limit(GUILD, "member", 1, videos=2, now=4.0)
     await ledger.set_limit(OTHER_GUILD, "role", 7, imagines=1, now=3.0)
     assert await ledger.limits(GUILD, 1, (7,)) == [
-        LimitRow("member", 1, 5, None),
-        LimitRow("role", 7, 100, UNLIMITED_ROW),
+        LimitRow("member", 1, 5, None, 2),
+        LimitRow("role", 7, 100, UNLIMITED_ROW, None),
     ]
     assert await ledger.limits(GUILD, 2, ()) == []
     assert await ledger.reset_limit(GUILD, "member", 1) is True
@@ -287,12 +286,13 @@ async def test_limits_set_keep_the_other_number_and_reset(stores: list[JobStore]
 
 
 def test_a_members_own_limit_beats_roles_and_the_most_generous_role_wins() -> None:
-    default = Allowance(20, 40)
-    roles = [LimitRow("role", 7, 100, None), LimitRow("role", 8, 50, UNLIMITED_ROW)]
+    default = Allowance(20, 40, 5)
+    roles = [LimitRow("role", 7, 100, None, 1), LimitRow("role", 8, 50, UNLIMITED_ROW, 3)]
     assert resolve([], default) == default
-    assert resolve(roles, default) == Allowance(100, None)
-    assert resolve([*roles, LimitRow("member", 1, 3, None)], default) == Allowance(3, None)
-    assert resolve([LimitRow("role", 9, 0, None)], default) == Allowance(0, 40)
+    assert resolve(roles, default) == Allowance(100, None, 3)
+    member = LimitRow("member", 1, 3, None, 0)
+    assert resolve([*roles, member], default) == Allowance(3, None, 0)
+    assert resolve([LimitRow("role", 9, 0, None, None)], default) == Allowance(0, 40, 5)
 
 
 async def test_a_database_from_before_spending_control_gains_its_tables(tmp_path: Path) -> None:
@@ -311,13 +311,13 @@ async def test_a_database_from_before_spending_control_gains_its_tables(tmp_path
 async def test_a_cost_is_only_ever_learnt_upwards(stores: list[JobStore]) -> None:
     ledger = stores[0].ledger
     since = time.time() - 3600
-    await ledger.record_credits(DAY, since, 1000, time.time(), generation_cost=8, upscale_cost=2)
+    await ledger.record_credits(DAY, since, 1000, time.time(), **COSTS)
     # Two generations stamped in a window whose drop is one's charge (the other's fell before
     # the last reading): they look like 4 each, yet a generation stays taken at 8.
     for _ in range(2):
         job = await generate(stores[0], quota=quota("generation"))
         await stores[0].transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTED, paid=True)
-    await ledger.record_credits(DAY, since, 992, time.time() + 1, generation_cost=8, upscale_cost=2)
+    await ledger.record_credits(DAY, since, 992, time.time() + 1, **COSTS)
     day = await ledger.credit_day(DAY)
     assert day is not None and (day.spent, day.generation_cost) == (8, 8)
 
@@ -334,7 +334,7 @@ async def test_a_job_queued_before_midnight_is_reserved_against_the_new_day(
             .values(at=time.time() - 86400)
         )
     # Today: 16 credits, of which the job still waiting for its turn takes 8.
-    budget = Budget(DAY, 16, generation_cost=8, upscale_cost=2)
+    budget = Budget(DAY, 16, **COSTS)
     await generate(store, quota=quota("generation", budget=budget))
     with pytest.raises(OverQuota):
         await generate(store, quota=quota("generation", budget=budget))

@@ -415,4 +415,8 @@ async def test_a_job_that_waited_while_its_server_was_closed_is_never_sent(rig: 
     assert rig.sandbox.count("generateUpscale") == 0
     assert await job_state(rig, job.id) is JobState.FAILED
     assert "has not enabled it in this server" in rig.publisher.failures[0][1]
-    assert await rig.store.ledger.member_uses(1, USER, 0) == {"generation": 0, "upscale": 0}
+    assert await rig.store.ledger.member_uses(1, USER, 0) == {
+        "generation": 0,
+        "upscale": 0,
+        "video": 0,
+    }

@@ -300,14 +300,16 @@ def test_cost_categories_as_data() -> None:
     assert [(c.name, c.option, c.setting, c.default_daily, c.default_cost) for c in CATEGORIES] == [
         ("generation", "imagines", "DAILY_IMAGINES_PER_USER", 20, 8),
         ("upscale", "upscales", "DAILY_UPSCALES_PER_USER", 40, 2),
+        ("video", "videos", "DAILY_VIDEOS_PER_USER", 5, 16),
     ]
     assert [(c.limit_column, c.cost_column) for c in CATEGORIES] == [
         ("imagines", "generation_cost"),
         ("upscales", "upscale_cost"),
+        ("videos", "video_cost"),
     ]
     assert category_named("upscale") is UPSCALE
     with pytest.raises(KeyError):
-        category_named("video")
+        category_named("sepia")
 
 
 def test_parent_use_answers_per_image_and_per_message() -> None:
