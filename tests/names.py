@@ -9,3 +9,6 @@ class JobKind(StrEnum):
     UPSCALE = "upscale"
     VARY = "vary"
     REROLL = "reroll"
+    ANIMATE_LOW = "animate_low"
+    ANIMATE_HIGH = "animate_high"
+    EXTEND = "extend"

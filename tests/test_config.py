@@ -43,6 +43,9 @@ SETTING_NAMES = (
     "UPSCALE_ALLOWED",
     "MJ_SUBMIT_RATE",
     "MJ_VARY_INDEX_BASE",
+    "MJ_EXTEND_INDEX_BASE",
+    "VIDEO_QUALITY",
+    "VIDEO_BATCH_SIZE",
     "QUEUE_LIMIT",
     "METRICS_ENABLED",
     "ADMIN_CHANNEL_ID",
@@ -106,6 +109,8 @@ def test_defaults() -> None:
     assert settings.upscale_allowed == "anyone"
     assert (settings.submit_rate, settings.queue_limit) == (20, 100)
     assert settings.vary_index_base is None
+    assert settings.extend_index_base is None
+    assert (settings.video_quality, settings.video_batch_size) == ("sd", 1)
     assert settings.metrics_enabled is False
     assert settings.admin_channel_id is None
     assert settings.low_credit_threshold == 100
@@ -133,6 +138,9 @@ def test_every_setting_is_read() -> None:
             "UPSCALE_ALLOWED": "Requester",
             "MJ_SUBMIT_RATE": "10",
             "MJ_VARY_INDEX_BASE": "1",
+            "MJ_EXTEND_INDEX_BASE": "0",
+            "VIDEO_QUALITY": "HD",
+            "VIDEO_BATCH_SIZE": "4",
             "QUEUE_LIMIT": "0",
             "METRICS_ENABLED": "true",
             "ADMIN_CHANNEL_ID": "1234567890123456789",
@@ -158,6 +166,8 @@ def test_every_setting_is_read() -> None:
     assert settings.upscale_allowed == "requester"
     assert (settings.submit_rate, settings.queue_limit) == (10, 0)
     assert settings.vary_index_base == 1
+    assert settings.extend_index_base == 0
+    assert (settings.video_quality, settings.video_batch_size) == ("hd", 4)
     assert settings.metrics_enabled is True
     assert settings.admin_channel_id == 1234567890123456789
     assert settings.low_credit_threshold == 0
@@ -307,6 +317,11 @@ def test_result_hosts_are_written_as_urls_name_them() -> None:
         ("QUEUE_LIMIT", {"QUEUE_LIMIT": "-1"}),
         ("MJ_VARY_INDEX_BASE", {"MJ_VARY_INDEX_BASE": "2"}),
         ("MJ_VARY_INDEX_BASE", {"MJ_VARY_INDEX_BASE": "one"}),
+        ("MJ_EXTEND_INDEX_BASE", {"MJ_EXTEND_INDEX_BASE": "2"}),
+        ("VIDEO_QUALITY", {"VIDEO_QUALITY": "4k"}),
+        ("VIDEO_BATCH_SIZE", {"VIDEO_BATCH_SIZE": "3"}),
+        ("VIDEO_BATCH_SIZE", {"VIDEO_BATCH_SIZE": "0"}),
+        ("VIDEO_BATCH_SIZE", {"VIDEO_BATCH_SIZE": "two"}),
         ("METRICS_ENABLED", {"METRICS_ENABLED": "maybe"}),
         ("METRICS_ENABLED", {"METRICS_ENABLED": "2"}),
         ("METRICS_ENABLED", {"METRICS_ENABLED": "enabled"}),

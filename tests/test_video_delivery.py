@@ -4,7 +4,7 @@ message's 2000 characters, and downloads that fail."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,9 +16,6 @@ from bot.delivery.fetch import ImageFetcher
 from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, RESULTS_KEPT, DiscordPublisher
 from bot.delivery.texts import MESSAGE_LIMIT
 from bot.delivery.video import VideoFitter, mp4_duration, video_kind
-from bot.jobs.categories import UPSCALE
-from bot.jobs.kinds import Button, Kind, Pieces, Product
-from bot.jobs.kinds.registry import register, unregister
 from bot.jobs.store import Job, JobState, JobStore
 from bot.jobs.types import DeliveryError
 from bot.midjourney.sandbox_video import make_mp4
@@ -28,33 +25,6 @@ from tests.harness import loose_mentions, message_payloads
 
 COMPLETED = 1_760_000_000.0
 EXPIRES = int(COMPLETED + RESULTS_KEPT)
-
-
-class Clip(Kind):
-    """A test's kind whose result is a batch of videos, with a button per video under them."""
-
-    name = "testclip"
-    product = Product.VIDEO
-    category = UPSCALE
-    button = Button("tclip", "C{n}", row=0, per_image=True, under=Product.VIDEO, alone="C")
-
-    def status_line(self, p: Pieces) -> str:
-        return f"⏳ Filming {p.prompt} for {p.mention}"
-
-    def result_line(self, p: Pieces) -> str:
-        return f"{p.prompt} - Clip {p.mention}"
-
-    def failure_what(self, p: Pieces) -> str:
-        return f"Clip of {p.prompt}"
-
-
-@pytest.fixture(autouse=True)
-def clip_kind() -> Iterator[None]:
-    register(Clip())
-    try:
-        yield
-    finally:
-        unregister(Clip.name)
 
 
 @dataclass
@@ -71,7 +41,7 @@ class Videos:
     def job(self, *urls: str, prompt: str = "a fox runs", **options: str) -> Job:
         return Job(
             id="0123456789abcdef01234567",
-            kind=Clip.name,
+            kind="animate_low",
             parent_task_id="up-task",
             image_index=None,
             upstream_task_id="clip-task",
@@ -86,7 +56,7 @@ class Videos:
             error=None,
             result_urls=urls,
             prompt=prompt,
-            options=dict(options),
+            options={"number": "2", "motion": "low", **options},
             created_at=COMPLETED - 60,
             updated_at=COMPLETED,
             deadline_at=COMPLETED + 600,
@@ -139,9 +109,9 @@ async def test_a_video_that_fits_is_attached_with_its_buttons(videos: Videos) ->
         await videos.publisher.deliver(videos.job(videos.serve("a", data)))
     )
     assert message.attachments == [("clip-task_0.mp4", data)]
-    assert message.content == "**a fox runs** - Clip <@4242>"
+    assert message.content == "**a fox runs** - Video (image #2, low motion) <@4242>"
     assert loose_mentions(message_payloads(videos.double), 4242) == []
-    assert [b.label for b in message.buttons()] == ["C"]
+    assert [b.label for b in message.buttons()] == ["⏩ Extend"]
     assert message.nonce == "0123456789abcdef01234567"
 
 
@@ -150,7 +120,7 @@ async def test_a_batch_of_four_is_one_message_in_its_order(videos: Videos) -> No
     urls = [videos.serve(f"v{i}", data) for i, data in enumerate(batch)]
     message = videos.double.message(await videos.publisher.deliver(videos.job(*urls)))
     assert message.attachments == [(f"clip-task_{i}.mp4", d) for i, d in enumerate(batch)]
-    assert [b.label for b in message.buttons()] == ["C1", "C2", "C3", "C4"]
+    assert [b.label for b in message.buttons()] == ["⏩ 1", "⏩ 2", "⏩ 3", "⏩ 4"]
     assert videos.posts() == 1
 
 
@@ -183,12 +153,12 @@ async def test_a_video_that_cannot_fit_is_a_link_that_says_until_when(videos: Vi
     message = videos.double.message(await videos.publisher.deliver(videos.job(url)))
     assert message.attachments == []
     assert message.content == (
-        "**a fox runs** - Clip <@4242>\n"
+        "**a fox runs** - Video (image #2, low motion) <@4242>\n"
         f"Video #1: {url} (not attached: too large for this channel; "
         f"the link works until about <t:{EXPIRES}:D>)"
     )
     # The buttons are there all the same: the video exists.
-    assert [b.label for b in message.buttons()] == ["C"]
+    assert [b.label for b in message.buttons()] == ["⏩ Extend"]
 
 
 async def test_only_the_videos_that_do_not_fit_are_links(videos: Videos) -> None:
@@ -225,7 +195,7 @@ async def test_a_long_prompt_is_cut_so_that_every_link_fits(videos: Videos) -> N
     message = videos.double.message(await videos.publisher.deliver(job))
     assert len(message.content) <= MESSAGE_LIMIT
     lines = message.content.splitlines()
-    assert lines[0].endswith("…** - Clip <@4242>")
+    assert lines[0].endswith("…** - Video (image #2, low motion) <@4242>")
     assert lines[1:] == [
         f"Video #{i + 1}: {url} (not attached: the bot could not download it; "
         f"the link works until about <t:{EXPIRES}:D>)"

@@ -11,6 +11,7 @@ import random
 import resource
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -403,3 +404,27 @@ async def test_the_child_runs_capped_and_at_the_lowest_priority(tmp_path: Path) 
     assert int(fields[16]) == min(19, os.nice(0) + NICENESS)
     sched_idle = 5
     assert int(fields[38]) == sched_idle or not finished.idle
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal")
+async def test_a_killed_bot_leaves_no_encoder_running(tmp_path: Path) -> None:
+    """The bot SIGKILLed mid-encode cannot kill its child: the kernel does (PR_SET_PDEATHSIG)."""
+    pidfile = tmp_path / "child.pid"
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import asyncio, sys\n"
+        "from bot.delivery.child import run_limited\n"
+        f"asyncio.run(run_limited(['/bin/sh', '-c', 'echo $$ > {pidfile}.tmp; "
+        f"mv {pidfile}.tmp {pidfile}; exec sleep 600'], timeout=600))\n",
+    )
+    await wait_for_file(pidfile)
+    child = int(pidfile.read_text())
+    assert not gone(child)
+    parent.kill()
+    await parent.wait()
+    for _ in range(500):
+        if gone(child):
+            break
+        await asyncio.sleep(0.01)
+    assert gone(child)

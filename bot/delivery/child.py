@@ -1,16 +1,19 @@
 """Run a heavy tool (the ffmpeg binary) in a child process the bot can afford: its address space
 capped, no core dump, the lowest CPU priority there is, a deadline, and killed with its whole
-process group when the deadline passes or the caller is cancelled (a shutdown)."""
+process group when the deadline passes or the caller is cancelled (a shutdown), or as the bot
+dies (Linux's parent-death signal: a SIGKILLed bot leaves no encoder running)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import os
 import resource
 import signal
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # An encoder of 720p video needs a few hundred MiB; more is a bug or a hostile input.
@@ -21,6 +24,24 @@ NICENESS = 10
 NOT_IDLE = b"[child: SCHED_IDLE not permitted]"
 # The end of a child's stderr kept for the log; its error is at the end.
 STDERR_TAIL = 2000
+
+
+# prctl(PR_SET_PDEATHSIG): the child is killed when the bot dies, even by SIGKILL, which
+# leaves no chance to kill it; looked up once here, not between fork and exec.
+PR_SET_PDEATHSIG = 1
+
+
+def _death_signal() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+_PRCTL = _death_signal()
 
 
 class ChildTimedOut(Exception):
@@ -72,6 +93,8 @@ def _limit_self(memory: int) -> None:
     cap = memory if hard == resource.RLIM_INFINITY else min(memory, hard)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
     os.nice(NICENESS)
     try:
         # Idle scheduling: the encoder runs only when no other thread of the host wants a CPU,

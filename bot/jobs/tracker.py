@@ -18,7 +18,6 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from bot.jobs import texts
 from bot.jobs.callback_secrets import CallbackSecrets
 from bot.jobs.coordination import Coordination
 from bot.jobs.image_inputs import ImageInputs, KeptImage
@@ -39,7 +38,7 @@ from bot.jobs.types import (
     Refused,
     TrackerSettings,
 )
-from bot.jobs.vary_index import EXTEND_FACT, VaryIndex
+from bot.jobs.vary_index import VaryIndex, extend_index
 from bot.jobs.whispers import Whispers
 from bot.metrics import Metrics, recorder
 from bot.midjourney.client import MidjourneyClient
@@ -84,14 +83,7 @@ class Tracker:
             throttle=throttle
             or SubmitThrottle(VENDOR_RATE, SUBMIT_WINDOW_SECONDS, max_waiting=100),
             vary_index=VaryIndex(coordination, settings.vary_index_base),
-            extend_index=VaryIndex(
-                coordination,
-                settings.extend_index_base,
-                fact=EXTEND_FACT,
-                what="extend index",
-                setting="MJ_EXTEND_INDEX_BASE",
-                unknown=texts.extend_base_unknown,
-            ),
+            extend_index=extend_index(coordination, settings.extend_index_base),
             background=BackgroundTasks(log),
             inputs=ImageInputs(store.engine, settings.image_input_days),
             on_submitted=on_submitted,

@@ -210,6 +210,18 @@ class VaryIndex:
             log.info("%s base learned: %d %s", self._what, base, label)
 
 
+def extend_index(coordination: Coordination, configured: int | None = None) -> VaryIndex:
+    """generateVideoExtend's index base (``MJ_EXTEND_INDEX_BASE``), learnt apart from vary's."""
+    return VaryIndex(
+        coordination,
+        configured,
+        fact=EXTEND_FACT,
+        what="extend index",
+        setting="MJ_EXTEND_INDEX_BASE",
+        unknown=texts.extend_base_unknown,
+    )
+
+
 def _safe(index: int, count: int) -> bool:
     """Whether item ``index`` of ``count`` is right under one base and refused under the other
     whatever the API checks it against (its items, or 0–3): the first, and the last of four."""

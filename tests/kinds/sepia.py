@@ -21,7 +21,8 @@ class Sepia(Kind):
     name = "sepia"
     product = Product.IMAGE
     category = UPSCALE
-    button = Button("mjs", "Sepia", row=0, per_image=False, under=Product.IMAGE)
+    # After the built-in 🎬 buttons under an upscaled image.
+    button = Button("mjs", "Sepia", row=0, per_image=False, under=Product.IMAGE, order=2)
     # One sepia copy per upscaled image, unless it failed.
     dedupe = Dedupe(Per.PARENT, Hold.LIVE)
     verb = "tone"

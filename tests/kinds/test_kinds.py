@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.jobs.categories import CATEGORIES, GENERATION, UPSCALE, category_named
+from bot.jobs.categories import CATEGORIES, GENERATION, UPSCALE, VIDEOS, category_named
 from bot.jobs.kinds import (
     Button,
     Call,
@@ -92,18 +92,27 @@ def call(client: FakeClient, base: int | None = 0) -> Call:
     return Call(client, "https://bot/cb/x", "wm", index)  # type: ignore[arg-type]
 
 
-def test_the_registry_finds_the_four_built_in_kinds_under_their_stored_names() -> None:
+def test_the_registry_finds_the_built_in_kinds_under_their_stored_names() -> None:
     assert {k.name for k in all_kinds()} == {k.value for k in JobKind}
     for stored in JobKind:
         assert kind_named(stored).name == stored.value
     with pytest.raises(UnknownKind):
         kind_named("sepia")
     assert [k.name for k in buttons_under(Product.GRID)] == ["upscale", "reroll", "vary"]
-    assert {k.name for k in button_kinds()} == {"upscale", "vary", "reroll"}
-    assert buttons_under(Product.IMAGE) == ()
+    assert {k.name for k in button_kinds()} == {
+        "upscale",
+        "vary",
+        "reroll",
+        "animate_low",
+        "animate_high",
+        "extend",
+    }
+    assert [k.name for k in buttons_under(Product.IMAGE)] == ["animate_low", "animate_high"]
+    assert [k.name for k in buttons_under(Product.VIDEO)] == ["extend"]
 
 
 def test_what_each_kind_declares() -> None:
+    running = Dedupe(Per.PARENT, Hold.UNFINISHED)
     declared = {
         k.name: (k.product, k.category, k.dedupe, k.needs_grid, k.verb) for k in all_kinds()
     }
@@ -112,6 +121,9 @@ def test_what_each_kind_declares() -> None:
         "upscale": (Product.IMAGE, UPSCALE, Dedupe(Per.IMAGE, Hold.LIVE), False, "upscale"),
         "vary": (Product.GRID, GENERATION, Dedupe(Per.IMAGE, Hold.UNFINISHED), True, "vary"),
         "reroll": (Product.GRID, GENERATION, Dedupe(Per.PARENT, Hold.UNFINISHED), True, "re-roll"),
+        "animate_low": (Product.VIDEO, VIDEOS, running, False, "animate"),
+        "animate_high": (Product.VIDEO, VIDEOS, running, False, "animate"),
+        "extend": (Product.VIDEO, VIDEOS, Dedupe(Per.IMAGE, Hold.UNFINISHED), False, "extend"),
     }
 
 
@@ -137,7 +149,11 @@ def test_the_buttons_keep_their_custom_ids_byte_for_byte() -> None:
 
 
 def test_channel_lines_are_todays() -> None:
-    lines = {k.name: (k.status_line(P), k.result_line(P), k.failure_what(P)) for k in all_kinds()}
+    lines = {
+        k.name: (k.status_line(P), k.result_line(P), k.failure_what(P))
+        for k in all_kinds()
+        if k.product is not Product.VIDEO
+    }
     assert lines == {
         "imagine": (
             "⏳ Generating **a fox** for <@42> (started <t:100:R>)",
@@ -279,7 +295,7 @@ def test_a_kind_defined_elsewhere_registers_and_goes() -> None:
         name = "shade"
         product = Product.IMAGE
         category = UPSCALE
-        button = Button("mjx", "Shade", row=0, per_image=False, under=Product.IMAGE)
+        button = Button("mjshade", "Shade", row=1, per_image=False, under=Product.IMAGE)
 
     class Thief(Shade):
         name = "thief"
@@ -288,7 +304,11 @@ def test_a_kind_defined_elsewhere_registers_and_goes() -> None:
     register(Shade())
     try:
         assert kind_named("shade").name == "shade"
-        assert [k.name for k in buttons_under(Product.IMAGE)] == ["shade"]
+        assert [k.name for k in buttons_under(Product.IMAGE)] == [
+            "animate_low",
+            "animate_high",
+            "shade",
+        ]
         with pytest.raises(ValueError, match="prefix"):
             register(Thief())
     finally:

@@ -66,7 +66,11 @@ async def test_the_sepia_button_is_under_an_upscaled_image(harness: Harness, sep
         result, task = await upscaled(double, alice, "a fox to tone")
         # The button names the upscale's task, and only the upscale's.
         assert sandbox.task(task).task_type == "mj_upscale"
-        assert [b.label for b in result.buttons()] == ["Sepia"]
+        assert [b.label for b in result.buttons()] == [
+            "🎬 Animate (low motion)",
+            "🎬 Animate (high motion)",
+            "Sepia",
+        ]
 
 
 async def test_sepia_is_paid_once_and_posted_once(harness: Harness, sepia: Sepia) -> None:
