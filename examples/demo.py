@@ -5,8 +5,8 @@ from settings as ``python -m bot`` builds it. Two things are stood in for: Disco
 the tests use (``tests/fakes/discord_double.py``, a REST API and gateway on 127.0.0.1 that the
 unmodified discord.py client talks to), and the Midjourney API is the sandbox
 (``MJ_API_BASE_URL=sandbox``), which draws its own pictures and costs nothing. A member runs
-/imagine, clicks U1, clicks U1 again and clicks V1; the demo prints what they would see and writes
-every image the bot posted into a folder.
+/imagine, clicks U1, clicks U1 again, clicks V1 and animates the upscale; the demo prints what
+they would see and writes every image and video the bot posted into a folder.
 
 The double is not installed by ``pip install .``: run this from the root of a clone.
 """
@@ -205,10 +205,25 @@ async def play_member(double: DiscordDouble, out: Path) -> None:
     say("   (the status line is removed once the new grid is posted)")
 
     say("")
+    say("5. alice clicks 🎬 Animate (low motion) under the upscaled image")
+    say(f"   buttons:      {' '.join(b.label or '' for b in result.buttons())}")
+    await press(double, result, "🎬 Animate (low motion)", member)
+    animating = await double.wait_for_message(
+        lambda m: "Animating image #1" in m.content, timeout=STEP_TIMEOUT
+    )
+    say(f"   status line:  {shown(animating.content)}")
+    video = await double.wait_for_message(
+        lambda m: " - Video (" in m.content and bool(m.files), timeout=STEP_TIMEOUT
+    )
+    say(f"   video:        {shown(video.content)}  [1 video, MP4]")
+    say(f"   buttons:      {' '.join(b.label or '' for b in video.buttons())}")
+    saved += save_images(video, out, "video")
+
+    say("")
     # What to look for when opening them: the sandbox's pictures are not art.
     say("The sandbox draws each image as a checkerboard with its own quarter inverted, so the")
     say("upscale and the variations show which image of the grid they came from.")
-    say(f"{len(saved)} images written:")
+    say(f"{len(saved)} files written:")
     for path in saved:
         say(f"   {path}")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.delivery.video import video_kind
 from examples.demo import run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,7 +34,12 @@ async def test_demo_prints_each_step_and_writes_the_images(
         "4. alice clicks V1",
         "status line:  ⏳ Making variations of image #1 for @alice",
         "new grid:     a lighthouse at dawn - Variations (image #1) @alice  [4 images]",
-        "9 images written:",
+        "5. alice clicks 🎬 Animate (low motion) under the upscaled image",
+        "buttons:      🎬 Animate (low motion) 🎬 Animate (high motion)",
+        "status line:  ⏳ Animating image #1 (low motion) for @alice",
+        "video:        a lighthouse at dawn - Video (image #1, low motion) @alice  [1 video, MP4]",
+        "buttons:      ⏩ Extend",
+        "10 files written:",
         f"Stopped. The images are in {out}/",
     ]
     positions = [printed.find(step) for step in steps]
@@ -49,6 +55,8 @@ async def test_demo_prints_each_step_and_writes_the_images(
     for name in names:
         assert (out / name).read_bytes().startswith(PNG_SIGNATURE), name
         assert f"{out / name}" in printed
+    assert video_kind((out / "video-1.mp4").read_bytes()) == "mp4"
+    assert f"{out / 'video-1.mp4'}" in printed
     assert (
         f"the bot's log goes to {out / 'bot.log'}" in printed
         and (out / "bot.log").stat().st_size > 0
