@@ -57,7 +57,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Final, Literal, NamedTuple, TypeGuard
+from typing import Any, Final, Literal, NamedTuple, TypeGuard, get_args
 
 import aiohttp
 from aiohttp import web
@@ -80,18 +80,7 @@ Endpoint = Literal[
     "download-url",
     "files",
 ]
-ENDPOINTS: frozenset[str] = frozenset(
-    (
-        "generate",
-        "generateUpscale",
-        "generateVary",
-        "generateVideoExtend",
-        "record-info",
-        "credit",
-        "download-url",
-        "files",
-    )
-)
+ENDPOINTS: frozenset[str] = frozenset(get_args(Endpoint))
 
 TASK_TYPES = frozenset(
     (
