@@ -147,6 +147,7 @@ class Services:
                 callbacks="",
                 spending=await self.spending.server_summary(guild_id),
                 vary_index=await self.vary_index_summary(),
+                videos=await self.videos_summary(),
             )
             on = await self.server_settings.translates(guild_id)
             translation = f"Translation of prompts: {'on' if on else 'off'} (/mj translation)"
@@ -160,23 +161,32 @@ class Services:
             spending=self.spending.summary(),
             costs=await self.spending.costs_line(),
             vary_index=await self.vary_index_summary(),
+            videos=await self.videos_summary(),
             servers=await self.spending.server_lines(server_names or {}),
         )
 
     async def vary_index_summary(self) -> str:
         """How V1–V4 are numbered for generateVary, and who said so."""
-        base = await self.tracker.vary_index.base()
-        if self.settings.vary_index_base is not None:
-            learned = await self.tracker.vary_index.learned()
-            if learned not in (None, base):
-                return (
-                    f"V1 is imageIndex {base} (MJ_VARY_INDEX_BASE), but the API was seen to "
-                    f"count from {learned}: check the setting"
-                )
-            return f"V1 is imageIndex {base} (MJ_VARY_INDEX_BASE)"
-        if base is None:
-            return "not learned yet: V1 and V4 work and teach it, V2 and V3 wait until then"
-        return f"V1 is imageIndex {base} (learned from the API's answers)"
+        return await status.index_summary(
+            self.tracker.vary_index,
+            self.settings.vary_index_base,
+            first="V1 is imageIndex",
+            setting="MJ_VARY_INDEX_BASE",
+            meanwhile="V1 and V4 work and teach it, V2 and V3 wait until then",
+        )
+
+    async def videos_summary(self) -> str:
+        """What 🎬 asks for, and how ⏩ numbers the videos of a batch."""
+        settings = self.settings
+        numbering = await status.index_summary(
+            self.tracker.extend_index,
+            settings.extend_index_base,
+            first="the first video is index",
+            setting="MJ_EXTEND_INDEX_BASE",
+            meanwhile="⏩ of a first video (and of a fourth of four) works and teaches it",
+        )
+        quality = "HD (720p)" if settings.video_quality == "hd" else "SD (480p)"
+        return f"{quality}, {settings.video_batch_size} per 🎬 click; ⏩: {numbering}"
 
 
 def served_by_settings(settings: Settings) -> frozenset[int]:

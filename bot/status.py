@@ -8,6 +8,7 @@ import time
 from bot.delivery.texts import one_line
 from bot.jobs.stats import JobStats
 from bot.jobs.tables import JobState
+from bot.jobs.vary_index import VaryIndex
 from bot.midjourney.client import MidjourneyClient
 from bot.midjourney.errors import ApiError, ApiUnreachable
 
@@ -33,6 +34,7 @@ async def status_report(
     spending: str | None = None,
     costs: str | None = None,
     vary_index: str | None = None,
+    videos: str | None = None,
     servers: list[str] | None = None,
     now: float | None = None,
 ) -> str:
@@ -41,7 +43,8 @@ async def status_report(
     ``callbacks`` says how results reach the bot, ``low_credit_threshold`` (0: none) when the
     admins are warned of low credits, ``servers`` a line per server. ``spending`` is the
     limits in force there, ``costs`` (owners) what a job of each cost key is taken to cost,
-    ``vary_index`` how V1–V4 are numbered for the API."""
+    ``vary_index`` how V1–V4 are numbered for the API, ``videos`` what 🎬 asks for and how
+    ⏩ numbers videos."""
     now = time.time() if now is None else now
     counts = await stats.states_since(now - DAY, guild_id)
     jobs = ", ".join(
@@ -65,6 +68,8 @@ async def status_report(
         )
     if vary_index is not None:
         lines.append(f"Variations: {vary_index}")
+    if videos is not None:
+        lines.append(f"Videos: {videos}")
     if servers:
         lines.append("Servers:")
         lines += servers
@@ -77,3 +82,21 @@ async def status_report(
     else:
         lines.append("No failures recorded.")
     return "\n".join(lines)
+
+
+async def index_summary(
+    index: VaryIndex, configured: int | None, *, first: str, setting: str, meanwhile: str
+) -> str:
+    """How an endpoint's items are numbered (``first`` base), and who said so."""
+    base = await index.base()
+    if configured is not None:
+        learned = await index.learned()
+        if learned not in (None, base):
+            return (
+                f"{first} {base} ({setting}), but the API was seen to count from {learned}: "
+                "check the setting"
+            )
+        return f"{first} {base} ({setting})"
+    if base is None:
+        return f"not learned yet: {meanwhile}"
+    return f"{first} {base} (learned from the API's answers)"

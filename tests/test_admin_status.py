@@ -58,6 +58,10 @@ async def test_status_shows_jobs_credits_callbacks_and_failures_to_admins_only(
         assert "out of credits" in report.content
         assert "Variations: not learned yet: V1 and V4 work and teach it" in report.content
         assert (
+            "Videos: SD (480p), 1 per 🎬 click; ⏩: not learned yet: ⏩ of a first video (and of "
+            "a fourth of four) works and teaches it"
+        ) in report.content
+        assert (
             "Credits per job (learnt from the credit readings, else the defaults): generation 8, "
             "upscale 2, image prompt 8, style reference 8, omni reference 16, video 16, video "
             "extension 16, video ×2 32, HD video 48, HD video extension 48, video ×4 64, HD video "

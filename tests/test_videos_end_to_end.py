@@ -216,6 +216,10 @@ async def test_the_extend_index_base_is_learnt_from_the_first_video(harness: Har
         # 0 was refused as out of range (nothing taken), 1 taken: the base is 1, kept.
         assert [b["index"] for b in calls(sandbox, "generateVideoExtend")] == [0, 1]
         assert await app.services.tracker.extend_index.learned() == 1
+        # The owners see it in /mj status.
+        handle = await double.slash("mj status", {}, double.owner_id)
+        report = await handle.wait_followup()
+        assert "⏩: the first video is index 1 (learned from the API's answers)" in report.content
 
 
 async def test_a_video_too_large_for_the_channel_is_fitted_or_linked(harness: Harness) -> None:
