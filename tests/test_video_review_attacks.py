@@ -1,0 +1,58 @@
+"""Attacks on 🎬 Animate and ⏩ Extend found in review (issue 24): what a hostile or broken
+video, a channel that changed under the bot, or a slow host did to the bot or to a paid video."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+from bot.delivery.video import VideoFitter
+from tests.test_video_media import box, ftyp, mvhd
+
+T = TypeVar("T")
+
+# Whatever work one step of the event loop does, the loop must come back within this.
+LOOP_STALL = 0.3
+
+
+async def longest_stall(work: Awaitable[T]) -> tuple[T, float]:
+    """What ``work`` gave, and the longest the event loop went without running a 10 ms ticker
+    meanwhile (the ticker runs from before ``work`` starts)."""
+    longest = 0.0
+    running = True
+
+    async def ticker() -> None:
+        nonlocal longest
+        while running:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            longest = max(longest, time.perf_counter() - before)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.05)
+    try:
+        result = await work
+    finally:
+        running = False
+        await ticking
+    return result, longest
+
+
+async def test_a_box_storm_mp4_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    # 64 MiB of empty boxes before the movie header: eight million boxes walked to find its
+    # length, then again for its sound. On the event loop, seconds of nothing else: no
+    # interaction acknowledged, no callback answered, no gateway heartbeat.
+    storm = box(b"free", b"") * ((64 * 1024 * 1024) // 8 - 32)
+    data = ftyp(b"isom") + storm + box(b"moov", mvhd(0, 1000, 5000))
+    failing = tmp_path / "ffmpeg"
+    failing.write_text("#!/bin/sh\nexit 1\n")
+    failing.chmod(0o755)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    fitter = VideoFitter(scratch=str(scratch), ffmpeg=str(failing))
+    fitted, stall = await longest_stall(fitter.fit(data, 10 * 1024 * 1024, "job=t"))
+    assert fitted is None
+    assert stall < LOOP_STALL, f"the event loop stalled {stall:.2f} s"
