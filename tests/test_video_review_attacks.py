@@ -9,10 +9,19 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
+
 from bot.delivery.video import VideoFitter
+from bot.jobs.types import DeliveryError
+from bot.midjourney.sandbox_video import make_mp4
+from tests import test_video_delivery
+from tests.test_video_delivery import EXPIRES, Videos
 from tests.test_video_media import box, ftyp, mvhd
 
 T = TypeVar("T")
+
+# The publisher posting to the Discord double, videos served from a local host.
+videos = test_video_delivery.videos
 
 # Whatever work one step of the event loop does, the loop must come back within this.
 LOOP_STALL = 0.3
@@ -56,3 +65,32 @@ async def test_a_box_storm_mp4_does_not_block_the_event_loop(tmp_path: Path) -> 
     fitted, stall = await longest_stall(fitter.fit(data, 10 * 1024 * 1024, "job=t"))
     assert fitted is None
     assert stall < LOOP_STALL, f"the event loop stalled {stall:.2f} s"
+
+
+async def test_a_video_the_bot_may_no_longer_attach_is_posted_as_its_link(videos: Videos) -> None:
+    # The click found Attach Files granted; an admin took it away while the video was made:
+    # Discord refuses the post with the file (403 Missing Permissions). The bot may still send
+    # messages there, and the paid video exists: its link is posted, not a failure.
+    data = make_mp4(2, "paid")
+    url = videos.serve("paid", data)
+    videos.double.fail_next("POST", r"/channels/\d+/messages", 403, code=50013)
+    message = videos.double.message(await videos.publisher.deliver(videos.job(url)))
+    assert message.attachments == []
+    assert message.content == (
+        "**a fox runs** - Video (image #2, low motion) <@4242>\n"
+        f"Video #1: {url} (not attached: the bot may not attach files in this channel; "
+        f"the link works until about <t:{EXPIRES}:D>)"
+    )
+    assert [b.label for b in message.buttons()] == ["⏩ Extend"]
+    assert videos.posts() == 2
+
+
+async def test_a_video_the_bot_may_not_post_at_all_fails_as_before(videos: Videos) -> None:
+    # No Send Messages either: the links are refused too, and the failure says what to fix.
+    url = videos.serve("paid", make_mp4(2, "paid"))
+    videos.double.fail_next("POST", r"/channels/\d+/messages", 403, code=50013, times=2)
+    with pytest.raises(DeliveryError) as caught:
+        await videos.publisher.deliver(videos.job(url))
+    assert caught.value.retry is False
+    assert "Send Messages and Attach Files" in caught.value.reason
+    assert videos.posts() == 2
