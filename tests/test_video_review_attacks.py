@@ -12,11 +12,22 @@ from typing import TypeVar
 import pytest
 
 from bot.delivery.video import VideoFitter
-from bot.jobs.types import DeliveryError
+from bot.jobs.types import DeliveryError, UnknownTask
 from bot.midjourney.sandbox_video import make_mp4
 from tests import test_video_delivery
+from tests.harness import Harness
+from tests.test_server_reach import second_server
 from tests.test_video_delivery import EXPIRES, Videos
 from tests.test_video_media import box, ftyp, mvhd
+from tests.test_videos_end_to_end import (
+    LOW,
+    calls,
+    press,
+    quick,
+    upscaled,
+    video_message,
+    video_tasks,
+)
 
 T = TypeVar("T")
 
@@ -94,3 +105,38 @@ async def test_a_video_the_bot_may_not_post_at_all_fails_as_before(videos: Video
     assert caught.value.retry is False
     assert "Send Messages and Attach Files" in caught.value.reason
     assert videos.posts() == 2
+
+
+async def test_another_servers_image_and_video_cannot_be_animated_or_extended(
+    harness: Harness,
+) -> None:
+    # Server B forges the custom_ids of 🎬 and ⏩ naming server A's upscale and video: unknown
+    # there, refused before paying, and nothing of A's job is named.
+    double, sandbox = harness.double, harness.sandbox
+    quick(sandbox)
+    channel_b = second_server(harness)
+    alice, mallory = double.add_user("alice"), double.add_user("mallory")
+    async with harness.running() as app:
+        result = await upscaled(double, alice, "a fox of server A")
+        await press(double, result, LOW, alice)
+        await video_message(double, alice)
+        upscale = [t for t in sandbox.tasks() if t.task_type == "mj_upscale"][-1]
+        [video] = video_tasks(sandbox)
+        guild_b = double.guild_of(channel_b)
+        where = {
+            "requester_id": mallory,
+            "guild_id": guild_b,
+            "channel_id": channel_b,
+            "grid_message_id": None,
+        }
+        for kind, task, index in (
+            ("animate_high", upscale.task_id, None),
+            ("animate_low", upscale.task_id, None),
+            ("extend", video.task_id, 0),
+        ):
+            with pytest.raises(UnknownTask):
+                await app.services.tracker.request_on_grid(
+                    kind, parent_task_id=task, image_index=index, **where
+                )
+    assert len(video_tasks(sandbox)) == 1
+    assert calls(sandbox, "generateVideoExtend") == []
