@@ -54,6 +54,9 @@ TOLD_LIMITS = range(1024 * 1024, 1024**3 + 1)
 # The vendor keeps results about 15 days: a video's link is promised for a day less.
 RESULTS_KEPT = 14 * 24 * 3600
 TOO_LARGE = "too large for this channel"
+# Why a video is a link when Discord refused its file for a permission (Attach Files taken away
+# after the click): the message itself may still be allowed.
+NOT_ALLOWED = "the bot may not attach files in this channel"
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ class DiscordPublisher:
             *(self._fetcher.fetch(url, f"{stem}_{i}") for i, url in enumerate(urls))
         )
 
-        async def draft(limit: int) -> Draft:
+        async def draft(limit: int, why: str) -> Draft:
             files, links = await fit(images, urls, limit, label, self._pool)
             text = "\n".join((content, *links))
             return Draft(text, tuple((i.filename, i.data) for i in files), len(links))
@@ -231,11 +234,11 @@ class DiscordPublisher:
             data = await self._videos.fit(video.data, share, job.label)
             return None if data is None else Video(data, f"{video.filename.rsplit('.', 1)[0]}.mp4")
 
-        async def draft(limit: int) -> Draft:
+        async def draft(limit: int, why: str) -> Draft:
             kept = await share_limit(videos, limit, lambda video: len(video.data), shrink)
             attached = {places[k]: video for k, video in kept.items()}
             lines = [
-                video_link(i + 1, url, unfetched.get(i, TOO_LARGE), expires)
+                video_link(i + 1, url, unfetched.get(i, why), expires)
                 for i, url in enumerate(urls)
                 if i not in attached
             ]
@@ -251,6 +254,8 @@ class DiscordPublisher:
             requester_id=job.requester_id,
             nonce=job.id,
             label=job.label,
+            # A paid video is never lost to a permission its link does not need.
+            links_when_forbidden=True,
         )
 
     async def _video(self, url: str, stem: str, label: str) -> Video | str:
@@ -275,18 +280,22 @@ class DiscordPublisher:
         self,
         channel: discord.PartialMessageable,
         limit: int,
-        draft: Callable[[int], Awaitable[Draft]],
+        draft: Callable[[int, str], Awaitable[Draft]],
         *,
         view: discord.ui.View | None,
         requester_id: int,
         nonce: str | int,
         label: str,
+        links_when_forbidden: bool = False,
     ) -> int:
-        """Post what ``draft`` makes of ``limit`` bytes; when Discord refuses it as too large
-        anyway, make it again within less."""
+        """Post what ``draft`` makes of ``limit`` bytes (``why`` what it leaves out is a link);
+        when Discord refuses it as too large anyway, make it again within less. With
+        ``links_when_forbidden``, a post whose files Discord refuses for a permission is made
+        again with links only, which need none but Send Messages."""
         refusals = 0
+        why = TOO_LARGE
         while True:
-            post = await draft(limit)
+            post = await draft(limit, why)
             started = time.perf_counter()
             try:
                 message = await channel.send(
@@ -298,7 +307,16 @@ class DiscordPublisher:
                     allowed_mentions=allowed_mentions(requester_id),
                 )
             except discord.Forbidden as exc:
-                raise DeliveryError(forbidden_reason(), retry=False) from exc
+                if not (links_when_forbidden and post.files):
+                    raise DeliveryError(forbidden_reason(), retry=False) from exc
+                log.warning(
+                    "post forbidden %s files=%d code=%s: retrying with links only",
+                    label,
+                    len(post.files),
+                    exc.code,
+                )
+                limit, why = 0, NOT_ALLOWED
+                continue
             except discord.HTTPException as exc:
                 too_large = exc.status == 413 or exc.code == TOO_LARGE_CODE
                 if not (too_large and post.files):

@@ -180,8 +180,9 @@ class VideoFitter:
         (its length unknown, a bitrate too low to be worth it, ffmpeg failed, timed out, or
         missed the limit twice)."""
         started = time.perf_counter()
-        seconds = mp4_duration(data)
-        facts = None if seconds is None else _Facts(seconds, mp4_has_audio(data))
+        # In a thread: the walk is one step per box, and a hostile file of 64 MiB holds
+        # millions of them (seconds in which the event loop would answer nothing).
+        facts = await asyncio.to_thread(_mp4_facts, data)
         # A limit that cannot be met is said at once: no file written, no wait for the encoder.
         outcome: _Fitted | str | None = _hopeless(facts, limit)
         if outcome is None:
@@ -303,6 +304,12 @@ class VideoFitter:
             "mp4",
             str(target),
         ]
+
+
+def _mp4_facts(data: bytes) -> _Facts | None:
+    """An MP4's length and sound by its headers, or None when they do not tell its length."""
+    seconds = mp4_duration(data)
+    return None if seconds is None else _Facts(seconds, mp4_has_audio(data))
 
 
 def _hopeless(facts: _Facts | None, limit: int) -> str | None:
