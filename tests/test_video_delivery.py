@@ -4,6 +4,7 @@ message's 2000 characters, and downloads that fail."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,7 +14,12 @@ import pytest
 from aiohttp import web
 
 from bot.delivery.fetch import ImageFetcher
-from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, RESULTS_KEPT, DiscordPublisher
+from bot.delivery.publisher import (
+    DEFAULT_UPLOAD_LIMIT,
+    LAST_CHANCE,
+    RESULTS_KEPT,
+    DiscordPublisher,
+)
 from bot.delivery.texts import MESSAGE_LIMIT
 from bot.delivery.video import VideoFitter, mp4_duration, video_kind
 from bot.jobs.store import Job, JobState, JobStore
@@ -59,7 +65,8 @@ class Videos:
             options={"number": "2", "motion": "low", **options},
             created_at=COMPLETED - 60,
             updated_at=COMPLETED,
-            deadline_at=COMPLETED + 600,
+            # Far from its deadline: downloads that may work later are tried again.
+            deadline_at=time.time() + 3600,
             completed_at=COMPLETED,
             delivered_at=None,
         )
@@ -220,6 +227,31 @@ async def test_a_download_that_may_work_later_fails_to_be_retried(
     assert caught.value.retry is True
     assert "video could not be downloaded" in caught.value.reason
     assert videos.posts() == 0
+
+
+async def test_near_its_deadline_a_video_that_will_not_download_is_posted_as_its_link(
+    videos: Videos,
+) -> None:
+    urls = [videos.serve("ok", make_mp4(2, "ok")), f"{videos.base}/status/503"]
+    # Inside the job's last two minutes: no later try would post it before it fails.
+    job = replace(videos.job(*urls), deadline_at=time.time() + LAST_CHANCE - 1)
+    message_id = await videos.publisher.deliver(job)
+    message = videos.double.message(message_id)
+    assert len(message.attachments) == 1
+    assert f"Video #2: {urls[1]} (not attached: the bot could not download it in time;" in (
+        message.content
+    )
+
+
+async def test_near_its_deadline_a_video_too_large_is_linked_rather_than_encoded(
+    videos: Videos,
+) -> None:
+    big = make_mp4(2, "big", pad_to=3 * 1024 * 1024)
+    videos.limit_uploads_to(2 * 1024 * 1024)
+    job = replace(videos.job(videos.serve("big", big)), deadline_at=time.time() + LAST_CHANCE)
+    message = videos.double.message(await videos.publisher.deliver(job))
+    assert message.attachments == []
+    assert "Video #1: " in message.content and "too large for this channel" in message.content
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import resource
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -376,6 +377,22 @@ async def test_a_cancelled_encode_kills_the_child_and_removes_its_files(
     # The slot is free again: the next encode is not stuck behind the cancelled one.
     real = VideoFitter(scratch=str(scratch))
     assert await real.fit(make_mp4(2, "y", pad_to=500_000), 400_000, "job=t") is not None
+
+
+async def test_an_encode_gives_up_at_its_jobs_deadline_in_the_queue_or_before_it_starts(
+    tmp_path: Path, scratch: Path
+) -> None:
+    script, pidfile = stuck_ffmpeg(tmp_path)
+    fitter = VideoFitter(scratch=str(scratch), ffmpeg=str(script))
+    data = make_mp4(2, "x", pad_to=500_000)
+    assert await fitter.fit(data, 400_000, "job=late", until=time.time() - 1) is None
+    first = asyncio.create_task(fitter.fit(data, 400_000, "job=1"))
+    await wait_for_file(pidfile)
+    # Behind an encode that never ends: given up when its own job's time is up, not stuck.
+    assert await fitter.fit(data, 400_000, "job=2", until=time.time() + 0.5) is None
+    assert len(left_in(scratch)) == 1
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
 
 
 async def test_encodes_run_one_at_a_time(tmp_path: Path, scratch: Path) -> None:

@@ -54,6 +54,10 @@ TOLD_LIMITS = range(1024 * 1024, 1024**3 + 1)
 # The vendor keeps results about 15 days: a video's link is promised for a day less.
 RESULTS_KEPT = 14 * 24 * 3600
 TOO_LARGE = "too large for this channel"
+# A video job's last two minutes are for posting links: no download or encode may reach into
+# them, a download then gets this long at most, and one that fails is not tried again.
+LAST_CHANCE = 120.0
+LAST_DOWNLOAD_SECONDS = 10.0
 # Why a video is a link when Discord refused its file for a permission (Attach Files taken away
 # after the click): the message itself may still be allowed.
 NOT_ALLOWED = "the bot may not attach files in this channel"
@@ -222,8 +226,13 @@ class DiscordPublisher:
         if not urls:
             raise DeliveryError("the API reported success but gave no video", retry=False)
         stem = job.upstream_task_id or job.id
+        # Downloads and encodes stop short of the job's deadline, where it would fail unposted:
+        # what is not attached by then goes as its link, which the paid video still has.
+        until = job.deadline_at - LAST_CHANCE
         # One after another: each is tens of MB held in memory until the post.
-        got = [await self._video(url, f"{stem}_{i}", job.label) for i, url in enumerate(urls)]
+        got = [
+            await self._video(url, f"{stem}_{i}", job.label, until) for i, url in enumerate(urls)
+        ]
         # The place in the batch of each video downloaded.
         places = [i for i, video in enumerate(got) if isinstance(video, Video)]
         videos = [video for video in got if isinstance(video, Video)]
@@ -231,7 +240,7 @@ class DiscordPublisher:
         expires = int((job.completed_at or time.time()) + RESULTS_KEPT)
 
         async def shrink(video: Video, share: int) -> Video | None:
-            data = await self._videos.fit(video.data, share, job.label)
+            data = await self._videos.fit(video.data, share, job.label, until)
             return None if data is None else Video(data, f"{video.filename.rsplit('.', 1)[0]}.mp4")
 
         async def draft(limit: int, why: str) -> Draft:
@@ -258,16 +267,24 @@ class DiscordPublisher:
             links_when_forbidden=True,
         )
 
-    async def _video(self, url: str, stem: str, label: str) -> Video | str:
+    async def _video(self, url: str, stem: str, label: str, until: float) -> Video | str:
         """The video at ``url``, or why it is posted as its link; raises a DeliveryError that
-        may be retried (the host's 5xx, a lost connection): a later try may attach it."""
+        may be retried (the host's 5xx, a lost connection) while a later try has time before
+        ``until``: it may attach it."""
+        left = until - time.time()
         try:
             data = await self._fetcher.download(
-                url, max_bytes=MAX_VIDEO_BYTES, timeout=DOWNLOAD_TIMEOUT, what="video"
+                url,
+                max_bytes=MAX_VIDEO_BYTES,
+                timeout=min(DOWNLOAD_TIMEOUT, max(LAST_DOWNLOAD_SECONDS, left)),
+                what="video",
             )
         except DeliveryError as exc:
-            if exc.retry:
+            if exc.retry and left > LAST_DOWNLOAD_SECONDS:
                 raise
+            if exc.retry:
+                log.info("video linked %s file=%s: %s, near its deadline", label, stem, exc.reason)
+                return "the bot could not download it in time"
             log.info("video linked %s file=%s: %s", label, stem, exc.reason)
             return "the bot could not download it"
         kind = video_kind(data)

@@ -55,6 +55,7 @@ SHORT_SIDES = ((2_000_000, 720), (1_000_000, 540), (500_000, 360), (0, 240))
 ATTEMPTS = 2
 # At most one encode at once: it takes two threads for up to its deadline.
 ENCODES_AT_ONCE = 1
+NO_TIME = "no time left before its job's deadline"
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,13 @@ class VideoFitter:
         self._ffmpeg: str = ffmpeg or imageio_ffmpeg.get_ffmpeg_exe()
         self._slots = asyncio.Semaphore(ENCODES_AT_ONCE)
 
-    async def fit(self, data: bytes, limit: int, label: str) -> bytes | None:
+    async def fit(
+        self, data: bytes, limit: int, label: str, until: float | None = None
+    ) -> bytes | None:
         """``data`` re-encoded as an MP4 of at most ``limit`` bytes, or None when it cannot be
         (its length unknown, a bitrate too low to be worth it, ffmpeg failed, timed out, or
-        missed the limit twice)."""
+        missed the limit twice), or not by ``until`` (``time.time()``: its job's post must not
+        wait past it, in the queue or in the encoder)."""
         started = time.perf_counter()
         # In a thread: the walk is one step per box, and a hostile file of 64 MiB holds
         # millions of them (seconds in which the event loop would answer nothing).
@@ -186,13 +190,7 @@ class VideoFitter:
         # A limit that cannot be met is said at once: no file written, no wait for the encoder.
         outcome: _Fitted | str | None = _hopeless(facts, limit)
         if outcome is None:
-            async with self._slots:
-                folder = Path(tempfile.mkdtemp(prefix="mj-video-", dir=self._scratch))
-                try:
-                    outcome = await self._fit(data, limit, facts, folder)
-                finally:
-                    # Unlinking is quick, and it must happen even when cancelled: not in a thread.
-                    shutil.rmtree(folder, ignore_errors=True)
+            outcome = await self._in_turn(data, limit, facts, until)
         ms = (time.perf_counter() - started) * 1000
         if isinstance(outcome, str):
             log.info(
@@ -217,8 +215,27 @@ class VideoFitter:
         )
         return outcome.data
 
+    async def _in_turn(
+        self, data: bytes, limit: int, facts: _Facts | None, until: float | None
+    ) -> _Fitted | str:
+        """The encode once the slot is this one's, unless ``until`` comes first."""
+        try:
+            async with asyncio.timeout(None if until is None else until - time.time()):
+                await self._slots.acquire()
+        except TimeoutError:
+            return NO_TIME
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="mj-video-", dir=self._scratch))
+            try:
+                return await self._fit(data, limit, facts, folder, until)
+            finally:
+                # Unlinking is quick, and it must happen even when cancelled: not in a thread.
+                shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            self._slots.release()
+
     async def _fit(
-        self, data: bytes, limit: int, facts: _Facts | None, folder: Path
+        self, data: bytes, limit: int, facts: _Facts | None, folder: Path, until: float | None
     ) -> _Fitted | str:
         """The fitted bytes and what they were made with, or why there are none."""
         source, target = folder / "source", folder / "fitted.mp4"
@@ -231,9 +248,12 @@ class VideoFitter:
         for _ in range(ATTEMPTS):
             if bitrate < MIN_VIDEO_BITRATE:
                 return _too_low(facts)
+            timeout = self._timeout if until is None else min(self._timeout, until - time.time())
+            if timeout <= 0:
+                return NO_TIME
             try:
                 finished = await run_limited(
-                    self._encode_argv(source, target, facts, bitrate), timeout=self._timeout
+                    self._encode_argv(source, target, facts, bitrate), timeout=timeout
                 )
             except ChildTimedOut as exc:
                 return f"ffmpeg {exc}"
