@@ -18,7 +18,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 
-from bot.delivery.child import MEMORY_CAP, NICENESS, run_limited
+from bot.delivery.child import MEMORY_CAP, NICENESS, STDERR_TAIL, run_limited
 from bot.delivery.video import (
     MIN_VIDEO_BITRATE,
     VideoFitter,
@@ -451,3 +451,14 @@ async def test_a_killed_bot_leaves_no_encoder_running(tmp_path: Path) -> None:
     parent.kill()
     await parent.wait()
     assert await dies(child)
+
+
+async def test_a_child_that_writes_without_end_costs_the_bot_only_the_tail(tmp_path: Path) -> None:
+    # 64 MiB of errors: kept whole, they would be the bot's memory; the end is what is logged.
+    finished = await run_limited(
+        ["/bin/sh", "-c", "head -c 67108864 /dev/zero >&2; echo the last words >&2"],
+        timeout=60,
+    )
+    assert finished.returncode == 0
+    assert len(finished.stderr) == STDERR_TAIL
+    assert finished.stderr.endswith(b"the last words\n")

@@ -75,7 +75,8 @@ async def run_limited(argv: Sequence[str], *, timeout: float, memory: int = MEMO
     )
     try:
         async with asyncio.timeout(timeout):
-            _, stderr = await process.communicate()
+            stderr = await _tail(process)
+            await process.wait()
     except TimeoutError:
         raise ChildTimedOut(f"killed after {timeout:g} s") from None
     finally:
@@ -84,7 +85,17 @@ async def run_limited(argv: Sequence[str], *, timeout: float, memory: int = MEMO
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
     assert process.returncode is not None
-    return Finished(process.returncode, stderr[-STDERR_TAIL:])
+    return Finished(process.returncode, stderr)
+
+
+async def _tail(process: asyncio.subprocess.Process) -> bytes:
+    """The end of what the child writes to its stderr until it closes it: a child that writes
+    without end (a hostile input's errors) costs the bot STDERR_TAIL bytes, not all of it."""
+    assert process.stderr is not None
+    kept = b""
+    while chunk := await process.stderr.read(65536):
+        kept = (kept + chunk)[-STDERR_TAIL:]
+    return kept
 
 
 def _limit_self(memory: int) -> None:
