@@ -610,7 +610,7 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="2 videos a phase, a burst of 2, no burst without idle scheduling (~2 minutes)",
+        help="2 videos a phase, a burst of 2, no burst without idle scheduling (under a minute)",
     )
     parser.add_argument(
         "--not-idle-first",
