@@ -2,9 +2,10 @@
 
     .venv/bin/python -m bench.all [--env NAME=VALUE ...]
 
-Runs bench.ack, bench.callback, bench.polling, bench.forged, bench.memory and bench.jobcost,
-each in a process of its own (each starts its own bot process), passing ``--env`` settings on to
-every one. Takes about six minutes. Run by hand; nothing asserts on these numbers.
+Runs bench.ack, bench.callback, bench.polling, bench.forged, bench.memory, bench.jobcost and
+bench.videocost, each in a process of its own (each starts its own bot process), passing
+``--env`` settings on to every one. Takes about nine minutes. Run by hand; nothing asserts on
+these numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 from bench.rig import header
 
-SCRIPTS = ("ack", "callback", "polling", "forged", "memory", "jobcost")
+SCRIPTS = ("ack", "callback", "polling", "forged", "memory", "jobcost", "videocost")
 
 
 def main() -> None:
