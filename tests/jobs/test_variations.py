@@ -322,7 +322,13 @@ async def test_a_crash_while_the_second_value_waits_its_turn_resubmits_it(rig: R
     await rig.publisher.wait_for(lambda: len(rig.publisher.marked) == 1)
     varied = [t for t in rig.sandbox.tasks() if t.task_type == "mj_vary"]
     assert [(t.parent_task_id, t.image_index) for t in varied] == [(parent, index)]
-    assert await Coordination(rig.store.database).api_fact(FACT) == str(base)
+    # Learnt once the task id is kept, which the grid's mark (in the background) may precede.
+    facts = Coordination(rig.store.database)
+    for _ in range(500):
+        if await facts.api_fact(FACT) is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert await facts.api_fact(FACT) == str(base)
 
 
 async def test_a_reroll_recorded_before_its_prompt_was_known_reads_it_first(rig: Rig) -> None:
