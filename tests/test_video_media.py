@@ -462,3 +462,16 @@ async def test_a_child_that_writes_without_end_costs_the_bot_only_the_tail(tmp_p
     assert finished.returncode == 0
     assert len(finished.stderr) == STDERR_TAIL
     assert finished.stderr.endswith(b"the last words\n")
+
+
+async def test_without_an_ffmpeg_binary_the_fitter_links_rather_than_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A platform the imageio-ffmpeg wheel has no binary for, and none on the PATH.
+    def missing() -> str:
+        raise RuntimeError("No ffmpeg exe could be found")
+
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", missing)
+    fitter = VideoFitter()
+    assert "no ffmpeg binary" in caplog.text
+    assert await fitter.fit(make_mp4(2, "x", pad_to=500_000), 400_000, "job=t") is None

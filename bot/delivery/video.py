@@ -56,6 +56,19 @@ ATTEMPTS = 2
 # At most one encode at once: it takes two threads for up to its deadline.
 ENCODES_AT_ONCE = 1
 NO_TIME = "no time left before its job's deadline"
+NO_FFMPEG = "there is no ffmpeg binary on this machine"
+
+
+def _bundled_ffmpeg() -> str | None:
+    """The ffmpeg binary the imageio-ffmpeg wheel carries (or IMAGEIO_FFMPEG_EXE, or one on the
+    PATH); None where there is none (a platform without such a wheel): the bot still starts,
+    and a video too large for its channel is posted as its link."""
+    try:
+        found: str = imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as exc:
+        log.warning("no ffmpeg binary (%s): videos too large for a channel go as links", exc)
+        return None
+    return found
 
 
 @dataclass(frozen=True)
@@ -173,7 +186,7 @@ class VideoFitter:
         self._timeout = timeout
         # Where the temporary files go (the system's temporary directory by default).
         self._scratch = scratch
-        self._ffmpeg: str = ffmpeg or imageio_ffmpeg.get_ffmpeg_exe()
+        self._ffmpeg = ffmpeg or _bundled_ffmpeg()
         self._slots = asyncio.Semaphore(ENCODES_AT_ONCE)
 
     async def fit(
@@ -189,6 +202,8 @@ class VideoFitter:
         facts = await asyncio.to_thread(_mp4_facts, data)
         # A limit that cannot be met is said at once: no file written, no wait for the encoder.
         outcome: _Fitted | str | None = _hopeless(facts, limit)
+        if outcome is None and self._ffmpeg is None:
+            outcome = NO_FFMPEG
         if outcome is None:
             outcome = await self._in_turn(data, limit, facts, until)
         ms = (time.perf_counter() - started) * 1000
@@ -237,6 +252,7 @@ class VideoFitter:
     async def _fit(
         self, data: bytes, limit: int, facts: _Facts | None, folder: Path, until: float | None
     ) -> _Fitted | str:
+        assert self._ffmpeg is not None
         """The fitted bytes and what they were made with, or why there are none."""
         source, target = folder / "source", folder / "fitted.mp4"
         await asyncio.to_thread(source.write_bytes, data)
@@ -269,6 +285,7 @@ class VideoFitter:
 
     async def _probe(self, source: Path) -> _Facts | None:
         """Length and sound of a video that is not an MP4 (a WebM), as ffmpeg reads them."""
+        assert self._ffmpeg is not None
         argv = [self._ffmpeg, "-nostdin", "-hide_banner", "-i", str(source)]
         try:
             # No output named: ffmpeg prints what the input holds and exits with an error.
@@ -283,6 +300,7 @@ class VideoFitter:
         return _Facts(total, _AUDIO.search(finished.stderr) is not None) if total > 0 else None
 
     def _encode_argv(self, source: Path, target: Path, facts: _Facts, bitrate: int) -> list[str]:
+        assert self._ffmpeg is not None
         side = next(side for floor, side in SHORT_SIDES if bitrate >= floor)
         # The short side at most ``side`` (portrait videos too), never enlarged; even sides,
         # which yuv420p needs; -2 keeps the aspect.
