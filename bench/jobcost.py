@@ -36,7 +36,8 @@ import pstats
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,8 @@ UPLOAD_LIMIT = 10 * MiB  # what discord.py reports for a server without boosts, 
 TARGET_UPSCALE_CPU_MS = 20.0
 TARGET_STALL_MS = 50.0
 KINDS = ("generation", "upscale", "variation")
+# name: (format, noise, grain)
+SETS = {"jpeg": ("JPEG", 80, 0.25), "png": ("PNG", 30, 0.25), "reencode": ("PNG", 80, 0.6)}
 
 
 # ----- the pictures -----------------------------------------------------------------------------
@@ -107,18 +110,16 @@ class ImageSet:
         )
 
 
-def image_sets() -> dict[str, ImageSet]:
+def image_sets(only: list[str]) -> dict[str, ImageSet]:
     sets = {}
-    for name, fmt, noise, grain in (
-        ("jpeg", "JPEG", 80, 0.25),
-        ("png", "PNG", 30, 0.25),
-        ("reencode", "PNG", 80, 0.6),
-    ):
+    for name in only:
+        fmt, noise, grain = SETS[name]
         tiles = tuple(encoded(photo_like(1024, seed, noise, grain), fmt) for seed in range(4))
         sets[name] = ImageSet(name, tiles, encoded(photo_like(2048, 7, noise, grain), fmt))
-    grid, upscale = sum(map(len, sets["reencode"].tiles)), len(sets["reencode"].upscale)
-    if grid <= UPLOAD_LIMIT or upscale <= UPLOAD_LIMIT:
-        raise RuntimeError("the reencode set fits the upload limit: it would not be re-encoded")
+    if "reencode" in sets:
+        grid, upscale = sum(map(len, sets["reencode"].tiles)), len(sets["reencode"].upscale)
+        if grid <= UPLOAD_LIMIT or upscale <= UPLOAD_LIMIT:
+            raise RuntimeError("the reencode set fits the upload limit: it would not be re-encoded")
     return sets
 
 
@@ -155,6 +156,10 @@ class Phase:
     posted: list[float]
     stall: float
     reencoded: int
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def per_job(self, name: str) -> float:
+        return self.counts[name] / self.jobs
 
 
 def posted_message(rig: Rig, task_id: str) -> StoredMessage | None:
@@ -220,6 +225,7 @@ async def run_phase(
     sandbox.current = set_name
     before = {t.task_id for t in sandbox.tasks()}
     reencoded = reencodes(rig)
+    counted = await rig.counts()
     started, cpu = time.perf_counter(), rig.proc.cpu_seconds()
     await ask(rig, kind, grids or [""] * jobs, 1)
     await wait_until(lambda: len(new_tasks(rig, before)) >= jobs, 60, f"{jobs} {kind} tasks")
@@ -238,6 +244,7 @@ async def run_phase(
     used = rig.proc.cpu_seconds() - cpu - idle * (ended - started)
     stall = max(rig.loop_lags(started, ended), default=0.0)
     phase = Phase(set_name, kind, jobs, used / jobs * 1000, posted, stall, 0)
+    phase.counts = await rig.counts() - counted
     phase.reencoded = reencodes(rig) - reencoded
     return phase, tasks
 
@@ -293,6 +300,14 @@ async def burst(rig: Rig, grids: list[str]) -> bool:
     )
 
 
+def print_counts(phase: Phase) -> None:
+    """What one job of the phase did, counted: the statements and requests behind its CPU."""
+    print(f"what one {phase.set} {phase.kind} did (bench/costtrace counts, per job):")
+    for name, count in sorted(phase.counts.items(), key=lambda item: (-item[1], item[0])):
+        if "(all)" not in name:
+            print(f"    {count / phase.jobs:5.2f}  {name}")
+
+
 def spread(seconds: list[float]) -> str:
     ms = [s * 1000 for s in seconds]
     return (
@@ -313,9 +328,11 @@ def print_profile(path: Path) -> None:
         print("\n".join("    " + line for line in lines[start:] if line.strip()))
 
 
-async def run(jobs: int, pause: float, profile: Path | None, env: dict[str, str]) -> None:
+async def run(
+    jobs: int, pause: float, profile: Path | None, only: list[str], env: dict[str, str]
+) -> None:
     started = time.perf_counter()
-    sets = image_sets()
+    sets = image_sets(only)
     print(f"    images drawn in {time.perf_counter() - started:.1f} s:")
     for image_set in sets.values():
         print(f"      {image_set.describe()}")
@@ -341,14 +358,20 @@ async def run(jobs: int, pause: float, profile: Path | None, env: dict[str, str]
             for kind in KINDS[1:]:
                 phases.append((await run_phase(rig, set_name, kind, grids, jobs, idle, pause))[0])
             burst_grids = grids
-        print("set       kind        jobs  CPU/job   completion→posted p50 / p99   stall  re-enc")
+        print(
+            "set       kind        jobs  CPU/job   completion→posted p50 / p99   stall  re-enc"
+            "   per job: SQL  HTTP  log lines"
+        )
         for p in phases:
             print(
                 f"{p.set:<9} {p.kind:<11} {p.jobs:>4}  {p.cpu_ms:6.1f} ms  "
                 f"{statistics.median(p.posted) * 1000:8.1f} / "
                 f"{percentile(p.posted, 0.99) * 1000:6.1f} ms   "
-                f"{p.stall * 1000:5.1f} ms  {p.reencoded:>4}"
+                f"{p.stall * 1000:5.1f} ms  {p.reencoded:>4}   "
+                f"{p.per_job('sql (all)'):12.1f} {p.per_job('http (all)'):5.1f} "
+                f"{p.per_job('log lines'):10.1f}"
             )
+        print_counts(next(p for p in phases if p.kind == "upscale"))
         plain = [p.cpu_ms for p in phases if p.kind == "upscale" and p.set != "reencode"]
         print_figure(
             "CPU per completed upscale, results that need no re-encode",
@@ -356,7 +379,8 @@ async def run(jobs: int, pause: float, profile: Path | None, env: dict[str, str]
             f"≤ {TARGET_UPSCALE_CPU_MS:g} ms",
             max(plain) <= TARGET_UPSCALE_CPU_MS,
         )
-        await burst(rig, burst_grids)
+        if "reencode" in sets:
+            await burst(rig, burst_grids)
         if profile is not None:
             rig.profiling(False)
             await wait_until(profile.exists, 30, "the profile written")
@@ -374,9 +398,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8, help="jobs per set and kind")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between completions")
     parser.add_argument("--profile", type=Path, help="cProfile the bot into this file")
+    parser.add_argument(
+        "--sets",
+        default=",".join(SETS),
+        help="which image sets, comma-separated (the burst needs reencode)",
+    )
     args, env = begin(parser, "a job's cost with real-sized images")
     profile = args.profile.absolute() if args.profile else None
-    asyncio.run(run(args.jobs, args.pause, profile, env))
+    only = args.sets.split(",")
+    if unknown := set(only) - set(SETS):
+        parser.error(f"unknown set(s) {', '.join(sorted(unknown))}: choose among {', '.join(SETS)}")
+    asyncio.run(run(args.jobs, args.pause, profile, only, env))
 
 
 if __name__ == "__main__":

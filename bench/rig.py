@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,6 +298,17 @@ class Rig:
                 lags.append(late)
         return lags
 
+    async def counts(self) -> Counter[str]:
+        """What the bot has done so far, counted (SQL statements, HTTP requests, log lines:
+        bench/costtrace); needs ``trace_cost=True``."""
+        if self.lag_log is None:
+            return Counter()
+        path = self.lag_log.with_name("counts.json")
+        path.unlink(missing_ok=True)
+        self.bot._signal(signal.SIGRTMIN)
+        await wait_until(path.exists, 10, "the bot's counts")
+        return Counter(json.loads(path.read_text()))
+
     def profiling(self, on: bool) -> None:
         """Start (True) or stop and write (False) the bot's cProfile; needs a ``profile`` path
         given to ``running_bot``."""
@@ -504,6 +517,7 @@ async def running_bot(
                     lag_log = Path(tmp) / "lag.log"
                     bot_env["PYTHONPATH"] = f"{Path(__file__).parent / 'costtrace'}:{REPO_ROOT}"
                     bot_env["BENCH_LOOP_LAG"] = str(lag_log)
+                    bot_env["BENCH_COUNTS"] = str(lag_log.with_name("counts.json"))
                     if profile is not None:
                         bot_env["BENCH_PROFILE"] = str(profile)
                 bot = BotProcess(double, bot_env, Path(tmp))

@@ -57,3 +57,54 @@ if _profile_path:
 
     signal.signal(signal.SIGUSR1, _start)
     signal.signal(signal.SIGUSR2, _stop)
+
+_counts_path = os.environ.get("BENCH_COUNTS")
+if _counts_path:
+    # What the bot does per job, counted rather than timed (counts do not move with the
+    # machine's load): SQL statements by their first words, HTTP requests by method and path
+    # (numbers and tokens folded), log lines. SIGRTMIN writes the totals so far, as JSON.
+    import collections
+    import json
+    import logging
+    import re
+
+    import aiohttp
+    import sqlalchemy
+
+    _counts = collections.Counter()
+    _folded = re.compile(r"/[^/]*\d[^/]*")
+
+    _table = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+(\w+)", re.IGNORECASE)
+
+    def _statement(conn, cursor, statement, parameters, context, executemany):
+        verb = statement.split(None, 1)[0].upper()
+        table = _table.search(statement)
+        _counts[f"sql {verb} {table.group(1) if table else ''}".rstrip()] += 1
+        _counts["sql (all)"] += 1
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", _statement)
+
+    _request = aiohttp.ClientSession._request
+
+    async def _counted(self, method, str_or_url, *args, **kwargs):
+        path = _folded.sub("/#", str(aiohttp.client.URL(str_or_url).path))
+        _counts[f"http {method} {path}"] += 1
+        _counts["http (all)"] += 1
+        return await _request(self, method, str_or_url, *args, **kwargs)
+
+    aiohttp.ClientSession._request = _counted
+
+    _call_handlers = logging.Logger.callHandlers
+
+    def _logged(self, record):
+        _counts["log lines"] += 1
+        _call_handlers(self, record)
+
+    logging.Logger.callHandlers = _logged
+
+    def _dump(signum, frame):
+        with open(_counts_path + ".tmp", "w") as out:
+            json.dump(dict(_counts), out)
+        os.replace(_counts_path + ".tmp", _counts_path)
+
+    signal.signal(signal.SIGRTMIN, _dump)

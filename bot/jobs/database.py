@@ -10,17 +10,23 @@ from __future__ import annotations
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs import migrations
+from bot.jobs.sqlite_direct import DirectSqlite
+
+T = TypeVar("T")
 
 # The longest a lease query may take before it counts as failed.
 LEASE_QUERY_SECONDS = 3.0
+# The most connections a process holds on its SQLite file (SQLAlchemy's default 5 + 10 overflow).
+POOL_CONNECTIONS = 15
 # How long a write to SQLite waits for another connection's lock before "database is locked".
 SQLITE_BUSY_SECONDS = 30.0
 
@@ -74,8 +80,16 @@ def _address(url: str) -> str:
 
 
 class Database:
-    def __init__(self, engine: AsyncEngine, *, lease_engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        lease_engine: AsyncEngine | None = None,
+        direct: DirectSqlite | None = None,
+    ) -> None:
         self._engine = engine
+        # On a SQLite file, the hot queries skip aiosqlite (bot.jobs.sqlite_direct).
+        self._direct = direct
         # Leases must not queue behind a burst of clicks for a pooled connection: one renewed
         # late is lost (a shard's session closed, a job handed over) under exactly the load
         # that needs it. On PostgreSQL they have connections of their own.
@@ -94,6 +108,23 @@ class Database:
         """Whether several processes may share this store (PostgreSQL; SQLite is one's own)."""
         return self._engine.dialect.name == "postgresql"
 
+    async def read(self, fn: Callable[[sa.Connection], T]) -> T:
+        """``fn`` (plain statements on a synchronous connection, no awaits) as one read: on a
+        SQLite file at once, without a hand-off (bot.jobs.sqlite_direct), elsewhere through the
+        async engine (``run_sync``): the same SQL on every database."""
+        if self._direct is not None:
+            return self._direct.read(fn)
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(fn)
+
+    async def write(self, fn: Callable[[sa.Connection], T]) -> T:
+        """``fn`` as one transaction, committed when it returns, rolled back if it raises: on a
+        SQLite file in the store's writing thread, elsewhere through the async engine."""
+        if self._direct is not None:
+            return await self._direct.write(fn)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(fn)
+
     @classmethod
     async def open(
         cls,
@@ -106,6 +137,7 @@ class Database:
         ``migrate`` false, only see that it answers."""
         url = async_database_url(database_url)
         connect_args: dict[str, Any] = {}
+        pool_options: dict[str, int] = {}
         path = _sqlite_path(url)
         if path is not None:
             try:
@@ -115,6 +147,10 @@ class Database:
                     f"cannot create the folder {path.parent} for the SQLite file: {exc.strerror}"
                 ) from exc
             connect_args["timeout"] = sqlite_busy_seconds
+            # Every SQLite connection is a thread of aiosqlite's and a file opened: one made for
+            # a burst and closed after it (the default pool's overflow) costs more than its
+            # queries. The same fifteen at most, all kept.
+            pool_options = {"pool_size": POOL_CONNECTIONS, "max_overflow": 0}
         # hide_parameters: a failed statement's error names its values, callback secrets among
         # them, and such errors reach the log.
         engine = create_async_engine(
@@ -124,8 +160,10 @@ class Database:
             # A PostgreSQL server restarted (or a proxy that dropped idle connections) leaves
             # dead connections in the pool: each is tried before it is handed out.
             pool_pre_ping=not url.startswith("sqlite"),
+            **pool_options,
         )
         lease_engine = None
+        direct = None
         if url.startswith("sqlite"):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
@@ -158,9 +196,13 @@ class Database:
             if isinstance(exc, migrations.SchemaAhead):
                 raise StoreUnavailable(str(exc)) from exc
             raise
-        return cls(engine, lease_engine=lease_engine)
+        if path is not None:
+            direct = DirectSqlite(url, busy_seconds=sqlite_busy_seconds, on_connect=_sqlite_pragmas)
+        return cls(engine, lease_engine=lease_engine, direct=direct)
 
     async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
         await self._engine.dispose()
         if self._lease_engine is not self._engine:
             await self._lease_engine.dispose()

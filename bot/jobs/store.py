@@ -246,8 +246,7 @@ class JobStore:
             jobs.c.kind.in_(list(per_image)),
             jobs.c.state != JobState.FAILED.value,
         )
-        async with self._database.engine.connect() as conn:
-            rows = (await conn.execute(query)).fetchall()
+        rows = await self._database.read(lambda conn: conn.execute(query).fetchall())
         return ParentUse(
             frozenset(
                 (kind, int(index) if per_image[kind] and index is not None else None)
@@ -264,9 +263,7 @@ class JobStore:
         )
         if ids is not None:
             query = query.where(jobs.c.id.in_(list(ids)))
-        async with self._database.engine.connect() as conn:
-            rows = (await conn.execute(query)).fetchall()
-        return [Job.from_row(row) for row in rows]
+        return await self._jobs(query)
 
     async def unfinished_keys(self, ids: Collection[str] | None = None) -> list[tuple[str, str]]:
         """(id, callback secret) of the jobs ``unfinished`` would give: enough to tell which
@@ -276,8 +273,9 @@ class JobStore:
         )
         if ids is not None:
             query = query.where(jobs.c.id.in_(list(ids)))
-        async with self._database.engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(jobs.c.created_at))).fetchall()
+        rows = await self._database.read(
+            lambda conn: conn.execute(query.order_by(jobs.c.created_at)).fetchall()
+        )
         return [(str(job_id), str(secret)) for job_id, secret in rows]
 
     async def transition(
@@ -308,26 +306,29 @@ class JobStore:
             .values(**values)
             .returning(*jobs.c)
         )
-        async with self._database.engine.begin() as conn:
-            row = (await conn.execute(query)).first()
+        paid_at = values["updated_at"]
+
+        def move(conn: sa.Connection) -> Job | None:
+            row = conn.execute(query).first()
             if row is None:
                 return None
             use = allowance_uses.c.job_id == job_id
             if give_back:
-                await conn.execute(allowance_uses.delete().where(use))
+                conn.execute(allowance_uses.delete().where(use))
             elif paid:
                 stamp = allowance_uses.update().where(use, allowance_uses.c.paid_at.is_(None))
-                await conn.execute(stamp.values(paid_at=values["updated_at"]))
+                conn.execute(stamp.values(paid_at=paid_at))
             if to_state in FINAL_STATES:
-                await conn.execute(follow_ups.delete().where(follow_ups.c.job_id == job_id))
-        return Job.from_row(row)
+                conn.execute(follow_ups.delete().where(follow_ups.c.job_id == job_id))
+            return Job.from_row(row)
+
+        return await self._database.write(move)
 
     async def taken_at(self, job_id: str) -> float | None:
         """When the API was known to have taken the job's paid request (its use's ``paid_at``);
         None before, or for a job that counts against nothing."""
         query = sa.select(allowance_uses.c.paid_at).where(allowance_uses.c.job_id == job_id)
-        async with self._database.engine.connect() as conn:
-            taken = (await conn.execute(query)).scalar_one_or_none()
+        taken = await self._database.read(lambda conn: conn.execute(query).scalar_one_or_none())
         return None if taken is None else float(taken)
 
     async def update(self, job_id: str, **fields: Any) -> Job:
@@ -335,8 +336,7 @@ class JobStore:
         values = _encode(fields)
         values["updated_at"] = time.time()
         query = jobs.update().where(jobs.c.id == job_id).values(**values).returning(*jobs.c)
-        async with self._database.engine.begin() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._database.write(lambda conn: conn.execute(query).first())
         if row is None:
             raise LookupError(f"job {job_id} vanished")
         return Job.from_row(row)
@@ -346,16 +346,14 @@ class JobStore:
         query = sa.select(follow_ups).where(
             follow_ups.c.job_id == job_id, follow_ups.c.until > time.time()
         )
-        async with self._database.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._database.read(lambda conn: conn.execute(query).first())
         return None if row is None else FollowUp(row.application_id, row.token, row.until)
 
     async def sweep_follow_ups(self) -> int:
         """Delete the follow-ups whose interaction has expired (a job that outlived its
         click's 15 minutes keeps a dead token otherwise); how many."""
         query = follow_ups.delete().where(follow_ups.c.until <= time.time())
-        async with self._database.engine.begin() as conn:
-            return (await conn.execute(query)).rowcount
+        return await self._database.write(lambda conn: conn.execute(query).rowcount)
 
     async def orphans(self) -> list[Job]:
         """Unfinished jobs no process holds a live lease on, oldest first."""
@@ -368,14 +366,16 @@ class JobStore:
             )
             .order_by(jobs.c.created_at)
         )
-        async with self._database.engine.connect() as conn:
-            rows = (await conn.execute(query)).fetchall()
-        return [Job.from_row(row) for row in rows]
+        return await self._jobs(query)
 
     async def _one(self, *conditions: sa.ColumnElement[bool]) -> Job | None:
-        async with self._database.engine.connect() as conn:
-            row = (await conn.execute(jobs.select().where(*conditions).limit(1))).first()
-        return Job.from_row(row) if row is not None else None
+        found = await self._jobs(jobs.select().where(*conditions).limit(1))
+        return found[0] if found else None
+
+    async def _jobs(self, query: sa.Select[Any]) -> list[Job]:
+        return await self._database.read(
+            lambda conn: [Job.from_row(row) for row in conn.execute(query)]
+        )
 
     async def _require(self, job_id: str) -> Job:
         job = await self.get(job_id)

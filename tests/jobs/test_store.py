@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import sqlite3
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from bot.jobs.admission import TooManyJobs
 from bot.jobs.coordination import Coordination
@@ -403,6 +405,48 @@ async def test_reopening_the_file_keeps_the_jobs(tmp_path: Path) -> None:
         await second.ping()
     finally:
         await second.close()
+
+
+async def test_a_write_waiting_for_the_sqlite_lock_holds_up_neither_the_loop_nor_reads(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """The store's writes run off the event loop (bot.jobs.sqlite_direct): one that waits for
+    another connection's lock leaves the loop, and reads, free; it lands once the lock goes."""
+    job = await new_job(store)
+    holder = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        moving = asyncio.create_task(
+            store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
+        )
+        await asyncio.sleep(0.2)
+        assert not moving.done()
+        assert (await store.get(job.id)) == job
+        assert await store.grid_use(PARENT, 1) == ParentUse(frozenset({("upscale", 0)}))
+    finally:
+        holder.rollback()
+        holder.close()
+    moved = await moving
+    assert moved is not None and moved.state is JobState.SUBMITTING
+    assert await store.get(job.id) == moved
+
+
+async def test_a_burst_keeps_its_sqlite_connections(tmp_path: Path) -> None:
+    """Each SQLite connection is a thread and an open file: a second burst as large as the
+    first opens none (SQLAlchemy's default pool closed all but five after each)."""
+    store = await JobStore.open(f"sqlite:///{tmp_path}/burst.sqlite3")
+    opened: list[object] = []
+    sa.event.listen(store.engine.sync_engine, "connect", lambda conn, _record: opened.append(conn))
+    try:
+        for _ in range(2):
+            before = len(opened)
+            async with contextlib.AsyncExitStack() as stack:
+                for _ in range(12):
+                    conn = await stack.enter_async_context(store.engine.connect())
+                    await conn.execute(sa.text("SELECT 1"))
+        assert len(opened) == before
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize(
