@@ -289,14 +289,19 @@ class Rig:
     def loop_lags(self, since: float, until: float) -> list[float]:
         """How late (seconds) the bot's loop probe fired, each time it was 2 ms or more late,
         for the ticks due within [since, until]; needs ``trace_cost=True``."""
+        return [late for late, _ in self.loop_stalls(since, until)]
+
+    def loop_stalls(self, since: float, until: float) -> list[tuple[float, float]]:
+        """``loop_lags`` with the loop thread's CPU seconds in each late interval: (late, CPU).
+        Lateness with little CPU is the loop waiting (the GIL, a CPU), not a long callback."""
         if self.lag_log is None or not self.lag_log.exists():
             return []
-        lags = []
+        stalls = []
         for line in self.lag_log.read_text().splitlines():
-            due, late = (float(v) for v in line.split())
+            due, late, cpu = (float(v) for v in line.split())
             if since <= due <= until:
-                lags.append(late)
-        return lags
+                stalls.append((late, cpu))
+        return stalls
 
     async def counts(self) -> Counter[str]:
         """What the bot has done so far, counted (SQL statements, HTTP requests, log lines:

@@ -3,8 +3,10 @@ does that with ``trace_cost=True``). Nothing of the bot is changed; it only watc
 
 - ``BENCH_LOOP_LAG=<file>``: a probe on the bot's event loop, a timer every 10 ms that notes how
   late it fired. Every lateness of 2 ms or more is appended to the file, one line each:
-  ``<perf_counter when it was due> <seconds late>``. A callback that holds the loop for 80 ms
-  shows as a tick 80 ms late; perf_counter is CLOCK_MONOTONIC, the bench's clock.
+  ``<perf_counter when it was due> <seconds late> <loop CPU seconds>``. A callback that holds
+  the loop for 80 ms shows as a tick 80 ms late; perf_counter is CLOCK_MONOTONIC, the bench's
+  clock. The third column is the loop thread's CPU since the tick before (``thread_time``).
+- ``BENCH_COUNTS=<file>``: statements, requests and log lines counted; SIGRTMIN writes them.
 - ``BENCH_PROFILE=<file>``: cProfile of the bot's main thread (the event loop's), started by
   SIGUSR1 and stopped by SIGUSR2, which writes the stats to the file (pstats format).
 """
@@ -23,13 +25,17 @@ if _lag_path:
 
     def _probe(loop):
         due = loop.time() + _INTERVAL
+        ran = time.thread_time()
 
         def tick():
-            nonlocal due
+            nonlocal due, ran
             late = loop.time() - due
+            now = time.thread_time()
             if late >= _REPORTED:
-                _lag_out.write(f"{time.perf_counter() - late:.6f} {late:.6f}\n")
-            due = loop.time() + _INTERVAL
+                # With the loop thread's CPU since the last tick: a late tick with little of
+                # it means the loop waited (for the GIL, or for a CPU), not that it ran long.
+                _lag_out.write(f"{time.perf_counter() - late:.6f} {late:.6f} {now - ran:.6f}\n")
+            due, ran = loop.time() + _INTERVAL, now
             loop.call_at(due, tick)
 
         loop.call_at(due, tick)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.jobs.cost_keys import COST_KEYS, CostKey, category_key
 from bot.jobs.tables import UNFINISHED_STATES, allowance_uses, credit_costs, credit_days, jobs
@@ -244,33 +243,33 @@ def lock_keys(requester_id: int, guild_id: int | None, quota: Quota | None) -> l
     return keys
 
 
-async def refusal(
-    conn: AsyncConnection, values: dict[str, Any], max_unfinished: int | None, quota: Quota | None
+def refusal(
+    conn: sa.Connection, values: dict[str, Any], max_unfinished: int | None, quota: Quota | None
 ) -> TooManyJobs | OverQuota | None:
     """Which limit refuses a job with these ``values``, None if none does; asked in the
     transaction of a refused insert (under the same locks), or ahead of one as a preview."""
 
-    async def holds(condition: sa.ColumnElement[bool]) -> bool:
-        return bool((await conn.execute(sa.select(condition))).scalar_one())
+    def holds(condition: sa.ColumnElement[bool]) -> bool:
+        return bool(conn.execute(sa.select(condition)).scalar_one())
 
-    if max_unfinished is not None and not await holds(
+    if max_unfinished is not None and not holds(
         _unfinished_of(values["requester_id"]) < max_unfinished
     ):
         return TooManyJobs(max_unfinished)
     if quota is None:
         return None
-    if quota.member_limit is not None and not await holds(
+    if quota.member_limit is not None and not holds(
         _member_uses(values, quota) < quota.member_limit
     ):
         return OverQuota("member", quota.member_limit)
-    if quota.budget is not None and not await holds(_budget_left(quota.budget, quota)):
+    if quota.budget is not None and not holds(_budget_left(quota.budget, quota)):
         return OverQuota("budget", quota.budget.credits)
     guild_id = values["guild_id"]
     if quota.server_limit is not None and guild_id is not None:
         server = _uses_today(quota, allowance_uses.c.guild_id == guild_id)
-        if not await holds(server < quota.server_limit):
+        if not holds(server < quota.server_limit):
             return OverQuota("server", quota.server_limit)
     if quota.server_credits is not None and guild_id is not None:
-        if not await holds(_server_credits_left(quota.server_credits, quota, guild_id)):
+        if not holds(_server_credits_left(quota.server_credits, quota, guild_id)):
             return OverQuota("server_credits", quota.server_credits.credits)
     return None

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.jobs import categories, cost_keys
 from bot.jobs.admission import same_place
+from bot.jobs.database import Database
 from bot.jobs.tables import (
     UNFINISHED_STATES,
     JobState,
@@ -88,8 +89,9 @@ async def upsert(
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._engine = database.engine
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -115,8 +117,8 @@ class Ledger:
                     ),
                 )
             )
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(allowance_limits.c.target_id))).fetchall()
+        ordered = query.order_by(allowance_limits.c.target_id)
+        rows = await self._database.read(lambda conn: conn.execute(ordered).fetchall())
         return [LimitRow(*row) for row in rows]
 
     async def set_limit(

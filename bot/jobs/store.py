@@ -51,7 +51,7 @@ ADMITTING_CONNECTIONS = 3
 class JobStore:
     def __init__(self, database: Database) -> None:
         self._database = database
-        self.ledger = Ledger(database.engine)
+        self.ledger = Ledger(database)
         # Counted inserts take turns under advisory locks (every one of them under the budget's
         # when there is one), each waiting on a pooled connection: a storm of them would leave
         # none for the writes that must not wait (a paid task's id). They queue here instead.
@@ -158,43 +158,47 @@ class JobStore:
         gate: contextlib.AbstractAsyncContextManager[Any] = (
             self._admitting if admitted is not None else contextlib.nullcontext()
         )
+
+        def store(conn: sa.Connection) -> None:
+            if admitted is not None and conn.dialect.name == "postgresql":
+                # Under READ COMMITTED two inserts would each miss the other's row in their
+                # counts; a lock per thing counted makes them take turns, taken in one order so
+                # that two requests never wait on each other. (SQLite runs one writer at a time
+                # already.)
+                for key in lock_keys(requester_id, guild_id, quota):
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+            if conn.execute(insert).rowcount != 1:
+                refused = refusal(conn, values, max_unfinished, quota)
+                raise refused or RuntimeError("the insert was refused by no limit")
+            if lease is not None:
+                # Leased in the same step: no other process ever sees it as nobody's.
+                owner, ttl = lease
+                conn.execute(lease_row(job_id, owner, self._database.clock() + ttl))
+            if follow_up is not None:
+                conn.execute(
+                    follow_ups.insert().values(
+                        job_id=job_id,
+                        application_id=follow_up.application_id,
+                        token=follow_up.token,
+                        until=follow_up.until,
+                    )
+                )
+            if quota is not None:
+                conn.execute(
+                    allowance_uses.insert().values(
+                        job_id=job_id,
+                        guild_id=guild_id,
+                        requester_id=requester_id,
+                        category=quota.category,
+                        cost_key=quota.key,
+                        at=now,
+                    )
+                )
+
         for _ in range(5):
             try:
-                async with gate, self._database.engine.begin() as conn:
-                    if admitted is not None and conn.dialect.name == "postgresql":
-                        # Under READ COMMITTED two inserts would each miss the other's row in
-                        # their counts; a lock per thing counted makes them take turns, taken
-                        # in one order so that two requests never wait on each other. (SQLite
-                        # runs one writer at a time already.)
-                        for key in lock_keys(requester_id, guild_id, quota):
-                            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
-                    if (await conn.execute(insert)).rowcount != 1:
-                        refused = await refusal(conn, values, max_unfinished, quota)
-                        raise refused or RuntimeError("the insert was refused by no limit")
-                    if lease is not None:
-                        # Leased in the same step: no other process ever sees it as nobody's.
-                        owner, ttl = lease
-                        await conn.execute(lease_row(job_id, owner, self._database.clock() + ttl))
-                    if follow_up is not None:
-                        await conn.execute(
-                            follow_ups.insert().values(
-                                job_id=job_id,
-                                application_id=follow_up.application_id,
-                                token=follow_up.token,
-                                until=follow_up.until,
-                            )
-                        )
-                    if quota is not None:
-                        await conn.execute(
-                            allowance_uses.insert().values(
-                                job_id=job_id,
-                                guild_id=guild_id,
-                                requester_id=requester_id,
-                                category=quota.category,
-                                cost_key=quota.key,
-                                at=now,
-                            )
-                        )
+                async with gate:
+                    await self._database.write(store)
                 return await self._require(job_id)
             except IntegrityError as exc:
                 if values["dedupe_key"] is None or not twin_refused(exc):
@@ -216,8 +220,7 @@ class JobStore:
         """What ``create`` would refuse a job with for its limits right now (TooManyJobs,
         OverQuota), or None: a preview only, since other requests may come in between."""
         values = {"requester_id": requester_id, "guild_id": guild_id}
-        async with self._database.engine.connect() as conn:
-            return await refusal(conn, values, max_unfinished, quota)
+        return await self._database.scan(lambda conn: refusal(conn, values, max_unfinished, quota))
 
     async def get(self, job_id: str) -> Job | None:
         return await self._one(jobs.c.id == job_id)
@@ -263,7 +266,7 @@ class JobStore:
         )
         if ids is not None:
             query = query.where(jobs.c.id.in_(list(ids)))
-        return await self._jobs(query)
+        return await self._jobs(query, scan=True)
 
     async def unfinished_keys(self, ids: Collection[str] | None = None) -> list[tuple[str, str]]:
         """(id, callback secret) of the jobs ``unfinished`` would give: enough to tell which
@@ -273,7 +276,7 @@ class JobStore:
         )
         if ids is not None:
             query = query.where(jobs.c.id.in_(list(ids)))
-        rows = await self._database.read(
+        rows = await self._database.scan(
             lambda conn: conn.execute(query.order_by(jobs.c.created_at)).fetchall()
         )
         return [(str(job_id), str(secret)) for job_id, secret in rows]
@@ -366,16 +369,18 @@ class JobStore:
             )
             .order_by(jobs.c.created_at)
         )
-        return await self._jobs(query)
+        return await self._jobs(query, scan=True)
 
     async def _one(self, *conditions: sa.ColumnElement[bool]) -> Job | None:
         found = await self._jobs(jobs.select().where(*conditions).limit(1))
         return found[0] if found else None
 
-    async def _jobs(self, query: sa.Select[Any]) -> list[Job]:
-        return await self._database.read(
-            lambda conn: [Job.from_row(row) for row in conn.execute(query)]
-        )
+    async def _jobs(self, query: sa.Select[Any], *, scan: bool = False) -> list[Job]:
+        # All rows fetched before any is built: a row that fails to build must not leave the
+        # statement open, holding the connection's snapshot of the file.
+        read = self._database.scan if scan else self._database.read
+        rows = await read(lambda conn: conn.execute(query).all())
+        return [Job.from_row(row) for row in rows]
 
     async def _require(self, job_id: str) -> Job:
         job = await self.get(job_id)

@@ -89,7 +89,7 @@ class Tracker:
             on_submitted=on_submitted,
         )
         self._watcher = Watcher(self._ctx, send=self._send_requested)
-        submitter = Submitter(self._ctx, watch=self._watcher.watch, ring=self._watcher.ring)
+        submitter = Submitter(self._ctx, watch=self._watcher.watch, answered=self._watcher.answered)
         self._intake = Intake(self._ctx, submitter)
         self._keeper = Keeper(self._ctx, self._intake, self._watcher)
 

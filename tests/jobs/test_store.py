@@ -431,6 +431,51 @@ async def test_a_write_waiting_for_the_sqlite_lock_holds_up_neither_the_loop_nor
     assert await store.get(job.id) == moved
 
 
+async def test_a_write_cancelled_while_it_waits_for_the_lock_is_rolled_back(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """As on the async engine: a caller that gave up never finds its write done later (a job
+    claimed for sending by a submitter cancelled at shutdown would be sent by nobody)."""
+    job, other = await new_job(store), await new_job(store, index=1)
+    holder = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        moving = asyncio.create_task(
+            store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
+        )
+        await asyncio.sleep(0.2)
+        moving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await moving
+    finally:
+        holder.rollback()
+        holder.close()
+    # The writing thread takes one write at a time: once the next is done, so is the first.
+    assert await store.update(other.id, status_message_id=5) is not None
+    assert (await store.get(job.id)) == job
+
+
+async def test_a_row_that_cannot_be_read_leaves_later_reads_current(store: JobStore) -> None:
+    """A failed read must not leave its statement open on the loop's connection, which would
+    keep that connection on the file as it was (a committed move unseen by every later read)."""
+    broken, job = await new_job(store), await new_job(store, index=1)
+
+    def corrupt(conn: sa.Connection) -> None:
+        conn.execute(sa.text("UPDATE jobs SET options = '{' WHERE id = :id"), {"id": broken.id})
+
+    await store.database.write(corrupt)
+    # Each failure kept, as a failed task keeps its exception and the frames it went through.
+    with pytest.raises(ValueError) as scanned:
+        await store.unfinished()
+    with pytest.raises(ValueError) as read:
+        await store.get(broken.id)
+    moved = await store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
+    assert moved is not None
+    assert await store.get(job.id) == moved
+    assert [j.id for j in await store.unfinished([job.id])] == [job.id]
+    assert scanned.value is not None and read.value is not None
+
+
 async def test_a_burst_keeps_its_sqlite_connections(tmp_path: Path) -> None:
     """Each SQLite connection is a thread and an open file: a second burst as large as the
     first opens none (SQLAlchemy's default pool closed all but five after each)."""

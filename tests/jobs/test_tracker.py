@@ -420,3 +420,50 @@ async def test_a_job_that_waited_while_its_server_was_closed_is_never_sent(rig: 
         "upscale": 0,
         "video": 0,
     }
+
+
+async def ring_by_callback(rig: Rig, job: Job) -> None:
+    """The vendor's callback for ``job``, as it posts it; returns once the bot answered."""
+    url = f"{rig.listener_url}{CALLBACK_PATH}{job.callback_secret}"
+    body = {"code": 200, "msg": "success", "data": {"taskId": job.upstream_task_id}}
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+        assert response.status == 200
+
+
+def asked_about(rig: Rig, job: Job) -> int:
+    """How many times record-info was asked about ``job``'s task."""
+    return sum(
+        1
+        for call in rig.sandbox.calls
+        if call.endpoint == "record-info" and call.body.get("taskId") == job.upstream_task_id
+    )
+
+
+async def test_a_task_just_taken_is_not_asked_about_before_its_callback(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True, poll=rig_poll_never())
+    outcome = await upscale(tracker, rig.grid(), 0)
+    assert outcome.created and outcome.job.state is JobState.SUBMITTED
+    await asyncio.sleep(0.3)
+    # A task the API took a moment ago is not done: asking would be a request and a read for
+    # nothing, on every job.
+    assert asked_about(rig, outcome.job) == 0
+    rig.sandbox.complete(outcome.job.upstream_task_id)
+    await rig.publisher.wait_for(lambda: len(rig.publisher.delivered) == 1)
+    assert asked_about(rig, outcome.job) == 1
+
+
+async def test_a_callback_while_record_info_is_asked_is_not_lost(rig: Rig) -> None:
+    tracker = rig.tracker(callbacks=True, poll=rig_poll_never())
+    outcome = await upscale(tracker, rig.grid(), 0)
+    # An early callback (the vendor's retry, or one of a task still running) makes the watcher
+    # ask; its answer, "not done yet", is kept back while the task finishes and calls back.
+    hold = rig.sandbox.hold("record-info")
+    await ring_by_callback(rig, outcome.job)
+    await rig.sandbox.wait_held(hold)
+    rig.sandbox.complete(outcome.job.upstream_task_id)
+    await ring_by_callback(rig, outcome.job)
+    hold.release()
+    # The second callback came while the first was being answered: it is not lost, and the
+    # result is posted now, not at the next poll (an hour away here).
+    await rig.publisher.wait_for(lambda: len(rig.publisher.delivered) == 1)
+    assert asked_about(rig, outcome.job) == 2

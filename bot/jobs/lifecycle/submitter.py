@@ -32,12 +32,12 @@ SEND_MARGIN_SECONDS = 60.0
 
 class Submitter:
     def __init__(
-        self, ctx: Context, *, watch: Callable[[Job], None], ring: Callable[[Job], None]
+        self, ctx: Context, *, watch: Callable[[Job], None], answered: Callable[[Job], None]
     ) -> None:
         self._ctx = ctx
         # The watcher's: a job whose answer is in (or may be) is waited for from then on.
         self._watch = watch
-        self._ring = ring
+        self._answered = answered
         # A job whose deadline is nearer than this when its turn comes is not sent.
         self._send_margin = min(SEND_MARGIN_SECONDS, ctx.settings.deadline_seconds / 4)
 
@@ -205,7 +205,7 @@ class Submitter:
                 await ctx.notify(job.id)
         # Rung, not only watched: this process may have taken itself over meanwhile (a lease
         # run out during the outage), and that watcher has yet to see the task id.
-        self._ring(job)
+        self._answered(job)
         return job
 
     async def _keep(self, job: Job, task_id: str) -> Job:

@@ -34,6 +34,8 @@ class Watcher:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._doorbells: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Jobs whose watcher was started by their paid call's answer: its first look waits.
+        self._fresh: set[str] = set()
 
     def watching(self, job_id: str) -> bool:
         return job_id in self._watchers
@@ -87,7 +89,21 @@ class Watcher:
         self._watchers[job.id] = task
         task.add_done_callback(functools.partial(self._forget, job.id))
 
+    def answered(self, job: Job) -> None:
+        """A job whose paid call was just answered, its task id stored. With callbacks on, a
+        watcher started for it now does not ask record-info at once: a task the API took a
+        moment ago is not done, and its callback (or, if none comes, the first poll) wakes the
+        watcher. One already watching (a job taken over meanwhile) is rung to see the task id."""
+        if self._ctx.callbacks_enabled and job.id not in self._watchers:
+            self._fresh.add(job.id)
+            self.watch(job)
+            if job.id not in self._watchers:
+                self._fresh.discard(job.id)
+            return
+        self.ring(job)
+
     def _forget(self, job_id: str, _watcher: asyncio.Task[None]) -> None:
+        self._fresh.discard(job_id)
         self._watchers.pop(job_id, None)
         self._doorbells.pop(job_id, None)
         self._locks.pop(job_id, None)
@@ -115,10 +131,18 @@ class Watcher:
         doorbell = self._doorbells[job_id]
         delay: float | None = None
         started = time.monotonic()
+        # Not asked about until rung (``answered``), once: a ring before the first look (a
+        # callback that beat the watcher to its start) is a reason to ask.
+        quiet_start = job_id in self._fresh
+        self._fresh.discard(job_id)
         try:
             if not await ctx.leases.claim(job_id):
                 return
             while True:
+                # Cleared before the job is read, not before the wait: a ring while it is read
+                # or checked is kept, and the wait below returns at once.
+                rung = doorbell.is_set()
+                doorbell.clear()
                 job = await ctx.store.get(job_id)
                 if job is None or job.finished:
                     await ctx.leases.release(job_id)
@@ -140,7 +164,8 @@ class Watcher:
                     # A failed post that may succeed later: ring again after a pause.
                     delay = poll.max_interval
                 else:
-                    if await self._check(job):
+                    quiet, quiet_start = quiet_start and not rung, False
+                    if not quiet and await self._check(job):
                         continue
                     delay = poll.next_delay(
                         time.monotonic() - started, delay, callbacks=ctx.callbacks_enabled
@@ -149,7 +174,6 @@ class Watcher:
                 if remaining <= 0:
                     await expire(ctx, job)
                     return
-                doorbell.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(doorbell.wait(), timeout=min(delay, remaining))
         except asyncio.CancelledError:
