@@ -175,6 +175,32 @@ async def test_a_callback_taken_by_another_process_rings_the_owner(
     assert other_posts.delivered == []
 
 
+async def test_a_callback_taken_elsewhere_before_the_owner_watches_rings_it(
+    rig: Rig, engine: Callable[[], AsyncEngine]
+) -> None:
+    """The vendor's callback reaches another process while the owner's paid call is still
+    waiting for its answer: the owner, not watching the job yet, is told by NOTIFY, and its
+    watcher, once started, looks at once rather than at its first poll (a minute here)."""
+    owner, owner_posts = await process(
+        rig, engine, callbacks=True, poll=PollPolicy(first_with_callback=60.0), lease=STEADY
+    )
+    other, _ = await process(rig, engine, callbacks=True)
+    hold = rig.sandbox.hold("generate")
+    asking = asyncio.create_task(imagine(owner, "rung before it watched"))
+    await rig.sandbox.wait_held(hold)
+    (task,) = rig.sandbox.tasks()
+    rig.listener.tracker = other
+    rig.sandbox.complete(task.task_id)
+    await rig.sandbox.wait_for_callback(task.task_id)
+    # Time for the NOTIFY to reach the owner before its answer does (were it later, the watcher
+    # would be rung as it is at any time: this test would pass without showing anything).
+    await asyncio.sleep(0.3)
+    hold.release()
+    outcome = await asking
+    assert outcome.job.state is JobState.SUBMITTED
+    await owner_posts.wait_for(lambda: len(owner_posts.delivered) == 1, timeout=10)
+
+
 async def test_a_process_that_lost_a_lease_does_not_post_what_the_new_holder_posts(
     rig: Rig, engine: Callable[[], AsyncEngine]
 ) -> None:

@@ -467,3 +467,25 @@ async def test_a_callback_while_record_info_is_asked_is_not_lost(rig: Rig) -> No
     # result is posted now, not at the next poll (an hour away here).
     await rig.publisher.wait_for(lambda: len(rig.publisher.delivered) == 1)
     assert asked_about(rig, outcome.job) == 2
+
+
+async def test_a_task_answered_past_its_deadline_is_asked_about_before_it_expires(
+    rig: Rig,
+) -> None:
+    """The paid call's answer (or the write of its task id) came late, its callback lost
+    meanwhile: the job is past its deadline when first watched. It is not failed unseen: the
+    task is asked about, found done, and posted."""
+    tracker = rig.tracker(callbacks=True, poll=rig_poll_never(), deadline=2.0)
+    hold = rig.sandbox.hold("generateUpscale")
+    asking = asyncio.create_task(upscale(tracker, rig.grid(), 0))
+    await rig.sandbox.wait_held(hold)
+    task_id = rig.sandbox.tasks()[-1].task_id
+    rig.listener.tracker = None  # the vendor's callback is refused (503), and given up
+    rig.sandbox.complete(task_id)
+    await asyncio.sleep(2.2)
+    rig.listener.tracker = tracker
+    hold.release()
+    outcome = await asking
+    # Tidied up after the post was stored as delivered.
+    await rig.publisher.wait_for(lambda: len(rig.publisher.tidied) == 1)
+    assert await job_state(rig, outcome.job.id) is JobState.DELIVERED

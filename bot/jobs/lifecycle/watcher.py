@@ -36,6 +36,11 @@ class Watcher:
         self._locks: dict[str, asyncio.Lock] = {}
         # Jobs whose watcher was started by their paid call's answer: its first look waits.
         self._fresh: set[str] = set()
+        # Rings (NOTIFY) for jobs of this process not watched yet: their paid call's answer is
+        # not in, and the vendor's callback went to another process.
+        self._rung_early: set[str] = set()
+        # When every job was last rung (a LISTEN connection made again after a gap).
+        self._rung_all_at = 0.0
 
     def watching(self, job_id: str) -> bool:
         return job_id in self._watchers
@@ -93,8 +98,13 @@ class Watcher:
         """A job whose paid call was just answered, its task id stored. With callbacks on, a
         watcher started for it now does not ask record-info at once: a task the API took a
         moment ago is not done, and its callback (or, if none comes, the first poll) wakes the
-        watcher. One already watching (a job taken over meanwhile) is rung to see the task id."""
-        if self._ctx.callbacks_enabled and job.id not in self._watchers:
+        watcher. One already watching (a job taken over meanwhile) is rung to see the task id,
+        and one rung before it was watched, or answered past its deadline, looks at once."""
+        rung_early = job.id in self._rung_early or job.created_at <= self._rung_all_at
+        self._rung_early.discard(job.id)
+        # Past its deadline, one look before it expires: the task may be done and paid.
+        quiet = not rung_early and job.deadline_at > time.time()
+        if quiet and self._ctx.callbacks_enabled and job.id not in self._watchers:
             self._fresh.add(job.id)
             self.watch(job)
             if job.id not in self._watchers:
@@ -104,6 +114,7 @@ class Watcher:
 
     def _forget(self, job_id: str, _watcher: asyncio.Task[None]) -> None:
         self._fresh.discard(job_id)
+        self._rung_early.discard(job_id)
         self._watchers.pop(job_id, None)
         self._doorbells.pop(job_id, None)
         self._locks.pop(job_id, None)
@@ -117,6 +128,7 @@ class Watcher:
             doorbell.set()
 
     def ring_all(self) -> None:
+        self._rung_all_at = time.time()
         for doorbell in self._doorbells.values():
             doorbell.set()
 
@@ -124,6 +136,9 @@ class Watcher:
         doorbell = self._doorbells.get(job_id)
         if doorbell is not None:
             doorbell.set()
+        elif self._ctx.leases.holds(job_id):
+            # Its watcher starts once the paid call's answer is stored: it must look at once.
+            self._rung_early.add(job_id)
 
     async def _watch_loop(self, job_id: str) -> None:
         ctx = self._ctx
@@ -164,7 +179,8 @@ class Watcher:
                     # A failed post that may succeed later: ring again after a pause.
                     delay = poll.max_interval
                 else:
-                    quiet, quiet_start = quiet_start and not rung, False
+                    quiet = quiet_start and not rung and job.deadline_at > time.time()
+                    quiet_start = False
                     if not quiet and await self._check(job):
                         continue
                     delay = poll.next_delay(
