@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,20 @@ from tests.harness import Harness
 
 # Polling fast enough that tests wait milliseconds, not the production 5 s.
 FAST_POLL = PollPolicy(first_with_callback=0.2, interval=0.05, steady_for=1.0, max_interval=0.2)
+
+
+@pytest.fixture
+def handed_to_threads(monkeypatch: pytest.MonkeyPatch) -> list[Callable[..., object]]:
+    """Every function given to ``asyncio.to_thread`` meanwhile (they still run there)."""
+    handed: list[Callable[..., object]] = []
+    real_to_thread = asyncio.to_thread
+
+    async def spy(func: Callable[..., object], /, *args: object) -> object:
+        handed.append(func)
+        return await real_to_thread(func, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", spy)
+    return handed
 
 
 @pytest.fixture

@@ -861,20 +861,12 @@ async def test_every_post_and_edit_says_whom_it_may_ping_itself(posting: Posting
 
 
 async def test_reencoding_runs_off_the_event_loop(
-    posting: Posting, monkeypatch: pytest.MonkeyPatch
+    posting: Posting, handed_to_threads: list[Callable[..., object]]
 ) -> None:
-    threads: list[Callable[..., object]] = []
-    real_to_thread = asyncio.to_thread
-
-    async def spy(func: Callable[..., object], /, *args: object) -> object:
-        threads.append(func)
-        return await real_to_thread(func, *args)
-
-    monkeypatch.setattr(asyncio, "to_thread", spy)
     posting.limit_uploads_to(200_000)
     message = posting.double.message(
         await posting.deliver(posting.serve("a.png", noisy_png(640, 640)))
     )
     assert len(message.attachments) == 1
     # The download (over 1 MiB) is joined off the loop too (bot.net.read_capped).
-    assert threads == [b"".join, reencode]
+    assert handed_to_threads == [b"".join, reencode]

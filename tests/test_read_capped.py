@@ -3,7 +3,6 @@ a large body joined off the event loop."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 
@@ -52,18 +51,10 @@ async def test_the_whole_body_or_none_past_the_cap(server: str, name: str) -> No
 
 
 async def test_a_large_body_is_joined_off_the_event_loop(
-    server: str, monkeypatch: pytest.MonkeyPatch
+    server: str, handed_to_threads: list[Callable[..., object]]
 ) -> None:
-    handed: list[Callable[..., object]] = []
-    real_to_thread = asyncio.to_thread
-
-    async def spy(func: Callable[..., object], /, *args: object) -> object:
-        handed.append(func)
-        return await real_to_thread(func, *args)
-
-    monkeypatch.setattr(asyncio, "to_thread", spy)
     async with aiohttp.ClientSession() as session:
         for name in ("small", "large"):
             async with session.get(f"{server}/{name}") as response:
                 assert await read_capped(response, 10 * JOIN_ON_LOOP) == BODIES[name]
-    assert handed == [b"".join]
+    assert handed_to_threads == [b"".join]

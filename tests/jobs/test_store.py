@@ -8,7 +8,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -407,15 +407,25 @@ async def test_reopening_the_file_keeps_the_jobs(tmp_path: Path) -> None:
         await second.close()
 
 
+@contextlib.contextmanager
+def write_lock_held(path: Path) -> Iterator[None]:
+    """Another connection holding the SQLite file's write lock meanwhile."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
 async def test_a_write_waiting_for_the_sqlite_lock_holds_up_neither_the_loop_nor_reads(
     store: JobStore, tmp_path: Path
 ) -> None:
     """The store's writes run off the event loop (bot.jobs.sqlite_direct): one that waits for
     another connection's lock leaves the loop, and reads, free; it lands once the lock goes."""
     job = await new_job(store)
-    holder = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with write_lock_held(tmp_path / "x.sqlite3"):
         moving = asyncio.create_task(
             store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
         )
@@ -423,9 +433,6 @@ async def test_a_write_waiting_for_the_sqlite_lock_holds_up_neither_the_loop_nor
         assert not moving.done()
         assert (await store.get(job.id)) == job
         assert await store.grid_use(PARENT, 1) == ParentUse(frozenset({("upscale", 0)}))
-    finally:
-        holder.rollback()
-        holder.close()
     moved = await moving
     assert moved is not None and moved.state is JobState.SUBMITTING
     assert await store.get(job.id) == moved
@@ -437,9 +444,7 @@ async def test_a_write_cancelled_while_it_waits_for_the_lock_is_rolled_back(
     """As on the async engine: a caller that gave up never finds its write done later (a job
     claimed for sending by a submitter cancelled at shutdown would be sent by nobody)."""
     job, other = await new_job(store), await new_job(store, index=1)
-    holder = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with write_lock_held(tmp_path / "x.sqlite3"):
         moving = asyncio.create_task(
             store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
         )
@@ -447,9 +452,6 @@ async def test_a_write_cancelled_while_it_waits_for_the_lock_is_rolled_back(
         moving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await moving
-    finally:
-        holder.rollback()
-        holder.close()
     # The writing thread takes one write at a time: once the next is done, so is the first.
     assert await store.update(other.id, status_message_id=5) is not None
     assert (await store.get(job.id)) == job
