@@ -43,11 +43,6 @@ class Image:
     filename: str
 
 
-# What a download's connection reads ahead before it waits for the reader (aiohttp's default is
-# 64 KiB).
-READ_BUFFER_BYTES = 1024 * 1024
-
-
 class ImageFetcher:
     """Downloads result images from trusted hosts only, with a size cap, and checks they are
     images; redirects are followed by hand so that each hop is checked too.
@@ -77,8 +72,6 @@ class ImageFetcher:
             connector=aiohttp.TCPConnector(resolver=self._resolver),
             # A proxy would resolve the names itself, out of the resolver's sight.
             trust_env=False,
-            # Results are megabytes: larger reads, fewer pauses and wake-ups per image.
-            read_bufsize=READ_BUFFER_BYTES,
         )
         self._max = max_bytes
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=10)

@@ -109,19 +109,11 @@ class Database:
         return self._engine.dialect.name == "postgresql"
 
     async def read(self, fn: Callable[[sa.Connection], T]) -> T:
-        """``fn`` (plain statements on a synchronous connection, no awaits) as one read of a few
-        rows by an index: on a SQLite file at once, without a hand-off (bot.jobs.sqlite_direct),
+        """``fn`` (plain statements on a synchronous connection, no awaits) as one read: on a
+        SQLite file in the store's reading threads, without aiosqlite (bot.jobs.sqlite_direct),
         elsewhere through the async engine (``run_sync``): the same SQL on every database."""
         if self._direct is not None:
-            return self._direct.read(fn)
-        async with self._engine.connect() as conn:
-            return await conn.run_sync(fn)
-
-    async def scan(self, fn: Callable[[sa.Connection], T]) -> T:
-        """``read`` for a query whose cost grows with the data (counts over a day, every
-        unfinished job): on a SQLite file in a thread of its own, so as not to hold the loop."""
-        if self._direct is not None:
-            return await self._direct.scan(fn)
+            return await self._direct.read(fn)
         async with self._engine.connect() as conn:
             return await conn.run_sync(fn)
 

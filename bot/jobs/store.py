@@ -220,7 +220,7 @@ class JobStore:
         """What ``create`` would refuse a job with for its limits right now (TooManyJobs,
         OverQuota), or None: a preview only, since other requests may come in between."""
         values = {"requester_id": requester_id, "guild_id": guild_id}
-        return await self._database.scan(lambda conn: refusal(conn, values, max_unfinished, quota))
+        return await self._database.read(lambda conn: refusal(conn, values, max_unfinished, quota))
 
     async def get(self, job_id: str) -> Job | None:
         return await self._one(jobs.c.id == job_id)
@@ -266,7 +266,7 @@ class JobStore:
         )
         if ids is not None:
             query = query.where(jobs.c.id.in_(list(ids)))
-        return await self._jobs(query, scan=True)
+        return await self._jobs(query)
 
     async def unfinished_keys(self, ids: Collection[str] | None = None) -> list[tuple[str, str]]:
         """(id, callback secret) of the jobs ``unfinished`` would give: enough to tell which
@@ -276,7 +276,7 @@ class JobStore:
         )
         if ids is not None:
             query = query.where(jobs.c.id.in_(list(ids)))
-        rows = await self._database.scan(
+        rows = await self._database.read(
             lambda conn: conn.execute(query.order_by(jobs.c.created_at)).fetchall()
         )
         return [(str(job_id), str(secret)) for job_id, secret in rows]
@@ -369,17 +369,16 @@ class JobStore:
             )
             .order_by(jobs.c.created_at)
         )
-        return await self._jobs(query, scan=True)
+        return await self._jobs(query)
 
     async def _one(self, *conditions: sa.ColumnElement[bool]) -> Job | None:
         found = await self._jobs(jobs.select().where(*conditions).limit(1))
         return found[0] if found else None
 
-    async def _jobs(self, query: sa.Select[Any], *, scan: bool = False) -> list[Job]:
+    async def _jobs(self, query: sa.Select[Any]) -> list[Job]:
         # All rows fetched before any is built: a row that fails to build must not leave the
         # statement open, holding the connection's snapshot of the file.
-        read = self._database.scan if scan else self._database.read
-        rows = await read(lambda conn: conn.execute(query).all())
+        rows = await self._database.read(lambda conn: conn.execute(query).all())
         return [Job.from_row(row) for row in rows]
 
     async def _require(self, job_id: str) -> Job:
