@@ -1,10 +1,9 @@
-"""CPU of the store's hot calls on a SQLite file: through aiosqlite (the async engine, as every
-query went before issue 25) and through bot.jobs.sqlite_direct (what JobStore uses now).
+"""CPU of the store's hot calls on a SQLite file (JobStore through aiosqlite).
 
 In this process, no bot and no network: each call is repeated ``--calls`` times and timed with
-``time.process_time`` (all threads: aiosqlite's and the store's writing thread count), so the
-figure is the CPU a call costs, not its latency. Counts of CPU are far steadier than the
-end-to-end benches on a shared VM.
+``time.process_time`` (all threads: aiosqlite's count), so the figure is the CPU a call costs,
+not its latency. Counts of CPU are far steadier than the end-to-end benches on a shared VM: the
+figure to compare when the store's way of running SQL changes (docs/performance.md §8).
 
     .venv/bin/python -m bench.storecost [--calls 2000]
 
@@ -20,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bot.jobs.database import Database
 from bot.jobs.store import JobState, JobStore
 
 
@@ -67,21 +65,14 @@ async def measure(store: JobStore, calls: int, grid: str) -> dict[str, float]:
 
 async def run(calls: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        url = f"sqlite:///{Path(folder)}/store.sqlite3"
-        direct = await JobStore.open(url)
-        # The same file through the async engine alone, as before: a Database without its
-        # direct path takes run_sync on aiosqlite (bot.jobs.database).
-        through_aiosqlite = JobStore(Database(direct.database.engine))
+        store = await JobStore.open(f"sqlite:///{Path(folder)}/store.sqlite3")
         try:
-            before = await measure(through_aiosqlite, calls, "grid")
-            after = await measure(direct, calls, "GRID")
+            costs = await measure(store, calls, "grid")
         finally:
-            await direct.close()
+            await store.close()
     print(f"CPU per call, µs ({calls} reads, {calls // 4} writes each)")
-    print(f"{'call':<14} {'aiosqlite':>10} {'direct':>10} {'ratio':>7}")
-    for name, was in before.items():
-        now = after[name]
-        print(f"{name:<14} {was:10.0f} {now:10.0f} {was / now:6.1f}×")
+    for name, cost in costs.items():
+        print(f"{name:<14} {cost:8.0f}")
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs import migrations
-from bot.jobs.sqlite_direct import DirectSqlite
 
 T = TypeVar("T")
 
@@ -80,16 +79,8 @@ def _address(url: str) -> str:
 
 
 class Database:
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        *,
-        lease_engine: AsyncEngine | None = None,
-        direct: DirectSqlite | None = None,
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, *, lease_engine: AsyncEngine | None = None) -> None:
         self._engine = engine
-        # On a SQLite file, the hot queries skip aiosqlite (bot.jobs.sqlite_direct).
-        self._direct = direct
         # Leases must not queue behind a burst of clicks for a pooled connection: one renewed
         # late is lost (a shard's session closed, a job handed over) under exactly the load
         # that needs it. On PostgreSQL they have connections of their own.
@@ -109,20 +100,15 @@ class Database:
         return self._engine.dialect.name == "postgresql"
 
     async def read(self, fn: Callable[[sa.Connection], T]) -> T:
-        """``fn`` (plain statements on a synchronous connection, no awaits) as one read: on a
-        SQLite file in the store's reading threads, without aiosqlite (bot.jobs.sqlite_direct),
-        elsewhere through the async engine (``run_sync``): the same SQL on every database."""
-        if self._direct is not None:
-            return await self._direct.read(fn)
+        """``fn`` (plain statements on a synchronous connection, no awaits) as one read,
+        through the async engine (``run_sync``): the same SQL on every database, and one seam
+        where another way of running it could be put (docs/performance.md §8 tried one)."""
         async with self._engine.connect() as conn:
             return await conn.run_sync(fn)
 
     async def write(self, fn: Callable[[sa.Connection], T]) -> T:
-        """``fn`` as one transaction, committed when it returns, rolled back if it raises: on a
-        SQLite file in the store's writing thread (rolled back if its caller is cancelled before
-        it commits), elsewhere through the async engine."""
-        if self._direct is not None:
-            return await self._direct.write(fn)
+        """``fn`` as one transaction, committed when it returns, rolled back if it raises or
+        its caller is cancelled first."""
         async with self._engine.begin() as conn:
             return await conn.run_sync(fn)
 
@@ -164,7 +150,6 @@ class Database:
             **pool_options,
         )
         lease_engine = None
-        direct = None
         if url.startswith("sqlite"):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
@@ -197,13 +182,9 @@ class Database:
             if isinstance(exc, migrations.SchemaAhead):
                 raise StoreUnavailable(str(exc)) from exc
             raise
-        if path is not None:
-            direct = DirectSqlite(url, busy_seconds=sqlite_busy_seconds, on_connect=_sqlite_pragmas)
-        return cls(engine, lease_engine=lease_engine, direct=direct)
+        return cls(engine, lease_engine=lease_engine)
 
     async def close(self) -> None:
-        if self._direct is not None:
-            await self._direct.close()
         await self._engine.dispose()
         if self._lease_engine is not self._engine:
             await self._lease_engine.dispose()

@@ -422,7 +422,7 @@ def write_lock_held(path: Path) -> Iterator[None]:
 async def test_a_write_waiting_for_the_sqlite_lock_holds_up_neither_the_loop_nor_reads(
     store: JobStore, tmp_path: Path
 ) -> None:
-    """The store's writes run off the event loop (bot.jobs.sqlite_direct): one that waits for
+    """The store's writes run off the event loop (in aiosqlite's thread): one that waits for
     another connection's lock leaves the loop, and reads, free; it lands once the lock goes."""
     job = await new_job(store)
     with write_lock_held(tmp_path / "x.sqlite3"):
