@@ -24,8 +24,6 @@ T = TypeVar("T")
 
 # The longest a lease query may take before it counts as failed.
 LEASE_QUERY_SECONDS = 3.0
-# The most connections a process holds on its SQLite file (SQLAlchemy's default 5 + 10 overflow).
-POOL_CONNECTIONS = 15
 # How long a write to SQLite waits for another connection's lock before "database is locked".
 SQLITE_BUSY_SECONDS = 30.0
 
@@ -124,7 +122,6 @@ class Database:
         ``migrate`` false, only see that it answers."""
         url = async_database_url(database_url)
         connect_args: dict[str, Any] = {}
-        pool_options: dict[str, int] = {}
         path = _sqlite_path(url)
         if path is not None:
             try:
@@ -134,10 +131,6 @@ class Database:
                     f"cannot create the folder {path.parent} for the SQLite file: {exc.strerror}"
                 ) from exc
             connect_args["timeout"] = sqlite_busy_seconds
-            # Every SQLite connection is a thread of aiosqlite's and a file opened: one made for
-            # a burst and closed after it (the default pool's overflow) costs more than its
-            # queries. The same fifteen at most, all kept.
-            pool_options = {"pool_size": POOL_CONNECTIONS, "max_overflow": 0}
         # hide_parameters: a failed statement's error names its values, callback secrets among
         # them, and such errors reach the log.
         engine = create_async_engine(
@@ -147,7 +140,6 @@ class Database:
             # A PostgreSQL server restarted (or a proxy that dropped idle connections) leaves
             # dead connections in the pool: each is tried before it is handed out.
             pool_pre_ping=not url.startswith("sqlite"),
-            **pool_options,
         )
         lease_engine = None
         if url.startswith("sqlite"):

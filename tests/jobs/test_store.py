@@ -478,24 +478,6 @@ async def test_a_row_that_cannot_be_read_leaves_later_reads_current(store: JobSt
     assert scanned.value is not None and read.value is not None
 
 
-async def test_a_burst_keeps_its_sqlite_connections(tmp_path: Path) -> None:
-    """Each SQLite connection is a thread and an open file: a second burst as large as the
-    first opens none (SQLAlchemy's default pool closed all but five after each)."""
-    store = await JobStore.open(f"sqlite:///{tmp_path}/burst.sqlite3")
-    opened: list[object] = []
-    sa.event.listen(store.engine.sync_engine, "connect", lambda conn, _record: opened.append(conn))
-    try:
-        for _ in range(2):
-            before = len(opened)
-            async with contextlib.AsyncExitStack() as stack:
-                for _ in range(12):
-                    conn = await stack.enter_async_context(store.engine.connect())
-                    await conn.execute(sa.text("SELECT 1"))
-        assert len(opened) == before
-    finally:
-        await store.close()
-
-
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
