@@ -284,8 +284,8 @@ async def burst(rig: Rig, grids: list[str]) -> bool:
         message = posted_message(rig, task_id)
         assert message is not None
         posted.append(message.created_at - sandbox.callback_sent[task_id])
-    stalls = rig.loop_stalls(started, ended)
-    lags = [late for late, _ in stalls]
+    stalls = rig.late_ticks(started, ended)
+    lags = [tick.late for tick in stalls]
     print(
         f"burst: {len(tasks)} results completed at once ({reencodes(rig) - reencoded} re-encodes), "
         f"{len(acks)} clicks meanwhile; all posted in {ended - started:.2f} s"
@@ -293,7 +293,7 @@ async def burst(rig: Rig, grids: list[str]) -> bool:
     print(f"    completion → posted: {spread(posted)}")
     print(f"    ack of the clicks during the burst: {spread([a.ack_seconds for a in acks])}")
     if stalls:
-        late, cpu = max(stalls)
+        _, late, cpu = max(stalls, key=lambda tick: tick.late)
         # The probe's CPU figure covers the whole interval since the tick before: its 10 ms
         # and the lateness.
         print(

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -256,6 +256,15 @@ class Grid:
     task_id: str
 
 
+class LateTick(NamedTuple):
+    """One line of the loop probe's log (bench/costtrace): when the tick was due (perf_counter),
+    how late it fired, and the loop thread's CPU seconds since the tick before."""
+
+    due: float
+    late: float
+    cpu: float
+
+
 @dataclass
 class Rig:
     double: DiscordDouble
@@ -289,19 +298,20 @@ class Rig:
     def loop_lags(self, since: float, until: float) -> list[float]:
         """How late (seconds) the bot's loop probe fired, each time it was 2 ms or more late,
         for the ticks due within [since, until]; needs ``trace_cost=True``."""
-        return [late for late, _ in self.loop_stalls(since, until)]
+        return [tick.late for tick in self.late_ticks(since, until)]
 
-    def loop_stalls(self, since: float, until: float) -> list[tuple[float, float]]:
-        """``loop_lags`` with the loop thread's CPU seconds in each late interval: (late, CPU).
-        Lateness with little CPU is the loop waiting (the GIL, a CPU), not a long callback."""
+    def late_ticks(self, since: float, until: float) -> list[LateTick]:
+        """The probe's ticks 2 ms or more late that were due within [since, until], with the
+        loop thread's CPU since the tick before (lateness with little of it is the loop waiting:
+        the GIL, a CPU; not a long callback)."""
         if self.lag_log is None or not self.lag_log.exists():
             return []
-        stalls = []
-        for line in self.lag_log.read_text().splitlines():
-            due, late, cpu = (float(v) for v in line.split())
-            if since <= due <= until:
-                stalls.append((late, cpu))
-        return stalls
+        ticks = [
+            LateTick(*map(float, line.split()))
+            for line in self.lag_log.read_text().split("\n")
+            if line
+        ]
+        return [tick for tick in ticks if since <= tick.due <= until]
 
     async def counts(self) -> Counter[str]:
         """What the bot has done so far, counted (SQL statements, HTTP requests, log lines:

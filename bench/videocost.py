@@ -344,61 +344,90 @@ def is_posted(rig: Rig, task_id: str) -> bool:
     return posted_video(rig, task_id) is not None
 
 
-async def one_at_a_time(
-    rig: Rig, sampler: Sampler, name: str, tasks: list[str], limit: int, idle: float
+@dataclass
+class Started:
+    """What a phase's figures are counted from."""
+
+    since: int
+    at: float
+    cpu: float
+    child: float
+
+    @classmethod
+    def now(cls, rig: Rig) -> Started:
+        proc = rig.proc
+        return cls(len(rig.bot.log), time.perf_counter(), proc.cpu_seconds(), children_cpu(proc))
+
+
+def measured(
+    rig: Rig,
+    sampler: Sampler,
+    name: str,
+    limit: int,
+    tasks: list[str],
+    idle: float,
+    start: Started,
+    ended: float,
+    settled: float,
+    acks: list[float] | None = None,
 ) -> Phase:
-    sandbox = rig.sandbox
-    since = len(rig.bot.log)
-    sampler.reset()
-    started = time.perf_counter()
-    cpu, child = rig.proc.cpu_seconds(), children_cpu(rig.proc)
+    """The phase's figures: CPU from ``start`` to ``settled`` less the idle rate, the event
+    loop's stalls up to ``ended`` (the last video posted), each video's completion → posted."""
     posted, sizes = [], []
     for task_id in tasks:
-        sandbox.complete(task_id)
-        await wait_until(functools.partial(is_posted, rig, task_id), 600, task_id)
         got = posted_video(rig, task_id)
         assert got is not None
-        posted.append(got[0] - sandbox.callback_sent[task_id])
+        posted.append(got[0] - rig.sandbox.callback_sent[task_id])
         sizes.append(got[1])
-        await asyncio.sleep(0.2)
-    await rig.settle(quiet=0.3)
-    ended = time.perf_counter()
-    used = rig.proc.cpu_seconds() - cpu - idle * (ended - started)
+    used = rig.proc.cpu_seconds() - start.cpu - idle * (settled - start.at)
     return Phase(
         name,
         limit,
         len(tasks),
         used / len(tasks) * 1000,
-        (children_cpu(rig.proc) - child) / len(tasks) * 1000,
+        (children_cpu(rig.proc) - start.child) / len(tasks) * 1000,
         posted,
         sizes,
-        encodes(rig, since),
+        encodes(rig, start.since),
         sampler.bot_rss,
         sampler.child_hwm,
-        max(rig.loop_lags(started, ended), default=0.0),
-        around_worst_stall(rig, started, ended),
-        ended - started,
+        max(rig.loop_lags(start.at, ended), default=0.0),
+        around_worst_stall(rig, start.at, ended),
+        ended - start.at,
+        acks or [],
+        sampler.promoted,
     )
+
+
+async def one_at_a_time(
+    rig: Rig, sampler: Sampler, name: str, tasks: list[str], limit: int, idle: float
+) -> Phase:
+    sampler.reset()
+    start = Started.now(rig)
+    for task_id in tasks:
+        rig.sandbox.complete(task_id)
+        await wait_until(functools.partial(is_posted, rig, task_id), 600, task_id)
+        await asyncio.sleep(0.2)
+    await rig.settle(quiet=0.3)
+    ended = time.perf_counter()
+    return measured(rig, sampler, name, limit, tasks, idle, start, ended, ended)
 
 
 async def burst(
     rig: Rig, sampler: Sampler, grids: list[Grid], tasks: list[str], idle: float, promote: bool
 ) -> Phase:
     """Every video completed at once, while a member clicks every CLICK_EVERY seconds."""
-    sandbox = rig.sandbox
-    since = len(rig.bot.log)
     sampler.reset()
     sampler.promote = promote
     buttons = itertools.cycle(itertools.product(grids, range(2, 5)))
     handles = []
     try:
         with bench_gc_paused():
-            started = time.perf_counter()
-            cpu, child = rig.proc.cpu_seconds(), children_cpu(rig.proc)
+            start = Started.now(rig)
             for task_id in tasks:
-                sandbox.complete(task_id)
+                rig.sandbox.complete(task_id)
             while not all(posted_video(rig, t) is not None for t in tasks):
-                if time.perf_counter() - started > 900:
+                if time.perf_counter() - start.at > 900:
                     raise TimeoutError("the burst's videos not all posted in 900 s")
                 grid, number = next(buttons)
                 handles.append(await rig.click(grid, number, rig.users[-1]))
@@ -408,45 +437,28 @@ async def burst(
         await rig.settle(quiet=0.3)
     finally:
         sampler.promote = False
-    settled = time.perf_counter()
-    posted, sizes = [], []
-    for task_id in tasks:
-        got = posted_video(rig, task_id)
-        assert got is not None
-        posted.append(got[0] - sandbox.callback_sent[task_id])
-        sizes.append(got[1])
-    used = rig.proc.cpu_seconds() - cpu - idle * (settled - started)
-    return Phase(
-        "burst, encoder idle" if not promote else "burst, encoder not idle",
+    name = "burst, encoder idle" if not promote else "burst, encoder not idle"
+    return measured(
+        rig,
+        sampler,
+        name,
         SMALL_CHANNEL,
-        len(tasks),
-        used / len(tasks) * 1000,
-        (children_cpu(rig.proc) - child) / len(tasks) * 1000,
-        posted,
-        sizes,
-        encodes(rig, since),
-        sampler.bot_rss,
-        sampler.child_hwm,
-        max(rig.loop_lags(started, ended), default=0.0),
-        around_worst_stall(rig, started, ended),
-        ended - started,
+        tasks,
+        idle,
+        start,
+        ended,
+        time.perf_counter(),
         [a.ack_seconds for a in acks],
-        sampler.promoted,
     )
 
 
 def around_worst_stall(rig: Rig, since: float, until: float) -> str:
     """When the loop's worst stall in [since, until] began, and what the bench saw the bot do
     from 0.5 s before it to its end: the probe cannot say what held the loop, this hints."""
-    worst: tuple[float, float] | None = None
-    if rig.lag_log is not None and rig.lag_log.exists():
-        for line in rig.lag_log.read_text().splitlines():
-            due, late = (float(v) for v in line.split())
-            if since <= due <= until and (worst is None or late > worst[1]):
-                worst = (due, late)
-    if worst is None:
+    ticks = rig.late_ticks(since, until)
+    if not ticks:
         return "no tick 2 ms late"
-    due, late = worst
+    due, late, _ = max(ticks, key=lambda tick: tick.late)
     sandbox = rig.sandbox
     videos = {t.task_id for t in sandbox.tasks() if t.is_video}
     events = [
