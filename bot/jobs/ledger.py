@@ -91,7 +91,10 @@ async def upsert(
 class Ledger:
     def __init__(self, database: Database) -> None:
         self._database = database
-        self._engine = database.engine
+
+    @property
+    def _engine(self) -> AsyncEngine:
+        return self._database.engine
 
     # -- limits -------------------------------------------------------------------------------
 

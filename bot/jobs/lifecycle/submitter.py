@@ -203,8 +203,8 @@ class Submitter:
             # than at its next poll.
             with contextlib.suppress(Exception):
                 await ctx.notify(job.id)
-        # Rung, not only watched: this process may have taken itself over meanwhile (a lease
-        # run out during the outage), and that watcher has yet to see the task id.
+        # Not only watched: this process may have taken itself over meanwhile (a lease run out
+        # during the outage), and that watcher, rung by ``answered``, has yet to see the task id.
         self._answered(job)
         return job
 
