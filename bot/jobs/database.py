@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs import migrations
+from bot.jobs.sqlite_driver import OneTripDBAPI
 
 T = TypeVar("T")
 
@@ -122,6 +123,7 @@ class Database:
         ``migrate`` false, only see that it answers."""
         url = async_database_url(database_url)
         connect_args: dict[str, Any] = {}
+        engine_args: dict[str, Any] = {}
         path = _sqlite_path(url)
         if path is not None:
             try:
@@ -131,6 +133,8 @@ class Database:
                     f"cannot create the folder {path.parent} for the SQLite file: {exc.strerror}"
                 ) from exc
             connect_args["timeout"] = sqlite_busy_seconds
+        if url.startswith("sqlite"):
+            engine_args["module"] = OneTripDBAPI()
         # hide_parameters: a failed statement's error names its values, callback secrets among
         # them, and such errors reach the log.
         engine = create_async_engine(
@@ -140,6 +144,7 @@ class Database:
             # A PostgreSQL server restarted (or a proxy that dropped idle connections) leaves
             # dead connections in the pool: each is tried before it is handed out.
             pool_pre_ping=not url.startswith("sqlite"),
+            **engine_args,
         )
         lease_engine = None
         if url.startswith("sqlite"):

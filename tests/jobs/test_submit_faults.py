@@ -242,7 +242,8 @@ async def test_a_user_has_at_most_the_set_number_of_jobs_in_flight(rig: Rig) -> 
 
     assert one.job.upstream_task_id is not None
     rig.sandbox.complete(one.job.upstream_task_id)
-    await rig.publisher.wait_for(lambda: len(rig.publisher.delivered) == 1)
+    # Posted is not yet finished: the job counts until its move to DELIVERED is stored.
+    await wait_state(rig, one.job.id, JobState.DELIVERED)
     third = await upscale(tracker, parent, 3)
     assert third.created and not third.failed
     assert rig.sandbox.count("generateUpscale") == 4
