@@ -48,6 +48,18 @@ from bot.jobs.twins import key_after, twin_of, twin_refused
 ADMITTING_CONNECTIONS = 3
 
 
+def _job_by(column: sa.Column[Any]) -> sa.Select[Any]:
+    """One job by a unique column, the value bound at run time. Built once: building a
+    statement and its cache key costs several times what SQLite takes to run it
+    (docs/performance.md §8), and these run on every click and callback."""
+    return jobs.select().where(column == sa.bindparam("value")).limit(1)
+
+
+_BY_ID = _job_by(jobs.c.id)
+_BY_SECRET = _job_by(jobs.c.callback_secret)
+_BY_UPSTREAM = _job_by(jobs.c.upstream_task_id)
+
+
 class JobStore:
     def __init__(self, database: Database) -> None:
         self._database = database
@@ -223,13 +235,13 @@ class JobStore:
         return await self._database.read(lambda conn: refusal(conn, values, max_unfinished, quota))
 
     async def get(self, job_id: str) -> Job | None:
-        return await self._one(jobs.c.id == job_id)
+        return await self._first(_BY_ID, job_id)
 
     async def by_secret(self, secret: str) -> Job | None:
-        return await self._one(jobs.c.callback_secret == secret)
+        return await self._first(_BY_SECRET, secret)
 
     async def by_upstream(self, task_id: str) -> Job | None:
-        return await self._one(jobs.c.upstream_task_id == task_id)
+        return await self._first(_BY_UPSTREAM, task_id)
 
     async def live_twin(
         self, kind: str, parent_task_id: str, image_index: int | None
@@ -375,10 +387,14 @@ class JobStore:
         found = await self._jobs(jobs.select().where(*conditions).limit(1))
         return found[0] if found else None
 
-    async def _jobs(self, query: sa.Select[Any]) -> list[Job]:
+    async def _first(self, query: sa.Select[Any], value: str) -> Job | None:
+        found = await self._jobs(query, {"value": value})
+        return found[0] if found else None
+
+    async def _jobs(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> list[Job]:
         # All rows fetched before any is built: a row that fails to build must not leave the
         # statement open, holding the connection's snapshot of the file.
-        rows = await self._database.read(lambda conn: conn.execute(query).all())
+        rows = await self._database.read(lambda conn: conn.execute(query, params).all())
         return [Job.from_row(row) for row in rows]
 
     async def _require(self, job_id: str) -> Job:
