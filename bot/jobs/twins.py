@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from bot.jobs.kinds import Per, all_kinds, kind_named
@@ -41,16 +40,14 @@ def twin_of(kind: str, parent_task_id: str, image_index: int | None) -> list[Any
     return conditions
 
 
-def key_after(to_state: JobState) -> Any | None:
-    """What ``jobs.dedupe_key`` becomes on a move to ``to_state``; None: left as it is."""
+def key_after(to_state: JobState) -> bool | tuple[str, ...]:
+    """Which jobs give their ``jobs.dedupe_key`` back on a move to ``to_state``: True, every
+    job; False, none (the key is left as it is); else the jobs of those kinds."""
     if to_state is JobState.FAILED:
         # No rule holds a failed job, whatever its kind: also one no plug-in registers now.
-        return sa.null()
-    released = [k.name for k in all_kinds() if k.dedupe and not k.dedupe.holds(to_state)]
-    if not released:
-        return None
-    # The job stops blocking a twin (its kind's Dedupe): its key is given back.
-    return sa.case((jobs.c.kind.in_(released), sa.null()), else_=jobs.c.dedupe_key)
+        return True
+    released = tuple(k.name for k in all_kinds() if k.dedupe and not k.dedupe.holds(to_state))
+    return released or False
 
 
 def twin_refused(exc: IntegrityError) -> bool:
