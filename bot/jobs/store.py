@@ -61,6 +61,21 @@ _BY_SECRET = _job_by(jobs.c.callback_secret)
 _BY_UPSTREAM = _job_by(jobs.c.upstream_task_id)
 
 
+def _use_of(place: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """Which buttons of a parent have a job that did not fail (``grid_use``), built once."""
+    return sa.select(jobs.c.kind, jobs.c.image_index).where(
+        jobs.c.parent_task_id == sa.bindparam("parent"),
+        place,
+        jobs.c.kind.in_(sa.bindparam("kinds", expanding=True)),
+        jobs.c.state != JobState.FAILED.value,
+    )
+
+
+_USE_HERE = _use_of(jobs.c.guild_id == sa.bindparam("guild"))
+# A job of no server is found by IS NULL: a bound NULL compared with = matches nothing.
+_USE_NOWHERE = _use_of(jobs.c.guild_id.is_(None))
+
+
 def _rewrite(
     job_id: str,
     values: dict[str, Any],
@@ -289,14 +304,9 @@ class JobStore:
         fail (another server's jobs of a parent made outside the bot are not this server's to
         see)."""
         per_image = {k.name: k.button.per_image for k in button_kinds() if k.button is not None}
-        place = jobs.c.guild_id.is_(None) if guild_id is None else jobs.c.guild_id == guild_id
-        query = sa.select(jobs.c.kind, jobs.c.image_index).where(
-            jobs.c.parent_task_id == parent_task_id,
-            place,
-            jobs.c.kind.in_(list(per_image)),
-            jobs.c.state != JobState.FAILED.value,
-        )
-        rows = await self._database.read(lambda conn: conn.execute(query).fetchall())
+        query = _USE_HERE if guild_id is not None else _USE_NOWHERE
+        params = {"parent": parent_task_id, "guild": guild_id, "kinds": list(per_image)}
+        rows = await self._database.read(lambda conn: conn.execute(query, params).fetchall())
         return ParentUse(
             frozenset(
                 (kind, int(index) if per_image[kind] and index is not None else None)
