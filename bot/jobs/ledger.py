@@ -88,6 +88,34 @@ async def upsert(
     raise RuntimeError(f"could not write a row of {table.name} after repeated conflicts")
 
 
+def _limits_where(*conditions: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """A server's limit rows (``Ledger.limits``), built once: it is asked on every click."""
+    return (
+        sa.select(
+            allowance_limits.c.target_type,
+            allowance_limits.c.target_id,
+            *(allowance_limits.c[c.limit_column] for c in categories.CATEGORIES),
+        )
+        .where(allowance_limits.c.guild_id == sa.bindparam("guild"), *conditions)
+        .order_by(allowance_limits.c.target_id)
+    )
+
+
+_SERVER_LIMITS = _limits_where()
+_MEMBER_LIMITS = _limits_where(
+    sa.or_(
+        sa.and_(
+            allowance_limits.c.target_type == "member",
+            allowance_limits.c.target_id == sa.bindparam("member"),
+        ),
+        sa.and_(
+            allowance_limits.c.target_type == "role",
+            allowance_limits.c.target_id.in_(sa.bindparam("roles", expanding=True)),
+        ),
+    )
+)
+
+
 class Ledger:
     def __init__(self, database: Database) -> None:
         self._database = database
@@ -102,26 +130,9 @@ class Ledger:
         self, guild_id: int, member_id: int | None = None, role_ids: tuple[int, ...] = ()
     ) -> list[LimitRow]:
         """The rows of the server for this member and these roles; every row without a member."""
-        query = sa.select(
-            allowance_limits.c.target_type,
-            allowance_limits.c.target_id,
-            *(allowance_limits.c[c.limit_column] for c in categories.CATEGORIES),
-        ).where(allowance_limits.c.guild_id == guild_id)
-        if member_id is not None:
-            query = query.where(
-                sa.or_(
-                    sa.and_(
-                        allowance_limits.c.target_type == "member",
-                        allowance_limits.c.target_id == member_id,
-                    ),
-                    sa.and_(
-                        allowance_limits.c.target_type == "role",
-                        allowance_limits.c.target_id.in_(role_ids),
-                    ),
-                )
-            )
-        ordered = query.order_by(allowance_limits.c.target_id)
-        rows = await self._database.read(lambda conn: conn.execute(ordered).fetchall())
+        query = _SERVER_LIMITS if member_id is None else _MEMBER_LIMITS
+        params = {"guild": guild_id, "member": member_id, "roles": list(role_ids)}
+        rows = await self._database.read(lambda conn: conn.execute(query, params).fetchall())
         return [LimitRow(*row) for row in rows]
 
     async def set_limit(
