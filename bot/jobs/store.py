@@ -49,6 +49,12 @@ from bot.jobs.twins import key_after, twin_of, twin_refused
 ADMITTING_CONNECTIONS = 3
 
 
+# A new job's row as a SELECT of bound values, for an INSERT … SELECT under the admission's
+# condition; built once (literals built anew on every click were most of the insert's cost).
+_NEW_ROW = {column.name: f"new_{column.name}" for column in jobs.c}
+_NEW_ROW_SELECT = sa.select(*(sa.bindparam(_NEW_ROW[c.name], type_=c.type) for c in jobs.c))
+
+
 def _job_by(column: sa.Column[Any]) -> sa.Select[Any]:
     """One job by a unique column, the value bound at run time. Built once: building a
     statement and its cache key costs several times what SQLite takes to run it
@@ -210,12 +216,10 @@ class JobStore:
         if quota is not None:
             quota = replace(quota, cost_key=kind_named(kind).cost_key(Job.from_values(values)))
         admitted = admission(values, max_unfinished, quota)
-        insert = jobs.insert()
+        insert: sa.Insert = jobs.insert()
         if admitted is not None:
-            row = sa.select(*(sa.literal(v, type_=jobs.c[k].type) for k, v in values.items()))
-            insert = insert.from_select(list(values), row.where(admitted))
-        else:
-            insert = insert.values(**values)
+            insert = insert.from_select(list(_NEW_ROW), _NEW_ROW_SELECT.where(admitted))
+        new_row = {name: values[column] for column, name in _NEW_ROW.items()}
         gate: contextlib.AbstractAsyncContextManager[Any] = (
             self._admitting if admitted is not None else contextlib.nullcontext()
         )
@@ -228,7 +232,7 @@ class JobStore:
                 # already.)
                 for key in lock_keys(requester_id, guild_id, quota):
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
-            if conn.execute(insert).rowcount != 1:
+            if conn.execute(insert, new_row if admitted is not None else values).rowcount != 1:
                 refused = refusal(conn, values, max_unfinished, quota)
                 raise refused or RuntimeError("the insert was refused by no limit")
             if lease is not None:
