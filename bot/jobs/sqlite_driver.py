@@ -59,7 +59,7 @@ def _run_many(conn: sqlite3.Connection, operation: str, parameters: Sequence[Any
 class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A client-side cursor whose results arrive whole with the statement's one trip."""
 
-    __slots__ = ("_description", "_lastrowid", "_rowcount")
+    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
 
     def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
         self._adapt_connection = adapt_connection
@@ -69,6 +69,15 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._description: Any = None
         self._rowcount = -1
         self._lastrowid: int | None = None
+        self._arraysize = 1
+
+    @property
+    def arraysize(self) -> int:
+        return self._arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._arraysize = value
 
     @property
     def description(self) -> Any:
@@ -112,6 +121,13 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self._maybe_open = False
+
+    def cursor(self, server_side: bool = False) -> Any:
+        if server_side:
+            # aiosqlite's own cursor (stream_results, yield_per): it runs outside ``trip``,
+            # so nothing it opens is known of; the pool rolls back after it.
+            self._maybe_open = True
+        return super().cursor(server_side=server_side)
 
     def trip(self, fn: Callable[..., _Outcome], operation: Any, parameters: Any) -> _Outcome:
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]

@@ -127,3 +127,26 @@ async def test_a_statement_cancelled_before_the_thread_ran_it_is_rolled_back(
     await using
     await database.write(lambda c: c.execute(sa.insert(ROWS).values(n=2)))
     assert await database.read(numbers) == [2]
+
+
+async def test_rows_fetched_in_parts_of_the_default_size(database: Database) -> None:
+    await database.write(lambda c: c.execute(sa.insert(ROWS), [{"n": 1}, {"n": 2}]))
+    first = await database.read(lambda c: c.execute(sa.select(ROWS.c.n)).fetchmany())
+    assert len(first) == 1
+
+
+async def test_a_write_read_as_a_stream_and_left_uncommitted_is_rolled_back(
+    database: Database,
+) -> None:
+    """A streamed result runs on aiosqlite's own server-side cursor, outside the one trip
+    that reports whether a transaction is open: the connection must still be rolled back
+    before the next caller has it (whose commit would commit what was abandoned)."""
+    await database.write(lambda c: c.execute(sa.insert(ROWS), [{"n": 1}, {"n": 2}]))
+
+    def abandoned(conn: sa.Connection) -> None:
+        streamed = conn.execution_options(stream_results=True)
+        streamed.execute(sa.text("DELETE FROM t WHERE n = 1")).close()
+
+    await database.read(abandoned)
+    await database.write(lambda c: c.execute(sa.insert(ROWS).values(n=3)))
+    assert await database.read(numbers) == [1, 2, 3]
