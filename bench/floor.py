@@ -36,7 +36,6 @@ import contextlib
 import functools
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -61,7 +60,10 @@ from bench.rig import (
     MiB,
     ProcStat,
     begin,
+    counted,
+    late_ticks,
     serve,
+    settled,
     verdict,
     wait_until,
 )
@@ -93,33 +95,18 @@ class FloorProcess:
         return ProcStat(self.process.pid)
 
     def system_seconds(self) -> float:
-        """The part of its CPU seconds spent in the kernel (system time: socket copies)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+        return self.proc.system_seconds()
 
     async def counts(self) -> Counter[str]:
         """Requests so far, counted by bench/costtrace (as ``Rig.counts``)."""
-        self.counts_path.unlink(missing_ok=True)
-        self.process.send_signal(signal.SIGRTMIN)
-        await wait_until(self.counts_path.exists, 10, "the bot's counts")
-        return Counter(json.loads(self.counts_path.read_text()))
+        return await counted(self.counts_path, self.process.send_signal)
 
     def loop_lags(self, since: float, until: float) -> list[float]:
-        """How late the loop probe fired, for its ticks of 2 ms or more late due in [since,
-        until] (as ``Rig.loop_lags``)."""
-        if not self.lag_log.exists():
-            return []
-        ticks = [line.split() for line in self.lag_log.read_text().splitlines() if line]
-        return [float(late) for due, late, _ in ticks if since <= float(due) <= until]
+        """How late the loop probe fired (as ``Rig.loop_lags``)."""
+        return [tick.late for tick in late_ticks(self.lag_log, since, until)]
 
     async def settle(self, quiet: float = 0.5, timeout: float = 30) -> None:
-        """Until the bot has used next to no CPU for ``quiet`` seconds (as ``Rig.settle``)."""
-        proc, deadline = self.proc, time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            before = proc.cpu_seconds()
-            await asyncio.sleep(quiet)
-            if proc.cpu_seconds() - before <= 0.02 * quiet + 0.011:
-                return
+        await settled(self.proc, quiet, timeout)
 
 
 @contextlib.asynccontextmanager

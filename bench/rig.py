@@ -148,8 +148,16 @@ class ProcStat:
     pid: int
 
     def cpu_seconds(self) -> float:
+        user, system = self._times()
+        return (user + system) / os.sysconf("SC_CLK_TCK")
+
+    def system_seconds(self) -> float:
+        """The part of its CPU seconds spent in the kernel (socket copies, mostly)."""
+        return self._times()[1] / os.sysconf("SC_CLK_TCK")
+
+    def _times(self) -> tuple[int, int]:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return int(fields[11]), int(fields[12])
 
     def status(self, key: str) -> int:
         """A /proc/<pid>/status value in bytes (VmRSS, VmHWM, RssAnon, ...)."""
@@ -157,6 +165,43 @@ class ProcStat:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
         raise KeyError(key)
+
+
+def late_ticks(lag_log: Path | None, since: float, until: float) -> list[LateTick]:
+    """The ticks of bench/costtrace's loop probe in ``lag_log`` that were 2 ms or more late
+    and due within [since, until]."""
+    if lag_log is None or not lag_log.exists():
+        return []
+    ticks = [
+        LateTick(*map(float, line.split())) for line in lag_log.read_text().split("\n") if line
+    ]
+    return [tick for tick in ticks if since <= tick.due <= until]
+
+
+async def counted(path: Path, signal_bot: Callable[[signal.Signals], None]) -> Counter[str]:
+    """What a bot under bench/costtrace has done so far, written to ``path`` on SIGRTMIN."""
+    _forget(path)
+    signal_bot(signal.SIGRTMIN)
+    await wait_until(path.exists, 10, "the bot's counts")
+    return _counts_in(path)
+
+
+def _forget(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _counts_in(path: Path) -> Counter[str]:
+    return Counter(json.loads(path.read_text()))
+
+
+async def settled(proc: ProcStat, quiet: float = 0.5, timeout: float = 30) -> None:
+    """Until ``proc`` has used next to no CPU for ``quiet`` seconds (its queues are empty)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = proc.cpu_seconds()
+        await asyncio.sleep(quiet)
+        if proc.cpu_seconds() - before <= 0.02 * quiet + 0.011:
+            return
 
 
 class CpuMeter:
@@ -304,25 +349,14 @@ class Rig:
         """The probe's ticks 2 ms or more late that were due within [since, until], with the
         loop thread's CPU since the tick before (lateness with little of it is the loop waiting:
         the GIL, a CPU; not a long callback)."""
-        if self.lag_log is None or not self.lag_log.exists():
-            return []
-        ticks = [
-            LateTick(*map(float, line.split()))
-            for line in self.lag_log.read_text().split("\n")
-            if line
-        ]
-        return [tick for tick in ticks if since <= tick.due <= until]
+        return late_ticks(self.lag_log, since, until)
 
     async def counts(self) -> Counter[str]:
         """What the bot has done so far, counted (SQL statements, HTTP requests, log lines:
         bench/costtrace); needs ``trace_cost=True``."""
         if self.lag_log is None:
             return Counter()
-        path = self.lag_log.with_name("counts.json")
-        path.unlink(missing_ok=True)
-        self.bot._signal(signal.SIGRTMIN)
-        await wait_until(path.exists, 10, "the bot's counts")
-        return Counter(json.loads(path.read_text()))
+        return await counted(self.lag_log.with_name("counts.json"), self.bot._signal)
 
     def profiling(self, on: bool) -> None:
         """Start (True) or stop and write (False) the bot's cProfile; needs a ``profile`` path
@@ -427,12 +461,7 @@ class Rig:
 
     async def settle(self, quiet: float = 0.5, timeout: float = 30) -> None:
         """Until the bot has used next to no CPU for ``quiet`` seconds (its queues are empty)."""
-        proc, deadline = self.proc, time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            before = proc.cpu_seconds()
-            await asyncio.sleep(quiet)
-            if proc.cpu_seconds() - before <= 0.02 * quiet + 0.011:
-                return
+        await settled(self.proc, quiet, timeout)
 
 
 async def imagine_all(
