@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import sqlite3
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -33,25 +32,18 @@ from sqlalchemy.util.concurrency import await_
 _Outcome = tuple[Any, list[Any], int, int | None, bool]
 
 
-def _run(conn: sqlite3.Connection, operation: str, parameters: Any) -> _Outcome:
+def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
     cursor = conn.cursor()
     try:
-        if parameters is None:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
             cursor.execute(operation)
         else:
             cursor.execute(operation, parameters)
         description = cursor.description
         rows = cursor.fetchall() if description else []
         return description, rows, cursor.rowcount, cursor.lastrowid, conn.in_transaction
-    finally:
-        cursor.close()
-
-
-def _run_many(conn: sqlite3.Connection, operation: str, parameters: Sequence[Any]) -> _Outcome:
-    cursor = conn.cursor()
-    try:
-        cursor.executemany(operation, parameters)
-        return None, [], cursor.rowcount, cursor.lastrowid, conn.in_transaction
     finally:
         cursor.close()
 
@@ -98,14 +90,14 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows.clear()
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
-        self._take(_run, operation, parameters)
+        self._take(operation, parameters, many=False)
 
     def executemany(self, operation: Any, seq_of_parameters: Any) -> None:
-        self._take(_run_many, operation, seq_of_parameters)
+        self._take(operation, seq_of_parameters, many=True)
 
-    def _take(self, fn: Any, operation: Any, parameters: Any) -> None:
+    def _take(self, operation: Any, parameters: Any, *, many: bool) -> None:
         adapted: _OneTripConnection = self._adapt_connection  # type: ignore[assignment]
-        outcome: _Outcome = adapted.trip(fn, operation, parameters)
+        outcome = adapted.trip(operation, parameters, many)
         self._description, rows, self._rowcount, self._lastrowid, _ = outcome
         self._rows = collections.deque(rows)
 
@@ -129,11 +121,11 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
             self._maybe_open = True
         return super().cursor(server_side=server_side)
 
-    def trip(self, fn: Callable[..., _Outcome], operation: Any, parameters: Any) -> _Outcome:
+    def trip(self, operation: Any, parameters: Any, many: bool) -> _Outcome:
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         self._maybe_open = True
         try:
-            call = connection._execute(fn, connection._conn, operation, parameters)  # type: ignore[no-untyped-call]
+            call = connection._execute(_run, connection._conn, operation, parameters, many)  # type: ignore[no-untyped-call]
             outcome: _Outcome = await_(call)
         except Exception as error:
             self._handle_exception(error)

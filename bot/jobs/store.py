@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import secrets
 import time
@@ -33,6 +32,17 @@ from bot.jobs.job import Job as Job
 from bot.jobs.kinds import button_kinds, kind_named
 from bot.jobs.kinds.use import ParentUse
 from bot.jobs.ledger import Ledger
+from bot.jobs.statements import (
+    BY_ID,
+    BY_SECRET,
+    BY_UPSTREAM,
+    NEW_ROW,
+    NEW_ROW_COLUMNS,
+    USE_HERE,
+    USE_NOWHERE,
+    bound,
+    rewrite,
+)
 from bot.jobs.tables import (
     FINAL_STATES,
     UNFINISHED_STATES,
@@ -47,72 +57,6 @@ from bot.jobs.twins import key_after, twin_of, twin_refused
 # Pooled connections a process's counted inserts may hold at once (the pool has 15): under the
 # budget's lock they run one at a time anyway.
 ADMITTING_CONNECTIONS = 3
-
-
-# A new job's row as a SELECT of bound values, for an INSERT … SELECT under the admission's
-# condition; built once (literals built anew on every click were most of the insert's cost).
-_NEW_ROW = {column.name: f"new_{column.name}" for column in jobs.c}
-_NEW_ROW_SELECT = sa.select(*(sa.bindparam(_NEW_ROW[c.name], type_=c.type) for c in jobs.c))
-
-
-def _job_by(column: sa.Column[Any]) -> sa.Select[Any]:
-    """One job by a unique column, the value bound at run time. Built once: building a
-    statement and its cache key costs several times what SQLite takes to run it
-    (docs/performance.md §8), and these run on every click and callback."""
-    return jobs.select().where(column == sa.bindparam("value")).limit(1)
-
-
-_BY_ID = _job_by(jobs.c.id)
-_BY_SECRET = _job_by(jobs.c.callback_secret)
-_BY_UPSTREAM = _job_by(jobs.c.upstream_task_id)
-
-
-def _use_of(place: sa.ColumnElement[bool]) -> sa.Select[Any]:
-    """Which buttons of a parent have a job that did not fail (``grid_use``), built once."""
-    return sa.select(jobs.c.kind, jobs.c.image_index).where(
-        jobs.c.parent_task_id == sa.bindparam("parent"),
-        place,
-        jobs.c.kind.in_(sa.bindparam("kinds", expanding=True)),
-        jobs.c.state != JobState.FAILED.value,
-    )
-
-
-_USE_HERE = _use_of(jobs.c.guild_id == sa.bindparam("guild"))
-# A job of no server is found by IS NULL: a bound NULL compared with = matches nothing.
-_USE_NOWHERE = _use_of(jobs.c.guild_id.is_(None))
-
-
-def _rewrite(
-    job_id: str,
-    values: dict[str, Any],
-    from_states: tuple[JobState, ...] | None = None,
-    released: tuple[str, ...] = (),
-) -> tuple[sa.Update, dict[str, Any]]:
-    """The UPDATE of a job's ``values`` (only from ``from_states``, if given; its dedupe key
-    given back if its kind is among ``released``), returning the row as written so that no
-    read follows, with its parameters."""
-    params = {f"new_{name}": value for name, value in values.items()}
-    params["job_id"] = job_id
-    if from_states is not None:
-        params["from_states"] = [s.value for s in from_states]
-    if released:
-        params["released"] = list(released)
-    return _update_of(tuple(sorted(values)), from_states is not None, bool(released)), params
-
-
-@functools.lru_cache(maxsize=64)
-def _update_of(names: tuple[str, ...], guarded: bool, releasing: bool) -> sa.Update:
-    # One statement per set of columns the callers change (a handful), its values bound:
-    # building an UPDATE that returns every column costs five times what running it does.
-    where = [jobs.c.id == sa.bindparam("job_id")]
-    if guarded:
-        where.append(jobs.c.state.in_(sa.bindparam("from_states", expanding=True)))
-    changes: dict[str, Any] = {name: sa.bindparam(f"new_{name}") for name in names}
-    if releasing:
-        # The job stops blocking a twin (its kind's Dedupe): its key is given back.
-        released = jobs.c.kind.in_(sa.bindparam("released", expanding=True))
-        changes["dedupe_key"] = sa.case((released, sa.null()), else_=jobs.c.dedupe_key)
-    return jobs.update().where(*where).values(changes).returning(*jobs.c)
 
 
 class JobStore:
@@ -217,9 +161,10 @@ class JobStore:
             quota = replace(quota, cost_key=kind_named(kind).cost_key(Job.from_values(values)))
         admitted = admission(values, max_unfinished, quota)
         insert: sa.Insert = jobs.insert()
+        params = values
         if admitted is not None:
-            insert = insert.from_select(list(_NEW_ROW), _NEW_ROW_SELECT.where(admitted))
-        new_row = {name: values[column] for column, name in _NEW_ROW.items()}
+            insert = insert.from_select(NEW_ROW_COLUMNS, NEW_ROW.where(admitted))
+            params = bound(values)
         gate: contextlib.AbstractAsyncContextManager[Any] = (
             self._admitting if admitted is not None else contextlib.nullcontext()
         )
@@ -232,7 +177,7 @@ class JobStore:
                 # already.)
                 for key in lock_keys(requester_id, guild_id, quota):
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
-            if conn.execute(insert, new_row if admitted is not None else values).rowcount != 1:
+            if conn.execute(insert, params).rowcount != 1:
                 refused = refusal(conn, values, max_unfinished, quota)
                 raise refused or RuntimeError("the insert was refused by no limit")
             if lease is not None:
@@ -289,13 +234,13 @@ class JobStore:
         return await self._database.read(lambda conn: refusal(conn, values, max_unfinished, quota))
 
     async def get(self, job_id: str) -> Job | None:
-        return await self._first(_BY_ID, job_id)
+        return await self._first(BY_ID, job_id)
 
     async def by_secret(self, secret: str) -> Job | None:
-        return await self._first(_BY_SECRET, secret)
+        return await self._first(BY_SECRET, secret)
 
     async def by_upstream(self, task_id: str) -> Job | None:
-        return await self._first(_BY_UPSTREAM, task_id)
+        return await self._first(BY_UPSTREAM, task_id)
 
     async def live_twin(
         self, kind: str, parent_task_id: str, image_index: int | None
@@ -308,7 +253,7 @@ class JobStore:
         fail (another server's jobs of a parent made outside the bot are not this server's to
         see)."""
         per_image = {k.name: k.button.per_image for k in button_kinds() if k.button is not None}
-        query = _USE_HERE if guild_id is not None else _USE_NOWHERE
+        query = USE_HERE if guild_id is not None else USE_NOWHERE
         params = {"parent": parent_task_id, "guild": guild_id, "kinds": list(per_image)}
         rows = await self._database.read(lambda conn: conn.execute(query, params).fetchall())
         return ParentUse(
@@ -364,7 +309,7 @@ class JobStore:
         if given_back is True:
             values["dedupe_key"] = None
         released = given_back if isinstance(given_back, tuple) else ()
-        query, params = _rewrite(job_id, values, from_states, released)
+        query, params = rewrite(job_id, values, from_states, released)
         paid_at = values["updated_at"]
 
         def move(conn: sa.Connection) -> Job | None:
@@ -394,7 +339,7 @@ class JobStore:
         """Change fields that are not the state (message ids, for instance)."""
         values = _encode(fields)
         values["updated_at"] = time.time()
-        query, params = _rewrite(job_id, values)
+        query, params = rewrite(job_id, values)
         row = await self._database.write(lambda conn: conn.execute(query, params).first())
         if row is None:
             raise LookupError(f"job {job_id} vanished")
