@@ -29,6 +29,7 @@ log = logging.getLogger("bot")
 
 DISTRIBUTION = "mj-upscale-bot"
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+SWITCH_INTERVAL = 0.001
 
 
 def version() -> str:
@@ -172,6 +173,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"configuration error: {exc} ({source})", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(settings)
+    # The event loop shares the GIL with the threads that decode, re-encode and copy images
+    # (bot.delivery.pool): each time it gives the GIL up for a system call it may wait a whole
+    # switch interval to get it back. At the default 5 ms a burst of re-encodes stopped the loop
+    # for up to 48 ms; at 1 ms for up to 25 ms (docs/performance.md section 8).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     raise SystemExit(asyncio.run(run(settings, source)))
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import random
 import socket
+import tracemalloc
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import aiohttp.payload
 import discord
 import PIL.Image
 import PIL.ImageStat
@@ -22,7 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from bot.delivery.fetch import MAX_IMAGE_BYTES, ImageFetcher, image_kind
 from bot.delivery.fit import MIN_REENCODED_BYTES, reencode
-from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, DiscordPublisher
+from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, DiscordPublisher, upload
 from bot.delivery.texts import (
     PROMPT_LIMIT,
     allowed_mentions,
@@ -655,6 +658,22 @@ async def test_an_image_that_fits_is_posted_as_it_is(posting: Posting) -> None:
     message = posting.double.message(message_id)
     assert message.attachments == [("up-task_0.png", png)]
     assert message.content == "**a red fox in snow** - Image #2 <@4242>"
+
+
+def test_an_upload_hands_its_bytes_to_aiohttp_without_a_copy() -> None:
+    # aiohttp sizes a BytesIO with getbuffer(), which copies the bytes a BytesIO shares: on the
+    # event loop, 28 ms for one re-encoded result on a VM (docs/performance.md section 8).
+    data = os.urandom(4 * 1024 * 1024)
+    fp = upload("a.png", data).fp
+    tracemalloc.start()
+    try:
+        payload = aiohttp.payload.get_payload(fp)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert payload.size == len(data)
+    assert peak < len(data) // 8
+    assert asyncio.run(payload.as_bytes()) == data
 
 
 async def test_an_image_over_the_servers_limit_is_reencoded_to_fit(posting: Posting) -> None:

@@ -7,6 +7,13 @@ does that with ``trace_cost=True``). Nothing of the bot is changed; it only watc
   the loop for 80 ms shows as a tick 80 ms late; perf_counter is CLOCK_MONOTONIC, the bench's
   clock. The third column is the loop thread's CPU since the tick before (``thread_time``).
 - ``BENCH_COUNTS=<file>``: statements, requests and log lines counted; SIGRTMIN writes them.
+- ``BENCH_SLOW_TURNS=<file>``: every turn of the loop (select's return to the next select) that
+  ran 10 ms or more, one line each: its start (perf_counter), its length, the loop thread's CPU
+  in it, its time runnable but waiting for a CPU (``runq``), the garbage collection in it, the
+  number of callbacks it ran and the five longest, each with what it resumed (a task's
+  coroutine and the line it had waited at); then the turn's most sampled stacks of the main
+  thread (a sample each millisecond of the process's CPU). A long turn with little CPU and
+  little ``runq`` waited for the GIL.
 - ``BENCH_PROFILE=<file>``: cProfile of the bot's main thread (the event loop's), started by
   SIGUSR1 and stopped by SIGUSR2, which writes the stats to the file (pstats format).
 """
@@ -40,13 +47,117 @@ if _lag_path:
 
         loop.call_at(due, tick)
 
-    class _ProbedPolicy(asyncio.DefaultEventLoopPolicy):
+
+_turns_path = os.environ.get("BENCH_SLOW_TURNS")
+if _turns_path:
+    import collections
+    import gc
+    import selectors
+    import types
+
+    _turns_out = open(_turns_path, "a", buffering=1)
+    _turn: list = []
+    _gc = [0.0, 0.0]
+
+    def _collected(phase, info):
+        if phase == "start":
+            _gc[1] = time.perf_counter()
+        else:
+            _gc[0] += time.perf_counter() - _gc[1]
+
+    gc.callbacks.append(_collected)
+
+    def _label(callback):
+        task = getattr(callback, "__self__", None)
+        if isinstance(task, asyncio.Task):
+            coro = task.get_coro()
+            waited = coro
+            while isinstance(getattr(waited, "cr_await", None), types.CoroutineType):
+                waited = waited.cr_await
+            frame = getattr(waited, "cr_frame", None)
+            at = f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno}" if frame else ""
+            return f"task {getattr(coro, '__qualname__', coro)} @ {at}"
+        # Never repr() the callback: a bound method's repr is its object's, and some (aiohttp's
+        # response) cache properties when shown.
+        return getattr(callback, "__qualname__", None) or type(callback).__qualname__
+
+    _handle_run = asyncio.events.Handle._run
+
+    def _timed_run(self):
+        label = _label(self._callback)
+        began = time.perf_counter()
+        _handle_run(self)
+        _turn.append((time.perf_counter() - began, label))
+
+    asyncio.events.Handle._run = _timed_run
+
+    # Where a long turn spends itself: the main thread's stack sampled every millisecond of the
+    # process's CPU (ITIMER_PROF), kept for the turn under way.
+    _samples: collections.Counter = collections.Counter()
+    _in_turn = [False]
+
+    def _sample(signum, frame):
+        if not _in_turn[0]:
+            return
+        stack = []
+        while frame is not None and len(stack) < 6:
+            code = frame.f_code
+            stack.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}:{code.co_name}")
+            frame = frame.f_back
+        _samples[" < ".join(stack)] += 1
+
+    signal.signal(signal.SIGPROF, _sample)
+    signal.setitimer(signal.ITIMER_PROF, 0.001, 0.001)
+
+    def _run_delay():
+        # Nanoseconds the loop's thread has waited for a CPU, runnable (the kernel's
+        # schedstat): a long turn with little CPU and little of this waited for the GIL.
+        with open("/proc/thread-self/schedstat", "rb") as stat:
+            return int(stat.read().split()[1])
+
+    class _TurnSelector(selectors.DefaultSelector):
+        began = 0.0
+        cpu = 0.0
+
+        delay = 0
+
+        def select(self, timeout=None):
+            now = time.perf_counter()
+            if self.began and now - self.began >= 0.010 and _turn:
+                waited = (_run_delay() - self.delay) / 1e6
+                longest = sorted(_turn, key=lambda item: -item[0])[:5]
+                listed = "; ".join(f"{took * 1000:.1f} {label}" for took, label in longest)
+                _turns_out.write(
+                    f"{self.began:.6f} {(now - self.began) * 1000:.1f}ms "
+                    f"cpu={(time.thread_time() - self.cpu) * 1000:.1f} runq={waited:.1f} "
+                    f"gc={_gc[0] * 1000:.1f} n={len(_turn)} | {listed}\n"
+                )
+                for stack, count in _samples.most_common(4):
+                    _turns_out.write(f"    {count} {stack}\n")
+            _in_turn[0] = False
+            ready = super().select(timeout)
+            _in_turn[0] = True
+            _samples.clear()
+            _turn.clear()
+            _gc[0] = 0.0
+            self.began, self.cpu = time.perf_counter(), time.thread_time()
+            self.delay = _run_delay()
+            return ready
+
+
+if _lag_path or _turns_path:
+
+    class _WatchedPolicy(asyncio.DefaultEventLoopPolicy):
         def new_event_loop(self):
-            loop = super().new_event_loop()
-            loop.call_soon(_probe, loop)
+            if not _turns_path:
+                loop = super().new_event_loop()
+            else:
+                loop = asyncio.SelectorEventLoop(_TurnSelector())
+            if _lag_path:
+                loop.call_soon(_probe, loop)
             return loop
 
-    asyncio.set_event_loop_policy(_ProbedPolicy())
+    asyncio.set_event_loop_policy(_WatchedPolicy())
 
 _profile_path = os.environ.get("BENCH_PROFILE")
 if _profile_path:
