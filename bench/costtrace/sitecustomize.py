@@ -184,6 +184,7 @@ if _counts_path:
     import json
     import logging
     import re
+    import sys
 
     import aiohttp
     import sqlalchemy
@@ -198,6 +199,34 @@ if _counts_path:
         table = _table.search(statement)
         _counts[f"sql {verb} {table.group(1) if table else ''}".rstrip()] += 1
         _counts["sql (all)"] += 1
+        if _sites:
+            _counts[f"  at {_site()}"] += 1
+
+    _sites = os.environ.get("BENCH_SQL_SITES")
+
+    def _site():
+        # The bot's frames that led to the statement: up the stack, and on through the
+        # greenlet SQLAlchemy runs it in to the coroutine that awaited it.
+        import greenlet
+
+        names = []
+        frame = sys._getframe(2)
+        current = greenlet.getcurrent()
+        while len(names) < 5:
+            if frame is None:
+                current = current.parent
+                if current is None:
+                    break
+                frame = current.gr_frame
+                continue
+            path = frame.f_code.co_filename
+            name = path.rsplit("/", 1)[-1]
+            if ("/bot/" in path or "/cogs/" in path) and name not in _PLUMBING:
+                names.append(f"{name}:{frame.f_lineno}")
+            frame = frame.f_back
+        return " < ".join(names)
+
+    _PLUMBING = {"database.py", "statements.py", "sqlite_driver.py"}
 
     sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", _statement)
 

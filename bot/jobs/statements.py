@@ -1,7 +1,8 @@
-"""The statements every job's path runs on the ``jobs`` table, built once with their values
-bound: building a statement and its cache key costs several times what SQLite takes to run it
-(docs/performance.md §8), and these run on every click and callback. Their values are bound by
-name: a column's new value as ``new_<column>`` (``bound``)."""
+"""The statements every job's path runs (on ``jobs``, and on its follow-up and its use of the
+allowances), built once with their values bound: building a statement and its cache key costs
+several times what SQLite takes to run it (docs/performance.md §8), and these run on every
+click and callback. Their values are bound by name: a column's new value as ``new_<column>``
+(``bound``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bot.jobs.tables import JobState, jobs
+from bot.jobs.tables import JobState, allowance_uses, follow_ups, jobs
 
 
 def bound(values: dict[str, Any]) -> dict[str, Any]:
@@ -79,3 +80,17 @@ def _update_of(names: tuple[str, ...], guarded: bool, releasing: bool) -> sa.Upd
         released = jobs.c.kind.in_(sa.bindparam("released", expanding=True))
         changes["dedupe_key"] = sa.case((released, sa.null()), else_=jobs.c.dedupe_key)
     return jobs.update().where(*where).values(changes).returning(*jobs.c)
+
+
+# A job's follow-up and its use of the allowances, by the job's id bound as ``of_job`` (an
+# UPDATE may not bind a column's own name); the inserts take their rows' columns as parameters.
+NEW_FOLLOW_UP = follow_ups.insert()
+NEW_USE = allowance_uses.insert()
+FOLLOW_UP_GONE = follow_ups.delete().where(follow_ups.c.job_id == sa.bindparam("of_job"))
+USE_GIVEN_BACK = allowance_uses.delete().where(allowance_uses.c.job_id == sa.bindparam("of_job"))
+# Stamped once: the first moment the API was known to have taken the job (``taken_at``).
+USE_PAID = (
+    allowance_uses.update()
+    .where(allowance_uses.c.job_id == sa.bindparam("of_job"), allowance_uses.c.paid_at.is_(None))
+    .values(paid_at=sa.bindparam("taken_at"))
+)

@@ -36,10 +36,15 @@ from bot.jobs.statements import (
     BY_ID,
     BY_SECRET,
     BY_UPSTREAM,
+    FOLLOW_UP_GONE,
+    NEW_FOLLOW_UP,
     NEW_ROW,
     NEW_ROW_COLUMNS,
+    NEW_USE,
+    USE_GIVEN_BACK,
     USE_HERE,
     USE_NOWHERE,
+    USE_PAID,
     bound,
     rewrite,
 )
@@ -186,23 +191,25 @@ class JobStore:
                 conn.execute(lease_row(job_id, owner, self._database.clock() + ttl))
             if follow_up is not None:
                 conn.execute(
-                    follow_ups.insert().values(
-                        job_id=job_id,
-                        application_id=follow_up.application_id,
-                        token=follow_up.token,
-                        until=follow_up.until,
-                    )
+                    NEW_FOLLOW_UP,
+                    {
+                        "job_id": job_id,
+                        "application_id": follow_up.application_id,
+                        "token": follow_up.token,
+                        "until": follow_up.until,
+                    },
                 )
             if quota is not None:
                 conn.execute(
-                    allowance_uses.insert().values(
-                        job_id=job_id,
-                        guild_id=guild_id,
-                        requester_id=requester_id,
-                        category=quota.category,
-                        cost_key=quota.key,
-                        at=now,
-                    )
+                    NEW_USE,
+                    {
+                        "job_id": job_id,
+                        "guild_id": guild_id,
+                        "requester_id": requester_id,
+                        "category": quota.category,
+                        "cost_key": quota.key,
+                        "at": now,
+                    },
                 )
 
         for _ in range(5):
@@ -316,14 +323,12 @@ class JobStore:
             row = conn.execute(query, params).first()
             if row is None:
                 return None
-            use = allowance_uses.c.job_id == job_id
             if give_back:
-                conn.execute(allowance_uses.delete().where(use))
+                conn.execute(USE_GIVEN_BACK, {"of_job": job_id})
             elif paid:
-                stamp = allowance_uses.update().where(use, allowance_uses.c.paid_at.is_(None))
-                conn.execute(stamp.values(paid_at=paid_at))
+                conn.execute(USE_PAID, {"of_job": job_id, "taken_at": paid_at})
             if to_state in FINAL_STATES:
-                conn.execute(follow_ups.delete().where(follow_ups.c.job_id == job_id))
+                conn.execute(FOLLOW_UP_GONE, {"of_job": job_id})
             return Job.from_row(row)
 
         return await self._database.write(move)
