@@ -6,7 +6,8 @@ does that with ``trace_cost=True``). Nothing of the bot is changed; it only watc
   ``<perf_counter when it was due> <seconds late> <loop CPU seconds>``. A callback that holds
   the loop for 80 ms shows as a tick 80 ms late; perf_counter is CLOCK_MONOTONIC, the bench's
   clock. The third column is the loop thread's CPU since the tick before (``thread_time``).
-- ``BENCH_COUNTS=<file>``: statements, requests and log lines counted; SIGRTMIN writes them.
+- ``BENCH_COUNTS=<file>``: statements, requests, log lines and database connections opened
+  counted; SIGRTMIN writes them.
 - ``BENCH_SLOW_TURNS=<file>``: every turn of the loop (select's return to the next select) that
   ran 10 ms or more, one line each: its start (perf_counter), its length, the loop thread's CPU
   in it, its time runnable but waiting for a CPU (``runq``), the garbage collection in it, the
@@ -229,6 +230,11 @@ if _counts_path:
     _PLUMBING = {"database.py", "statements.py", "sqlite_driver.py"}
 
     sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", _statement)
+
+    def _opened(dbapi_connection, record):
+        _counts["db connections opened"] += 1
+
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", _opened)
 
     _request = aiohttp.ClientSession._request
 

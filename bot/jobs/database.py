@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 # The longest a lease query may take before it counts as failed.
 LEASE_QUERY_SECONDS = 3.0
+# As many as SQLAlchemy's default pool allowed at once (5 kept and 10 more), all of them kept.
+SQLITE_CONNECTIONS = 15
 # How long a write to SQLite waits for another connection's lock before "database is locked".
 SQLITE_BUSY_SECONDS = 30.0
 
@@ -135,6 +137,10 @@ class Database:
             connect_args["timeout"] = sqlite_busy_seconds
         if url.startswith("sqlite"):
             engine_args["module"] = OneTripDBAPI()
+            # Kept, not closed after a burst: a SQLite connection is a thread of aiosqlite's, the
+            # file opened and its pragmas, about 3 ms of CPU each time (docs/performance.md §8).
+            engine_args["pool_size"] = SQLITE_CONNECTIONS
+            engine_args["max_overflow"] = 0
         # hide_parameters: a failed statement's error names its values, callback secrets among
         # them, and such errors reach the log.
         engine = create_async_engine(
