@@ -220,6 +220,43 @@ async def test_a_process_that_lost_a_lease_does_not_post_what_the_new_holder_pos
     assert hung_posts.delivered == []
 
 
+async def test_a_result_read_before_the_new_holder_posted_it_is_not_posted_again(
+    rig: Rig, engine: Callable[[], AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hung, hung_posts = await process(rig, engine)
+    taker, taker_posts = await process(rig, engine, lease=STEADY)
+    outcome = await imagine(hung, "read before the post")
+    job_id = outcome.job.id
+    killed(hung, watchers=False)
+    async with asyncio.timeout(10):
+        while await lease_owner(engine, job_id) != taker.lease_owner:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    # The order that posted twice: the hung process's watcher finds the result to post, the
+    # taker posts it and lets the lease go, then the hung one claims the lease and posts what
+    # it had read. The taker posts once the hung one is claiming; the claim goes through once
+    # the taker has let go.
+    claiming = asyncio.Event()
+    taker_posts.delivery_gate = claiming
+    leases = hung._ctx.leases
+    claim = leases.claim
+
+    async def claim_after_the_taker(job: str) -> bool:
+        claiming.set()
+        async with asyncio.timeout(10):
+            while await lease_owner(engine, job) is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        return await claim(job)
+
+    monkeypatch.setattr(leases, "claim", claim_after_the_taker)
+    rig.sandbox.complete(outcome.job.upstream_task_id or "")
+    await taker_posts.wait_for(lambda: len(taker_posts.delivered) == 1, timeout=10)
+    await hung.wait_idle()
+    await taker.wait_idle()
+    assert hung_posts.delivered == []
+    # And the lease the hung process claimed on the finished job is given back.
+    assert await lease_owner(engine, job_id) is None
+
+
 async def test_a_lost_listening_connection_is_made_again(
     rig: Rig, engine: Callable[[], AsyncEngine]
 ) -> None:

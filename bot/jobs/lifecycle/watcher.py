@@ -150,6 +150,9 @@ class Watcher:
         # callback that beat the watcher to its start) is a reason to ask.
         quiet_start = job_id in self._fresh
         self._fresh.discard(job_id)
+        # The job as this watcher's own move just wrote it (the UPDATE's RETURNING): no need to
+        # read it again.
+        written: Job | None = None
         try:
             if not await ctx.leases.claim(job_id):
                 return
@@ -158,7 +161,8 @@ class Watcher:
                 # or checked is kept, and the wait below returns at once.
                 rung = doorbell.is_set()
                 doorbell.clear()
-                job = await ctx.store.get(job_id)
+                job = written if written is not None else await ctx.store.get(job_id)
+                written = None
                 if job is None or job.finished:
                     await ctx.leases.release(job_id)
                     return
@@ -181,7 +185,10 @@ class Watcher:
                 else:
                     quiet = quiet_start and not rung and job.deadline_at > time.time()
                     quiet_start = False
-                    if not quiet and await self._check(job):
+                    moved = False if quiet else await self._check(job)
+                    if isinstance(moved, Job):
+                        written = moved
+                    if moved:
                         continue
                     delay = poll.next_delay(
                         time.monotonic() - started, delay, callbacks=ctx.callbacks_enabled
@@ -199,8 +206,9 @@ class Watcher:
             # this one at once, which would spin on a fault that lasts) resumes it.
             log.exception("watcher of job=%s crashed; the next sweep resumes it", job_id)
 
-    async def _check(self, job: Job) -> bool:
-        """Ask record-info; True when the job moved on (succeeded or failed)."""
+    async def _check(self, job: Job) -> Job | bool:
+        """Ask record-info; False while the job is not done, else True when it moved on
+        (succeeded or failed), or the job as this watcher moved it."""
         if job.upstream_task_id is None:
             return False
         try:
@@ -228,7 +236,7 @@ class Watcher:
         since = job.updated_at if taken is None else taken
         return time.time() - since > NOT_FOUND_GRACE_SECONDS
 
-    async def _settle(self, job: Job, task: Task) -> bool:
+    async def _settle(self, job: Job, task: Task) -> Job | bool:
         if task.status is TaskStatus.PENDING:
             return False
         if task.status is TaskStatus.FAILED:
@@ -250,23 +258,30 @@ class Watcher:
             paid=True,
             **fields,
         )
-        if done is not None:
-            log.info("succeeded %s results=%d", done.label, len(urls))
-        return True
+        if done is None:
+            # Moved on by another step meanwhile: to be read again.
+            return True
+        log.info("succeeded %s results=%d", done.label, len(urls))
+        return done
 
     async def _deliver(self, job: Job) -> bool:
         """Post the result once; True when the job is finished (delivered or given up)."""
         ctx = self._ctx
         lock = self._locks.setdefault(job.id, asyncio.Lock())
         async with lock, ctx.busy():
-            current = await ctx.store.get(job.id)
-            if current is None or current.state is not JobState.SUCCEEDED:
-                return True
-            job = current
             for attempt in range(1, ctx.settings.delivery_retries + 1):
                 if not await ctx.leases.claim(job.id):
                     # Taken over while this process did not renew in time: the holder posts.
                     return True
+                # Read under the lease, not before it: a holder that posted the result and let
+                # the lease go in between has moved the job on, and a read from before the
+                # claim would post it a second time.
+                current = await ctx.store.get(job.id)
+                if current is None or current.state is not JobState.SUCCEEDED:
+                    if current is None or current.finished:
+                        await ctx.leases.release(job.id)
+                    return True
+                job = current
                 try:
                     message_id = await ctx.publisher.deliver(job)
                 except DeliveryError as exc:
