@@ -43,7 +43,7 @@ def async_database_url(url: str) -> str:
 
 
 def _sqlite_path(url: str) -> Path | None:
-    if not url.startswith("sqlite") or ":memory:" in url:
+    if not url.startswith("sqlite") or ":memory:" in url or "mode=memory" in url:
         return None
     path = url.split(":///", 1)[1] if ":///" in url else ""
     return Path(path) if path else None
@@ -137,8 +137,10 @@ class Database:
             connect_args["timeout"] = sqlite_busy_seconds
         if url.startswith("sqlite"):
             engine_args["module"] = OneTripDBAPI()
+        if path is not None:
             # Kept, not closed after a burst: a SQLite connection is a thread of aiosqlite's, the
             # file opened and its pragmas, about 3 ms of CPU each time (docs/performance.md §8).
+            # A database in memory has one connection, in a pool that takes no size.
             engine_args["pool_size"] = SQLITE_CONNECTIONS
             engine_args["max_overflow"] = 0
         # hide_parameters: a failed statement's error names its values, callback secrets among

@@ -257,6 +257,22 @@ async def test_a_result_read_before_the_new_holder_posted_it_is_not_posted_again
     assert await lease_owner(engine, job_id) is None
 
 
+async def test_a_lease_kept_on_a_finished_job_is_given_back_by_the_sweep(
+    rig: Rig, engine: Callable[[], AsyncEngine]
+) -> None:
+    owner, posts = await process(rig, engine, lease=STEADY)
+    outcome = await imagine(owner, "ended")
+    rig.sandbox.complete(outcome.job.upstream_task_id or "")
+    await posts.wait_for(lambda: len(posts.delivered) == 1, timeout=10)
+    await owner.wait_idle()
+    assert await lease_owner(engine, outcome.job.id) is None
+    # Claimed after the job's end by a watcher that then crashed (its read of the job failed).
+    assert await owner._ctx.leases.claim(outcome.job.id)
+    await owner.sweep()
+    assert await lease_owner(engine, outcome.job.id) is None
+    assert outcome.job.id not in owner._ctx.leases.held()
+
+
 async def test_a_lost_listening_connection_is_made_again(
     rig: Rig, engine: Callable[[], AsyncEngine]
 ) -> None:

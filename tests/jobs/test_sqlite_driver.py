@@ -170,3 +170,19 @@ async def test_a_burst_of_connections_is_kept_for_the_next_one(database: Databas
     await burst()
     assert first <= SQLITE_CONNECTIONS
     assert len(opened) == first
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:mem?mode=memory&uri=true"]
+)
+async def test_a_database_in_memory_opens(url: str) -> None:
+    # Its pool holds its one connection and takes no size: the file's pool settings broke it.
+    database = await Database.open(url)
+    try:
+        await database.write(lambda c: c.execute(sa.text("CREATE TABLE t (n INTEGER)")))
+        assert (
+            await database.read(lambda c: c.execute(sa.text("SELECT count(*) FROM t")).scalar())
+            == 0
+        )
+    finally:
+        await database.close()

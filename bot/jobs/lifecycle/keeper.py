@@ -112,6 +112,11 @@ class Keeper:
         if ctx.leases.enabled:
             held = ctx.leases.held()
             keys = await ctx.store.unfinished_keys(held) if held else []
+            # A lease on a job that has ended, which no watcher will give back (one crashed
+            # right after claiming it), would be renewed until the process stops.
+            for job_id in held - {job_id for job_id, _ in keys}:
+                if not self._watcher.watching(job_id):
+                    await ctx.leases.release(job_id)
         else:
             keys = await ctx.store.unfinished_keys()
         self._late &= {job_id for job_id, _ in keys}

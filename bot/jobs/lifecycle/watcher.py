@@ -302,8 +302,9 @@ class Watcher:
                     result_message_id=message_id,
                     delivered_at=time.time(),
                 )
+                # Given back either way: moved on meanwhile, the job has ended too.
+                await ctx.leases.release(job.id)
                 if delivered is not None:
-                    await ctx.leases.release(job.id)
                     log.info("delivered %s message=%s", delivered.label, message_id)
                     ctx.metrics.delivered(job.kind, job.completed_at, delivered.delivered_at)
                     await ctx.publisher.tidy_up(delivered)
