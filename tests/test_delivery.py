@@ -25,7 +25,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from bot.delivery.fetch import MAX_IMAGE_BYTES, ImageFetcher, image_kind
 from bot.delivery.fit import MIN_REENCODED_BYTES, reencode
-from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, DiscordPublisher, upload
+from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, DiscordPublisher
+from bot.delivery.sending import upload
 from bot.delivery.texts import (
     PROMPT_LIMIT,
     allowed_mentions,

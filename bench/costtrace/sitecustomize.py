@@ -188,6 +188,7 @@ if _counts_path:
     import sys
 
     import aiohttp
+    import greenlet
     import sqlalchemy
 
     _counts = collections.Counter()
@@ -208,8 +209,6 @@ if _counts_path:
     def _site():
         # The bot's frames that led to the statement: up the stack, and on through the
         # greenlet SQLAlchemy runs it in to the coroutine that awaited it.
-        import greenlet
-
         names = []
         frame = sys._getframe(2)
         current = greenlet.getcurrent()
