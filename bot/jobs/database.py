@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.jobs import migrations
+from bot.jobs.loop_sqlite import LoopSQLite
 from bot.jobs.sqlite_driver import OneTripDBAPI
 
 T = TypeVar("T")
@@ -80,8 +81,16 @@ def _address(url: str) -> str:
 
 
 class Database:
-    def __init__(self, engine: AsyncEngine, *, lease_engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        lease_engine: AsyncEngine | None = None,
+        local: LoopSQLite | None = None,
+    ) -> None:
         self._engine = engine
+        # On a SQLite file the store's calls run on the event loop (bot.jobs.loop_sqlite).
+        self._local = local
         # Leases must not queue behind a burst of clicks for a pooled connection: one renewed
         # late is lost (a shard's session closed, a job handed over) under exactly the load
         # that needs it. On PostgreSQL they have connections of their own.
@@ -101,17 +110,29 @@ class Database:
         return self._engine.dialect.name == "postgresql"
 
     async def read(self, fn: Callable[[sa.Connection], T]) -> T:
-        """``fn`` (plain statements on a synchronous connection, no awaits) as one read,
-        through the async engine (``run_sync``): the same SQL on every database, and one seam
-        where another way of running it could be put (docs/performance.md §8 tried one)."""
+        """``fn`` (plain statements on a synchronous connection, no awaits) as one read: the
+        same SQL on every database, run on the event loop on a SQLite file
+        (bot.jobs.loop_sqlite), through the async engine (``run_sync``) elsewhere. ``fn`` may
+        be run again (SQLite locked by another connection): statements only, no other effect."""
+        if self._local is not None:
+            return await self._local.run(fn, commit=False)
         async with self._engine.connect() as conn:
             return await conn.run_sync(fn)
 
     async def write(self, fn: Callable[[sa.Connection], T]) -> T:
         """``fn`` as one transaction, committed when it returns, rolled back if it raises or
         its caller is cancelled first."""
+        if self._local is not None:
+            return await self._local.run(fn, commit=True)
         async with self._engine.begin() as conn:
             return await conn.run_sync(fn)
+
+    async def checkpoint(self) -> None:
+        """On a SQLite file whose calls run on the loop, the log copied into the file by one of
+        aiosqlite's threads (the loop's connection never does it: it syncs the disk)."""
+        if self._local is not None:
+            async with self._engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     @classmethod
     async def open(
@@ -187,9 +208,12 @@ class Database:
             if isinstance(exc, migrations.SchemaAhead):
                 raise StoreUnavailable(str(exc)) from exc
             raise
-        return cls(engine, lease_engine=lease_engine)
+        local = None if path is None else LoopSQLite(path, busy_seconds=sqlite_busy_seconds)
+        return cls(engine, lease_engine=lease_engine, local=local)
 
     async def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
         await self._engine.dispose()
         if self._lease_engine is not self._engine:
             await self._lease_engine.dispose()

@@ -1,27 +1,38 @@
 """bot.jobs.sqlite_driver: one trip to aiosqlite's thread per statement, nothing else changed.
 
 The trips are counted at aiosqlite's own door (``Connection._execute``, which every statement,
-commit and rollback goes through), on a real SQLite file."""
+commit and rollback goes through), on a real SQLite file. The driver serves the async engine
+(``Database.engine``), which every part of the bot but the store's calls uses on SQLite; those
+run on the event loop (bot.jobs.loop_sqlite, tests/jobs/test_loop_sqlite.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import aiosqlite
 import pytest
 import sqlalchemy as sa
 
 from bot.jobs.database import SQLITE_CONNECTIONS, Database
-from bot.jobs.store import JobState, JobStore
 from tests.jobs.test_paid_answer import until
-from tests.jobs.test_store import new_job
 
 ROWS = sa.table("t", sa.column("n", sa.Integer))
+T = TypeVar("T")
+
+
+async def engine_read(database: Database, fn: Callable[[sa.Connection], T]) -> T:
+    async with database.engine.connect() as conn:
+        return await conn.run_sync(fn)
+
+
+async def engine_write(database: Database, fn: Callable[[sa.Connection], T]) -> T:
+    async with database.engine.begin() as conn:
+        return await conn.run_sync(fn)
 
 
 @pytest.fixture
@@ -35,58 +46,45 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
         await database.close()
 
 
-@pytest.fixture
-def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The name of every function sent to an aiosqlite thread from now on."""
-    sent: list[str] = []
-    real = aiosqlite.Connection._execute
-
-    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-    return sent
-
-
 def numbers(conn: sa.Connection) -> list[int]:
     return list(conn.execute(sa.select(ROWS.c.n).order_by(ROWS.c.n)).scalars())
 
 
 async def test_a_read_is_one_trip_and_a_write_one_more_for_its_commit(
-    tmp_path: Path, trips: list[str]
+    database: Database, trips: list[str]
 ) -> None:
-    store = await JobStore.open(f"sqlite:///{tmp_path}/store.sqlite3")
-    try:
-        job = await new_job(store)
-        trips.clear()
-        assert await store.get(job.id) == job
-        # SQLAlchemy's adapter made five: cursor, execute, fetchall, close, and the pool's
-        # rollback of a connection that opened no transaction.
-        assert len(trips) == 1
-        trips.clear()
-        moved = await store.transition(job.id, (JobState.REQUESTED,), JobState.SUBMITTING)
-        assert moved is not None and moved.state is JobState.SUBMITTING
-        assert trips == ["_run", "commit"]
-        assert await store.get(job.id) == moved
-    finally:
-        await store.close()
+    await engine_write(database, lambda c: c.execute(sa.insert(ROWS), [{"n": 1}, {"n": 2}]))
+    trips.clear()
+    assert await engine_read(database, numbers) == [1, 2]
+    # SQLAlchemy's adapter made five: cursor, execute, fetchall, close, and the pool's
+    # rollback of a connection that opened no transaction.
+    assert len(trips) == 1
+    trips.clear()
+    await engine_write(database, lambda c: c.execute(sa.delete(ROWS).where(ROWS.c.n == 1)))
+    assert trips == ["_run", "commit"]
+    assert await engine_read(database, numbers) == [2]
 
 
+@pytest.mark.parametrize("through", ["engine", "store"])
 async def test_a_failed_write_is_rolled_back_and_its_connection_serves_on(
-    database: Database,
+    database: Database, through: str
 ) -> None:
-    await database.write(lambda c: c.execute(sa.insert(ROWS), [{"n": 1}, {"n": 2}]))
+    read, write = (
+        (database.read, database.write)
+        if through == "store"
+        else (lambda fn: engine_read(database, fn), lambda fn: engine_write(database, fn))
+    )
+    await write(lambda c: c.execute(sa.insert(ROWS), [{"n": 1}, {"n": 2}]))
 
     def twice(conn: sa.Connection) -> None:
         conn.execute(sa.insert(ROWS).values(n=3))
         conn.execute(sa.insert(ROWS).values(n=1))
 
     with pytest.raises(sa.exc.IntegrityError):
-        await database.write(twice)
-    assert await database.read(numbers) == [1, 2]
-    await database.write(lambda c: c.execute(sa.insert(ROWS).values(n=4)))
-    assert await database.read(numbers) == [1, 2, 4]
+        await write(twice)
+    assert await read(numbers) == [1, 2]
+    await write(lambda c: c.execute(sa.insert(ROWS).values(n=4)))
+    assert await read(numbers) == [1, 2, 4]
 
 
 async def test_a_statement_cancelled_before_the_thread_ran_it_is_rolled_back(
@@ -126,13 +124,13 @@ async def test_a_statement_cancelled_before_the_thread_ran_it_is_rolled_back(
     release.set()
     await held
     await using
-    await database.write(lambda c: c.execute(sa.insert(ROWS).values(n=2)))
-    assert await database.read(numbers) == [2]
+    await engine_write(database, lambda c: c.execute(sa.insert(ROWS).values(n=2)))
+    assert await engine_read(database, numbers) == [2]
 
 
 async def test_rows_fetched_in_parts_of_the_default_size(database: Database) -> None:
-    await database.write(lambda c: c.execute(sa.insert(ROWS), [{"n": 1}, {"n": 2}]))
-    first = await database.read(lambda c: c.execute(sa.select(ROWS.c.n)).fetchmany())
+    await engine_write(database, lambda c: c.execute(sa.insert(ROWS), [{"n": 1}, {"n": 2}]))
+    first = await engine_read(database, lambda c: c.execute(sa.select(ROWS.c.n)).fetchmany())
     assert len(first) == 1
 
 
@@ -142,15 +140,15 @@ async def test_a_write_read_as_a_stream_and_left_uncommitted_is_rolled_back(
     """A streamed result runs on aiosqlite's own server-side cursor, outside the one trip
     that reports whether a transaction is open: the connection must still be rolled back
     before the next caller has it (whose commit would commit what was abandoned)."""
-    await database.write(lambda c: c.execute(sa.insert(ROWS), [{"n": 1}, {"n": 2}]))
+    await engine_write(database, lambda c: c.execute(sa.insert(ROWS), [{"n": 1}, {"n": 2}]))
 
     def abandoned(conn: sa.Connection) -> None:
         streamed = conn.execution_options(stream_results=True)
         streamed.execute(sa.text("DELETE FROM t WHERE n = 1")).close()
 
-    await database.read(abandoned)
-    await database.write(lambda c: c.execute(sa.insert(ROWS).values(n=3)))
-    assert await database.read(numbers) == [1, 2, 3]
+    await engine_read(database, abandoned)
+    await engine_write(database, lambda c: c.execute(sa.insert(ROWS).values(n=3)))
+    assert await engine_read(database, numbers) == [1, 2, 3]
 
 
 async def test_a_burst_of_connections_is_kept_for_the_next_one(database: Database) -> None:

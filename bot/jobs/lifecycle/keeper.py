@@ -101,8 +101,9 @@ class Keeper:
         as at the deadline; any other is resumed as at a start, so a watcher that keeps
         crashing is started again once a sweep, never in a loop. Follow-ups past their
         interaction's life, and images given to /imagine past IMAGE_INPUT_DAYS, are deleted
-        too."""
+        too; on SQLite, the log is copied into the file (a checkpoint)."""
         ctx = self._ctx
+        await ctx.store.database.checkpoint()
         forgotten = await ctx.store.sweep_follow_ups()
         if forgotten:
             log.info("deleted %d expired follow-ups", forgotten)
