@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from bot.delivery.fetch import MAX_IMAGE_BYTES, ImageFetcher, image_kind
+from bot.delivery.fetch import DOWNLOADS_AT_ONCE, MAX_IMAGE_BYTES, ImageFetcher, image_kind
 from bot.delivery.fit import MIN_REENCODED_BYTES, reencode
 from bot.delivery.publisher import DEFAULT_UPLOAD_LIMIT, DiscordPublisher
 from bot.delivery.sending import upload
@@ -41,6 +41,7 @@ from bot.jobs.types import DeliveryError
 from bot.net import NonPublicAddressError, PublicOnlyResolver, is_public
 from tests.fakes.discord_double import DiscordDouble
 from tests.harness import GRID_LABELS, loose_mentions, message_payloads
+from tests.jobs.test_paid_answer import until
 from tests.names import JobKind
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -890,3 +891,44 @@ async def test_reencoding_runs_off_the_event_loop(
     assert len(message.attachments) == 1
     # The download (over 1 MiB) is joined off the loop too (bot.net.read_capped).
     assert handed_to_threads == [b"".join, reencode]
+
+
+async def test_downloads_beyond_the_slots_wait_for_one_and_all_arrive() -> None:
+    # A burst of results fetched all at once made the event loop read every socket each turn
+    # (turns of 40 ms); the fetcher takes DOWNLOADS_AT_ONCE at a time, the rest wait.
+    seen, released = [0, 0], asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:
+        seen[0] += 1
+        seen[1] = max(seen[1], seen[0])
+        await released.wait()
+        seen[0] -= 1
+        return web.Response(body=b"\x89PNG\r\n\x1a\n" + bytes(64), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/img/{n}", held)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    fetcher = ImageFetcher(("127.0.0.1",))
+    try:
+        fetches = [
+            asyncio.create_task(fetcher.fetch(f"http://127.0.0.1:{port}/img/{n}", f"r{n}"))
+            for n in range(DOWNLOADS_AT_ONCE + 3)
+        ]
+        await until(lambda: seen[0] == DOWNLOADS_AT_ONCE, "the slots taken")
+        # The others are queued in the fetcher, not at the server: a few turns change nothing.
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert seen[0] == DOWNLOADS_AT_ONCE
+        released.set()
+        images = await asyncio.gather(*fetches)
+        assert [image.filename for image in images] == [
+            f"r{n}.png" for n in range(DOWNLOADS_AT_ONCE + 3)
+        ]
+        assert seen[1] == DOWNLOADS_AT_ONCE
+    finally:
+        await fetcher.close()
+        await runner.cleanup()

@@ -208,7 +208,11 @@ class Database:
             if isinstance(exc, migrations.SchemaAhead):
                 raise StoreUnavailable(str(exc)) from exc
             raise
-        local = None if path is None else LoopSQLite(path, busy_seconds=sqlite_busy_seconds)
+        local = None
+        if path is not None and await _journal_mode(engine) == "wal":
+            # Without WAL (a file system that refuses it) each commit would sync the disk, and
+            # a read wait for a writer: on the loop, neither.
+            local = LoopSQLite(path, busy_seconds=sqlite_busy_seconds)
         return cls(engine, lease_engine=lease_engine, local=local)
 
     async def close(self) -> None:
@@ -228,6 +232,12 @@ class Database:
         if self.shared:
             return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()), sa.Float)
         return sa.literal(time.time(), type_=sa.Float)
+
+
+async def _journal_mode(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+    return str(mode).lower()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -73,29 +73,46 @@ class LoopSQLite:
         sa.event.listen(self._engine, "connect", _pragmas)
         self._busy_seconds = busy_seconds
         self._conn: sa.Connection | None = None
+        self._closed = False
 
     def _connection(self) -> sa.Connection:
+        if self._closed:
+            raise sa.exc.ResourceClosedError("the store is closed")
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             if self._conn is not None:
                 self._conn.close()
             self._conn = self._engine.connect()
         return self._conn
 
-    def _end(self, conn: sa.Connection) -> None:
-        """Whatever ``fn`` left open is rolled back; a connection that cannot roll back is
-        closed, so that no lock of the file stays held."""
+    def _end(self, conn: sa.Connection, failure: BaseException) -> None:
+        """After ``fn`` failed: what it left open is rolled back. A failure of SQLite's own
+        comes with the failed statement closed; any other (a bug, a row that would not build)
+        may leave a result open, which keeps the connection on its old snapshot of the file
+        (stale reads, every write "locked") for as long as the error is kept somewhere, and a
+        connection that cannot roll back may hold a lock: such a connection is closed."""
         try:
-            conn.rollback()
-        except SQLAlchemyError:
+            if isinstance(failure, sa.exc.DBAPIError):
+                conn.rollback()
+                return
+        except BaseException as exc:
             log.warning("a SQLite connection failed to roll back; opening another")
             conn.invalidate()
             self._conn = None
+            if not isinstance(exc, SQLAlchemyError):
+                raise
+            return
+        conn.invalidate()
+        self._conn = None
 
     async def run(self, fn: Callable[[sa.Connection], T], *, commit: bool) -> T:
         """``fn`` on the connection, committed (``commit``) or rolled back after; tried again
         while the file is locked by another connection, up to the busy timeout."""
         deadline = time.monotonic() + self._busy_seconds
         pause = FIRST_PAUSE
+        # A call that never waits would never let the loop go on: a loop over many store calls
+        # (the sweep over every unfinished job) would be one turn of the loop, every click and
+        # renewal waiting behind it. Through aiosqlite each call let the loop look around.
+        await asyncio.sleep(0)
         while True:
             conn = self._connection()
             try:
@@ -106,16 +123,17 @@ class LoopSQLite:
                     conn.rollback()
                 return result
             except OperationalError as exc:
-                self._end(conn)
+                self._end(conn, exc)
                 if not _busy(exc) or time.monotonic() + pause > deadline:
                     raise
-            except BaseException:
-                self._end(conn)
+            except BaseException as exc:
+                self._end(conn, exc)
                 raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, LONGEST_PAUSE)
 
     def close(self) -> None:
+        self._closed = True
         if self._conn is not None:
             self._conn.close()
             self._conn = None

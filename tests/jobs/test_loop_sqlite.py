@@ -138,7 +138,40 @@ async def test_a_write_cancelled_while_it_waits_for_the_lock_leaves_nothing_behi
     assert await database.read(numbers) == [3]
 
 
-async def test_the_loop_never_checkpoints_and_the_sweep_does_it_in_a_thread(
+async def test_a_read_that_failed_with_its_result_open_does_not_pin_an_old_snapshot(
+    database: Database, other: sqlite3.Connection
+) -> None:
+    """A result left open by a function that raised, while the error is kept (a failed task
+    keeps it), held the connection on the file as it was: stale reads, every write "locked"
+    (found by the review of the change)."""
+    await database.write(Counted(1))
+    await database.write(Counted(2))
+
+    def half_read(conn: sa.Connection) -> None:
+        result = conn.execute(sa.select(ROWS.c.n))
+        result.fetchone()
+        raise ValueError("a row that would not build")
+
+    kept: list[BaseException] = []
+    try:
+        await database.read(half_read)
+    except ValueError as exc:
+        kept.append(exc)
+    other.execute("INSERT INTO t (n) VALUES (3)")
+    assert await database.read(numbers) == [1, 2, 3]
+    await database.write(Counted(4))
+    assert await database.read(numbers) == [1, 2, 3, 4]
+    assert kept
+
+
+async def test_a_call_after_the_database_closed_is_refused(path: Path) -> None:
+    database = await Database.open(f"sqlite:///{path}")
+    await database.close()
+    with pytest.raises(sa.exc.ResourceClosedError):
+        await database.write(Counted(1))
+
+
+async def test_the_loop_never_checkpoints_and_the_database_does_it_in_a_thread(
     database: Database, trips: list[str]
 ) -> None:
     # A checkpoint copies the log into the file and syncs the disk: not on the event loop.

@@ -94,6 +94,12 @@ class Keeper:
                 await self.sweep()
             except Exception:
                 log.exception("sweeping for stranded jobs failed; trying again")
+            try:
+                # On a SQLite file, the log copied into the file off the loop (its own try: a
+                # failed checkpoint must not keep stranded jobs from the sweep).
+                await ctx.store.database.checkpoint()
+            except Exception:
+                log.exception("checkpointing the SQLite file failed; trying again")
 
     async def sweep(self) -> None:
         """Move on every unfinished job of this process (with leases: that it holds) that
@@ -101,9 +107,8 @@ class Keeper:
         as at the deadline; any other is resumed as at a start, so a watcher that keeps
         crashing is started again once a sweep, never in a loop. Follow-ups past their
         interaction's life, and images given to /imagine past IMAGE_INPUT_DAYS, are deleted
-        too; on SQLite, the log is copied into the file (a checkpoint)."""
+        too."""
         ctx = self._ctx
-        await ctx.store.database.checkpoint()
         forgotten = await ctx.store.sweep_follow_ups()
         if forgotten:
             log.info("deleted %d expired follow-ups", forgotten)
