@@ -422,8 +422,9 @@ def write_lock_held(path: Path) -> Iterator[None]:
 async def test_a_write_waiting_for_the_sqlite_lock_holds_up_neither_the_loop_nor_reads(
     store: JobStore, tmp_path: Path
 ) -> None:
-    """The store's writes run off the event loop (in aiosqlite's thread): one that waits for
-    another connection's lock leaves the loop, and reads, free; it lands once the lock goes."""
+    """A store write that finds another connection's lock waits in an asyncio.sleep, never
+    inside SQLite on the loop (bot.jobs.loop_sqlite): the loop, and reads, stay free; it lands
+    once the lock goes."""
     job = await new_job(store)
     with write_lock_held(tmp_path / "x.sqlite3"):
         moving = asyncio.create_task(
@@ -452,7 +453,7 @@ async def test_a_write_cancelled_while_it_waits_for_the_lock_is_rolled_back(
         moving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await moving
-    # The writing thread takes one write at a time: once the next is done, so is the first.
+    # Nothing of the cancelled write is left to land: the next write finds the job as it was.
     assert await store.update(other.id, status_message_id=5) is not None
     assert (await store.get(job.id)) == job
 
