@@ -23,7 +23,15 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.jobs.admission import OverQuota, Quota, TooManyJobs, admission, lock_keys, refusal
+from bot.jobs.admission import (
+    OverQuota,
+    Quota,
+    TooManyJobs,
+    admission,
+    admitted_insert,
+    lock_keys,
+    refusal,
+)
 from bot.jobs.coordination import lease_row
 from bot.jobs.database import SQLITE_BUSY_SECONDS, Database
 from bot.jobs.job import DuplicateJob as DuplicateJob
@@ -38,8 +46,6 @@ from bot.jobs.statements import (
     BY_UPSTREAM,
     FOLLOW_UP_GONE,
     NEW_FOLLOW_UP,
-    NEW_ROW,
-    NEW_ROW_COLUMNS,
     NEW_USE,
     USE_GIVEN_BACK,
     USE_HERE,
@@ -168,8 +174,8 @@ class JobStore:
         insert: sa.Insert = jobs.insert()
         params = values
         if admitted is not None:
-            insert = insert.from_select(NEW_ROW_COLUMNS, NEW_ROW.where(admitted))
-            params = bound(values)
+            insert = admitted_insert(admitted.shape)
+            params = {**bound(values), **admitted.params}
         gate: contextlib.AbstractAsyncContextManager[Any] = (
             self._admitting if admitted is not None else contextlib.nullcontext()
         )

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs
+from bot.jobs.admission import Budget, OverQuota, Quota, TooManyJobs, admitted_insert
 from bot.jobs.allowances import Allowance, resolve
 from bot.jobs.database import Database
 from bot.jobs.ledger import KEEP, LimitRow
@@ -155,6 +155,44 @@ async def test_a_storm_never_passes_the_credit_budget(stores: list[JobStore]) ->
     made, refused = split(results)
     assert len(made) == 5
     assert all(isinstance(r, OverQuota) and (r.which, r.limit) == ("budget", 40) for r in refused)
+
+
+async def test_one_statement_per_shape_takes_each_requests_own_limits(
+    stores: list[JobStore],
+) -> None:
+    """The admission's INSERT is built once per shape of checks (built per click it cost about
+    30 ms of CPU with a budget): every value is bound, none kept from the request that built
+    it."""
+    store = stores[0]
+    built = admitted_insert.cache_info().misses
+
+    def limits(credits: int, members: int, server: int) -> Quota:
+        return quota(
+            member_limit=members,
+            server_limit=server,
+            budget=Budget(DAY, credits, **COSTS),
+            server_credits=Budget(DAY, credits, **COSTS),
+        )
+
+    assert await upscale(store, 0, user=1, quota=limits(100, 5, 5))
+    shape_built = admitted_insert.cache_info().misses
+    assert shape_built <= built + 1
+    # Each refusal comes from this request's own numbers, on the statement already built.
+    with pytest.raises(OverQuota) as budget:
+        await upscale(store, 1, user=2, quota=limits(3, 5, 5))
+    assert (budget.value.which, budget.value.limit) == ("budget", 3)
+    with pytest.raises(OverQuota) as member:
+        await upscale(store, 2, user=1, quota=limits(100, 1, 5))
+    assert (member.value.which, member.value.limit) == ("member", 1)
+    with pytest.raises(OverQuota) as server:
+        await upscale(store, 3, user=3, quota=limits(100, 5, 1))
+    assert (server.value.which, server.value.limit) == ("server", 1)
+    assert await upscale(store, 4, user=3, quota=limits(100, 5, 5))
+    with pytest.raises(OverQuota) as everywhere:
+        # The budget is the whole day's, every server's: 4 credits are taken already.
+        await upscale(store, 5, user=4, guild=OTHER_GUILD, quota=limits(2, 5, 5))
+    assert everywhere.value.which == "budget"
+    assert admitted_insert.cache_info().misses == shape_built
 
 
 async def test_counts_are_per_kind_per_place_and_per_day(stores: list[JobStore]) -> None:
