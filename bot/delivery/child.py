@@ -63,16 +63,29 @@ class Finished:
 async def run_limited(argv: Sequence[str], *, timeout: float, memory: int = MEMORY_CAP) -> Finished:
     """Run ``argv`` to its end within ``timeout`` seconds, capped (see the module); raises
     ChildTimedOut when killed at the deadline, and kills it when cancelled."""
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        # Its own process group, so that a kill reaches anything it started too.
-        start_new_session=True,
-        # Only system calls between fork and exec: no lock the bot's threads may hold is taken.
-        preexec_fn=functools.partial(_limit_self, memory),
+    starting = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            # Its own process group, so that a kill reaches anything it started too.
+            start_new_session=True,
+            # Only system calls between fork and exec: no lock the bot's threads may hold is
+            # taken.
+            preexec_fn=functools.partial(_limit_self, memory),
+        )
     )
+    try:
+        process = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # Cancelled while asyncio was still connecting its pipes: the child runs already, and
+        # asyncio would kill only it, not what it started. Its whole group is killed here.
+        with contextlib.suppress(Exception):
+            started = await starting
+            _kill_group(started)
+            await started.wait()
+        raise
     try:
         async with asyncio.timeout(timeout):
             stderr = await _tail(process)
@@ -81,11 +94,15 @@ async def run_limited(argv: Sequence[str], *, timeout: float, memory: int = MEMO
         raise ChildTimedOut(f"killed after {timeout:g} s") from None
     finally:
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            _kill_group(process)
             await process.wait()
     assert process.returncode is not None
     return Finished(process.returncode, stderr)
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 async def _tail(process: asyncio.subprocess.Process) -> bytes:
