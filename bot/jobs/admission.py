@@ -327,6 +327,13 @@ def admission(
     return Admission(shape, _params(values, max_unfinished, quota))
 
 
+def sums_the_day(quota: Quota | None) -> bool:
+    """Whether checking ``quota`` adds up what each of the day's jobs is taken to cost (the
+    credit budget, a server's credits): about 1 µs a job on SQLite, 14 ms of CPU at 10,000 jobs
+    in a day, so not a statement for the event loop (bot.jobs.database)."""
+    return quota is not None and (quota.budget is not None or quota.server_credits is not None)
+
+
 # Advisory lock keys: Discord snowflakes cannot be this small, so the budget's never meets one.
 _BUDGET_LOCK = 1
 

@@ -109,20 +109,22 @@ class Database:
         """Whether several processes may share this store (PostgreSQL; SQLite is one's own)."""
         return self._engine.dialect.name == "postgresql"
 
-    async def read(self, fn: Callable[[sa.Connection], T]) -> T:
+    async def read(self, fn: Callable[[sa.Connection], T], *, long: bool = False) -> T:
         """``fn`` (plain statements on a synchronous connection, no awaits) as one read: the
         same SQL on every database, run on the event loop on a SQLite file
         (bot.jobs.loop_sqlite), through the async engine (``run_sync``) elsewhere. ``fn`` may
-        be run again (SQLite locked by another connection): statements only, no other effect."""
-        if self._local is not None:
+        be run again (SQLite locked by another connection): statements only, no other effect.
+        ``long``: statements whose time grows with the store (a sum over the day's jobs) run
+        through the async engine anyway, so that they never hold up the loop."""
+        if self._local is not None and not long:
             return await self._local.run(fn, commit=False)
         async with self._engine.connect() as conn:
             return await conn.run_sync(fn)
 
-    async def write(self, fn: Callable[[sa.Connection], T]) -> T:
+    async def write(self, fn: Callable[[sa.Connection], T], *, long: bool = False) -> T:
         """``fn`` as one transaction, committed when it returns, rolled back if it raises or
-        its caller is cancelled first."""
-        if self._local is not None:
+        its caller is cancelled first (``long`` as for ``read``)."""
+        if self._local is not None and not long:
             return await self._local.run(fn, commit=True)
         async with self._engine.begin() as conn:
             return await conn.run_sync(fn)

@@ -31,6 +31,7 @@ from bot.jobs.admission import (
     admitted_insert,
     lock_keys,
     refusal,
+    sums_the_day,
 )
 from bot.jobs.coordination import lease_row
 from bot.jobs.database import SQLITE_BUSY_SECONDS, Database
@@ -221,7 +222,7 @@ class JobStore:
         for _ in range(5):
             try:
                 async with gate:
-                    await self._database.write(store)
+                    await self._database.write(store, long=sums_the_day(quota))
                 # Every column was given: the row is these values, with nothing to read back.
                 return Job.from_values(values)
             except IntegrityError as exc:
@@ -244,7 +245,9 @@ class JobStore:
         """What ``create`` would refuse a job with for its limits right now (TooManyJobs,
         OverQuota), or None: a preview only, since other requests may come in between."""
         values = {"requester_id": requester_id, "guild_id": guild_id}
-        return await self._database.read(lambda conn: refusal(conn, values, max_unfinished, quota))
+        return await self._database.read(
+            lambda conn: refusal(conn, values, max_unfinished, quota), long=sums_the_day(quota)
+        )
 
     async def get(self, job_id: str) -> Job | None:
         return await self._first(BY_ID, job_id)

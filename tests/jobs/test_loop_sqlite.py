@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from bot.jobs.admission import Budget, Quota
 from bot.jobs.database import Database
 from bot.jobs.store import JobState, JobStore
 from tests.jobs.test_paid_answer import until
@@ -182,3 +183,35 @@ async def test_the_loop_never_checkpoints_and_the_database_does_it_in_a_thread(
     trips.clear()
     await database.checkpoint()
     assert trips == ["_run"]
+
+
+async def test_a_job_checked_against_the_days_costs_is_stored_off_the_loop(
+    tmp_path: Path, trips: list[str]
+) -> None:
+    # The credit budget and a server's credits add up every job of the day (about 1 µs a job
+    # in SQLite): such a check runs on aiosqlite's thread, never holding up the loop.
+    store = await JobStore.open(f"sqlite:///{tmp_path}/store.sqlite3")
+    budget = Budget("2026-12-08", 1000, generation_cost=8, upscale_cost=2, video_cost=16)
+
+    async def create(n: int, quota: Quota | None) -> None:
+        await store.create(
+            kind="upscale",
+            parent_task_id=f"grid-{n}",
+            image_index=0,
+            requester_id=1,
+            guild_id=2,
+            channel_id=3,
+            deadline_seconds=60,
+            max_unfinished=10,
+            quota=quota,
+        )
+
+    try:
+        trips.clear()
+        await create(0, Quota(category="upscale", since=0, member_limit=5))
+        assert trips == []
+        await create(1, Quota(category="upscale", since=0, budget=budget))
+        await create(2, Quota(category="upscale", since=0, server_credits=budget))
+        assert trips.count("commit") == 2 and "_run" in trips
+    finally:
+        await store.close()
