@@ -550,10 +550,12 @@ def parse_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
-async def dribble(writer: asyncio.StreamWriter, interval: float) -> None:
-    """One byte per ``interval``: never stalled for long, never done."""
+async def dribble(writer: asyncio.StreamWriter, interval: float, until: float) -> None:
+    """One byte per ``interval``: never stalled for long, never done, until the monotonic time
+    ``until``, set short of the listener's cut-off: a byte that reaches the closed connection
+    makes the kernel send a reset, which can overtake the answer at this test's reader."""
     with contextlib.suppress(ConnectionError):
-        while not writer.is_closing():
+        while not writer.is_closing() and time.monotonic() < until:
             writer.write(b" ")
             await writer.drain()
             await asyncio.sleep(interval)
@@ -571,7 +573,11 @@ async def test_a_slow_body_is_cut_off_with_408(
     writer.write(request_head(f"{CALLBACK_PATH}{job.callback_secret}", head) + b"{")
     await writer.drain()
     started = time.monotonic()
-    sending = asyncio.create_task(dribble(writer, 0.02)) if sender == "dribbles" else None
+    sending = (
+        asyncio.create_task(dribble(writer, 0.02, started + body_timeout * 0.8))
+        if sender == "dribbles"
+        else None
+    )
     try:
         # Read to the end: after answering, the listener must also drop the connection.
         raw = await asyncio.wait_for(reader.read(), timeout=5)
@@ -602,7 +608,11 @@ async def test_unfinished_headers_are_cut_off(setup: ListenerRig, sender: str) -
     )
     await writer.drain()
     started = time.monotonic()
-    sending = asyncio.create_task(dribble(writer, 0.02)) if sender == "dribbles" else None
+    sending = (
+        asyncio.create_task(dribble(writer, 0.02, started + header_timeout * 0.8))
+        if sender == "dribbles"
+        else None
+    )
     try:
         assert await asyncio.wait_for(reader.read(), timeout=5) == b""
     finally:
