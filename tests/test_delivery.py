@@ -39,6 +39,7 @@ from bot.grid import grid_owner
 from bot.jobs.store import Job, JobState, JobStore
 from bot.jobs.types import DeliveryError
 from bot.net import NonPublicAddressError, PublicOnlyResolver, is_public
+from tests.conftest import Serve
 from tests.fakes.discord_double import DiscordDouble
 from tests.harness import GRID_LABELS, loose_mentions, message_payloads
 from tests.jobs.test_paid_answer import until
@@ -893,7 +894,7 @@ async def test_reencoding_runs_off_the_event_loop(
     assert handed_to_threads == [b"".join, reencode]
 
 
-async def test_downloads_beyond_the_slots_wait_for_one_and_all_arrive() -> None:
+async def test_downloads_beyond_the_slots_wait_for_one_and_all_arrive(serve: Serve) -> None:
     # A burst of results fetched all at once made the event loop read every socket each turn
     # (turns of 40 ms); the fetcher takes DOWNLOADS_AT_ONCE at a time, the rest wait.
     seen, released = [0, 0], asyncio.Event()
@@ -907,15 +908,11 @@ async def test_downloads_beyond_the_slots_wait_for_one_and_all_arrive() -> None:
 
     app = web.Application()
     app.router.add_get("/img/{n}", held)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    base = await serve(app)
     fetcher = ImageFetcher(("127.0.0.1",))
     try:
         fetches = [
-            asyncio.create_task(fetcher.fetch(f"http://127.0.0.1:{port}/img/{n}", f"r{n}"))
+            asyncio.create_task(fetcher.fetch(f"{base}/img/{n}", f"r{n}"))
             for n in range(DOWNLOADS_AT_ONCE + 3)
         ]
         await until(lambda: seen[0] == DOWNLOADS_AT_ONCE, "the slots taken")
@@ -931,4 +928,3 @@ async def test_downloads_beyond_the_slots_wait_for_one_and_all_arrive() -> None:
         assert seen[1] == DOWNLOADS_AT_ONCE
     finally:
         await fetcher.close()
-        await runner.cleanup()

@@ -61,6 +61,18 @@ class Counted:
         conn.execute(sa.insert(ROWS).values(n=self.n))
 
 
+async def waiting_for_the_lock(
+    database: Database, other: sqlite3.Connection, runs: int
+) -> tuple[Counted, asyncio.Task[None]]:
+    """An insert sent while ``other`` holds the write lock, once it has been run ``runs``
+    times. The loop goes on while it waits: this test's own polling runs meanwhile."""
+    other.execute("BEGIN IMMEDIATE")
+    insert = Counted(1)
+    writing = asyncio.create_task(database.write(insert))
+    await until(lambda: insert.runs >= runs, f"the write run {runs} times")
+    return insert, writing
+
+
 async def test_a_store_call_on_a_sqlite_file_sends_nothing_to_a_thread(
     tmp_path: Path, trips: list[str]
 ) -> None:
@@ -81,11 +93,7 @@ async def test_a_store_call_on_a_sqlite_file_sends_nothing_to_a_thread(
 async def test_a_write_that_finds_the_file_locked_is_tried_again_and_lands_once(
     database: Database, other: sqlite3.Connection
 ) -> None:
-    other.execute("BEGIN IMMEDIATE")
-    insert = Counted(1)
-    writing = asyncio.create_task(database.write(insert))
-    # The loop goes on while the write waits: this test's own polling runs meanwhile.
-    await until(lambda: insert.runs >= 2, "the write tried again")
+    _, writing = await waiting_for_the_lock(database, other, runs=2)
     assert not writing.done()
     other.execute("ROLLBACK")
     await writing
@@ -125,10 +133,7 @@ async def test_a_read_does_not_wait_for_another_connections_write(
 async def test_a_write_cancelled_while_it_waits_for_the_lock_leaves_nothing_behind(
     database: Database, other: sqlite3.Connection
 ) -> None:
-    other.execute("BEGIN IMMEDIATE")
-    insert = Counted(1)
-    writing = asyncio.create_task(database.write(insert))
-    await until(lambda: insert.runs >= 1, "the write tried")
+    _, writing = await waiting_for_the_lock(database, other, runs=1)
     writing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await writing
