@@ -7,7 +7,6 @@ decompression bombs is decoded a few at a time, never all at once)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ DISCORD_ATTACHMENT_HOSTS = ("cdn.discordapp.com", "media.discordapp.net")
 # members' photos of that size are taken today, and the PixelBudget bounds what is decoded at
 # once whatever the cap.
 MAX_PIXELS = 40_000_000
-# Attachments downloaded at once (each up to IMAGE_INPUT_MAX_MB held in memory).
-DOWNLOADS_IN_FLIGHT = 4
 # Pillow's names of the formats taken, and the extension each is stored under.
 FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
 MB = 1024 * 1024
@@ -69,7 +66,6 @@ class AttachmentChecker:
         self._fetcher = fetcher
         self._max_mb = max_mb
         self._pool = pool or ImagePool()
-        self._downloads = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
 
     async def close(self) -> None:
         await self._fetcher.close()
@@ -81,8 +77,8 @@ class AttachmentChecker:
         if attachment.size > self._max_mb * MB:
             raise AttachmentRefused(too_big)
         try:
-            async with self._downloads:
-                data = await self._fetcher.download(attachment.url)
+            # A few at a time, by the fetcher's own slots (each up to IMAGE_INPUT_MAX_MB held).
+            data = await self._fetcher.download(attachment.url)
         except DeliveryError as exc:
             log.info("attachment not downloaded: %s", exc.reason)
             if "larger" in exc.reason:

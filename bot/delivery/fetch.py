@@ -19,9 +19,10 @@ from bot.net import NonPublicAddressError, PublicOnlyResolver, is_public, read_c
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 3
-# Downloads at once. Each socket with data is read once per turn of the event loop, about 1 ms a
-# read of 256 KiB on loopback: 24 results of a burst fetched together made turns of 40 ms
-# (docs/performance.md §8). The others wait their turn before their timeout starts.
+# Downloads at once, per fetcher. Each socket with data is read once per turn of the event loop,
+# about 1 ms a read of 256 KiB on loopback: 24 results of a burst fetched together made turns of
+# 40 ms (docs/performance.md §8); and each download is held in memory whole. The others wait
+# their turn before their timeout starts.
 DOWNLOADS_AT_ONCE = 4
 
 _MAGIC = (

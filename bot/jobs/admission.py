@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bot.jobs.cost_keys import COST_KEYS, CostKey, category_key
-from bot.jobs.statements import NEW_ROW, NEW_ROW_COLUMNS
+from bot.jobs.statements import NEW_ROW, NEW_ROW_COLUMNS, bound
 from bot.jobs.tables import UNFINISHED_STATES, allowance_uses, credit_costs, credit_days, jobs
 
 
@@ -189,8 +189,7 @@ def _cost_of_uses(budget: str) -> sa.ColumnElement[Any]:
 
 
 def _this_job(budget: str, job_key: str) -> sa.ColumnElement[Any]:
-    costs = _costs(budget)
-    return costs[job_key if job_key in costs else COST_KEYS[-1].name]
+    return _costs(budget)[job_key]
 
 
 def _credits(budget: str) -> sa.BindParameter[int]:
@@ -288,20 +287,18 @@ def _shape(values: dict[str, Any], max_unfinished: int | None, quota: Quota | No
         if quota.budget is not None:
             checks.append(BUDGET)
     # The job's cost key changes the SQL only where the day's costs are summed; one not named
-    # by this release is reserved at the last, the dearest (``_this_job``).
-    costed = quota is not None and (SERVER_CREDITS in checks or BUDGET in checks)
-    key = "" if quota is None or not costed else quota.key
-    return tuple(checks), in_guild, key if key in _KEY_NAMES or not key else COST_KEYS[-1].name
+    # by this release is reserved at the last, the dearest.
+    key = ""
+    if quota is not None and sums_the_day(quota):
+        key = quota.key if quota.key in _KEY_NAMES else COST_KEYS[-1].name
+    return tuple(checks), in_guild, key
 
 
 def _params(
     values: dict[str, Any], max_unfinished: int | None, quota: Quota | None
 ) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "new_requester_id": values["requester_id"],
-        "new_guild_id": values["guild_id"],
-        "max_unfinished": max_unfinished,
-    }
+    params = bound({"requester_id": values["requester_id"], "guild_id": values["guild_id"]})
+    params["max_unfinished"] = max_unfinished
     if quota is None:
         return params
     params.update(

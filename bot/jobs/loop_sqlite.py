@@ -90,17 +90,18 @@ class LoopSQLite:
         may leave a result open, which keeps the connection on its old snapshot of the file
         (stale reads, every write "locked") for as long as the error is kept somewhere, and a
         connection that cannot roll back may hold a lock: such a connection is closed."""
-        try:
-            if isinstance(failure, sa.exc.DBAPIError):
+        if isinstance(failure, sa.exc.DBAPIError):
+            try:
                 conn.rollback()
                 return
-        except BaseException as exc:
-            log.warning("a SQLite connection failed to roll back; opening another")
-            conn.invalidate()
-            self._conn = None
-            if not isinstance(exc, SQLAlchemyError):
+            except SQLAlchemyError:
+                log.warning("a SQLite connection failed to roll back; opening another")
+            except BaseException:
+                self._drop(conn)
                 raise
-            return
+        self._drop(conn)
+
+    def _drop(self, conn: sa.Connection) -> None:
         conn.invalidate()
         self._conn = None
 
